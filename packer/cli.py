@@ -1,0 +1,200 @@
+"""The `packer` command line: `pack` runs every stage; `tokenize`, `plan` and `write` run one each."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from packer import config as C
+from packer.errors import PackerError
+
+
+def _fail_cleanly(fn):
+    """PackerErrors print as one line (file:line: what; what to do) and exit 1, with no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PackerError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def tokenize_options(fn):
+    opts = [
+        click.option("--tokenizer", "tokenizer", default="byte", show_default=True,
+                     help="tokenizer.json, a folder holding one, a hub name, or 'byte' (built in)."),
+        click.option("--kind", type=click.Choice(C.KINDS), default="sft", show_default=True),
+        click.option("--template", default="auto", show_default=True,
+                     help="alpaca, chatml, none, tokenizer, or a template file with {query} [{response}]."),
+        click.option("--query-field", default="query", show_default=True),
+        click.option("--response-field", default="response", show_default=True),
+        click.option("--messages-field", default="messages", show_default=True),
+        click.option("--text-field", default="text", show_default=True),
+        click.option("--eos-token", default=None, help="Overrides tokenizer_config.json's eos_token."),
+        click.option("--bos/--no-bos", "add_bos", default=None,
+                     help="Prepend BOS (default: tokenizer_config.json's add_bos_token)."),
+        click.option("--skip-bad", is_flag=True, help="Skip and count bad records instead of stopping."),
+        click.option("--chunk-records", type=int, default=8192, show_default=True),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def plan_options(fn):
+    opts = [
+        click.option("--pack-len", type=int, required=True, help="Tokens per pack."),
+        click.option("--algorithm", default="bfd", show_default=True,
+                     help="nextfit, ffd, bfd (see packer.plan.ALGORITHMS)."),
+        click.option("--overlong", type=click.Choice(C.OVERLONG), default=None,
+                     help="Over-long examples (default: truncate for sft/chat, split for text)."),
+        click.option("--max-segments", type=int, default=None, help="Cap on examples per pack."),
+        click.option("--time-limit", type=float, default=None, help="Seconds for optimizing planners."),
+        click.option("--seed", type=int, default=0, show_default=True),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def write_options(fn):
+    opts = [
+        click.option("--shard-mb", type=float, default=256, show_default=True, help="Max shard size, MiB."),
+        click.option("--shuffle/--no-shuffle", default=True, show_default=True,
+                     help="Write packs in a seeded random order."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _tokenize_config(kw: dict) -> C.TokenizeConfig:
+    return C.TokenizeConfig(
+        kind=kw["kind"], template=kw["template"], query_field=kw["query_field"],
+        response_field=kw["response_field"], messages_field=kw["messages_field"],
+        text_field=kw["text_field"], eos_token=kw["eos_token"], add_bos=kw["add_bos"],
+        skip_bad=kw["skip_bad"], chunk_records=kw["chunk_records"])
+
+
+def _plan_config(kw: dict, kind: str) -> C.PlanConfig:
+    return C.PlanConfig(pack_len=kw["pack_len"], algorithm=kw["algorithm"],
+                        overlong=kw["overlong"] or C.default_overlong(kind), seed=kw["seed"],
+                        max_segments=kw["max_segments"], time_limit=kw["time_limit"])
+
+
+def _write_config(kw: dict) -> C.WriteConfig:
+    return C.WriteConfig(shard_bytes=int(kw["shard_mb"] * 2**20), shuffle=kw["shuffle"], seed=kw["seed"])
+
+
+@click.group()
+def main() -> None:
+    """Packer: pack LLM training data offline into memory-mapped shards with cu_seqlens."""
+
+
+@main.command()
+@click.argument("data", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@tokenize_options
+@plan_options
+@write_options
+@click.option("--workers", type=int, default=0, show_default=True,
+              help="Worker processes for the map steps (0: in this process, tokenizer on all cores).")
+@_fail_cleanly
+def pack(data, out, workers, **kw):
+    """Run all stages: DATA (JSON Lines; PATH#query=F,response=F for per-file fields) -> OUT."""
+    from packer.pipeline import pack as run
+    from packer.report import summary
+
+    tcfg = _tokenize_config(kw)
+    report = run(list(data), out, tokenizer=kw["tokenizer"], tokenize_config=tcfg,
+                 plan_config=_plan_config(kw, tcfg.kind), write_config=_write_config(kw), workers=workers)
+    click.echo(summary(report))
+    click.echo(f"shards: {Path(out) / 'shards'}\nreport: {Path(out) / 'report.json'}")
+
+
+@main.command("tokenize")
+@click.argument("data", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@tokenize_options
+@click.option("--workers", type=int, default=0, show_default=True)
+@_fail_cleanly
+def tokenize_cmd(data, out, workers, **kw):
+    """Stage 1: DATA -> OUT/tokenized (Arrow)."""
+    from packer.tokenization import tokenize
+    from packer.tokenizer import load_tokenizer
+
+    tcfg = _tokenize_config(kw)
+    info = load_tokenizer(kw["tokenizer"], tcfg.eos_token, tcfg.add_bos)
+    m = tokenize([C.InputSpec.parse(d) for d in data], Path(out) / "tokenized", tcfg, info, workers=workers)
+    c = m["counts"]
+    click.echo(f"{c['examples']:,} examples, {c['tokens']:,} tokens, {c['skipped']:,} skipped "
+               f"-> {Path(out) / 'tokenized'}")
+
+
+@main.command("plan")
+@click.argument("run", type=click.Path(file_okay=False, exists=True))
+@plan_options
+@_fail_cleanly
+def plan_cmd(run, **kw):
+    """Stage 2: RUN/tokenized -> RUN/plan."""
+    from packer.manifest import read_manifest
+    from packer.planner import plan_stage
+    from packer.tokenization import FORMAT, VERSION
+
+    kind = read_manifest(Path(run) / "tokenized", FORMAT, VERSION, "run `packer tokenize` first")["config"]["kind"]
+    m = plan_stage(Path(run) / "tokenized", Path(run) / "plan", _plan_config(kw, kind))
+    p = m["plan"]
+    click.echo(f"{p['num_packs']:,} packs (lower bound {p['lower_bound']:,}), efficiency "
+               f"{p['efficiency']:.2%} -> {Path(run) / 'plan'}")
+
+
+@main.command("write")
+@click.argument("run", type=click.Path(file_okay=False, exists=True))
+@write_options
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=int, default=0, show_default=True)
+@_fail_cleanly
+def write_cmd(run, workers, **kw):
+    """Stage 3: RUN/tokenized + RUN/plan -> RUN/shards (and RUN/report.json)."""
+    from packer import report as R
+    from packer.shards import write_stage
+
+    write_stage(Path(run) / "tokenized", Path(run) / "plan", Path(run) / "shards", _write_config(kw),
+                workers=workers)
+    rep = R.compute(Path(run) / "shards")
+    R.write(run, rep)
+    click.echo(R.summary(rep))
+    click.echo(f"shards: {Path(run) / 'shards'}")
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True))
+@_fail_cleanly
+def verify(path):
+    """Check every shard's size and sha256 against the manifest, and that the shards open."""
+    from packer.dataset import PackedShards
+
+    ds = PackedShards(path, verify=True)
+    click.echo(f"ok: {len(ds.shards)} shards, {len(ds):,} packs")
+
+
+@main.command()
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("-n", "records", type=int, default=2000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def sample(out, records, seed):
+    """Write a small synthetic sft data set (fields query, response) to OUT."""
+    from packer.sample import write_sample
+
+    click.echo(f"sample: {write_sample(out, records, seed)}")
+
+
+if __name__ == "__main__":
+    main()

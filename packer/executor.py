@@ -1,0 +1,43 @@
+"""Runs the map steps of a stage: in this process, or over a pool of worker processes.
+
+A stage hands over a function and independent work items; results come back in item order, so
+output never depends on the number of workers. A distributed engine can stand in for this module.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def map_ordered(fn: Callable[[T], R], items: Iterable[T], workers: int = 0,
+                initializer: Callable[..., Any] | None = None, initargs: tuple = ()) -> Iterator[R]:
+    """Yield fn(item) for each item, in order; at most 2 x workers items are in flight (bounded memory).
+
+    workers=0 runs in this process (the Rust tokenizer still uses every core); workers>0 starts that
+    many 'spawn' processes, which avoids forking a process whose thread pools are already running.
+    """
+    if workers <= 0:
+        if initializer is not None:
+            initializer(*initargs)
+        yield from map(fn, items)
+        return
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=initializer, initargs=initargs) as pool:
+        pending: deque[Future[R]] = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()

@@ -1,0 +1,127 @@
+"""The shard file format: the only module that knows bytes (docs/FORMAT.md is its specification).
+
+A shard is a 64-byte header followed by seven arrays, each starting at a multiple of 64 bytes::
+
+    header   magic b"PKSHARD\\0", version u32, token dtype code u32,
+             num_packs u64, num_segments u64, num_tokens u64, pack_len u64, 16 bytes zero
+    tokens               [T]     uint16 (code 1) or uint32 (code 2)
+    loss_mask            [T]     uint8   1 = the token is a training target
+    pack_token_offsets   [P+1]   int64   pack p is tokens[o[p]:o[p+1]]
+    pack_segment_offsets [P+1]   int64   pack p holds segments [s[p], s[p+1])
+    segment_lengths      [S]     int32
+    segment_example      [S]     int64   record number of the segment's source example
+    segment_start        [S]     int32   where the segment starts within that example (split pieces)
+
+Little-endian throughout; readable with numpy.memmap and nothing else.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from packer.errors import FormatError
+
+MAGIC = b"PKSHARD\0"
+VERSION = 1
+HEADER = struct.Struct("<8sIIQQQQ16x")  # 64 bytes
+ALIGN = 64
+TOKEN_DTYPES = {1: np.dtype("<u2"), 2: np.dtype("<u4")}
+
+
+def token_dtype_code(vocab_size: int) -> int:
+    """uint16 when every id fits (GPT-2: 50257 < 2**16), else uint32 (Llama 3: 128256)."""
+    return 1 if vocab_size <= 2**16 else 2
+
+
+def _layout(code: int, packs: int, segments: int, tokens: int) -> list[tuple[str, np.dtype, int, int]]:
+    """(name, dtype, count, byte offset) of each array, and implicitly the file size."""
+    spec = [
+        ("tokens", TOKEN_DTYPES[code], tokens),
+        ("loss_mask", np.dtype("u1"), tokens),
+        ("pack_token_offsets", np.dtype("<i8"), packs + 1),
+        ("pack_segment_offsets", np.dtype("<i8"), packs + 1),
+        ("segment_lengths", np.dtype("<i4"), segments),
+        ("segment_example", np.dtype("<i8"), segments),
+        ("segment_start", np.dtype("<i4"), segments),
+    ]
+    out, pos = [], HEADER.size
+    for name, dt, n in spec:
+        pos = -(-pos // ALIGN) * ALIGN
+        out.append((name, dt, n, pos))
+        pos += n * dt.itemsize
+    return out
+
+
+def file_size(code: int, packs: int, segments: int, tokens: int) -> int:
+    name, dt, n, off = _layout(code, packs, segments, tokens)[-1]
+    return off + n * dt.itemsize
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Memory-mapped views of one shard file (no copies; see the module docstring for shapes)."""
+
+    path: str
+    pack_len: int
+    tokens: np.ndarray
+    loss_mask: np.ndarray
+    pack_token_offsets: np.ndarray
+    pack_segment_offsets: np.ndarray
+    segment_lengths: np.ndarray
+    segment_example: np.ndarray
+    segment_start: np.ndarray
+
+    @property
+    def num_packs(self) -> int:
+        return len(self.pack_token_offsets) - 1
+
+
+def write_shard(path: str | Path, *, pack_len: int, code: int, tokens: np.ndarray, loss_mask: np.ndarray,
+                pack_token_offsets: np.ndarray, pack_segment_offsets: np.ndarray,
+                segment_lengths: np.ndarray, segment_example: np.ndarray, segment_start: np.ndarray) -> int:
+    """Write one shard; returns its size in bytes. Callers write inside a temporary stage folder."""
+    arrays = {"tokens": tokens, "loss_mask": loss_mask, "pack_token_offsets": pack_token_offsets,
+              "pack_segment_offsets": pack_segment_offsets, "segment_lengths": segment_lengths,
+              "segment_example": segment_example, "segment_start": segment_start}
+    packs, segments, ntok = len(pack_token_offsets) - 1, len(segment_lengths), len(tokens)
+    with open(path, "wb") as f:
+        f.write(HEADER.pack(MAGIC, VERSION, code, packs, segments, ntok, pack_len))
+        for name, dt, n, off in _layout(code, packs, segments, ntok):
+            a = np.ascontiguousarray(arrays[name], dtype=dt)
+            if len(a) != n:
+                raise ValueError(f"{name}: {len(a)} entries, expected {n}")
+            f.write(b"\0" * (off - f.tell()))
+            f.write(a.tobytes())
+        return f.tell()
+
+
+def open_shard(path: str | Path) -> Shard:
+    """Map a shard file, checking magic, version, dtype code and size; FormatError names the file."""
+    path = str(path)
+    hint = "re-run `packer write` (or `packer pack`) to rebuild the shards"
+    p = Path(path)
+    if not p.is_file():
+        raise FormatError(path, "shard file is missing", hint)
+    size = p.stat().st_size
+    if size < HEADER.size:
+        raise FormatError(path, f"truncated: {size} bytes, shorter than the {HEADER.size}-byte header", hint)
+    with open(path, "rb") as f:
+        magic, version, code, packs, segments, ntok, pack_len = HEADER.unpack(f.read(HEADER.size))
+    if magic != MAGIC:
+        raise FormatError(path, f"not a packer shard (magic {magic!r})", hint)
+    if version != VERSION:
+        raise FormatError(path, f"format version {version}; this packer reads version {VERSION}",
+                          "upgrade packer or rebuild the shards")
+    if code not in TOKEN_DTYPES:
+        raise FormatError(path, f"unknown token dtype code {code}", hint)
+    expected = file_size(code, packs, segments, ntok)
+    if size != expected:
+        raise FormatError(path, f"truncated or padded: {size} bytes, header implies {expected}", hint)
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    views = {name: np.frombuffer(mm, dtype=dt, count=n, offset=off)
+             for name, dt, n, off in _layout(code, packs, segments, ntok)}
+    return Shard(path=path, pack_len=int(pack_len), **views)

@@ -1,0 +1,101 @@
+"""Streaming JSON Lines input: plain, .gz or .zst; raw lines in bounded chunks, parsed where they land."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from packer.errors import InputError
+
+
+@dataclass(frozen=True)
+class RawChunk:
+    """Up to `chunk_records` consecutive non-blank lines of one file, still undecoded."""
+
+    index: int
+    """0-based number of this chunk over the whole run (names its output file)."""
+    file_index: int
+    """Position of the file among the inputs."""
+    path: str
+    lines: list[bytes]
+    line_numbers: list[int]
+    """1-based line number of each entry in `lines`."""
+    first_record: int
+    """Record number of lines[0] among all records (non-blank lines) of all inputs, 0-based."""
+
+
+def open_text(path: str | Path) -> IO[bytes]:
+    """Open a possibly compressed JSON Lines file for binary reading, chosen by its suffix."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(str(p), None, None, "no such file", "check the path given as DATA")
+    if p.suffix == ".gz":
+        return gzip.open(p, "rb")
+    if p.suffix == ".zst":
+        import zstandard  # imported here: only .zst inputs need it
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(p, "rb")))
+    return open(p, "rb")
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of the file's bytes as stored (the input's identity in every manifest)."""
+    if not Path(path).is_file():
+        raise InputError(str(path), None, None, "no such file", "check the path given as DATA")
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def iter_chunks(paths: list[str], chunk_records: int) -> Iterator[RawChunk]:
+    """Yield the non-blank lines of every file, in order, in chunks of at most `chunk_records`.
+
+    Chunks never span two files, so chunking depends only on each file's contents, and the
+    same inputs always give the same chunks (whatever the number of workers).
+    """
+    chunk_index = 0
+    record = 0
+    for file_index, path in enumerate(paths):
+        lines: list[bytes] = []
+        numbers: list[int] = []
+        first = record
+        with open_text(path) as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                lines.append(line)
+                numbers.append(line_no)
+                record += 1
+                if len(lines) == chunk_records:
+                    yield RawChunk(chunk_index, file_index, str(path), lines, numbers, first)
+                    chunk_index += 1
+                    lines, numbers, first = [], [], record
+        if lines:
+            yield RawChunk(chunk_index, file_index, str(path), lines, numbers, first)
+            chunk_index += 1
+
+
+def parse_line(path: str, line_no: int, raw: bytes) -> dict:
+    """Decode one JSON object, or raise an InputError naming file and line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(path, line_no, None, f"is not valid UTF-8 ({e.reason} at byte {e.start})",
+                         "re-encode the file as UTF-8 or pass --skip-bad") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(path, line_no, None, f"malformed JSON: {e.msg} at column {e.colno}",
+                         "fix the line or pass --skip-bad") from None
+    if not isinstance(obj, dict):
+        raise InputError(path, line_no, None, f"expected a JSON object, got {type(obj).__name__}",
+                         "each line must be one object")
+    return obj

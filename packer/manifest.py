@@ -1,0 +1,94 @@
+"""Stage folders: written under a temporary name, the manifest last, then renamed into place.
+
+A folder whose manifest.json exists is complete; a folder with another name is never read. A stage
+whose config digest and input digests match the existing manifest is skipped (resume).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from packer.errors import FormatError
+
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json(path: Path, data: object) -> None:
+    """JSON with sorted keys and no timestamps, so reruns give identical bytes."""
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def read_manifest(folder: Path, fmt: str, version: int, hint: str) -> dict:
+    """The manifest of a complete stage folder of format `fmt`, or a FormatError saying what to re-run."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise FormatError(str(folder), "no manifest.json: the stage did not finish", hint)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise FormatError(str(path), f"unreadable manifest ({e.msg})", hint) from None
+    if data.get("format") != fmt:
+        raise FormatError(str(path), f"format is {data.get('format')!r}, expected {fmt!r}", hint)
+    if data.get("version") != version:
+        raise FormatError(str(path), f"version {data.get('version')} is not the supported {version}",
+                          "re-run the stage with this version of packer")
+    return data
+
+
+def current(folder: Path, fmt: str, version: int, digest: str) -> dict | None:
+    """The existing manifest when it was made from the same inputs and config, else None."""
+    try:
+        data = read_manifest(folder, fmt, version, "")
+    except FormatError:
+        return None
+    return data if data.get("digest") == digest else None
+
+
+def commit_stage(final: Path, build: Callable[[Path], dict]) -> dict:
+    """Run build(tmp) in a fresh temporary folder beside `final`, add file checksums, write the
+    manifest last and rename the folder into place, replacing any older output."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        manifest = build(tmp)
+        manifest["files"] = {
+            p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(tmp.iterdir()) if p.name != MANIFEST
+        }
+        write_json(tmp / MANIFEST, manifest)
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{os.getpid()}"
+            final.rename(old)
+            shutil.rmtree(old)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def verify_files(folder: Path, manifest: dict) -> list[str]:
+    """Names of files whose size or sha256 differs from the manifest (empty when all is well)."""
+    bad = []
+    for name, meta in manifest.get("files", {}).items():
+        p = Path(folder) / name
+        if not p.is_file() or p.stat().st_size != meta["bytes"] or sha256_file(p) != meta["sha256"]:
+            bad.append(name)
+    return bad

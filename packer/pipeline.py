@@ -1,0 +1,43 @@
+"""`pack()`: the three stages in a row, each skipped when its output is already up to date."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from packer import config as C
+from packer import report as R
+from packer.planner import plan_stage
+from packer.shards import write_stage
+from packer.tokenization import tokenize
+from packer.tokenizer import TokenizerInfo, load_tokenizer
+
+
+def pack(inputs: Sequence[str | C.InputSpec], out: str | Path, *, tokenizer: str | TokenizerInfo = "byte",
+         tokenize_config: C.TokenizeConfig = C.TokenizeConfig(),
+         plan_config: C.PlanConfig = C.PlanConfig(),
+         write_config: C.WriteConfig = C.WriteConfig(), workers: int = 0) -> dict:
+    """Tokenize, plan and write `inputs` into `out` (tokenized/, plan/, shards/, report.json).
+
+    Returns the report. A rerun with the same inputs and configs redoes nothing.
+    """
+    out = Path(out)
+    specs = [s if isinstance(s, C.InputSpec) else C.InputSpec.parse(s) for s in inputs]
+    info = tokenizer if isinstance(tokenizer, TokenizerInfo) else load_tokenizer(
+        tokenizer, tokenize_config.eos_token, tokenize_config.add_bos)
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    tokenize(specs, out / "tokenized", tokenize_config, info, workers=workers)
+    seconds["tokenize"] = time.perf_counter() - t
+    t = time.perf_counter()
+    plan_manifest = plan_stage(out / "tokenized", out / "plan", plan_config)
+    seconds["plan"] = time.perf_counter() - t
+    if "_seconds" in plan_manifest:
+        seconds["plan_algorithm"] = plan_manifest["_seconds"]
+    t = time.perf_counter()
+    write_stage(out / "tokenized", out / "plan", out / "shards", write_config, workers=workers)
+    seconds["write"] = time.perf_counter() - t
+    report = R.compute(out / "shards", seconds)
+    R.write(out, report)
+    return report

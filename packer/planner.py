@@ -1,0 +1,220 @@
+"""Stage 2, plan: example lengths -> which examples share each pack.
+
+`plan()` is the pure planner over an int array. `plan_stage()` applies the over-long policy to
+the tokenized examples (pieces), plans the pieces and writes the plan folder:
+
+    pieces.npy   int64 [n, 3]   (row, start, length): tokens [start, start+length) of tokenized row
+    order.npy    int64 [n]      piece indices, pack by pack
+    offsets.npy  int64 [P + 1]  pack p holds order[offsets[p]:offsets[p+1]]
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from packer import binpack
+from packer import config as C
+from packer.bounds import lower_bound
+from packer.errors import ConfigError, InputError
+from packer.manifest import commit_stage, current, read_manifest
+
+FORMAT = "packer-plan"
+VERSION = 1
+
+Algorithm = Callable[..., "tuple[np.ndarray, np.ndarray, bool | None]"]
+
+
+def _heuristic(fn: Callable[..., binpack.Packing]) -> Algorithm:
+    def run(lengths: np.ndarray, pack_len: int, *, seed: int, max_segments: int | None,
+            time_limit: float | None) -> tuple[np.ndarray, np.ndarray, bool | None]:
+        order, offsets = fn(lengths, pack_len, max_segments)
+        return order, offsets, None
+
+    run.__doc__ = fn.__doc__
+    return run
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    # nextfit: input order, one open pack; the baseline (what streaming packers do).
+    "nextfit": _heuristic(binpack.nextfit),
+    # ffd: sorted, oldest pack that fits; within a fraction of a percent of bfd, slightly faster.
+    "ffd": _heuristic(binpack.ffd),
+    # bfd: sorted, tightest pack that fits; the usual choice.
+    "bfd": _heuristic(binpack.bfd),
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A packing of items into packs of at most `pack_len` tokens.
+
+    Example, lengths [3, 4, 1] at pack_len 4 with bfd::
+
+        order   = [1, 0, 2]      pack 0: item 1 (4 tokens); pack 1: items 0, 2 (3 + 1 tokens)
+        offsets = [0, 1, 3]
+    """
+
+    order: np.ndarray
+    """int64 [n]: item indices, pack by pack."""
+    offsets: np.ndarray
+    """int64 [num_packs + 1]: pack p holds order[offsets[p]:offsets[p+1]]."""
+    pack_len: int
+    lower_bound: int
+    """max(L1, L2): no plan can use fewer packs."""
+    optimal: bool | None
+    """True when proven optimal, False when proven not, None when not attempted."""
+    algorithm: str
+    seconds: float
+
+    @property
+    def num_packs(self) -> int:
+        return len(self.offsets) - 1
+
+    def packs(self) -> list[np.ndarray]:
+        """The item indices of each pack (for inspection; the arrays are the fast path)."""
+        return [self.order[a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:])]
+
+    def pack_tokens(self, lengths: np.ndarray) -> np.ndarray:
+        """int64 [num_packs]: tokens in each pack."""
+        return np.add.reduceat(np.asarray(lengths, np.int64)[self.order], self.offsets[:-1]) \
+            if len(self.order) else np.zeros(0, np.int64)
+
+
+def plan(lengths: np.ndarray, pack_len: int, algorithm: str = "bfd", *, seed: int = 0,
+         max_segments: int | None = None, time_limit: float | None = None) -> Plan:
+    """Pack items of the given lengths (each 1..pack_len) into as few packs as the algorithm can.
+
+    Raises ValueError for lengths outside 1..pack_len (apply the over-long policy first) and
+    ConfigError for an unknown algorithm.
+    """
+    lengths = np.asarray(lengths)
+    if lengths.ndim != 1 or (lengths.size and not np.issubdtype(lengths.dtype, np.integer)):
+        raise ValueError("lengths must be a 1-D integer array")
+    lengths = lengths.astype(np.int64, copy=False)
+    if lengths.size and (lengths.min() < 1 or lengths.max() > pack_len):
+        bad = int(np.flatnonzero((lengths < 1) | (lengths > pack_len))[0])
+        raise ValueError(f"lengths must be in 1..{pack_len}; item {bad} has length {int(lengths[bad])} "
+                         "(apply an over-long policy first: truncate, drop or split)")
+    if algorithm not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm '{algorithm}'; choose one of {', '.join(ALGORITHMS)}")
+    t0 = time.perf_counter()
+    order, offsets, optimal = ALGORITHMS[algorithm](
+        lengths, pack_len, seed=seed, max_segments=max_segments, time_limit=time_limit)
+    seconds = time.perf_counter() - t0
+    lb = lower_bound(lengths, pack_len)
+    if max_segments is not None and len(lengths):
+        lb = max(lb, -(-len(lengths) // max_segments))
+    if optimal is None and len(offsets) - 1 == lb:
+        optimal = True  # meeting the lower bound proves it
+    return Plan(order, offsets, int(pack_len), lb, optimal, algorithm, seconds)
+
+
+def cut_overlong(lengths: np.ndarray, prompt_len: np.ndarray, pack_len: int, policy: str
+                 ) -> tuple[np.ndarray, dict[str, int]]:
+    """Apply the over-long policy; returns pieces int64 [n, 3] (row, start, length) and counts.
+
+    truncate keeps the first pack_len tokens (the prompt, then as much of the answer as fits); an
+    example whose prompt alone fills the pack has nothing left to learn and is dropped. split cuts
+    pack_len pieces, each its own segment; pieces that lie wholly inside the prompt are dropped.
+    """
+    lengths = np.asarray(lengths, np.int64)
+    prompt_len = np.asarray(prompt_len, np.int64)
+    rows = np.arange(len(lengths), dtype=np.int64)
+    over = lengths > pack_len
+    counts = {"overlong_examples": int(over.sum()), "truncated_examples": 0, "truncated_tokens": 0,
+              "dropped_examples": 0, "dropped_tokens": 0, "split_examples": 0, "split_dropped_pieces": 0}
+    if policy == "truncate":
+        hopeless = over & (prompt_len >= pack_len)
+        cut = over & ~hopeless
+        keep = ~hopeless
+        counts.update(truncated_examples=int(cut.sum()),
+                      truncated_tokens=int((lengths[cut] - pack_len).sum()),
+                      dropped_examples=int(hopeless.sum()), dropped_tokens=int(lengths[hopeless].sum()))
+        pieces = np.stack([rows[keep], np.zeros(keep.sum(), np.int64),
+                           np.minimum(lengths[keep], pack_len)], axis=1)
+    elif policy == "drop":
+        counts.update(dropped_examples=int(over.sum()), dropped_tokens=int(lengths[over].sum()))
+        pieces = np.stack([rows[~over], np.zeros((~over).sum(), np.int64), lengths[~over]], axis=1)
+    elif policy == "split":
+        n_pieces = -(-lengths // pack_len)
+        prow = np.repeat(rows, n_pieces)
+        k = np.arange(len(prow)) - np.repeat(np.cumsum(n_pieces) - n_pieces, n_pieces)
+        start = k * pack_len
+        plen = np.minimum(lengths[prow] - start, pack_len)
+        useful = start + plen > prompt_len[prow]  # some trained-on token inside the piece
+        counts.update(split_examples=int(over.sum()), split_dropped_pieces=int((~useful).sum()),
+                      dropped_tokens=int(plen[~useful].sum()))
+        pieces = np.stack([prow[useful], start[useful], plen[useful]], axis=1)
+    elif policy == "error":
+        pieces = np.stack([rows, np.zeros(len(rows), np.int64), lengths], axis=1)
+    else:
+        raise ConfigError(f"overlong policy '{policy}' is not one of {', '.join(C.OVERLONG)}")
+    return pieces.reshape(-1, 3).astype(np.int64), counts
+
+
+def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig) -> dict:
+    """Stage 2: plan the tokenized folder `tokenized` into the folder `out`; returns its manifest."""
+    from packer.tokenization import FORMAT as TOK_FORMAT, VERSION as TOK_VERSION, open_tokenized
+
+    tok_manifest = read_manifest(Path(tokenized), TOK_FORMAT, TOK_VERSION,
+                                 "run `packer tokenize` (or `packer pack`) again")
+    digest = C.digest({"stage": "plan", "version": VERSION, "config": C.to_dict(config),
+                       "input": tok_manifest["digest"]})
+    existing = current(Path(out), FORMAT, VERSION, digest)
+    if existing is not None:
+        return existing
+    _, tables = open_tokenized(tokenized)
+    lengths = _column(tables, "length")
+    prompt_len = _column(tables, "prompt_len")
+    if config.overlong == "error" and len(lengths) and lengths.max() > config.pack_len:
+        _raise_overlong(tok_manifest, tables, lengths, config.pack_len)
+    pieces, counts = cut_overlong(lengths, prompt_len, config.pack_len, config.overlong)
+    p = plan(pieces[:, 2], config.pack_len, config.algorithm, seed=config.seed,
+             max_segments=config.max_segments, time_limit=config.time_limit)
+
+    def build(tmp: Path) -> dict:
+        np.save(tmp / "pieces.npy", pieces)
+        np.save(tmp / "order.npy", p.order)
+        np.save(tmp / "offsets.npy", p.offsets)
+        tokens = int(pieces[:, 2].sum())
+        return {
+            "format": FORMAT, "version": VERSION, "digest": digest, "config": C.to_dict(config),
+            "input_digest": tok_manifest["digest"],
+            "counts": dict(counts, examples_in=len(lengths), pieces=len(pieces), tokens=tokens,
+                           packs=p.num_packs),
+            "plan": {"algorithm": p.algorithm, "num_packs": p.num_packs, "lower_bound": p.lower_bound,
+                     "optimal": p.optimal, "efficiency": tokens / max(1, p.num_packs * config.pack_len)},
+            # Wall time varies run to run; it goes to the report, never into the manifest.
+        }
+
+    manifest = commit_stage(Path(out), build)
+    manifest["_seconds"] = p.seconds
+    return manifest
+
+
+def read_plan(folder: str | Path) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """(manifest, pieces, order, offsets) of a plan folder."""
+    folder = Path(folder)
+    manifest = read_manifest(folder, FORMAT, VERSION, "run `packer plan` (or `packer pack`) again")
+    return (manifest, np.load(folder / "pieces.npy"), np.load(folder / "order.npy"),
+            np.load(folder / "offsets.npy"))
+
+
+def _column(tables: list, name: str) -> np.ndarray:
+    parts = [t.column(name).to_numpy() for t in tables]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+def _raise_overlong(manifest: dict, tables: list, lengths: np.ndarray, pack_len: int) -> None:
+    row = int(np.flatnonzero(lengths > pack_len)[0])
+    files = _column(tables, "file_index")
+    lines = _column(tables, "line")
+    path = manifest["inputs"][int(files[row])]["path"]
+    raise InputError(path, int(lines[row]), None,
+                     f"example has {int(lengths[row])} tokens, more than --pack-len {pack_len}",
+                     "raise --pack-len or pass --overlong truncate, drop or split")

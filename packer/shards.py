@@ -1,0 +1,188 @@
+"""Stage 3, write: tokenized examples + plan -> shard files and the dataset manifest.
+
+A map over shards: each task gathers its packs' tokens from the memory-mapped Arrow chunks with
+whole-array indexing and writes one file through packer.format. The manifest, written last,
+lists every shard with its counts and sha256; it is the commit point of the whole run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from packer import config as C
+from packer import format as fmt
+from packer.executor import map_ordered
+from packer.manifest import commit_stage, current, read_manifest
+
+FORMAT = "packer-shards"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard to write: its pieces (row, start, length) in output order and its packs' sizes."""
+
+    index: int
+    out: str
+    pieces: np.ndarray
+    """int64 [S, 3]"""
+    segments_per_pack: np.ndarray
+    """int64 [P]"""
+    pack_len: int
+    code: int
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    file: str
+    packs: int
+    segments: int
+    tokens: int
+    loss_tokens: int
+    bytes: int
+
+
+class _Source:
+    """The tokenized chunks as flat numpy arrays (zero-copy views of the memory-mapped Arrow files)."""
+
+    def __init__(self, folder: str):
+        from packer.tokenization import open_tokenized
+
+        _, tables = open_tokenized(folder)
+        self.ids, self.mask, self.offsets = [], [], []
+        rows = [0]
+        examples = []
+        for t in tables:
+            ids = t.column("input_ids").combine_chunks()
+            mask = t.column("loss_mask").combine_chunks()
+            self.ids.append(ids.values.to_numpy(zero_copy_only=False))
+            self.mask.append(mask.values.to_numpy(zero_copy_only=False))
+            self.offsets.append(ids.offsets.to_numpy().astype(np.int64))
+            rows.append(rows[-1] + len(t))
+            examples.append(t.column("example_index").to_numpy())
+        self.row_starts = np.asarray(rows, dtype=np.int64)
+        self.example_index = np.concatenate(examples) if examples else np.zeros(0, np.int64)
+
+    def gather(self, pieces: np.ndarray, code: int) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens and loss mask of the pieces, concatenated in the given order."""
+        row, start, length = pieces[:, 0], pieces[:, 1], pieces[:, 2]
+        total = int(length.sum())
+        tokens = np.empty(total, dtype=fmt.TOKEN_DTYPES[code])
+        mask = np.empty(total, dtype=np.uint8)
+        out_start = np.cumsum(length) - length
+        chunk = np.searchsorted(self.row_starts, row, side="right") - 1
+        by_chunk = np.argsort(chunk, kind="stable")
+        bounds = np.flatnonzero(np.diff(chunk[by_chunk])) + 1
+        # One iteration per Arrow chunk touched (thousands at most), each a whole-array gather.
+        for sel in np.split(by_chunk, bounds):
+            if not len(sel):
+                continue
+            c = int(chunk[sel[0]])
+            lens = length[sel]
+            within = np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)
+            src = np.repeat(self.offsets[c][row[sel] - self.row_starts[c]] + start[sel], lens) + within
+            dst = np.repeat(out_start[sel], lens) + within
+            tokens[dst] = self.ids[c][src]
+            mask[dst] = self.mask[c][src]
+        return tokens, mask
+
+
+_SOURCE: _Source | None = None
+
+
+def _init_worker(folder: str) -> None:
+    global _SOURCE
+    _SOURCE = _Source(folder)
+
+
+def write_one(task: ShardTask) -> ShardResult:
+    """Map step: gather and write one shard file."""
+    src = _SOURCE
+    assert src is not None  # set by _init_worker
+    tokens, mask = src.gather(task.pieces, task.code)
+    seg_len = task.pieces[:, 2]
+    seg_off = np.concatenate([[0], np.cumsum(task.segments_per_pack)])
+    tok_off = np.concatenate([[0], np.cumsum(seg_len)])[seg_off]
+    name = shard_name(task.index)
+    size = fmt.write_shard(
+        Path(task.out) / name, pack_len=task.pack_len, code=task.code, tokens=tokens, loss_mask=mask,
+        pack_token_offsets=tok_off, pack_segment_offsets=seg_off, segment_lengths=seg_len,
+        segment_example=src.example_index[task.pieces[:, 0]], segment_start=task.pieces[:, 1])
+    return ShardResult(name, len(task.segments_per_pack), len(seg_len), len(tokens), int(mask.sum()), size)
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.bin"
+
+
+def _split_shards(pack_bytes: np.ndarray, limit: int) -> np.ndarray:
+    """Greedy shard boundaries (pack indices, with 0 and P) keeping each shard under `limit` bytes."""
+    cs = np.cumsum(pack_bytes)
+    bounds = [0]
+    # One iteration per shard.
+    while bounds[-1] < len(pack_bytes):
+        i = bounds[-1]
+        base = cs[i - 1] if i else 0
+        j = int(np.searchsorted(cs, base + limit, side="right"))
+        bounds.append(max(j, i + 1))
+    return np.asarray(bounds, dtype=np.int64)
+
+
+def write_stage(tokenized: str | Path, plan_dir: str | Path, out: str | Path, config: C.WriteConfig,
+                *, workers: int = 0) -> dict:
+    """Stage 3: write the shards of `plan_dir` into the folder `out`; returns the dataset manifest."""
+    from packer.planner import read_plan
+    from packer.tokenization import FORMAT as TOK_FORMAT, VERSION as TOK_VERSION
+
+    tok_manifest = read_manifest(Path(tokenized), TOK_FORMAT, TOK_VERSION, "run `packer pack` again")
+    plan_manifest, pieces, order, offsets = read_plan(plan_dir)
+    digest = C.digest({"stage": "write", "version": VERSION, "format_version": fmt.VERSION,
+                       "config": C.to_dict(config), "tokenized": tok_manifest["digest"],
+                       "plan": plan_manifest["digest"]})
+    existing = current(Path(out), FORMAT, VERSION, digest)
+    if existing is not None:
+        return existing
+    pack_len = plan_manifest["config"]["pack_len"]
+    code = fmt.token_dtype_code(tok_manifest["tokenizer"]["vocab_size"])
+    num_packs = len(offsets) - 1
+    perm = (np.random.default_rng(config.seed).permutation(num_packs) if config.shuffle
+            else np.arange(num_packs))
+    sizes = np.diff(offsets)[perm]
+    idx = np.repeat(offsets[:-1][perm] - (np.cumsum(sizes) - sizes), sizes) + np.arange(int(sizes.sum()))
+    seq = pieces[order[idx]]  # pieces in output order
+    seg_off = np.concatenate([[0], np.cumsum(sizes)])
+    pack_tokens = np.add.reduceat(seq[:, 2], seg_off[:-1]) if num_packs else np.zeros(0, np.int64)
+    itemsize = fmt.TOKEN_DTYPES[code].itemsize
+    pack_bytes = pack_tokens * (itemsize + 1) + sizes * 16 + 16
+    bounds = _split_shards(pack_bytes, config.shard_bytes)
+
+    def build(tmp: Path) -> dict:
+        tasks = (ShardTask(i, str(tmp), seq[seg_off[a]:seg_off[b]], sizes[a:b], pack_len, code)
+                 for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])))
+        results = list(map_ordered(write_one, tasks, workers, _init_worker, (str(tokenized),)))
+        tokens = sum(r.tokens for r in results)
+        return {
+            "format": FORMAT, "version": VERSION, "shard_format_version": fmt.VERSION, "digest": digest,
+            "pack_len": pack_len, "token_dtype": str(fmt.TOKEN_DTYPES[code].name),
+            "tokenizer": tok_manifest["tokenizer"], "inputs": tok_manifest["inputs"],
+            "config": {"tokenize": tok_manifest["config"], "plan": plan_manifest["config"],
+                       "write": C.to_dict(config)},
+            "lineage": {"tokenized": tok_manifest["digest"], "plan": plan_manifest["digest"]},
+            "plan": plan_manifest["plan"],
+            "counts": {
+                "packs": num_packs, "segments": len(seq), "tokens": tokens,
+                "loss_tokens": sum(r.loss_tokens for r in results),
+                "efficiency": tokens / max(1, num_packs * pack_len),
+                "records": tok_manifest["counts"]["records"],
+                "skipped_records": tok_manifest["counts"]["skipped"],
+                "skipped_by_reason": tok_manifest["counts"]["skipped_by_reason"],
+                **{k: v for k, v in plan_manifest["counts"].items() if k not in ("packs", "tokens")},
+            },
+            "shards": [{"file": r.file, "packs": r.packs, "segments": r.segments, "tokens": r.tokens,
+                        "bytes": r.bytes} for r in results],
+        }
+
+    return commit_stage(Path(out), build)

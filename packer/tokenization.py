@@ -1,0 +1,295 @@
+"""Stage 1, tokenize: JSON Lines -> Arrow files of token ids, loss masks and record lineage.
+
+A map over chunks of records: each chunk is parsed, rendered into spans, batch-encoded by the Rust
+tokenizer and written as `chunk-NNNNN.arrow` on its own, so any executor can run the chunks.
+
+One Arrow row per example (Arrow IPC file, no compression):
+
+    example_index int64       record number among all records of all inputs (0-based)
+    file_index    int32       position of the source file among the inputs
+    line          int64       1-based line of the record in its file
+    length        int32       tokens in the example
+    prompt_len    int32       tokens before the first trained-on token
+    input_ids     list<uint32>
+    loss_mask     list<uint8> 1 where the token is a training target
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from packer import config as C
+from packer.errors import InputError
+from packer.executor import map_ordered
+from packer.jsonl import RawChunk, file_digest, iter_chunks, parse_line
+from packer.manifest import commit_stage, current
+from packer.templates import make_renderer
+from packer.tokenizer import TokenizerInfo
+
+FORMAT = "packer-tokenized"
+VERSION = 1
+
+SCHEMA = pa.schema([
+    ("example_index", pa.int64()),
+    ("file_index", pa.int32()),
+    ("line", pa.int64()),
+    ("length", pa.int32()),
+    ("prompt_len", pa.int32()),
+    ("input_ids", pa.list_(pa.uint32())),
+    ("loss_mask", pa.list_(pa.uint8())),
+])
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a worker needs to tokenize any chunk (picklable: sent once per worker)."""
+
+    tokenizer: TokenizerInfo
+    config: C.TokenizeConfig
+    inputs: tuple[C.InputSpec, ...]
+    out: str
+
+
+@dataclass
+class ChunkResult:
+    index: int
+    file: str
+    records: int
+    examples: int
+    tokens: int
+    loss_tokens: int
+    skipped: dict[str, int] = field(default_factory=dict)
+    first_errors: list[str] = field(default_factory=list)
+
+
+_JOB: Job | None = None
+_RENDERERS: dict[int, object] = {}
+
+
+def _init_worker(job: Job) -> None:
+    global _JOB
+    _JOB = job
+    _RENDERERS.clear()
+
+
+def _renderer(file_index: int):
+    if file_index not in _RENDERERS:
+        job = _JOB
+        assert job is not None  # set by _init_worker before any chunk runs
+        spec, cfg = job.inputs[file_index], job.config
+        fields = {name: getattr(spec, name) or getattr(cfg, name)
+                  for name in ("query_field", "response_field", "messages_field", "text_field")}
+        _RENDERERS[file_index] = make_renderer(cfg.kind, cfg.template, fields,
+                                               job.tokenizer.chat_template, job.tokenizer.special)
+    return _RENDERERS[file_index]
+
+
+def _error_reason(e: InputError) -> str:
+    """A short, countable reason for the manifest's skip counts."""
+    if e.field is None:
+        return "malformed JSON" if "JSON" in e.reason else e.reason.split(" (")[0]
+    return f"{e.field.split('[')[0]}: {e.reason.split(' (')[0]}"
+
+
+def tokenize_chunk(chunk: RawChunk) -> ChunkResult:
+    """Map step: one chunk of raw lines -> one Arrow file. Pure: output bytes depend on the chunk only."""
+    job = _JOB
+    assert job is not None  # set by _init_worker
+    tok = job.tokenizer.build()
+    render = _renderer(chunk.file_index)
+    skipped: Counter[str] = Counter()
+    errors: list[str] = []
+    texts: list[str] = []
+    span_loss: list[bool] = []
+    spans_per_example: list[int] = []
+    keep_rows: list[int] = []
+    # Per-record loop: JSON decoding and template rendering are per-record by nature; the token-level
+    # work below is whole-array.
+    for i, (raw, line_no) in enumerate(zip(chunk.lines, chunk.line_numbers)):
+        try:
+            spans = render(parse_line(chunk.path, line_no, raw), chunk.path, line_no)
+        except InputError as e:
+            if not job.config.skip_bad:
+                raise
+            skipped[_error_reason(e)] += 1
+            if len(errors) < 5:
+                errors.append(str(e))
+            continue
+        keep_rows.append(i)
+        spans_per_example.append(len(spans))
+        for text, loss in spans:
+            texts.append(text)
+            span_loss.append(loss)
+    n = len(keep_rows)
+    info = job.tokenizer
+    if info.spans_concatenate:
+        ids, loss, lengths = _encode_spans(tok, texts, span_loss, spans_per_example)
+    else:
+        ids, loss, lengths = _encode_joined(tok, texts, span_loss, spans_per_example)
+    # Special tokens are added as ids, never as text: BOS (no loss) first, EOS (loss) last.
+    starts = np.concatenate([[0], np.cumsum(lengths)])[:-1]
+    if info.add_bos and info.bos_id is not None:
+        ids = np.insert(ids, starts, info.bos_id)
+        loss = np.insert(loss, starts, 0)
+        lengths += 1
+        starts = starts + np.arange(n)
+    ends = starts + lengths
+    if appends_eos(job.config, info):
+        # EOS is trained on when the example ends in trained-on text (a response, an assistant turn).
+        last_span = np.cumsum(spans_per_example) - 1
+        eos_loss = np.asarray(span_loss, dtype=np.uint8)[last_span] if n else np.zeros(0, np.uint8)
+        ids = np.insert(ids, ends, info.eos_id)
+        loss = np.insert(loss, ends, eos_loss)
+        lengths += 1
+        starts = starts + np.arange(n)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    prompt_len = _first_true(loss, offsets)
+    table = pa.table({
+        "example_index": pa.array(np.asarray(keep_rows, np.int64) + chunk.first_record, pa.int64()),
+        "file_index": pa.array(np.full(n, chunk.file_index, np.int32)),
+        "line": pa.array(np.asarray(chunk.line_numbers, np.int64)[keep_rows] if n else [], pa.int64()),
+        "length": pa.array(lengths.astype(np.int32)),
+        "prompt_len": pa.array(prompt_len.astype(np.int32)),
+        "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids.astype(np.uint32))),
+        "loss_mask": pa.ListArray.from_arrays(pa.array(offsets), pa.array(loss.astype(np.uint8))),
+    }, schema=SCHEMA)
+    path = Path(job.out) / chunk_name(chunk.index)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
+        writer.write_table(table)
+    return ChunkResult(chunk.index, chunk.path, len(chunk.lines), n, int(lengths.sum()),
+                       int(loss.sum()), dict(skipped), errors)
+
+
+def _encode_spans(tok, texts: list[str], span_loss: list[bool], spans_per_example: list[int]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Encode every span on its own (one batch call) and concatenate: the loss mask follows the
+    span boundaries exactly. Returns flat ids uint32, flat loss uint8 and per-example lengths."""
+    n = len(spans_per_example)
+    encodings = tok.encode_batch_fast(texts, add_special_tokens=False) if texts else []
+    span_ids = pa.array([e.ids for e in encodings], type=pa.list_(pa.uint32()))
+    span_len = np.diff(np.asarray(span_ids.offsets)).astype(np.int64)
+    ids = np.asarray(span_ids.values) if n else np.zeros(0, np.uint32)
+    loss = np.repeat(np.asarray(span_loss, dtype=np.uint8), span_len)
+    ex_of_span = np.repeat(np.arange(n), spans_per_example)
+    lengths = np.bincount(ex_of_span, weights=span_len, minlength=n).astype(np.int64)
+    return ids, loss, lengths
+
+
+def _encode_joined(tok, texts: list[str], span_loss: list[bool], spans_per_example: list[int]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Encode each example's joined text once; a token is trained on when its first character lies
+    in a trained-on span (a token straddling prompt and answer counts as prompt)."""
+    bounds = np.concatenate([[0], np.cumsum(spans_per_example)]).astype(np.int64)
+    joined = ["".join(texts[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    encodings = tok.encode_batch(joined, add_special_tokens=False) if joined else []
+    ids_parts, loss_parts, lengths = [], [], []
+    flags = np.asarray(span_loss, dtype=np.uint8)
+    # Per-example loop: only tokenizers that cannot encode spans separately come here.
+    for e, a, b in zip(encodings, bounds[:-1], bounds[1:]):
+        ends = np.cumsum([len(t) for t in texts[a:b]])
+        starts = np.fromiter((o[0] for o in e.offsets), dtype=np.int64, count=len(e.ids))
+        span = np.minimum(np.searchsorted(ends, starts, side="right"), b - a - 1)
+        ids_parts.append(np.asarray(e.ids, dtype=np.uint32))
+        loss_parts.append(flags[a + span])
+        lengths.append(len(e.ids))
+    if not ids_parts:
+        return np.zeros(0, np.uint32), np.zeros(0, np.uint8), np.zeros(0, np.int64)
+    return np.concatenate(ids_parts), np.concatenate(loss_parts), np.asarray(lengths, np.int64)
+
+
+def _first_true(mask: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Per example, the index (within the example) of its first 1 in `mask`; its length when none."""
+    n = len(offsets) - 1
+    lengths = np.diff(offsets)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    pos = np.flatnonzero(mask)
+    first = np.searchsorted(pos, offsets[:-1])
+    found = first < len(pos)
+    cand = np.where(found, pos[np.minimum(first, len(pos) - 1)], offsets[1:])
+    within = np.minimum(cand, offsets[1:]) - offsets[:-1]
+    return np.where(within < lengths, within, lengths)
+
+
+def chunk_name(index: int) -> str:
+    return f"chunk-{index:05d}.arrow"
+
+
+def tokenize(inputs: list[C.InputSpec], out: str | Path, config: C.TokenizeConfig,
+             tokenizer: TokenizerInfo, *, workers: int = 0) -> dict:
+    """Stage 1: tokenize `inputs` into the folder `out`; returns its manifest (skips if up to date)."""
+    out = Path(out)
+    input_meta = [{"path": s.path, "sha256": file_digest(s.path)} for s in inputs]
+    lineage = {
+        "stage": "tokenize", "version": VERSION, "config": C.to_dict(config),
+        "inputs": [dict(m, spec=C.to_dict(s)) for m, s in zip(input_meta, inputs)],
+        "tokenizer": tokenizer.fingerprint, "eos_id": tokenizer.eos_id,
+        "template_text": _template_text(config.template),
+    }
+    digest = C.digest(lineage)
+    existing = current(out, FORMAT, VERSION, digest)
+    if existing is not None:
+        return existing
+
+    def build(tmp: Path) -> dict:
+        job = Job(tokenizer, config, tuple(inputs), str(tmp))
+        chunks = iter_chunks([s.path for s in inputs], config.chunk_records)
+        results = list(map_ordered(tokenize_chunk, chunks, workers, _init_worker, (job,)))
+        skipped: Counter[str] = Counter()
+        per_file: dict[str, Counter[str]] = {s.path: Counter() for s in inputs}
+        for r in results:
+            skipped.update(r.skipped)
+            pf = per_file[r.file]
+            pf.update(records=r.records, examples=r.examples, tokens=r.tokens, skipped=sum(r.skipped.values()))
+        return {
+            "format": FORMAT, "version": VERSION, "digest": digest,
+            "config": C.to_dict(config),
+            "inputs": [dict(m, **{k: int(v) for k, v in per_file[m["path"]].items()}) for m in input_meta],
+            "tokenizer": {"name": tokenizer.name, "fingerprint": tokenizer.fingerprint,
+                          "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
+                          "bos_id": tokenizer.bos_id, "add_bos": tokenizer.add_bos},
+            "chunks": [{"file": chunk_name(r.index), "examples": r.examples, "tokens": r.tokens}
+                       for r in results],
+            "counts": {
+                "records": sum(r.records for r in results),
+                "examples": sum(r.examples for r in results),
+                "tokens": sum(r.tokens for r in results),
+                "loss_tokens": sum(r.loss_tokens for r in results),
+                "skipped": sum(skipped.values()),
+                "skipped_by_reason": dict(sorted(skipped.items())),
+            },
+            "first_skipped": [e for r in results for e in r.first_errors][:10],
+        }
+
+    return commit_stage(out, build)
+
+
+def _template_text(template: str) -> str | None:
+    """A template file's contents take part in the digest, so editing it re-runs the stage."""
+    p = Path(template)
+    return p.read_text(encoding="utf-8") if template not in ("auto", "alpaca", "chatml", "none",
+                                                              "tokenizer") and p.is_file() else None
+
+
+def open_tokenized(folder: str | Path) -> tuple[dict, list[pa.Table]]:
+    """The manifest and the memory-mapped Arrow tables (zero-copy) of a tokenize stage folder."""
+    from packer.manifest import read_manifest
+
+    folder = Path(folder)
+    manifest = read_manifest(folder, FORMAT, VERSION, "run `packer tokenize` (or `packer pack`) again")
+    tables = []
+    for c in manifest["chunks"]:
+        # The map stays open as long as the table's buffers refer to it.
+        tables.append(pa.ipc.open_file(pa.memory_map(str(folder / c["file"]), "r")).read_all())
+    return manifest, tables
+
+
+def appends_eos(config: C.TokenizeConfig, info: TokenizerInfo) -> bool:
+    """EOS ends every example, except chats rendered by the tokenizer's own template (it ends turns)."""
+    jinja = config.kind == "chat" and info.chat_template is not None and config.template in ("auto", "tokenizer")
+    return not jinja

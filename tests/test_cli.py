@@ -1,0 +1,48 @@
+"""The command line: all stages, one stage at a time, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from packer.cli import main
+from packer.dataset import PackedShards
+
+from conftest import sft_records, write_jsonl
+
+
+def test_pack_then_stages_one_by_one(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"question": r["query"], "answer": r["response"]}
+                                              for r in sft_records(40)])
+    r = CliRunner().invoke(main, ["pack", str(data), "--out", str(tmp_path / "a"), "--pack-len", "256",
+                                  "--query-field", "question", "--response-field", "answer"])
+    assert r.exit_code == 0, r.output
+    assert "efficiency" in r.output and "report.json" in r.output
+    runner = CliRunner()
+    args = ["--query-field", "question", "--response-field", "answer"]
+    assert runner.invoke(main, ["tokenize", str(data), "--out", str(tmp_path / "b"), *args]).exit_code == 0
+    assert runner.invoke(main, ["plan", str(tmp_path / "b"), "--pack-len", "256"]).exit_code == 0
+    w = runner.invoke(main, ["write", str(tmp_path / "b")])
+    assert w.exit_code == 0, w.output
+    a_bytes = [p.read_bytes() for p in sorted((tmp_path / "a" / "shards").glob("*.bin"))]
+    b_bytes = [p.read_bytes() for p in sorted((tmp_path / "b" / "shards").glob("*.bin"))]
+    assert a_bytes == b_bytes
+    assert len(PackedShards(tmp_path / "b")) == json.loads((tmp_path / "b" / "report.json").read_text())["num_packs"]
+    v = runner.invoke(main, ["verify", str(tmp_path / "b")])
+    assert v.exit_code == 0 and v.output.startswith("ok:")
+
+
+def test_bad_input_is_one_line_error(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"query": "q", "response": "r"}, {"query": "q"}])
+    r = CliRunner().invoke(main, ["pack", str(data), "--out", str(tmp_path / "o"), "--pack-len", "64"])
+    assert r.exit_code == 1
+    assert "d.jsonl:2: field 'response' missing (keys: query); pass --response-field" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_unknown_algorithm_lists_choices(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"query": "q", "response": "r"}])
+    r = CliRunner().invoke(main, ["pack", str(data), "--out", str(tmp_path / "o"), "--pack-len", "64",
+                                  "--algorithm", "best"])
+    assert r.exit_code == 1 and "choose one of nextfit, ffd, bfd" in r.output

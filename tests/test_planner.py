@@ -1,0 +1,100 @@
+"""Planner: known cases, exact agreement with item-by-item references, and properties of every algorithm."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import packer
+from packer.bounds import l1_bound, l2_bound, lower_bound
+from packer.errors import ConfigError
+from packer.planner import ALGORITHMS, cut_overlong
+
+
+def reference(lengths: list[int], pack_len: int, best: bool, max_segments: int | None = None) -> list[list[int]]:
+    """Textbook FFD / BFD, one item at a time, with the documented ties."""
+    items = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # sorted() is stable
+    packs: list[list[int]] = []
+    free: list[int] = []
+    for i in items:
+        s = lengths[i]
+        fits = [p for p in range(len(packs))
+                if free[p] >= s and (max_segments is None or len(packs[p]) < max_segments)]
+        if not fits:
+            packs.append([i])
+            free.append(pack_len - s)
+            continue
+        p = min(fits, key=lambda p: (free[p], p)) if best else fits[0]
+        packs[p].append(i)
+        free[p] -= s
+    return packs
+
+
+def test_known_case():
+    p = packer.plan(np.array([3, 4, 1]), 4, "bfd")
+    assert [x.tolist() for x in p.packs()] == [[1], [0, 2]]
+    assert p.num_packs == 2 and p.lower_bound == 2 and p.optimal is True
+    assert p.pack_tokens(np.array([3, 4, 1])).tolist() == [4, 4]
+
+
+def test_lengths_out_of_range_and_unknown_algorithm():
+    with pytest.raises(ValueError, match="item 1 has length 5"):
+        packer.plan(np.array([3, 5]), 4)
+    with pytest.raises(ValueError, match="in 1..4"):
+        packer.plan(np.array([0]), 4)
+    with pytest.raises(ConfigError, match="choose one of nextfit, ffd, bfd"):
+        packer.plan(np.array([1]), 4, "magic")
+
+
+lengths_and_len = st.integers(1, 64).flatmap(
+    lambda L: st.tuples(st.lists(st.integers(1, L), max_size=80), st.just(L)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(lengths_and_len, st.sampled_from([None, 1, 2, 3, 7]))
+def test_ffd_bfd_match_reference(data, max_segments):
+    lengths, L = data
+    for name, best in (("ffd", False), ("bfd", True)):
+        p = packer.plan(np.array(lengths, dtype=np.int64), L, name, max_segments=max_segments)
+        assert [x.tolist() for x in p.packs()] == reference(lengths, L, best, max_segments), name
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths_and_len, st.sampled_from(sorted(ALGORITHMS)), st.sampled_from([None, 1, 4]))
+def test_plan_properties(data, algorithm, max_segments):
+    lengths, L = data
+    arr = np.array(lengths, dtype=np.int64)
+    p = packer.plan(arr, L, algorithm, max_segments=max_segments)
+    assert sorted(p.order.tolist()) == list(range(len(lengths))), "every item exactly once"
+    assert p.offsets[0] == 0 and p.offsets[-1] == len(lengths) and np.all(np.diff(p.offsets) >= 1)
+    assert np.all(p.pack_tokens(arr) <= L)
+    assert p.num_packs >= p.lower_bound
+    if max_segments:
+        assert np.diff(p.offsets).max(initial=0) <= max_segments
+    again = packer.plan(arr, L, algorithm, max_segments=max_segments)
+    assert np.array_equal(p.order, again.order) and np.array_equal(p.offsets, again.offsets)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths_and_len)
+def test_bounds_are_valid(data):
+    lengths, L = data
+    arr = np.array(lengths, dtype=np.int64)
+    best = min(packer.plan(arr, L, a).num_packs for a in ("ffd", "bfd")) if lengths else 0
+    assert l1_bound(arr, L) <= lower_bound(arr, L) <= best
+    assert l2_bound(arr, L) <= best if lengths else True
+
+
+def test_l2_beats_l1_on_big_items():
+    # three items over half the pack: L1 says 2 packs, L2 proves 3
+    arr = np.array([6, 6, 6])
+    assert l1_bound(arr, 10) == 2 and lower_bound(arr, 10) == 3
+
+
+def test_cut_overlong_split_pieces_cover_each_example():
+    lengths = np.array([10, 3, 25])
+    pieces, counts = cut_overlong(lengths, np.array([0, 0, 0]), 8, "split")
+    assert pieces.tolist() == [[0, 0, 8], [0, 8, 2], [1, 0, 3], [2, 0, 8], [2, 8, 8], [2, 16, 8], [2, 24, 1]]
+    assert counts["split_examples"] == 2

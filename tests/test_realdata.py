@@ -1,0 +1,44 @@
+"""GSM8K through the whole pipeline with the GPT-2 tokenizer (skipped when ../shared/data is absent)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from packer import config as C
+from packer.dataset import PackedShards
+from packer.pipeline import pack
+from packer.templates import ALPACA
+from packer.tokenizer import load_tokenizer
+
+from conftest import SHARED
+
+GSM8K = SHARED / "gsm8k" / "train.jsonl"
+GPT2 = SHARED / "gpt2"
+pytestmark = [pytest.mark.realdata,
+              pytest.mark.skipif(not (GSM8K.is_file() and GPT2.is_dir()), reason="../shared/data absent")]
+
+
+def test_gsm8k_2048_round_trip(tmp_path):
+    tok = load_tokenizer(str(GPT2))
+    report = pack([f"{GSM8K}#query=question,response=answer"], tmp_path / "r", tokenizer=tok,
+                  plan_config=C.PlanConfig(pack_len=2048))
+    ds = PackedShards(tmp_path / "r")
+    assert ds.manifest["token_dtype"] == "uint16"
+    assert report["num_examples"] == 7473 and report["truncated_examples"] == 0
+    total = report["num_tokens"]
+    assert report["lower_bound_packs"] >= -(-total // 2048)
+    assert report["num_packs"] <= 1.02 * report["lower_bound_packs"]
+    records = [json.loads(line) for line in GSM8K.read_text().splitlines()]
+    t = tok.build()
+    for i in range(0, len(ds), 97):  # spot-check decoding of a sample of packs
+        item = ds[i]
+        cu = item["cu_seqlens"].tolist()
+        for s, ex in enumerate(item["example_index"].tolist()):
+            text = t.decode(item["input_ids"][cu[s]:cu[s + 1]].tolist(), skip_special_tokens=False)
+            r = records[ex]
+            assert text == ALPACA.replace("{query}", r["question"]) + r["answer"] + "<|endoftext|>"
+    lens = np.concatenate([s.segment_lengths for s in ds.shards])
+    assert lens.max() <= 464 + 1

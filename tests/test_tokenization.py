@@ -1,0 +1,182 @@
+"""Stage 1: input kinds, compressed files, per-file fields, and every bad input's error."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+
+import numpy as np
+import pytest
+import zstandard
+
+from packer import config as C
+from packer.config import InputSpec
+from packer.errors import ConfigError, InputError
+from packer.tokenization import open_tokenized, tokenize
+
+from conftest import write_jsonl
+
+
+def rows(folder):
+    _, tables = open_tokenized(folder)
+    out = []
+    for t in tables:
+        out.extend(t.to_pylist())
+    return out
+
+
+def run(tmp_path, tok, records, cfg=C.TokenizeConfig(), raw=None, name="d.jsonl"):
+    data = write_jsonl(tmp_path / name, records, raw)
+    return tokenize([InputSpec(str(data))], tmp_path / "tok", cfg, tok)
+
+
+def test_sft_loss_only_on_response_and_eos(tmp_path, byte_tok):
+    run(tmp_path, byte_tok, [{"query": "2+2?", "response": "4"}], C.TokenizeConfig(template="none"))
+    (r,) = rows(tmp_path / "tok")
+    assert r["input_ids"] == list(b"2+2?4") + [byte_tok.eos_id]
+    assert r["loss_mask"] == [0, 0, 0, 0, 1, 1]
+    assert r["prompt_len"] == 4 and r["length"] == 6 and r["line"] == 1 and r["example_index"] == 0
+
+
+def test_bos_is_prepended_without_loss(tmp_path, byte_tok):
+    import dataclasses
+
+    info = dataclasses.replace(byte_tok, bos_id=byte_tok.eos_id, add_bos=True)
+    run(tmp_path, info, [{"query": "q", "response": "r"}], C.TokenizeConfig(template="none"))
+    (r,) = rows(tmp_path / "tok")
+    assert r["input_ids"] == [info.eos_id, ord("q"), ord("r"), info.eos_id]
+    assert r["loss_mask"] == [0, 0, 1, 1]
+
+
+def test_template_file_with_suffix(tmp_path, byte_tok):
+    tpl = tmp_path / "t.txt"
+    tpl.write_text("Q: {query}\nA: {response}<end>")
+    run(tmp_path, byte_tok, [{"query": "x", "response": "y"}], C.TokenizeConfig(template=str(tpl)))
+    (r,) = rows(tmp_path / "tok")
+    assert bytes(r["input_ids"][:-1]) == b"Q: x\nA: y<end>"
+    assert r["loss_mask"] == [0] * 8 + [1] * 6 + [1]
+
+
+def test_gz_and_zst_inputs_and_per_file_fields(tmp_path, byte_tok):
+    a = tmp_path / "a.jsonl.gz"
+    with gzip.open(a, "wb") as f:
+        f.write(json.dumps({"question": "q1", "answer": "r1"}).encode() + b"\n\n")
+        f.write(json.dumps({"question": "q2", "answer": "r2"}).encode() + b"\n")
+    b = tmp_path / "b.jsonl.zst"
+    b.write_bytes(zstandard.ZstdCompressor().compress(
+        json.dumps({"prompt": "q3", "output": "r3"}).encode() + b"\n"))
+    specs = [InputSpec.parse(f"{a}#query=question,response=answer"),
+             InputSpec.parse(f"{b}#query=prompt,response=output")]
+    m = tokenize(specs, tmp_path / "tok", C.TokenizeConfig(template="none"), byte_tok)
+    rs = rows(tmp_path / "tok")
+    assert [bytes(r["input_ids"][:-1]) for r in rs] == [b"q1r1", b"q2r2", b"q3r3"]
+    assert [(r["file_index"], r["line"], r["example_index"]) for r in rs] == [(0, 1, 0), (0, 3, 1), (1, 1, 2)]
+    assert [i["examples"] for i in m["inputs"]] == [2, 1], "both files are packed, not only the last"
+
+
+def test_chat_loss_only_on_assistant_turns(tmp_path, byte_tok):
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"},
+            {"role": "assistant", "content": "A1"}, {"role": "user", "content": "V"},
+            {"role": "assistant", "content": "A2"}]
+    run(tmp_path, byte_tok, [{"messages": msgs}], C.TokenizeConfig(kind="chat"))
+    (r,) = rows(tmp_path / "tok")
+    ids, mask = np.array(r["input_ids"]), np.array(r["loss_mask"], bool)
+    trained = bytes(ids[mask][:-1].tolist())  # last is EOS
+    assert trained == b"A1<|im_end|>\nA2<|im_end|>\n"
+    assert ids[-1] == byte_tok.eos_id and mask[-1]
+
+
+def test_chat_with_tokenizer_jinja_template(tmp_path, byte_tok):
+    tpl = ("{% for m in messages %}[{{ m.role }}]{{ m.content }}{% if m.role == 'assistant' %}"
+           "{{ eos_token }}{% endif %}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}")
+    info = dataclasses.replace(byte_tok, chat_template=tpl)
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    run(tmp_path, info, [{"messages": msgs}], C.TokenizeConfig(kind="chat"))
+    (r,) = rows(tmp_path / "tok")
+    ids, mask = np.array(r["input_ids"]), np.array(r["loss_mask"], bool)
+    assert info.build().decode(ids.tolist(), skip_special_tokens=False) == "[user]hi[assistant]yo<|endoftext|>"
+    assert info.build().decode(ids[mask].tolist(), skip_special_tokens=False) == "yo<|endoftext|>"
+
+
+def test_text_kind_trains_on_everything(tmp_path, byte_tok):
+    run(tmp_path, byte_tok, [{"text": "doc"}], C.TokenizeConfig(kind="text"))
+    (r,) = rows(tmp_path / "tok")
+    assert r["input_ids"] == list(b"doc") + [byte_tok.eos_id] and all(r["loss_mask"])
+
+
+BAD = [
+    ({0: b'{"query": "q", "response": \n'}, None, r"d\.jsonl:1: malformed JSON: .* at column \d+"),
+    ({}, {"query": "q", "output": "r"}, r"d\.jsonl:1: field 'response' missing \(keys: output, query\); "
+                                        r"pass --response-field"),
+    ({}, {"query": "q", "response": 7}, r"d\.jsonl:1: field 'response' is int, expected a string"),
+    ({}, {"query": "q", "response": "  "}, r"d\.jsonl:1: field 'response' is empty"),
+    ({0: b'{"query": "\xff", "response": "r"}\n'}, None, r"d\.jsonl:1: is not valid UTF-8"),
+    ({0: b'[1, 2]\n'}, None, r"d\.jsonl:1: expected a JSON object, got list"),
+]
+
+
+@pytest.mark.parametrize("raw,record,pattern", BAD)
+def test_bad_input_stops_with_file_line_field(tmp_path, byte_tok, raw, record, pattern):
+    good = {"query": "q", "response": "r"}
+    records = [record or good, good]
+    with pytest.raises(InputError, match=pattern):
+        run(tmp_path, byte_tok, records, raw=raw)
+    assert not (tmp_path / "tok").exists(), "a failed stage leaves no output folder"
+
+
+def test_skip_bad_skips_and_counts_by_reason(tmp_path, byte_tok):
+    good = {"query": "q", "response": "r"}
+    records = [good, None, {"query": "q"}, {"query": "q", "response": ""}, good]
+    raw = {1: b"not json\n"}
+    m = run(tmp_path, byte_tok, records, C.TokenizeConfig(skip_bad=True), raw=raw)
+    assert m["counts"]["skipped"] == 3 and m["counts"]["examples"] == 2
+    assert m["counts"]["skipped_by_reason"] == {"malformed JSON": 1, "response: is empty": 1,
+                                                "response: missing": 1}
+    assert [r["example_index"] for r in rows(tmp_path / "tok")] == [0, 4], "record numbers count skipped ones"
+    assert "d.jsonl:2" in m["first_skipped"][0]
+
+
+def test_bad_chat_records(tmp_path, byte_tok):
+    cfg = C.TokenizeConfig(kind="chat")
+    with pytest.raises(InputError, match=r"field 'messages\[0\]\.content' is int"):
+        run(tmp_path, byte_tok, [{"messages": [{"role": "user", "content": 3}]}], cfg)
+    with pytest.raises(InputError, match="has no non-empty assistant message"):
+        run(tmp_path, byte_tok, [{"messages": [{"role": "user", "content": "hi"}]}], cfg)
+
+
+def test_missing_file_and_bad_options(tmp_path, byte_tok):
+    with pytest.raises(InputError, match="nope.jsonl: no such file"):
+        tokenize([InputSpec(str(tmp_path / "nope.jsonl"))], tmp_path / "tok", C.TokenizeConfig(), byte_tok)
+    with pytest.raises(ConfigError, match="use PATH#query=F,response=F"):
+        InputSpec.parse("a.jsonl#quest=x")
+    with pytest.raises(ConfigError, match="neither a built-in"):
+        run(tmp_path, byte_tok, [{"query": "q", "response": "r"}], C.TokenizeConfig(template="nosuch"))
+
+
+def test_prefix_space_tokenizers_encode_whole_examples(tmp_path):
+    """A SentencePiece-style tokenizer adds '▁' to every encode: spans must not be encoded apart."""
+    import json as _json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from packer.tokenizer import load_tokenizer
+
+    chars = sorted(set("▁abcdefghijklmnopqrstuvwxyzQRA:?0123456789.,+= \n#"))
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(chars + ["</s>", "<unk>"])}, merges=[],
+                               unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    (tmp_path / "tk").mkdir()
+    tok.save(str(tmp_path / "tk" / "tokenizer.json"))
+    (tmp_path / "tk" / "tokenizer_config.json").write_text(_json.dumps({"eos_token": "</s>"}))
+    info = load_tokenizer(str(tmp_path / "tk"))
+    assert info.spans_concatenate is False
+    run(tmp_path, info, [{"query": "Q:2+2?", "response": "4"}], C.TokenizeConfig(template="none"))
+    (r,) = rows(tmp_path / "tok")
+    assert info.build().decode(r["input_ids"][:-1]) == "Q:2+2?4"
+    assert [bool(x) for x in r["loss_mask"]] == [False] * 7 + [True, True]  # '▁' 'Q' ':' '2' '+' '2' '?' | '4' EOS
+
+
+def test_byte_level_tokenizers_encode_spans(byte_tok):
+    assert byte_tok.spans_concatenate is True
