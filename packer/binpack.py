@@ -6,15 +6,15 @@ the order they were opened.
 
 FFD and BFD are the exact textbook algorithms with fixed ties: items are taken in a stable
 descending sort (equal lengths keep input order); first fit takes the oldest pack with room; best
-fit takes the pack with the least room that still fits, the oldest among equals. They run over
+fit takes the pack with the least room that still fits and, among packs with equally little room,
+the one that has had that room longest (first in, first out: the rule TRL's BFD follows, so the
+packs are the same as TRL's on the whole dataset). They run over
 runs of packs, not items: packs opened together with the same contents behave identically, so a
 whole run receives a length class at once. Equal-length items are placed as a block, which makes
 the work proportional to (length classes x runs touched), not to the number of items.
 """
 
 from __future__ import annotations
-
-import bisect
 
 import numpy as np
 
@@ -67,23 +67,35 @@ class _Events:
         self.rows.append((pos, first, npacks, k, before))
 
     def expand(self, order_sorted: np.ndarray, num_packs: int) -> Packing:
-        """Whole-array expansion of the blocks into (order, offsets)."""
+        """Whole-array expansion of the blocks into (order, offsets).
+
+        Blocks were recorded in placement order, so together they cover the sorted items front to
+        back; each pack-sized piece of a block lands at its pack's offset plus the items the pack
+        already held. Work is one pass over the items plus one over (pack, block) pairs.
+        """
         n = len(order_sorted)
         if n == 0:
             return np.zeros(0, np.int64), np.zeros(1, np.int64)
         ev = np.asarray(self.rows, dtype=np.int64)
-        pos, first, npacks, k, before = ev.T
-        cnt = npacks * k
-        which = np.repeat(np.arange(len(ev)), cnt)
-        j = np.arange(n, dtype=np.int64) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-        kk = k[which]
-        item = order_sorted[pos[which] + j]
-        pack = first[which] + j // kk
-        rank = before[which] + j % kk
+        first, npacks, k, before = ev[:, 1], ev[:, 2], ev[:, 3], ev[:, 4]
+        # One piece per (event, pack): k items to pack p, after `before` items already there.
+        piece_pack = np.repeat(first - (np.cumsum(npacks) - npacks), npacks) + np.arange(int(npacks.sum()))
+        piece_k = np.repeat(k, npacks)
+        piece_before = np.repeat(before, npacks)
         offsets = np.zeros(num_packs + 1, dtype=np.int64)
-        np.cumsum(np.bincount(pack, minlength=num_packs), out=offsets[1:])
+        np.cumsum(np.bincount(piece_pack, weights=piece_k, minlength=num_packs).astype(np.int64),
+                  out=offsets[1:])
+        dest_start = offsets[piece_pack] + piece_before
+        # dest = each piece's destination run, as one cumulative sum of +1 steps and jumps at piece
+        # starts; int32 halves the memory traffic that dominates at 1e7 items.
+        idx = np.int32 if n < 2**31 else np.int64
+        step = np.ones(n, dtype=idx)
+        starts = np.cumsum(piece_k) - piece_k
+        jump = np.diff(dest_start, prepend=np.int64(1)) - np.concatenate([[0], piece_k[:-1]]) + 1
+        step[starts] = jump.astype(idx)
+        dest = np.cumsum(step, dtype=idx)
         order = np.empty(n, dtype=np.int64)
-        order[offsets[pack] + rank] = item
+        order[dest] = order_sorted
         return order, offsets
 
 
@@ -110,15 +122,16 @@ def _open_new(events: _Events, pos: int, rem: int, s: int, pack_len: int, cap: i
 
 
 def bfd(lengths: np.ndarray, pack_len: int, max_segments: int | None = None) -> Packing:
-    """Best-fit decreasing: each item to the open pack with the least room that fits (oldest on ties).
+    """Best-fit decreasing: each item to the open pack with the least room that fits; on ties, the
+    pack that reached that room first.
 
-    Runs are kept in buckets by free room. For a length s, the pack with the least room f >= s takes
+    Runs are kept in buckets by free room, in order of arrival. For a length s, the pack with the least room f >= s takes
     floor(f / s) items in a row (its room then drops below s), so packs are served bucket by bucket.
     """
     order_sorted, sizes, counts, starts = _classes(lengths, pack_len)
     cap = max_segments or len(lengths) + 1
     smin = int(sizes[-1]) if len(sizes) else 1
-    buckets: dict[int, list[list[int]]] = {}  # free -> runs [first_pack, npacks, items], by age
+    buckets: dict[int, list[list[int]]] = {}  # free -> runs [first_pack, npacks, items], by arrival
     nonempty = np.zeros(pack_len + 1, dtype=bool)
     events = _Events()
     next_pack = 0
@@ -126,8 +139,7 @@ def bfd(lengths: np.ndarray, pack_len: int, max_segments: int | None = None) -> 
     def put(first: int, npacks: int, free: int, items: int) -> None:
         if free < smin or items >= cap:  # can never take another item: closed
             return
-        runs = buckets.setdefault(free, [])
-        bisect.insort(runs, [first, npacks, items])
+        buckets.setdefault(free, []).append([first, npacks, items])  # arrival order
         nonempty[free] = True
 
     for s, c, pos in zip(sizes.tolist(), counts.tolist(), starts.tolist()):

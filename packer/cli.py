@@ -52,7 +52,7 @@ def plan_options(fn):
     opts = [
         click.option("--pack-len", type=int, required=True, help="Tokens per pack."),
         click.option("--algorithm", default="bfd", show_default=True,
-                     help="nextfit, ffd, bfd (see packer.plan.ALGORITHMS)."),
+                     help="nextfit, ffd, bfd, ortools (see packer.planner.ALGORITHMS)."),
         click.option("--overlong", type=click.Choice(C.OVERLONG), default=None,
                      help="Over-long examples (default: truncate for sft/chat, split for text)."),
         click.option("--max-segments", type=int, default=None, help="Cap on examples per pack."),

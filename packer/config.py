@@ -82,7 +82,7 @@ class PlanConfig:
     pack_len: int = 2048
     """Tokens per pack (the training sequence length)."""
     algorithm: str = "bfd"
-    """Packing algorithm: see packer.plan.ALGORITHMS."""
+    """Packing algorithm: see packer.planner.ALGORITHMS."""
     overlong: str = "truncate"
     """What to do with an example longer than pack_len: truncate (keep the prompt, cut the end),
     drop, split (into pack_len pieces, each its own segment) or error."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from packer.tokenizer import TokenizerInfo, load_tokenizer
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(os.environ.get("PACKER_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def write_jsonl(path: Path, records: list, raw_lines: dict[int, bytes] | None = None) -> Path:

@@ -45,4 +45,4 @@ def test_unknown_algorithm_lists_choices(tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", [{"query": "q", "response": "r"}])
     r = CliRunner().invoke(main, ["pack", str(data), "--out", str(tmp_path / "o"), "--pack-len", "64",
                                   "--algorithm", "best"])
-    assert r.exit_code == 1 and "choose one of nextfit, ffd, bfd" in r.output
+    assert r.exit_code == 1 and "choose one of nextfit, ffd, bfd, ortools" in r.output

@@ -14,21 +14,25 @@ from packer.planner import ALGORITHMS, cut_overlong
 
 
 def reference(lengths: list[int], pack_len: int, best: bool, max_segments: int | None = None) -> list[list[int]]:
-    """Textbook FFD / BFD, one item at a time, with the documented ties."""
+    """Textbook FFD / BFD, one item at a time, with the documented ties: FFD takes the oldest pack
+    that fits; BFD the least room, then the pack that has had that room longest."""
     items = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # sorted() is stable
     packs: list[list[int]] = []
     free: list[int] = []
-    for i in items:
+    since: list[int] = []  # when each pack reached its current room
+    for t, i in enumerate(items):
         s = lengths[i]
         fits = [p for p in range(len(packs))
                 if free[p] >= s and (max_segments is None or len(packs[p]) < max_segments)]
         if not fits:
             packs.append([i])
             free.append(pack_len - s)
+            since.append(t)
             continue
-        p = min(fits, key=lambda p: (free[p], p)) if best else fits[0]
+        p = min(fits, key=lambda p: (free[p], since[p])) if best else fits[0]
         packs[p].append(i)
         free[p] -= s
+        since[p] = t
     return packs
 
 
@@ -44,7 +48,7 @@ def test_lengths_out_of_range_and_unknown_algorithm():
         packer.plan(np.array([3, 5]), 4)
     with pytest.raises(ValueError, match="in 1..4"):
         packer.plan(np.array([0]), 4)
-    with pytest.raises(ConfigError, match="choose one of nextfit, ffd, bfd"):
+    with pytest.raises(ConfigError, match="choose one of nextfit, ffd, bfd, ortools"):
         packer.plan(np.array([1]), 4, "magic")
 
 
@@ -98,3 +102,49 @@ def test_cut_overlong_split_pieces_cover_each_example():
     pieces, counts = cut_overlong(lengths, np.array([0, 0, 0]), 8, "split")
     assert pieces.tolist() == [[0, 0, 8], [0, 8, 2], [1, 0, 3], [2, 0, 8], [2, 8, 8], [2, 16, 8], [2, 24, 1]]
     assert counts["split_examples"] == 2
+
+
+def test_ortools_beats_bfd_where_bfd_is_not_optimal():
+    lengths = np.array([5, 4, 4, 3, 2, 2])  # bfd: [5,4] [4,3,2] [2]; best: [5,3,2] [4,4,2]
+    assert packer.plan(lengths, 10, "bfd").num_packs == 3
+    p = packer.plan(lengths, 10, "ortools", time_limit=5)
+    assert p.num_packs == 2 and p.optimal is True and p.gap == 0
+
+
+def test_ortools_without_time_is_still_bfd_quality():
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(1, 300, size=3000)
+    bfd = packer.plan(lengths, 1024, "bfd")
+    p = packer.plan(lengths, 1024, "ortools", time_limit=0)
+    assert p.num_packs <= bfd.num_packs
+    assert p.optimal in (True, False) and bfd.optimal in (True, None)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths_and_len, st.sampled_from([None, 2, 5]))
+def test_ortools_never_worse_than_bfd(data, max_segments):
+    lengths, L = data
+    arr = np.array(lengths, dtype=np.int64)
+    a = packer.plan(arr, L, "ortools", max_segments=max_segments, time_limit=2)
+    b = packer.plan(arr, L, "bfd", max_segments=max_segments)
+    assert a.num_packs <= b.num_packs
+    assert sorted(a.order.tolist()) == list(range(len(lengths)))
+    assert np.all(a.pack_tokens(arr) <= L)
+    if max_segments:
+        assert np.diff(a.offsets).max(initial=0) <= max_segments
+
+
+def test_bfd_same_packs_as_trl():
+    """TRL is an optional comparison: skipped where it is not installed."""
+    pytest.importorskip("trl")
+    import pyarrow as pa
+    from trl.data_utils import _pack_bfd
+
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        L = int(rng.integers(2, 40))
+        lengths = rng.integers(1, L + 1, size=int(rng.integers(1, 60)))
+        marks = pa.array([[i] * int(n) for i, n in enumerate(lengths)], type=pa.list_(pa.int64()))
+        out = _pack_bfd(pa.table({"input_ids": marks}), L)
+        theirs = [list(dict.fromkeys(row)) for row in out.column("input_ids").to_pylist()]
+        assert [x.tolist() for x in packer.plan(lengths, L, "bfd").packs()] == theirs

@@ -42,3 +42,25 @@ def test_gsm8k_2048_round_trip(tmp_path):
             assert text == ALPACA.replace("{query}", r["question"]) + r["answer"] + "<|endoftext|>"
     lens = np.concatenate([s.segment_lengths for s in ds.shards])
     assert lens.max() <= 464 + 1
+
+
+@pytest.fixture(scope="module")
+def gsm8k_lengths(tmp_path_factory):
+    from packer.planner import _column
+    from packer.tokenization import open_tokenized, tokenize
+
+    out = tmp_path_factory.mktemp("gsm") / "t"
+    tokenize([C.InputSpec(str(GSM8K), "question", "answer")], out, C.TokenizeConfig(), load_tokenizer(str(GPT2)))
+    return _column(open_tokenized(out)[1], "length")
+
+
+@pytest.mark.parametrize("pack_len,bfd_packs,nextfit_packs", [(1024, 1352, 1471), (2048, 670, 696), (4096, 333, 340)])
+def test_gsm8k_planners_against_the_bound(gsm8k_lengths, pack_len, bfd_packs, nextfit_packs):
+    import packer
+
+    lb = packer.plan(gsm8k_lengths, pack_len, "bfd").lower_bound
+    assert lb == -(-int(gsm8k_lengths.sum()) // pack_len)
+    assert packer.plan(gsm8k_lengths, pack_len, "bfd").num_packs == bfd_packs  # TRL's BFD gives the same
+    assert packer.plan(gsm8k_lengths, pack_len, "nextfit").num_packs == nextfit_packs
+    p = packer.plan(gsm8k_lengths, pack_len, "ortools", time_limit=10)
+    assert p.num_packs == lb and p.optimal is True

@@ -1,0 +1,103 @@
+"""How fast and how good are the planners? One table each for scale, TRL, and GSM8K quality.
+
+1. bfd / ffd / nextfit on 1e5, 1e6, 1e7 lognormal lengths (mean ~370, pack length 4096): seconds and
+   nanoseconds per item (flat across sizes = linear).
+2. bfd against TRL's bfd on the same 1e6 lengths (skipped when trl is not installed).
+3. GSM8K train (GPT-2, Alpaca) at 1024, 2048, 4096: packs against the lower bound, every algorithm
+   (skipped when ../shared/data is absent).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import packer
+from packer.bounds import lower_bound
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def lognormal(n: int, pack_len: int = 4096, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.lognormal(np.log(300), 0.65, size=n), 1, pack_len).astype(np.int64)
+
+
+def timed(fn, repeat: int = 3) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def scale() -> None:
+    print("\n## 1. scale: lognormal lengths, pack length 4096 (plan() includes the bound)")
+    print(f"{'n':>10} {'algorithm':>9} {'seconds':>8} {'ns/item':>8} {'packs':>10} {'vs bound':>8}")
+    for n in (100_000, 1_000_000, 10_000_000):
+        lengths = lognormal(n)
+        for algo in ("bfd", "ffd", "nextfit"):
+            sec, p = timed(lambda: packer.plan(lengths, 4096, algo), 1 if n == 10_000_000 else 3)
+            print(f"{n:>10,} {algo:>9} {sec:8.3f} {sec / n * 1e9:8.1f} {p.num_packs:>10,} "
+                  f"{p.num_packs / p.lower_bound:8.4f}")
+    print(f"(mean length {lognormal(10_000_000).mean():.0f})")
+
+
+def versus_trl() -> None:
+    print("\n## 2. bfd vs TRL's bfd, the same 1,000,000 lengths, pack length 4096")
+    try:
+        import pyarrow as pa
+        from trl.data_utils import _pack_bfd
+    except ImportError:
+        print("skipped: trl is not installed (pip install trl)")
+        return
+    lengths = lognormal(1_000_000)
+    # TRL packs a table; a one-int32-per-token column is the least it needs.
+    values = pa.array(np.zeros(int(lengths.sum()), np.int32))
+    table = pa.table({"input_ids": pa.ListArray.from_arrays(
+        pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)), values)})
+    t_trl, out = timed(lambda: _pack_bfd(table, 4096), 1)
+    trl_packs = len(out)
+    t_ours, p = timed(lambda: packer.plan(lengths, 4096, "bfd"))
+    print(f"{'planner':>12} {'seconds':>8} {'packs':>8}")
+    print(f"{'trl bfd':>12} {t_trl:8.3f} {trl_packs:>8,}")
+    print(f"{'packer bfd':>12} {t_ours:8.3f} {p.num_packs:>8,}")
+    print(f"speed-up {t_trl / t_ours:.0f}x, packs {p.num_packs - trl_packs:+d}")
+
+
+def gsm8k() -> None:
+    print("\n## 3. GSM8K train, GPT-2, Alpaca: packs against the lower bound")
+    gsm, gpt2 = SHARED / "gsm8k" / "train.jsonl", SHARED / "gpt2"
+    if not (gsm.is_file() and gpt2.is_dir()):
+        print("skipped: ../shared/data absent")
+        return
+    import tempfile
+
+    from packer import config as C
+    from packer.planner import _column
+    from packer.tokenization import open_tokenized, tokenize
+    from packer.tokenizer import load_tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenize([C.InputSpec(str(gsm), "question", "answer")], Path(tmp) / "t", C.TokenizeConfig(),
+                 load_tokenizer(str(gpt2)))
+        lengths = _column(open_tokenized(Path(tmp) / "t")[1], "length")
+    print(f"{'pack_len':>8} {'bound':>6} " + " ".join(f"{a:>20}" for a in packer.ALGORITHMS))
+    for L in (1024, 2048, 4096):
+        cells = []
+        for algo in packer.ALGORITHMS:
+            p = packer.plan(lengths, L, algo, time_limit=10)
+            cells.append(f"{p.num_packs:>5} {p.gap:+6.2%} {p.seconds:4.2f}s")
+        print(f"{L:>8} {lower_bound(lengths, L):>6} " + " ".join(f"{c:>20}" for c in cells))
+    print("(cells: packs, gap to the bound, planning seconds)")
+
+
+if __name__ == "__main__":
+    scale()
+    versus_trl()
+    gsm8k()
+    sys.stdout.flush()
