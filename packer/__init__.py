@@ -15,6 +15,7 @@ _EXPORTS = {
     "pack": "packer.pipeline",
     "tokenize": "packer.tokenization", "plan_stage": "packer.planner", "write_stage": "packer.shards",
     "PackedShards": "packer.dataset",
+    "PackedLoader": "packer.loader",
     "load_tokenizer": "packer.tokenizer",
     "InputSpec": "packer.config", "TokenizeConfig": "packer.config", "PlanConfig": "packer.config",
     "WriteConfig": "packer.config",

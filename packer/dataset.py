@@ -38,25 +38,42 @@ def resolve(path: str | Path) -> Path:
 
 
 def make_labels(ids: np.ndarray, mask: np.ndarray, cu: np.ndarray, label_mode: str) -> np.ndarray:
-    """int64 labels for one or more concatenated segments (boundaries `cu`), -100 where no loss."""
+    """int64 labels for one or more concatenated segments (boundaries `cu`), -100 where no loss.
+
+    `mask` holds 0/1 (uint8); one pass over the tokens plus a scatter at the segment boundaries.
+    """
     n = len(ids)
-    starts = np.zeros(n, dtype=bool)
-    starts[cu[:-1][cu[:-1] < n]] = True
+    on = mask.view(np.bool_) if mask.dtype == np.uint8 else mask.astype(bool)
     if label_mode == "unshifted":
-        return np.where(mask.astype(bool) & ~starts, ids, IGNORE)
+        labels = np.where(on, ids, IGNORE)
+        labels[cu[:-1][cu[:-1] < n]] = IGNORE  # a segment's first token is never a target
+        return labels
     if label_mode == "shifted":
-        labels = np.full(n, IGNORE, dtype=np.int64)
-        if n > 1:
-            ok = mask[1:].astype(bool) & ~starts[1:]
-            labels[:-1] = np.where(ok, ids[1:], IGNORE)
+        labels = np.empty(n, dtype=np.int64)
+        labels[:-1] = np.where(on[1:], ids[1:], IGNORE)
+        labels[cu[1:][cu[1:] > 0] - 1] = IGNORE  # a segment's last token predicts nothing
         return labels
     raise ConfigError(f"label_mode '{label_mode}' is not one of {', '.join(C.LABEL_MODES)}")
 
 
+def count_labels(mask: np.ndarray, cu: np.ndarray) -> int:
+    """Positions with a label (equal for both label modes): trained-on tokens not first in a segment."""
+    starts = cu[:-1][cu[:-1] < len(mask)]
+    return int(np.count_nonzero(mask)) - int(np.count_nonzero(mask[starts]))
+
+
+_RAMP = np.arange(0, dtype=np.int64)
+
+
 def positions(seg_lens: np.ndarray, cu: np.ndarray) -> np.ndarray:
-    """int64 position ids restarting at 0 in every segment."""
+    """int64 position ids restarting at 0 in every segment (one temporary: the repeated starts)."""
+    global _RAMP
     n = int(cu[-1])
-    return np.arange(n, dtype=np.int64) - np.repeat(cu[:-1].astype(np.int64), seg_lens)
+    if len(_RAMP) < n:  # a shared 0..n-1 ramp, grown on demand, saves an arange per call
+        _RAMP = np.arange(max(n, 2 * len(_RAMP)), dtype=np.int64)
+    out = np.repeat(cu[:-1].astype(np.int64, copy=False), seg_lens)
+    np.subtract(_RAMP[:n], out, out=out)
+    return out
 
 
 class PackedShards(torch.utils.data.Dataset):
@@ -86,17 +103,28 @@ class PackedShards(torch.utils.data.Dataset):
                 raise FormatError(str(shard_path), "counts differ from manifest.json", "re-run `packer pack`")
             self.shards.append(shard)
         self._first = np.concatenate([[0], np.cumsum([s.num_packs for s in self.shards])]).astype(np.int64)
+        self._len = int(self._first[-1])
+        # Per pack: its shard and index there, as Python lists (the fastest scalar lookup).
+        counts = [s.num_packs for s in self.shards]
+        self._shard_of = np.repeat(np.arange(len(self.shards)), counts).tolist()
+        self._local = (np.arange(self._len) - np.repeat(self._first[:-1], counts)).tolist()
 
     def __len__(self) -> int:
-        return int(self._first[-1])
+        return self._len
+
+    def __getstate__(self) -> dict:
+        """Worker processes reopen the memory maps instead of receiving copies of the data."""
+        return {"path": str(self.path), "label_mode": self.label_mode}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], label_mode=state["label_mode"])
 
     def locate(self, i: int) -> tuple[fmt.Shard, int]:
         """The shard holding pack i and the pack's index within it."""
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"pack {i} out of range for {len(self)} packs")
-        i %= len(self)
-        s = int(np.searchsorted(self._first, i, side="right")) - 1
-        return self.shards[s], i - int(self._first[s])
+        if not -self._len <= i < self._len:
+            raise IndexError(f"pack {i} out of range for {self._len} packs")
+        i %= self._len
+        return self.shards[self._shard_of[i]], self._local[i]
 
     def arrays(self, i: int) -> dict[str, np.ndarray]:
         """Pack i as numpy views (tokens, loss_mask, seg_lens, example_index, segment_start): no copy."""
