@@ -16,6 +16,7 @@ from packer import config as C
 from packer import format as fmt
 from packer.executor import map_ordered
 from packer.manifest import commit_stage, current, read_manifest
+from packer.progress import progress
 
 FORMAT = "packer-shards"
 VERSION = 1
@@ -162,7 +163,8 @@ def write_stage(tokenized: str | Path, plan_dir: str | Path, out: str | Path, co
     def build(tmp: Path) -> dict:
         tasks = (ShardTask(i, str(tmp), seq[seg_off[a]:seg_off[b]], sizes[a:b], pack_len, code)
                  for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])))
-        results = list(map_ordered(write_one, tasks, workers, _init_worker, (str(tokenized),)))
+        results = list(progress(map_ordered(write_one, tasks, workers, _init_worker, (str(tokenized),)),
+                                "write", total=len(bounds) - 1, unit="shard"))
         tokens = sum(r.tokens for r in results)
         return {
             "format": FORMAT, "version": VERSION, "shard_format_version": fmt.VERSION, "digest": digest,

@@ -28,6 +28,7 @@ from packer.errors import InputError
 from packer.executor import map_ordered
 from packer.jsonl import RawChunk, file_digest, iter_chunks, parse_line
 from packer.manifest import commit_stage, current
+from packer.progress import progress
 from packer.templates import make_renderer
 from packer.tokenizer import TokenizerInfo
 
@@ -239,7 +240,8 @@ def tokenize(inputs: list[C.InputSpec], out: str | Path, config: C.TokenizeConfi
     def build(tmp: Path) -> dict:
         job = Job(tokenizer, config, tuple(inputs), str(tmp))
         chunks = iter_chunks([s.path for s in inputs], config.chunk_records)
-        results = list(map_ordered(tokenize_chunk, chunks, workers, _init_worker, (job,)))
+        results = list(progress(map_ordered(tokenize_chunk, chunks, workers, _init_worker, (job,)),
+                                "tokenize", unit="chunk"))
         skipped: Counter[str] = Counter()
         per_file: dict[str, Counter[str]] = {s.path: Counter() for s in inputs}
         for r in results:
