@@ -14,7 +14,7 @@ ALGORITHM ?= bfd
 OUT      ?= build/packed
 ARGS     ?=
 
-.PHONY: pack test bench setup clean
+.PHONY: pack test bench compare setup clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,20 @@ else
 	$(BIN)/packer pack $(DATA) --out $(OUT) --tokenizer $(TOKENIZER) --pack-len $(PACK_LEN) \
 		--kind $(KIND) --algorithm $(ALGORITHM) $(ARGS)
 endif
+
+# Pack DATA (default: the built-in sample) with every algorithm and compare the reports.
+CDATA = $(if $(strip $(DATA)),$(DATA),build/sample.jsonl)
+CTOK = $(if $(strip $(DATA)),$(TOKENIZER),byte)
+
+compare: $(BIN)/.installed
+	$(if $(strip $(DATA)),,$(BIN)/packer sample build/sample.jsonl)
+	for a in nextfit ffd bfd ortools; do \
+		$(BIN)/packer pack $(CDATA) --out $(OUT)-compare/$$a --tokenizer $(CTOK) --pack-len $(PACK_LEN) \
+			--kind $(KIND) --algorithm $$a --quiet $(ARGS) > /dev/null || exit 1; done
+	$(BIN)/packer compare $(OUT)-compare/nextfit $(OUT)-compare/ffd $(OUT)-compare/bfd $(OUT)-compare/ortools \
+		--format markdown --out $(OUT)-compare/comparison.md
+	$(BIN)/packer compare $(OUT)-compare/nextfit $(OUT)-compare/ffd $(OUT)-compare/bfd $(OUT)-compare/ortools \
+		--format html --out $(OUT)-compare/comparison.html > /dev/null
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest

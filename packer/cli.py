@@ -75,6 +75,17 @@ def write_options(fn):
     return fn
 
 
+def quiet_option(fn):
+    def set_quiet(ctx, param, value):
+        from packer import progress
+
+        progress.ENABLED = not value
+        return value
+
+    return click.option("--quiet", is_flag=True, expose_value=False, callback=set_quiet, is_eager=True,
+                        help="No progress bars (for logs and CI).")(fn)
+
+
 def _tokenize_config(kw: dict) -> C.TokenizeConfig:
     return C.TokenizeConfig(
         kind=kw["kind"], template=kw["template"], query_field=kw["query_field"],
@@ -106,17 +117,21 @@ def main() -> None:
 @write_options
 @click.option("--workers", type=int, default=0, show_default=True,
               help="Worker processes for the map steps (0: in this process, tokenizer on all cores).")
+@click.option("--baseline-batch", type=int, default=8, show_default=True,
+              help="Batch size of the padded-to-longest baseline in the report.")
+@quiet_option
 @_fail_cleanly
-def pack(data, out, workers, **kw):
+def pack(data, out, workers, baseline_batch, **kw):
     """Run all stages: DATA (JSON Lines; PATH#query=F,response=F for per-file fields) -> OUT."""
     from packer.pipeline import pack as run
     from packer.report import summary
 
     tcfg = _tokenize_config(kw)
     report = run(list(data), out, tokenizer=kw["tokenizer"], tokenize_config=tcfg,
-                 plan_config=_plan_config(kw, tcfg.kind), write_config=_write_config(kw), workers=workers)
+                 plan_config=_plan_config(kw, tcfg.kind), write_config=_write_config(kw), workers=workers,
+                 baseline_batch=baseline_batch)
     click.echo(summary(report))
-    click.echo(f"shards: {Path(out) / 'shards'}\nreport: {Path(out) / 'report.json'}")
+    click.echo(f"shards: {Path(out) / 'shards'}\nreport: {Path(out) / 'report.html'} (also .json, .md)")
 
 
 @main.command("tokenize")
@@ -124,6 +139,7 @@ def pack(data, out, workers, **kw):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
 @tokenize_options
 @click.option("--workers", type=int, default=0, show_default=True)
+@quiet_option
 @_fail_cleanly
 def tokenize_cmd(data, out, workers, **kw):
     """Stage 1: DATA -> OUT/tokenized (Arrow)."""
@@ -160,6 +176,7 @@ def plan_cmd(run, **kw):
 @write_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=0, show_default=True)
+@quiet_option
 @_fail_cleanly
 def write_cmd(run, workers, **kw):
     """Stage 3: RUN/tokenized + RUN/plan -> RUN/shards (and RUN/report.json)."""
@@ -168,10 +185,48 @@ def write_cmd(run, workers, **kw):
 
     write_stage(Path(run) / "tokenized", Path(run) / "plan", Path(run) / "shards", _write_config(kw),
                 workers=workers)
-    rep = R.compute(Path(run) / "shards")
+    rep = R.compute(run)
     R.write(run, rep)
     click.echo(R.summary(rep))
     click.echo(f"shards: {Path(run) / 'shards'}")
+
+
+@main.command()
+@click.argument("run", type=click.Path(file_okay=False, exists=True))
+@click.option("--baseline-batch", type=int, default=8, show_default=True)
+@_fail_cleanly
+def report(run, baseline_batch):
+    """Re-render RUN's report (json, md, html) from its shards, keeping the recorded stage times."""
+    from packer import report as R
+
+    old = Path(run) / "report.json"
+    seconds = R.load(old)["seconds"] if old.is_file() else None
+    rep = R.compute(run, seconds, baseline_batch)
+    R.write(run, rep)
+    click.echo(R.summary(rep))
+    click.echo(f"report: {Path(run) / 'report.html'}")
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "html"]), default="text", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the table here too.")
+@_fail_cleanly
+def compare(runs, fmt, out):
+    """Side-by-side table of the reports of several runs."""
+    from packer import report as R
+    from packer.errors import FormatError
+
+    reports = []
+    for r in runs:
+        try:
+            reports.append((Path(r).name, R.load(r)))
+        except FileNotFoundError:
+            raise FormatError(str(r), "no report.json", "run `packer pack` or `packer report` there first") from None
+    table = R.compare_table(reports, fmt)
+    click.echo(table, nl=False)
+    if out:
+        Path(out).write_text(table, encoding="utf-8")
 
 
 @main.command()

@@ -17,8 +17,8 @@ from packer.tokenizer import TokenizerInfo, load_tokenizer
 def pack(inputs: Sequence[str | C.InputSpec], out: str | Path, *, tokenizer: str | TokenizerInfo = "byte",
          tokenize_config: C.TokenizeConfig = C.TokenizeConfig(),
          plan_config: C.PlanConfig = C.PlanConfig(),
-         write_config: C.WriteConfig = C.WriteConfig(), workers: int = 0) -> dict:
-    """Tokenize, plan and write `inputs` into `out` (tokenized/, plan/, shards/, report.json).
+         write_config: C.WriteConfig = C.WriteConfig(), workers: int = 0, baseline_batch: int = 8) -> dict:
+    """Tokenize, plan and write `inputs` into `out` (tokenized/, plan/, shards/, report.json/.md/.html).
 
     Returns the report. A rerun with the same inputs and configs redoes nothing.
     """
@@ -38,6 +38,6 @@ def pack(inputs: Sequence[str | C.InputSpec], out: str | Path, *, tokenizer: str
     t = time.perf_counter()
     write_stage(out / "tokenized", out / "plan", out / "shards", write_config, workers=workers)
     seconds["write"] = time.perf_counter() - t
-    report = R.compute(out / "shards", seconds)
+    report = R.compute(out, seconds, baseline_batch)
     R.write(out, report)
     return report

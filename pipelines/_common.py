@@ -20,7 +20,7 @@ def run_stages(inputs: list[str], out: str, tokenizer: str, tcfg: C.TokenizeConf
     tokenize([C.InputSpec.parse(i) for i in inputs], out_dir / "tokenized", tcfg, info, workers=workers)
     plan_stage(out_dir / "tokenized", out_dir / "plan", pcfg)
     write_stage(out_dir / "tokenized", out_dir / "plan", out_dir / "shards", wcfg, workers=workers)
-    report = R.compute(out_dir / "shards")
+    report = R.compute(out_dir)
     R.write(out_dir, report)
     print(R.summary(report))
     return report

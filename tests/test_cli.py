@@ -18,7 +18,7 @@ def test_pack_then_stages_one_by_one(tmp_path):
     r = CliRunner().invoke(main, ["pack", str(data), "--out", str(tmp_path / "a"), "--pack-len", "256",
                                   "--query-field", "question", "--response-field", "answer"])
     assert r.exit_code == 0, r.output
-    assert "efficiency" in r.output and "report.json" in r.output
+    assert "efficiency" in r.output and "report.html" in r.output
     runner = CliRunner()
     args = ["--query-field", "question", "--response-field", "answer"]
     assert runner.invoke(main, ["tokenize", str(data), "--out", str(tmp_path / "b"), *args]).exit_code == 0
