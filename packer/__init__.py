@@ -16,6 +16,8 @@ _EXPORTS = {
     "tokenize": "packer.tokenization", "plan_stage": "packer.planner", "write_stage": "packer.shards",
     "PackedShards": "packer.dataset",
     "PackedLoader": "packer.loader",
+    "pack_dataset": "packer.inmemory",
+    "packed_dataset_from_files": "packer.files",
     "load_tokenizer": "packer.tokenizer",
     "InputSpec": "packer.config", "TokenizeConfig": "packer.config", "PlanConfig": "packer.config",
     "WriteConfig": "packer.config",

@@ -82,3 +82,37 @@ def batch_to_kwargs(batch: dict, *, flatten_padded: bool = False) -> dict:
         "max_length_q": int(batch["max_seqlen"]),
         "max_length_k": int(batch["max_seqlen"]),
     }
+
+
+class PackedCollator:
+    """`Trainer` data collator: a list of packs (PackedShards / pack_dataset items) or of plain
+    examples ({input_ids, labels?}) -> one padding-free row [1, total] with position_ids restarting
+    per example, labels -100 at every example's first token, no attention mask, and the varlen
+    boundaries. Trainer's num_items_in_batch (labels != -100) then counts exactly the targets.
+    """
+
+    def __call__(self, features: list[dict]) -> dict:
+        ids, pos, labels, bounds = [], [], [], [0]
+        for f in features:
+            x = torch.as_tensor(f["input_ids"], dtype=torch.long)
+            if "cu_seqlens" in f:
+                cu = torch.as_tensor(f["cu_seqlens"], dtype=torch.long)
+                p = torch.as_tensor(f["position_ids"], dtype=torch.long)
+                y = torch.as_tensor(f["labels"], dtype=torch.long)
+            else:  # one plain example
+                cu = torch.tensor([0, len(x)])
+                p = torch.arange(len(x))
+                y = torch.as_tensor(f.get("labels", x), dtype=torch.long).clone()
+                y[0] = -100
+            if len(y) and bool((y[cu[:-1]] != -100).any()):
+                raise ValueError("PackedCollator needs unshifted labels (-100 at each example's first token); "
+                                 "use PackedShards(..., label_mode='unshifted')")
+            ids.append(x)
+            pos.append(p)
+            labels.append(y)
+            bounds.extend((cu[1:] + bounds[-1]).tolist())
+        cu_all = torch.tensor(bounds, dtype=torch.int32)
+        max_len = int((cu_all[1:] - cu_all[:-1]).max()) if len(cu_all) > 1 else 0
+        return {"input_ids": torch.cat(ids)[None], "position_ids": torch.cat(pos)[None],
+                "labels": torch.cat(labels)[None], "cu_seq_lens_q": cu_all, "cu_seq_lens_k": cu_all,
+                "max_length_q": max_len, "max_length_k": max_len}

@@ -33,3 +33,16 @@ def test_plan_section_runs():
     scope: dict = {}
     exec(compile(section_code("Plan in Python"), "README.md", "exec"), scope)
     assert scope["p"].num_packs == 2
+
+
+def test_trainer_section_runs(tmp_path, monkeypatch):
+    import pytest
+
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    monkeypatch.chdir(tmp_path)
+    write_sample(tmp_path / "build" / "sample.jsonl", n=40)
+    scope: dict = {}
+    exec(compile(section_code("Hugging Face Trainer in a few lines"), "README.md", "exec"), scope)
+    assert scope["model"].config._attn_implementation == "packer"
+    assert len(scope["train"]) > 0

@@ -1,0 +1,74 @@
+"""The seed's entry point: raw JSON Lines files in, a packed dataset out, cached between runs.
+
+The run folder is named by the digest of the inputs' bytes, the tokenizer and every setting, under
+`cache_dir`, and each stage skips itself when up to date, so a second call only memory-maps. In a
+multi-process launch (torchrun), rank 0 builds while the other ranks wait, then every rank maps it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from packer import config as C
+from packer.dataset import PackedShards
+from packer.errors import PackerError
+from packer.jsonl import file_digest
+from packer.manifest import MANIFEST
+from packer.pipeline import pack
+from packer.tokenizer import TokenizerInfo, load_tokenizer
+
+
+def _rank() -> int:
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank()
+    except ImportError:  # torch is a dependency; this only guards odd builds
+        pass
+    return int(os.environ.get("RANK", "0"))
+
+
+def _barrier() -> bool:
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+            return True
+    except ImportError:
+        pass
+    return False
+
+
+def packed_dataset_from_files(files: Sequence[str | C.InputSpec], tokenizer: str | TokenizerInfo, pack_len: int, *,
+                              kind: str = "sft", template: str = "auto", query_field: str = "query",
+                              response_field: str = "response", algorithm: str = "bfd", overlong: str | None = None,
+                              seed: int = 0, cache_dir: str | Path = "~/.cache/packer", label_mode: str = "unshifted",
+                              skip_bad: bool = False, wait_seconds: float = 3600) -> PackedShards:
+    """Pack JSON Lines files (each may name its own fields: "a.jsonl#query=question,response=answer")
+    and return the memory-mapped packs. Rank 0 builds; other ranks wait for the manifest, then map."""
+    specs = [f if isinstance(f, C.InputSpec) else C.InputSpec.parse(f) for f in files]
+    info = tokenizer if isinstance(tokenizer, TokenizerInfo) else load_tokenizer(tokenizer)
+    tcfg = C.TokenizeConfig(kind=kind, template=template, query_field=query_field, response_field=response_field,
+                            skip_bad=skip_bad)
+    pcfg = C.PlanConfig(pack_len=pack_len, algorithm=algorithm, overlong=overlong or C.default_overlong(kind),
+                        seed=seed)
+    wcfg = C.WriteConfig(seed=seed)
+    key = C.digest({"inputs": [[C.to_dict(s), file_digest(s.path)] for s in specs], "tokenizer": info.fingerprint,
+                    "tokenize": C.to_dict(tcfg), "plan": C.to_dict(pcfg), "write": C.to_dict(wcfg)})
+    run = Path(cache_dir).expanduser() / key[:16]
+    if _rank() == 0:
+        pack(specs, run, tokenizer=info, tokenize_config=tcfg, plan_config=pcfg, write_config=wcfg)
+        _barrier()
+    elif not _barrier():  # no process group: wait for rank 0's commit point, the shards manifest
+        deadline = time.monotonic() + wait_seconds
+        while not (run / "shards" / MANIFEST).is_file() or not (run / "report.json").is_file():
+            if time.monotonic() > deadline:
+                raise PackerError(f"{run}: rank 0 did not finish packing within {wait_seconds:.0f} s; "
+                                  "check its log, or raise wait_seconds")
+            time.sleep(0.5)
+    return PackedShards(run, label_mode=label_mode)

@@ -1,0 +1,141 @@
+"""`pack_dataset`: pack tokenized examples held in memory, through the same stages as the pipeline.
+
+The examples become one tokenized Arrow chunk (stage 1's format), then the plan and write stages run
+as usual, so the result is a `PackedShards` with the same items, manifests and guarantees. Without
+`out=` the shards live in a temporary folder removed when the dataset is garbage-collected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from packer import config as C
+from packer.dataset import IGNORE, PackedShards
+from packer.errors import InputError
+from packer.manifest import commit_stage, current
+from packer.planner import plan_stage
+from packer.shards import write_stage
+from packer.tokenization import FORMAT, SCHEMA, VERSION, _first_true, chunk_name
+
+SOURCE = "examples"  # how in-memory input is named in errors and manifests
+
+
+def _rows(examples: Iterable[Mapping]) -> tuple[list[list[int]], list[list[int]] | None]:
+    """input_ids and labels lists, with each bad example named by its index and field."""
+    if hasattr(examples, "column_names") and "input_ids" in getattr(examples, "column_names", []):
+        cols = examples.column_names  # a Hugging Face datasets.Dataset: take whole columns
+        ids = list(examples["input_ids"])
+        labels = list(examples["labels"]) if "labels" in cols else None
+    else:
+        ids, labels, has_labels = [], [], None
+        for i, ex in enumerate(examples):
+            if not isinstance(ex, Mapping) or "input_ids" not in ex:
+                keys = ", ".join(sorted(ex)) if isinstance(ex, Mapping) else type(ex).__name__
+                raise InputError(SOURCE, i, "input_ids", f"missing (keys: {keys})",
+                                 "each example needs input_ids (and optionally labels, -100 for no loss)")
+            ids.append(ex["input_ids"])
+            if has_labels is None:
+                has_labels = "labels" in ex
+            if has_labels != ("labels" in ex):
+                raise InputError(SOURCE, i, "labels", "present in some examples and not others",
+                                 "give labels for every example or for none")
+            if has_labels:
+                labels.append(ex["labels"])
+        labels = labels if has_labels else None
+    return ids, labels
+
+
+def examples_table(examples: Iterable[Mapping]) -> tuple[pa.Table, int]:
+    """A stage-1 table from examples {input_ids, labels?}; returns it and the largest token id + 1."""
+    ids, labels = _rows(examples)
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    try:
+        flat = np.concatenate([np.asarray(x, dtype=np.int64) for x in ids]) if ids else np.zeros(0, np.int64)
+    except (TypeError, ValueError):
+        bad = next(i for i, x in enumerate(ids) if not all(isinstance(t, (int, np.integer)) for t in x))
+        raise InputError(SOURCE, bad, "input_ids", "must be a list of integer token ids") from None
+    for i in np.flatnonzero(lengths == 0)[:1]:
+        raise InputError(SOURCE, int(i), "input_ids", "is empty")
+    if flat.size and (flat.min() < 0 or flat.max() >= 2**32):
+        i = int(np.searchsorted(np.cumsum(lengths), np.flatnonzero((flat < 0) | (flat >= 2**32))[0], "right"))
+        raise InputError(SOURCE, i, "input_ids", "has an id outside 0..2**32-1")
+    if labels is None:
+        mask = np.ones(len(flat), np.uint8)
+    else:
+        for i, (x, y) in enumerate(zip(ids, labels)):
+            if len(y) != len(x):
+                raise InputError(SOURCE, i, "labels", f"has {len(y)} entries, input_ids has {len(x)}")
+        lab = np.concatenate([np.asarray(y, dtype=np.int64) for y in labels]) if labels else np.zeros(0, np.int64)
+        mask = (lab != IGNORE).astype(np.uint8)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    n = len(ids)
+    table = pa.table({
+        "example_index": pa.array(np.arange(n, dtype=np.int64)),
+        "file_index": pa.array(np.zeros(n, np.int32)),
+        "line": pa.array(np.arange(1, n + 1, dtype=np.int64)),
+        "length": pa.array(lengths.astype(np.int32)),
+        "prompt_len": pa.array(_first_true(mask, offsets).astype(np.int32)),
+        "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.astype(np.uint32))),
+        "loss_mask": pa.ListArray.from_arrays(pa.array(offsets), pa.array(mask)),
+    }, schema=SCHEMA)
+    return table, int(flat.max()) + 1 if flat.size else 1
+
+
+def _tokenized_stage(table: pa.Table, vocab_size: int, eos_id: int | None, out: Path) -> dict:
+    """Write the table as a tokenized stage folder (skipped when the same examples are already there)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, SCHEMA) as writer:
+        writer.write_table(table)
+    data = sink.getvalue().to_pybytes()
+    digest = C.digest({"stage": "tokenize", "version": VERSION, "examples": hashlib.sha256(data).hexdigest(),
+                       "vocab_size": vocab_size, "eos_id": eos_id})
+    existing = current(out, FORMAT, VERSION, digest)
+    if existing is not None:
+        return existing
+
+    def build(tmp: Path) -> dict:
+        (tmp / chunk_name(0)).write_bytes(data)
+        n, tokens = table.num_rows, int(np.sum(table.column("length").to_numpy(), dtype=np.int64))
+        return {"format": FORMAT, "version": VERSION, "digest": digest, "config": {"kind": "examples"},
+                "inputs": [{"path": SOURCE, "sha256": hashlib.sha256(data).hexdigest(), "records": n,
+                            "examples": n, "tokens": tokens, "skipped": 0}],
+                "tokenizer": {"name": None, "fingerprint": None, "vocab_size": vocab_size, "eos_id": eos_id,
+                              "bos_id": None, "add_bos": False},
+                "chunks": [{"file": chunk_name(0), "examples": n, "tokens": tokens}],
+                "counts": {"records": n, "examples": n, "tokens": tokens,
+                           "loss_tokens": int(pa.compute.sum(table.column("loss_mask").combine_chunks().flatten()).as_py() or 0),
+                           "skipped": 0, "skipped_by_reason": {}},
+                "first_skipped": []}
+
+    return commit_stage(out, build)
+
+
+def pack_dataset(examples: Sequence[Mapping] | Iterable[Mapping], pack_len: int, *, algorithm: str = "bfd",
+                 seed: int = 0, overlong: str = "truncate", max_segments: int | None = None,
+                 time_limit: float | None = None, out: str | Path | None = None, label_mode: str = "unshifted",
+                 vocab_size: int | None = None, eos_id: int | None = None, shuffle: bool = True) -> PackedShards:
+    """Pack tokenized examples ({input_ids, labels?}, labels -100 where no loss; a list or a Hugging
+    Face `datasets.Dataset`) into a `PackedShards` whose items match the pipeline's.
+
+    out: a folder to keep the run in (tokenized/, plan/, shards/): the next call with the same
+    examples and settings memory-maps it instead of packing again.
+    """
+    table, max_id = examples_table(examples)
+    vocab = max(vocab_size or 0, max_id)
+    run = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="packer-"))
+    _tokenized_stage(table, vocab, eos_id, run / "tokenized")
+    plan_stage(run / "tokenized", run / "plan", C.PlanConfig(pack_len=pack_len, algorithm=algorithm,
+               overlong=overlong, seed=seed, max_segments=max_segments, time_limit=time_limit))
+    write_stage(run / "tokenized", run / "plan", run / "shards", C.WriteConfig(shuffle=shuffle, seed=seed))
+    ds = PackedShards(run / "shards", label_mode=label_mode)
+    if out is None:
+        weakref.finalize(ds, shutil.rmtree, str(run), True)
+    return ds
