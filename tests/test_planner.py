@@ -148,3 +148,13 @@ def test_bfd_same_packs_as_trl():
         out = _pack_bfd(pa.table({"input_ids": marks}), L)
         theirs = [list(dict.fromkeys(row)) for row in out.column("input_ids").to_pylist()]
         assert [x.tolist() for x in packer.plan(lengths, L, "bfd").packs()] == theirs
+
+
+def test_ortools_respects_max_segments_where_refill_would_not():
+    # Found by breaking the cap check in the refill: its best fill here puts 3+ items in a pack.
+    lengths = np.array([7, 8, 41, 54, 52, 37, 54, 48, 1, 7, 48, 5, 54, 46, 53, 20, 9, 29, 54, 21, 49, 22, 46, 13,
+                        27, 18, 13, 50, 45, 8, 51, 54, 15, 24, 30, 37, 25])
+    p = packer.plan(lengths, 55, "ortools", max_segments=2, time_limit=2)
+    assert np.diff(p.offsets).max() <= 2
+    assert sorted(p.order.tolist()) == list(range(len(lengths)))
+    assert p.num_packs <= packer.plan(lengths, 55, "bfd", max_segments=2).num_packs
