@@ -26,8 +26,18 @@ def _fail_cleanly(fn):
     return wrapper
 
 
-def tokenize_options(fn):
-    opts = [
+def _apply(opts: list):
+    """One decorator from a list of click options, applied so that --help lists them in order."""
+
+    def decorate(fn):
+        for opt in reversed(opts):
+            fn = opt(fn)
+        return fn
+
+    return decorate
+
+
+tokenize_options = _apply([
         click.option("--tokenizer", "tokenizer", default="byte", show_default=True,
                      help="tokenizer.json, a folder holding one, a hub name, or 'byte' (built in)."),
         click.option("--kind", type=click.Choice(C.KINDS), default="sft", show_default=True),
@@ -42,14 +52,9 @@ def tokenize_options(fn):
                      help="Prepend BOS (default: tokenizer_config.json's add_bos_token)."),
         click.option("--skip-bad", is_flag=True, help="Skip and count bad records instead of stopping."),
         click.option("--chunk-records", type=int, default=8192, show_default=True),
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
+])
 
-
-def plan_options(fn):
-    opts = [
+plan_options = _apply([
         click.option("--pack-len", type=int, required=True, help="Tokens per pack."),
         click.option("--algorithm", default="bfd", show_default=True,
                      help="nextfit, ffd, bfd, ortools (see packer.planner.ALGORITHMS)."),
@@ -58,21 +63,13 @@ def plan_options(fn):
         click.option("--max-segments", type=int, default=None, help="Cap on examples per pack."),
         click.option("--time-limit", type=float, default=None, help="Seconds for optimizing planners."),
         click.option("--seed", type=int, default=0, show_default=True),
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
+])
 
-
-def write_options(fn):
-    opts = [
+write_options = _apply([
         click.option("--shard-mb", type=float, default=256, show_default=True, help="Max shard size, MiB."),
         click.option("--shuffle/--no-shuffle", default=True, show_default=True,
                      help="Write packs in a seeded random order."),
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
+])
 
 
 def quiet_option(fn):
