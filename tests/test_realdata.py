@@ -64,3 +64,28 @@ def test_gsm8k_planners_against_the_bound(gsm8k_lengths, pack_len, bfd_packs, ne
     assert packer.plan(gsm8k_lengths, pack_len, "nextfit").num_packs == nextfit_packs
     p = packer.plan(gsm8k_lengths, pack_len, "ortools", time_limit=10)
     assert p.num_packs == lb and p.optimal is True
+
+
+ARENA = SHARED / "arena_hard_slice" / "answers_gpt-4-0314.jsonl"
+
+
+@pytest.mark.skipif(not ARENA.is_file(), reason="../shared/data absent")
+@pytest.mark.parametrize("policy", ["truncate", "drop", "split"])
+def test_arena_hard_over_long_policies(tmp_path, policy):
+    """Long, code-heavy answers: 66 of 500 exceed 1024 tokens (Alpaca + EOS, GPT-2)."""
+    tok = load_tokenizer(str(GPT2))
+    report = pack([f"{ARENA}#query=prompt,response=response"], tmp_path / "r", tokenizer=tok,
+                  plan_config=C.PlanConfig(pack_len=1024, overlong=policy, algorithm="ortools"))
+    assert report["overlong_examples"] == 66
+    ds = PackedShards(tmp_path / "r")
+    lens = np.concatenate([s.segment_lengths for s in ds.shards])
+    assert lens.max() <= 1024
+    if policy == "truncate":
+        assert report["truncated_examples"] + report["dropped_examples"] == 66
+        assert report["num_examples"] == 500 - report["dropped_examples"]
+    elif policy == "drop":
+        assert report["dropped_examples"] == 66 and report["num_examples"] == 434
+    else:
+        assert report["split_examples"] == 66 and report["num_segments"] > 500
+    assert report["num_packs"] <= report["lower_bound_packs"] * 1.01
+    assert sum(f["lost_tokens"] for f in report["per_file"]) == report["truncated_tokens"] + report["dropped_tokens"]
