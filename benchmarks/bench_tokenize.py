@@ -59,6 +59,14 @@ def main() -> None:
         for i in range(0, len(texts), 8192):  # same batch size as the stage's chunks
             tok.encode_batch_fast(texts[i:i + 8192], add_special_tokens=False)
 
+    def raw_ids() -> None:  # ... and taking the ids out, which any caller of the encoder must do
+        for i in range(0, len(texts), 8192):
+            [e.ids for e in tok.encode_batch_fast(texts[i:i + 8192], add_special_tokens=False)]
+
+    def raw_default() -> None:  # the default batch API (computes offsets too) and the ids
+        for i in range(0, len(texts), 8192):
+            [e.ids for e in tok.encode_batch(texts[i:i + 8192], add_special_tokens=False)]
+
     spans = [ALPACA.replace("{query}", r["query"]) for r in records] + [r["response"] for r in records]
 
     def raw_spans() -> None:  # what the stage itself encodes: prompt and response apart
@@ -77,15 +85,18 @@ def main() -> None:
             [json.loads(x) for x in chunk.lines]
 
     rows = [("raw encode_batch_fast (baseline)", best_of(raw)),
+            ("raw encode_batch_fast + .ids", best_of(raw_ids)),
+            ("raw encode_batch + .ids", best_of(raw_default)),
             ("raw, prompt and response apart", best_of(raw_spans)),
             ("read + json.loads only", best_of(read_only)),
             ("tokenize stage, workers=0", best_of(stage(0))),
             ("tokenize stage, workers=2", best_of(stage(2), 2))]
     base = rows[0][1]
     print(f"\n## tokenize stage vs raw encoder: {name}, {len(records):,} records, {n_tokens:,} tokens")
-    print(f"{'what':36} {'seconds':>8} {'Mtok/s':>8} {'vs raw':>7}")
+    stage0 = rows[-2][1]
+    print(f"{'what':36} {'seconds':>8} {'Mtok/s':>8} {'vs raw':>7} {'stage(w=0) vs this':>19}")
     for what, sec in rows:
-        print(f"{what:36} {sec:8.3f} {n_tokens / sec / 1e6:8.2f} {base / sec:7.2f}")
+        print(f"{what:36} {sec:8.3f} {n_tokens / sec / 1e6:8.2f} {base / sec:7.2f} {sec / stage0:19.2f}")
     shutil.rmtree(tmp)
     sys.stdout.flush()
 
