@@ -1,7 +1,8 @@
 """How fast and how good are the planners? One table each for scale, TRL, and GSM8K quality.
 
-1. bfd / ffd / nextfit on 1e5, 1e6, 1e7 lognormal lengths (mean ~370, pack length 4096): seconds and
-   nanoseconds per item (flat across sizes = linear).
+1. bfd / ffd / nextfit / ortools on 1e5, 1e6, 1e7 lognormal lengths (mean ~370, pack length 4096):
+   seconds, nanoseconds per item (flat across sizes = linear) and packs against the bound
+   (ortools: time limit 10 s, 30 s at 1e7).
 2. bfd against TRL's bfd on the same 1e6 lengths (skipped when trl is not installed).
 3. GSM8K train (GPT-2, Alpaca) at 1024, 2048, 4096: packs against the lower bound, every algorithm
    (skipped when ../shared/data is absent).
@@ -40,8 +41,10 @@ def scale() -> None:
     print(f"{'n':>10} {'algorithm':>9} {'seconds':>8} {'ns/item':>8} {'packs':>10} {'vs bound':>8}")
     for n in (100_000, 1_000_000, 10_000_000):
         lengths = lognormal(n)
-        for algo in ("bfd", "ffd", "nextfit"):
-            sec, p = timed(lambda: packer.plan(lengths, 4096, algo), 1 if n == 10_000_000 else 3)
+        for algo in ("bfd", "ffd", "nextfit", "ortools"):
+            limit = 30 if n == 10_000_000 else 10
+            sec, p = timed(lambda: packer.plan(lengths, 4096, algo, time_limit=limit),
+                           1 if n == 10_000_000 or algo == "ortools" else 3)
             print(f"{n:>10,} {algo:>9} {sec:8.3f} {sec / n * 1e9:8.1f} {p.num_packs:>10,} "
                   f"{p.num_packs / p.lower_bound:8.4f}")
     print(f"(mean length {lognormal(10_000_000).mean():.0f})")
