@@ -112,7 +112,7 @@ def unavailable(backend: str, q: torch.Tensor, training: bool) -> str | None:
         return None
     if backend == "torch_varlen":
         try:
-            import torch.nn.attention.varlen  # noqa: F401
+            from torch.nn.attention import varlen  # noqa: F401  (a plain `import torch...` would shadow torch)
         except ImportError:
             return f"torch {torch.__version__} has no torch.nn.attention.varlen"
         if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):

@@ -79,7 +79,6 @@ def test_every_available_backend_agrees_with_sdpa(backend, lens, hq, hk):
 def test_no_isolation_is_detected():
     """Negative control: one causal mask over the whole pack lets examples see each other."""
     torch.manual_seed(2)
-    lens = [6, 7]
     cu = torch.tensor([0, 6, 13], dtype=torch.int32)
     q, k, v = (torch.randn(13, 2, 8) for _ in range(3))
     isolated = varlen_attention(q, k, v, cu, 7, backend="sdpa")
@@ -107,3 +106,13 @@ def test_cu_seqlens_from_positions():
     pos = torch.tensor([[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 4, 5]])
     cu, m = cu_seqlens_from_positions(pos)
     assert cu.tolist() == [0, 3, 5, 6, 12] and m == 6
+
+
+def test_installed_flash_attn_on_cpu_tensors_says_why(monkeypatch):
+    """With flash-attn importable (faked here), CPU or fp32 tensors still get a reason, not a crash."""
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
+    assert unavailable("flash_attn", torch.randn(2, 1, 8), False) == "flash-attn needs CUDA tensors in fp16 or bf16"
+    assert "CUDA" in unavailable("torch_varlen", torch.randn(2, 1, 8), False)

@@ -95,7 +95,6 @@ def test_losses_under_accumulation_equal_the_whole_batch():
 @pytest.mark.integration
 def test_example_train_loop_learns(tmp_path):
     import runpy
-    import sys
     from pathlib import Path
 
     from packer import config as C
