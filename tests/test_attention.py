@@ -116,3 +116,5 @@ def test_installed_flash_attn_on_cpu_tensors_says_why(monkeypatch):
     monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
     assert unavailable("flash_attn", torch.randn(2, 1, 8), False) == "flash-attn needs CUDA tensors in fp16 or bf16"
     assert "CUDA" in unavailable("torch_varlen", torch.randn(2, 1, 8), False)
+    cuda_fp32 = types.SimpleNamespace(is_cuda=True, dtype=torch.float32)  # only what the check reads
+    assert unavailable("flash_attn", cuda_fp32, True) == "flash-attn needs CUDA tensors in fp16 or bf16"
