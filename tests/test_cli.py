@@ -46,3 +46,20 @@ def test_unknown_algorithm_lists_choices(tmp_path):
     r = CliRunner().invoke(main, ["pack", str(data), "--out", str(tmp_path / "o"), "--pack-len", "64",
                                   "--algorithm", "best"])
     assert r.exit_code == 1 and "choose one of nextfit, ffd, bfd, ortools" in r.output
+
+
+def test_hub_tokenizer_name_offline_says_to_pass_a_file(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    pytest.importorskip("transformers")
+    data = write_jsonl(tmp_path / "d.jsonl", [{"query": "q", "response": "r"}])
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    r = subprocess.run([sys.executable, "-m", "packer.cli", "pack", str(data), "--out", str(tmp_path / "o"),
+                        "--pack-len", "64", "--tokenizer", "some-org/some-model"], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 1
+    assert "could not be loaded from the hub" in r.stderr and "pass a tokenizer.json path" in r.stderr
