@@ -24,6 +24,7 @@ from packer import config as C
 from packer import format as fmt
 from packer.errors import ConfigError, FormatError
 from packer.manifest import MANIFEST, read_manifest, sha256_file
+from packer.ranges import within
 from packer.shards import FORMAT, VERSION
 
 IGNORE = -100
@@ -107,7 +108,7 @@ class PackedShards(torch.utils.data.Dataset):
         # Per pack: its shard and index there, as Python lists (the fastest scalar lookup).
         counts = [s.num_packs for s in self.shards]
         self._shard_of = np.repeat(np.arange(len(self.shards)), counts).tolist()
-        self._local = (np.arange(self._len) - np.repeat(self._first[:-1], counts)).tolist()
+        self._local = within(np.asarray(counts, dtype=np.int64)).tolist()
 
     def __len__(self) -> int:
         return self._len

@@ -22,6 +22,7 @@ from packer import config as C
 from packer.bounds import lower_bound
 from packer.errors import ConfigError, InputError
 from packer.manifest import commit_stage, current, read_manifest
+from packer.ranges import within
 
 FORMAT = "packer-plan"
 VERSION = 1
@@ -159,7 +160,7 @@ def cut_overlong(lengths: np.ndarray, prompt_len: np.ndarray, pack_len: int, pol
     elif policy == "split":
         n_pieces = -(-lengths // pack_len)
         prow = np.repeat(rows, n_pieces)
-        k = np.arange(len(prow)) - np.repeat(np.cumsum(n_pieces) - n_pieces, n_pieces)
+        k = within(n_pieces)
         start = k * pack_len
         plen = np.minimum(lengths[prow] - start, pack_len)
         useful = start + plen > prompt_len[prow]  # some trained-on token inside the piece

@@ -17,6 +17,7 @@ from packer import format as fmt
 from packer.executor import map_ordered
 from packer.manifest import commit_stage, current, read_manifest
 from packer.progress import progress
+from packer.ranges import concat_ranges
 
 FORMAT = "packer-shards"
 VERSION = 1
@@ -83,9 +84,8 @@ class _Source:
                 continue
             c = int(chunk[sel[0]])
             lens = length[sel]
-            within = np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)
-            src = np.repeat(self.offsets[c][row[sel] - self.row_starts[c]] + start[sel], lens) + within
-            dst = np.repeat(out_start[sel], lens) + within
+            src = concat_ranges(self.offsets[c][row[sel] - self.row_starts[c]] + start[sel], lens)
+            dst = concat_ranges(out_start[sel], lens)
             tokens[dst] = self.ids[c][src]
             mask[dst] = self.mask[c][src]
         return tokens, mask
@@ -152,8 +152,7 @@ def write_stage(tokenized: str | Path, plan_dir: str | Path, out: str | Path, co
     perm = (np.random.default_rng(config.seed).permutation(num_packs) if config.shuffle
             else np.arange(num_packs))
     sizes = np.diff(offsets)[perm]
-    idx = np.repeat(offsets[:-1][perm] - (np.cumsum(sizes) - sizes), sizes) + np.arange(int(sizes.sum()))
-    seq = pieces[order[idx]]  # pieces in output order
+    seq = pieces[order[concat_ranges(offsets[:-1][perm], sizes)]]  # pieces in output order
     seg_off = np.concatenate([[0], np.cumsum(sizes)])
     pack_tokens = np.add.reduceat(seq[:, 2], seg_off[:-1]) if num_packs else np.zeros(0, np.int64)
     itemsize = fmt.TOKEN_DTYPES[code].itemsize

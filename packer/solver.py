@@ -27,6 +27,7 @@ import numpy as np
 
 from packer import binpack
 from packer.bounds import lower_bound
+from packer.ranges import concat_ranges
 
 
 
@@ -164,9 +165,7 @@ def _assign(packs: list[list[int]], lengths: np.ndarray, pack_len: int) -> binpa
 
 def _ranges(order: np.ndarray, offsets: np.ndarray, packs: np.ndarray) -> np.ndarray:
     """The items of the given packs, pack by pack (one whole-array gather)."""
-    sizes = offsets[packs + 1] - offsets[packs]
-    idx = np.repeat(offsets[packs] - (np.cumsum(sizes) - sizes), sizes) + np.arange(int(sizes.sum()))
-    return order[idx]
+    return order[concat_ranges(offsets[packs], offsets[packs + 1] - offsets[packs])]
 
 
 def _improve(lengths: np.ndarray, pack_len: int, cap: int, lb: int, deadline: float, seed: int,

@@ -1,28 +1,20 @@
-"""The stage wiring every recipe shares: tokenize -> plan -> write -> report."""
+"""What every recipe shares: its command-line arguments, and running the stages through packer.pack."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from packer import config as C
-from packer import report as R
-from packer.planner import plan_stage
-from packer.shards import write_stage
-from packer.tokenization import tokenize
-from packer.tokenizer import load_tokenizer
+from packer.pipeline import pack
+from packer.report import summary
 
 
 def run_stages(inputs: list[str], out: str, tokenizer: str, tcfg: C.TokenizeConfig, pcfg: C.PlanConfig,
                wcfg: C.WriteConfig = C.WriteConfig(), workers: int = 0) -> dict:
-    out_dir = Path(out)
-    info = load_tokenizer(tokenizer, tcfg.eos_token, tcfg.add_bos)
-    tokenize([C.InputSpec.parse(i) for i in inputs], out_dir / "tokenized", tcfg, info, workers=workers)
-    plan_stage(out_dir / "tokenized", out_dir / "plan", pcfg)
-    write_stage(out_dir / "tokenized", out_dir / "plan", out_dir / "shards", wcfg, workers=workers)
-    report = R.compute(out_dir)
-    R.write(out_dir, report)
-    print(R.summary(report))
+    """tokenize -> plan -> write -> report, each stage skipped when already up to date."""
+    report = pack(inputs, out, tokenizer=tokenizer, tokenize_config=tcfg, plan_config=pcfg, write_config=wcfg,
+                  workers=workers)
+    print(summary(report))
     return report
 
 
