@@ -41,7 +41,8 @@ def resolve(path: str | Path) -> Path:
 def make_labels(ids: np.ndarray, mask: np.ndarray, cu: np.ndarray, label_mode: str) -> np.ndarray:
     """int64 labels for one or more concatenated segments (boundaries `cu`), -100 where no loss.
 
-    `mask` holds 0/1 (uint8); one pass over the tokens plus a scatter at the segment boundaries.
+    `mask` holds 0/1 (uint8). The definition the loader's compiled kernel (packer.collate) is tested
+    against; PackedShards items use it directly.
     """
     n = len(ids)
     on = mask.view(np.bool_) if mask.dtype == np.uint8 else mask.astype(bool)
@@ -57,24 +58,9 @@ def make_labels(ids: np.ndarray, mask: np.ndarray, cu: np.ndarray, label_mode: s
     raise ConfigError(f"label_mode '{label_mode}' is not one of {', '.join(C.LABEL_MODES)}")
 
 
-def count_labels(mask: np.ndarray, cu: np.ndarray) -> int:
-    """Positions with a label (equal for both label modes): trained-on tokens not first in a segment."""
-    starts = cu[:-1][cu[:-1] < len(mask)]
-    return int(np.count_nonzero(mask)) - int(np.count_nonzero(mask[starts]))
-
-
-_RAMP = np.arange(0, dtype=np.int64)
-
-
 def positions(seg_lens: np.ndarray, cu: np.ndarray) -> np.ndarray:
-    """int64 position ids restarting at 0 in every segment (one temporary: the repeated starts)."""
-    global _RAMP
-    n = int(cu[-1])
-    if len(_RAMP) < n:  # a shared 0..n-1 ramp, grown on demand, saves an arange per call
-        _RAMP = np.arange(max(n, 2 * len(_RAMP)), dtype=np.int64)
-    out = np.repeat(cu[:-1].astype(np.int64, copy=False), seg_lens)
-    np.subtract(_RAMP[:n], out, out=out)
-    return out
+    """int64 position ids restarting at 0 in every segment."""
+    return np.arange(int(cu[-1]), dtype=np.int64) - np.repeat(cu[:-1].astype(np.int64, copy=False), seg_lens)
 
 
 class PackedShards(torch.utils.data.Dataset):

@@ -5,16 +5,7 @@ within the step they are dealt to ranks in a snake order of decreasing cost (tok
 cost = sum of squared segment lengths), mirrored on odd steps, so every rank gets batch_size packs
 and nearly the same work in every step and over the epoch.
 
-A padded batch of 2 packs at pack_len 6 (segments a a a | b b in row 0, c c c c in row 1)::
-
-    input_ids     a a a b b P        P = pad_id
-                  c c c c P P
-    position_ids  0 1 2 0 1 0        padding is its own segment per row, so the batch flattened to
-                  0 1 2 3 0 1        [B * pack_len] is valid varlen input as it is:
-    cu_seqlens    [0, 3, 5, 6, 10, 12]   (int32, over the flattened rows)
-    labels        -100 on padding and wherever the pack has no loss
-
-flatten=True gives one row [1, total_tokens] with no padding at all (positions restart per example).
+Batches are built by `packer.collate` (its docstring draws the padded and flat layouts).
 """
 
 from __future__ import annotations
@@ -25,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from packer.dataset import PackedShards, count_labels, make_labels, positions
+from packer.collate import BatchSource, collate
+from packer.dataset import PackedShards
 from packer.errors import ConfigError
+from packer.prefetch import prefetch as in_background
 
 BALANCE = ("tokens", "attention")
 
@@ -96,64 +89,27 @@ def imbalance(costs: np.ndarray, plan: np.ndarray) -> dict[str, float]:
             "epoch": float(total.max() / total.mean() - 1)}
 
 
-def collate(ds: PackedShards, packs: np.ndarray, flatten: bool, pad_id: int) -> dict:
-    """One batch from pack indices. Each pack's tokens are copied once, from the memory map straight
-    into the batch array; labels and positions are whole-batch array operations."""
-    views = [ds.arrays(i) for i in packs.tolist()]
-    L = ds.pack_len
-    if flatten:
-        ids = np.concatenate([v["tokens"] for v in views], dtype=np.int64)
-        mask = np.concatenate([v["loss_mask"] for v in views])
-        seg_all = np.concatenate([v["seg_lens"] for v in views], dtype=np.int64)
-        shape = (1, len(ids))
-        num_tokens = len(ids)
-    else:
-        ids = np.empty((len(views), L), dtype=np.int64)
-        mask = np.empty((len(views), L), dtype=np.uint8)
-        seg: list[int] = []
-        num_tokens = 0
-        # One iteration per pack in the batch (batch_size of them): a row copy each.
-        for r, v in enumerate(views):
-            n = len(v["tokens"])
-            ids[r, :n] = v["tokens"]
-            mask[r, :n] = v["loss_mask"]
-            seg.extend(v["seg_lens"].tolist())
-            if n < L:
-                ids[r, n:] = pad_id
-                mask[r, n:] = 0
-                seg.append(L - n)
-            num_tokens += n
-        ids, mask = ids.reshape(-1), mask.reshape(-1)
-        seg_all = np.asarray(seg, dtype=np.int64)
-        shape = (len(views), L)
-    cu = np.zeros(len(seg_all) + 1, dtype=np.int64)
-    np.cumsum(seg_all, out=cu[1:])
-    labels = make_labels(ids, mask, cu, ds.label_mode)
-    return {
-        "input_ids": torch.from_numpy(ids).view(shape),
-        "labels": torch.from_numpy(labels).view(shape),
-        "position_ids": torch.from_numpy(positions(seg_all, cu)).view(shape),
-        "cu_seqlens": torch.from_numpy(cu.astype(np.int32)),
-        "seq_lens": torch.from_numpy(seg_all.astype(np.int32)),
-        "max_seqlen": int(seg_all.max()) if len(seg_all) else 0,
-        "num_loss_tokens": count_labels(mask, cu),
-        "num_tokens": num_tokens,
-        "pack_index": torch.from_numpy(np.asarray(packs, dtype=np.int64)),
-    }
-
-
 class _Batches(torch.utils.data.Dataset):
     """Map-style view of one epoch's batches for this rank: item i builds batch i."""
 
-    def __init__(self, ds: PackedShards, plan: np.ndarray, global_loss: np.ndarray, flatten: bool, pad_id: int):
+    def __init__(self, ds: PackedShards, plan: np.ndarray, global_loss: np.ndarray, flatten: bool, pad_id: int,
+                 pin_memory: bool = False, share_memory: bool = False, src: BatchSource | None = None):
         self.ds, self.plan, self.global_loss = ds, plan, global_loss
-        self.flatten, self.pad_id = flatten, pad_id
+        self.flatten, self.pad_id, self.pin_memory, self.share_memory = flatten, pad_id, pin_memory, share_memory
+        self._src = src
+
+    def __getstate__(self) -> dict:
+        """Worker processes gather their own BatchSource from their own memory maps."""
+        return {**self.__dict__, "_src": None}
 
     def __len__(self) -> int:
         return len(self.plan)
 
     def __getitem__(self, i: int) -> dict:
-        batch = collate(self.ds, self.plan[i], self.flatten, self.pad_id)
+        if self._src is None:
+            self._src = BatchSource.from_shards(self.ds.shards, self.ds.pack_len)
+        batch = collate(self._src, self.plan[i], flatten=self.flatten, pad_id=self.pad_id,
+                        label_mode=self.ds.label_mode, pin_memory=self.pin_memory, share_memory=self.share_memory)
         batch["global_num_loss_tokens"] = int(self.global_loss[i])
         return batch
 
@@ -180,26 +136,37 @@ class PackedLoader:
 
     Normalize a token-mean loss by global_num_loss_tokens (summed over the micro-batches of an
     optimizer step under gradient accumulation) and sum gradients across ranks.
+
+    Where batches are built: num_workers=0 builds each batch in this process when asked (a compiled
+    pass, about 1.7x a memcpy of the batch); prefetch=N builds up to N batches ahead in a background
+    thread, overlapping the training step; num_workers>0 uses torch DataLoader worker processes, whose
+    hand-over of each batch costs far more than building it (benchmarks/bench_loader.py): prefer prefetch.
     """
 
     def __init__(self, path: str | Path, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
                  shuffle: bool = True, drop_last: bool = True, num_workers: int = 0, pin_memory: bool = False,
                  flatten: bool = False, label_mode: str = "unshifted", pad_id: int | None = None,
-                 balance: str = "tokens", verify: bool = True):
+                 balance: str = "tokens", verify: bool = True, prefetch: int = 0):
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ConfigError(f"need batch_size >= 1 and 0 <= rank < world_size; got batch_size={batch_size}, "
                               f"rank={rank}, world_size={world_size}")
+        if prefetch < 0:
+            raise ConfigError(f"prefetch={prefetch}: give the number of batches to build ahead (0 for none)")
+        if prefetch and num_workers:
+            raise ConfigError(f"prefetch={prefetch} with num_workers={num_workers}: prefetch is a background thread "
+                              "for num_workers=0 (worker processes prefetch on their own); set one of them to 0")
         self.dataset = PackedShards(path, label_mode=label_mode, verify=verify and rank == 0)
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
         self.num_workers, self.pin_memory, self.flatten = num_workers, pin_memory, flatten
         self.pad_id = self.dataset.manifest["tokenizer"]["eos_id"] if pad_id is None else pad_id
-        self.balance = balance
+        self.balance, self.prefetch = balance, prefetch
         self.costs = pack_costs(self.dataset, balance)
         self._loss = loss_counts(self.dataset)
         self.epoch = 0
         self._yielded = 0  # batches of the current epoch handed to the caller
         self._plan_cache: tuple[int, np.ndarray] | None = None
+        self._src: BatchSource | None = None
 
     def _plan(self) -> np.ndarray:
         if self._plan_cache is None or self._plan_cache[0] != self.epoch:
@@ -223,17 +190,27 @@ class PackedLoader:
         plan = self._plan()
         mine = plan[self.rank]
         global_loss = self._loss[plan].sum(axis=(0, 2))
-        batches = _Batches(self.dataset, mine, global_loss, self.flatten, self.pad_id)
         start = self._yielded
         if self.num_workers == 0:  # no DataLoader machinery in the way: ~15 us a batch saved
-            for i in range(start, len(mine)):
-                batch = batches[i]
-                if self.pin_memory:
-                    batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                self._yielded += 1
-                yield batch
+            if self._src is None:  # gathered once per loader (per process)
+                self._src = BatchSource.from_shards(self.dataset.shards, self.dataset.pack_len,
+                                                    keep=8 + self.prefetch)
+            batches = _Batches(self.dataset, mine, global_loss, self.flatten, self.pad_id, self.pin_memory,
+                               src=self._src)
+            todo = range(start, len(mine))
+            make = batches.__getitem__
+            source = in_background(make, todo, self.prefetch) if self.prefetch else map(make, todo)
+            try:
+                for batch in source:
+                    self._yielded += 1
+                    yield batch
+            finally:
+                if self.prefetch:
+                    source.close()  # stops the thread when the caller leaves the epoch early
             self._yielded = 0
             return
+        # Workers build each batch in shared memory as one storage: one hand-over per batch, not seven.
+        batches = _Batches(self.dataset, mine, global_loss, self.flatten, self.pad_id, share_memory=True)
         loader = torch.utils.data.DataLoader(
             batches, batch_size=None, sampler=_From(start, len(mine)), num_workers=self.num_workers,
             pin_memory=self.pin_memory, persistent_workers=False,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -27,19 +29,32 @@ def as_lists(batches):
     return [{k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in b.items()} for b in batches]
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resume_mid_epoch_gives_exactly_the_rest(run, workers):
-    full = as_lists(PackedLoader(run, 4, seed=3, num_workers=workers))
+@pytest.mark.parametrize(("workers", "ahead"), [(0, 0), (2, 0), (0, 3)])
+def test_resume_mid_epoch_gives_exactly_the_rest(run, workers, ahead):
+    full = as_lists(PackedLoader(run, 4, seed=3))
     assert len(full) >= 5
-    a = PackedLoader(run, 4, seed=3, num_workers=workers)
+    assert as_lists(PackedLoader(run, 4, seed=3, num_workers=workers, prefetch=ahead)) == full
+    a = PackedLoader(run, 4, seed=3, num_workers=workers, prefetch=ahead)
     it = iter(a)
     head = [next(it) for _ in range(3)]
-    state = a.state_dict()
+    state = a.state_dict()  # the prefetch thread has built batches past these: they are not counted
     del it
-    b = PackedLoader(run, 4, seed=3, num_workers=workers)
+    b = PackedLoader(run, 4, seed=3, num_workers=workers, prefetch=ahead)
     b.load_state_dict(state)
     rest = as_lists(b)
     assert as_lists(head) + rest == full
+
+
+def test_prefetch_keeps_held_batches_intact_and_stops_its_thread(run):
+    ld = PackedLoader(run, 3, seed=7, prefetch=2)
+    held = list(ld)  # every batch of the epoch alive at once while the thread ran ahead
+    assert as_lists(held) == as_lists(PackedLoader(run, 3, seed=7))
+    it = iter(ld)
+    next(it)
+    it.close()  # leaving the epoch early
+    assert not [t for t in threading.enumerate() if t.name == "packer-prefetch"]
+    with pytest.raises(ConfigError, match="prefetch is a background thread"):
+        PackedLoader(run, 3, prefetch=2, num_workers=2)
 
 
 def test_resume_across_epochs_and_mismatched_state(run):
