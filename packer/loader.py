@@ -125,7 +125,7 @@ class _From(torch.utils.data.Sampler):
         return self.stop - self.start
 
 
-class PackedLoader:
+class PackedLoader(torch.utils.data.IterableDataset):
     """Batches of packs from a shards (or run) folder, as dicts of torch tensors.
 
     Each batch: input_ids, labels, position_ids ([B, pack_len], or [1, total] with flatten=True),
@@ -141,6 +141,10 @@ class PackedLoader:
     pass, about 1.7x a memcpy of the batch); prefetch=N builds up to N batches ahead in a background
     thread, overlapping the training step; num_workers>0 uses torch DataLoader worker processes, whose
     hand-over of each batch costs far more than building it (benchmarks/bench_loader.py): prefer prefetch.
+
+    It is an IterableDataset with torchdata's state_dict/load_state_dict, so it can also be the
+    dataset of a torch DataLoader or torchdata StatefulDataLoader (batch_size=None; its own
+    num_workers=0): worker w of W then builds batches w, w + W, ... of this rank's epoch.
     """
 
     def __init__(self, path: str | Path, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
@@ -168,6 +172,10 @@ class PackedLoader:
         self._plan_cache: tuple[int, np.ndarray] | None = None
         self._src: BatchSource | None = None
 
+    def __getstate__(self) -> dict:
+        """A copy sent to a DataLoader worker rebuilds its plan and batch source from the memory maps."""
+        return {**self.__dict__, "_src": None, "_plan_cache": None}
+
     def _plan(self) -> np.ndarray:
         if self._plan_cache is None or self._plan_cache[0] != self.epoch:
             self._plan_cache = (self.epoch, epoch_plan(self.costs, self.batch_size, self.world_size, self.seed,
@@ -191,13 +199,21 @@ class PackedLoader:
         mine = plan[self.rank]
         global_loss = self._loss[plan].sum(axis=(0, 2))
         start = self._yielded
+        # Inside a DataLoader worker (this loader as the dataset of torch's or torchdata's
+        # StatefulDataLoader): worker w of W gives batches w, w + W, ..., which DataLoader reads back
+        # in order; each worker's state counts its own batches.
+        info = torch.utils.data.get_worker_info()
+        w, n_w = (info.id, info.num_workers) if info else (0, 1)
+        if info is not None and self.num_workers:
+            raise ConfigError("this PackedLoader runs inside a DataLoader worker, which cannot start workers of its "
+                              "own; give it num_workers=0 and let the outer DataLoader have the workers")
         if self.num_workers == 0:  # no DataLoader machinery in the way: ~15 us a batch saved
             if self._src is None:  # gathered once per loader (per process)
                 self._src = BatchSource.from_shards(self.dataset.shards, self.dataset.pack_len,
                                                     keep=8 + self.prefetch)
             batches = _Batches(self.dataset, mine, global_loss, self.flatten, self.pad_id, self.pin_memory,
-                               src=self._src)
-            todo = range(start, len(mine))
+                               share_memory=info is not None, src=self._src)
+            todo = range(w + n_w * start, len(mine), n_w)
             make = batches.__getitem__
             source = in_background(make, todo, self.prefetch) if self.prefetch else map(make, todo)
             try:

@@ -45,6 +45,25 @@ def test_resume_mid_epoch_gives_exactly_the_rest(run, workers, ahead):
     assert as_lists(head) + rest == full
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_inside_torchdata_stateful_dataloader(run, workers):
+    stateful = pytest.importorskip("torchdata.stateful_dataloader")
+    full = as_lists(PackedLoader(run, 4, seed=3))
+
+    def outer():
+        return stateful.StatefulDataLoader(PackedLoader(run, 4, seed=3), batch_size=None, num_workers=workers)
+
+    assert as_lists(outer()) == full, "worker w gives batches w, w + W, ...: read back in order"
+    a = outer()
+    it = iter(a)
+    head = [next(it) for _ in range(3)]
+    state = a.state_dict()
+    del it
+    b = outer()
+    b.load_state_dict(state)
+    assert as_lists(head) + as_lists(b) == full
+
+
 def test_prefetch_keeps_held_batches_intact_and_stops_its_thread(run):
     ld = PackedLoader(run, 3, seed=7, prefetch=2)
     held = list(ld)  # every batch of the epoch alive at once while the thread ran ahead
