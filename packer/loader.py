@@ -39,15 +39,18 @@ def pack_costs(ds: PackedShards, balance: str) -> np.ndarray:
 
 
 def loss_counts(ds: PackedShards) -> np.ndarray:
-    """int64 [P]: positions with a label in each pack (the same for both label modes)."""
+    """int64 [P]: positions with a label in each pack (the same for both label modes).
+
+    Reads every loss-mask byte once (summed in place: no int64 copy of the mask).
+    """
     parts = []
     for sh in ds.shards:
         if not sh.num_packs:
             continue
         seg_start = np.concatenate([[0], np.cumsum(sh.segment_lengths[:-1], dtype=np.int64)])
-        per_seg_first = sh.loss_mask[seg_start].astype(np.int64)
-        total = np.add.reduceat(sh.loss_mask.astype(np.int64), sh.pack_token_offsets[:-1])
-        firsts = np.add.reduceat(per_seg_first, sh.pack_segment_offsets[:-1])
+        per_seg_first = sh.loss_mask[seg_start]
+        total = np.add.reduceat(sh.loss_mask, sh.pack_token_offsets[:-1], dtype=np.int64)
+        firsts = np.add.reduceat(per_seg_first, sh.pack_segment_offsets[:-1], dtype=np.int64)
         parts.append(total - firsts)
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
