@@ -61,14 +61,37 @@ def step_own(model, ids, pos, cu, max_len):
     logits.float().logsumexp(-1).mean().backward()
 
 
-def timed(fn, repeat=2) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeat):
+def measure(steps: dict[str, list], rounds: int = 3, once: tuple[str, ...] = ("padded-to-pack",)) -> dict:
+    """Seconds for one pass over each layout's steps (callables, one micro-batch each).
+
+    Every layout first runs one step as warm-up. Layouts not in `once` are timed `rounds` times,
+    interleaved round by round so that drift on a shared machine hits them alike. Each round gives a
+    ratio against "packed" in that round, and the median of those ratios is reported. Layouts in
+    `once` take minutes per pass, so they are timed once and compared with the median packed time.
+    """
+    for fns in steps.values():
+        fns[0]()
+
+    def one_pass(fns) -> float:
         t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+        for fn in fns:
+            fn()
+        return time.perf_counter() - t
+
+    sec: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, fns in steps.items():
+            if name not in once:
+                sec[name].append(one_pass(fns))
+    for name in once:
+        if name in steps:
+            sec[name].append(one_pass(steps[name]))
+    packed = float(np.median(sec["packed"]))
+    out = {}
+    for name, times in sec.items():
+        ratios = [t / p for t, p in zip(times, sec["packed"], strict=True)] if name not in once else [times[0] / packed]
+        out[name] = (float(np.median(times)), float(np.median(ratios)), min(ratios), max(ratios))
+    return out
 
 
 def main() -> None:
@@ -109,45 +132,46 @@ def main() -> None:
     waste = {name: sum(b[0].numel() for b in bs) / real for name, bs in (("longest", longest), ("pack", full))}
     waste["packed"] = plan.num_packs * PACK_LEN / real
 
-    results = []
-    # Packer's model
-    m = own_model()
     micro = packed_inputs()
-    results.append(("packer model", "packed", timed(lambda: [step_own(m, *x) for x in micro], 1)))
-    for name, bs in (("padded-to-longest", longest), ("padded-to-pack", full)):
-        def run(bs=bs):
-            for b, mask in bs:
-                rows = b.shape[1]
-                cu_b = torch.arange(0, (b.shape[0] + 1) * rows, rows, dtype=torch.int32)
-                step_own(m, b, torch.arange(rows).repeat(b.shape[0], 1), cu_b, rows)
-        results.append(("packer model", name, timed(run, 1)))
-    # transformers Llama
+    results = {}
+    m = own_model()
+
+    def own_padded(b):
+        rows = b.shape[1]
+        cu_b = torch.arange(0, (b.shape[0] + 1) * rows, rows, dtype=torch.int32)
+        return lambda: step_own(m, b, torch.arange(rows).repeat(b.shape[0], 1), cu_b, rows)
+
+    results["packer model"] = measure({
+        "packed": [lambda x=x: step_own(m, *x) for x in micro],
+        "padded-to-longest": [own_padded(b) for b, _ in longest],
+        "padded-to-pack": [own_padded(b) for b, _ in full]})
     try:
         hf_packed, hf_pad = hf_model("packer"), hf_model("sdpa")
     except ImportError:
         hf_packed = None
     if hf_packed is not None:
-        def hf_step_packed():
-            for ids, pos, cu, mx in micro:
-                hf_packed(input_ids=ids, position_ids=pos, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=mx,
-                          max_length_k=mx).logits.float().logsumexp(-1).mean().backward()
-        results.append(("hf llama", "packed", timed(hf_step_packed, 1)))
-        for name, bs in (("padded-to-longest", longest), ("padded-to-pack", full)):
-            def run(bs=bs):
-                for b, mask in bs:
-                    hf_pad(input_ids=b, attention_mask=mask).logits.float().logsumexp(-1).mean().backward()
-            results.append(("hf llama", name, timed(run, 1)))
+        def hf_packed_step(ids, pos, cu, mx):
+            return lambda: hf_packed(input_ids=ids, position_ids=pos, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+                                     max_length_q=mx, max_length_k=mx).logits.float().logsumexp(-1).mean().backward()
+
+        def hf_pad_step(b, mask):
+            return lambda: hf_pad(input_ids=b, attention_mask=mask).logits.float().logsumexp(-1).mean().backward()
+
+        results["hf llama"] = measure({
+            "packed": [hf_packed_step(*x) for x in micro],
+            "padded-to-longest": [hf_pad_step(*x) for x in longest],
+            "padded-to-pack": [hf_pad_step(*x) for x in full]})
 
     print(f"\n## CPU training throughput: {len(lengths)} GSM8K examples, {real:,} real tokens, "
           f"pack length {PACK_LEN}, {torch.get_num_threads()} threads")
     print(f"predicted compute per real token: packed {waste['packed']:.2f}, padded-to-longest "
           f"{waste['longest']:.2f}, padded-to-pack {waste['pack']:.2f}")
+    print("(padded-to-longest: median of 3 interleaved rounds, ratio range in brackets; padded-to-pack: one pass)")
     print(f"{'model':14} {'layout':18} {'seconds':>8} {'real tok/s':>10} {'packed is':>10}")
-    by = {(a, b): s for a, b, s in results}
-    for model, layout, sec in results:
-        ratio = by[(model, layout)] / by[(model, "packed")]
-        print(f"{model:14} {layout:18} {sec:8.2f} {real / sec:10.0f} {ratio:9.2f}x")
-
+    for model, rows in results.items():
+        for layout, (sec, ratio, lo, hi) in rows.items():
+            spread = f"  ({lo:.2f}-{hi:.2f})" if layout == "padded-to-longest" else ""
+            print(f"{model:14} {layout:18} {sec:8.2f} {real / sec:10.0f} {ratio:9.2f}x{spread}")
 
 if __name__ == "__main__":
     main()
