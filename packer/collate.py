@@ -194,6 +194,13 @@ class BatchSource:
         )
 
 
+def _parts(whole, tail, T: int, B: int, K: int, k: int, shape: tuple[int, int]) -> list:
+    """ids, labels, positions, cu_seqlens, seq_lens, pack_index as views of the batch buffer `whole`
+    (numpy or torch alike); `tail` is its int32 view after pack_index."""
+    return [whole[:T].reshape(shape), whole[T:2 * T].reshape(shape), whole[2 * T:3 * T].reshape(shape),
+            tail[:k + 1], tail[K + 1:K + 1 + k], whole[3 * T:3 * T + B]]
+
+
 def collate(src: BatchSource, packs: np.ndarray, *, flatten: bool = False, pad_id: int = 0,
             label_mode: str = "unshifted", pin_memory: bool = False, share_memory: bool = False) -> dict:
     """One batch of the packs `packs` (int64 [B], global pack indices).
@@ -226,13 +233,9 @@ def collate(src: BatchSource, packs: np.ndarray, *, flatten: bool = False, pad_i
         if not share_memory:
             src.pool.track(buf, [])  # copied: free again at once
     if pin_memory or share_memory:  # torch views of one storage
-        tail = whole[3 * T + B:n].view(torch.int32)
-        tensors = [whole[:T].view(shape), whole[T:2 * T].view(shape), whole[2 * T:3 * T].view(shape),
-                   tail[:k + 1], tail[K + 1:K + 1 + k], whole[3 * T:3 * T + B]]
+        tensors = _parts(whole, whole[3 * T + B:n].view(torch.int32), T, B, K, k, shape)
     else:
-        tail = buf[3 * T + B:n].view(np.int32)
-        views = [buf[:T].reshape(shape), buf[T:2 * T].reshape(shape), buf[2 * T:3 * T].reshape(shape),
-                 tail[:k + 1], tail[K + 1:K + 1 + k], buf[3 * T:3 * T + B]]
+        views = _parts(buf, buf[3 * T + B:n].view(np.int32), T, B, K, k, shape)
         src.pool.track(buf, views)
         # numpy slicing, then one torch.from_numpy each: half the cost of slicing torch tensors
         tensors = [torch.from_numpy(v) for v in views]

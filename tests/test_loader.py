@@ -74,6 +74,8 @@ def test_prefetch_keeps_held_batches_intact_and_stops_its_thread(run):
     assert not [t for t in threading.enumerate() if t.name == "packer-prefetch"]
     with pytest.raises(ConfigError, match="prefetch is a background thread"):
         PackedLoader(run, 3, prefetch=2, num_workers=2)
+    with pytest.raises(ConfigError, match="number of batches to build ahead"):
+        PackedLoader(run, 3, prefetch=-1)
 
 
 def test_resume_across_epochs_and_mismatched_state(run):
