@@ -14,7 +14,7 @@ ALGORITHM ?= bfd
 OUT      ?= build/packed
 ARGS     ?=
 
-.PHONY: pack test bench compare setup clean
+.PHONY: pack test bench models compare setup clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -53,6 +53,11 @@ test: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
+
+# Every causal-LM family of the installed transformers, packed vs unpacked: docs/MODELS.md and
+# packer/families.py (what use_packer_attention consults). Outside CI: ~15 minutes on 2 cores.
+models: $(BIN)/.installed
+	$(BIN)/python benchmarks/model_matrix.py
 
 clean:
 	rm -rf build $(VENV)

@@ -5,8 +5,10 @@ GSM8K lengths (GPT-2, Alpaca; synthetic lognormal lengths when ../shared/data is
     packed            bfd packs, one pack per micro-batch, attention per example (varlen)
     padded-to-longest batches of 8 in data order, each padded to its longest example (dynamic padding)
     padded-to-pack    every example padded to 2048
-for Packer's model and a small transformers Llama (hidden 256, 4 layers). Also prints the waste the
-planner predicts (padded tokens / real tokens) next to the measured speed-ups.
+for Packer's model and a small transformers Llama (hidden 256, 4 layers); then the same model as a
+Mistral with a sliding window of 128 (shorter than most examples) against a window of 2048 (no effect),
+packed vs padded-to-longest: is the speed-up kept with windows on? Also prints the waste the planner
+predicts (padded tokens / real tokens) next to the measured speed-ups.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from packer.model import ModelConfig, PackedLlama
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 PACK_LEN, BATCH, N_EXAMPLES, VOCAB = 2048, 8, 48, 50257
+WINDOW = 128  # gpt-oss's window; most GSM8K examples are longer
 
 
 def gsm8k_lengths() -> np.ndarray:
@@ -44,14 +47,17 @@ def own_model():
                        backend="sdpa")
 
 
-def hf_model(attn: str):
+def hf_model(attn: str, window: int | None = None):
+    """A small transformers Llama, or with `window` a Mistral (the same model plus a sliding window)."""
     import transformers
 
     from packer.hf import register
 
     register()
-    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                                   num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=PACK_LEN)
+    size = dict(vocab_size=VOCAB, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=PACK_LEN)
+    cfg = (transformers.LlamaConfig(**size) if window is None else
+           transformers.MistralConfig(**size, sliding_window=window, head_dim=32))
     torch.manual_seed(0)
     return transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation=attn)
 
@@ -150,17 +156,25 @@ def main() -> None:
     except ImportError:
         hf_packed = None
     if hf_packed is not None:
-        def hf_packed_step(ids, pos, cu, mx):
-            return lambda: hf_packed(input_ids=ids, position_ids=pos, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
-                                     max_length_q=mx, max_length_k=mx).logits.float().logsumexp(-1).mean().backward()
+        def hf_packed_step(model, ids, pos, cu, mx):
+            return lambda: model(input_ids=ids, position_ids=pos, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+                                 max_length_q=mx, max_length_k=mx).logits.float().logsumexp(-1).mean().backward()
 
-        def hf_pad_step(b, mask):
-            return lambda: hf_pad(input_ids=b, attention_mask=mask).logits.float().logsumexp(-1).mean().backward()
+        def hf_pad_step(model, b, mask):
+            return lambda: model(input_ids=b, attention_mask=mask).logits.float().logsumexp(-1).mean().backward()
 
         results["hf llama"] = measure({
-            "packed": [hf_packed_step(*x) for x in micro],
-            "padded-to-longest": [hf_pad_step(*x) for x in longest],
-            "padded-to-pack": [hf_pad_step(*x) for x in full]})
+            "packed": [hf_packed_step(hf_packed, *x) for x in micro],
+            "padded-to-longest": [hf_pad_step(hf_pad, *x) for x in longest],
+            "padded-to-pack": [hf_pad_step(hf_pad, *x) for x in full]})
+        # Windows on: a Mistral with a window shorter than most examples, against the same Mistral with
+        # the window longer than every example; both layouts honour the window (packed through
+        # packer's varlen sdpa, padded through transformers' sdpa mask).
+        for window in (PACK_LEN, WINDOW):
+            packed_w, pad_w = hf_model("packer", window), hf_model("sdpa", window)
+            results[f"hf mistral w{window}"] = measure({
+                "packed": [hf_packed_step(packed_w, *x) for x in micro],
+                "padded-to-longest": [hf_pad_step(pad_w, *x) for x in longest]}, once=())
 
     print(f"\n## CPU training throughput: {len(lengths)} GSM8K examples, {real:,} real tokens, "
           f"pack length {PACK_LEN}, {torch.get_num_threads()} threads")
@@ -172,6 +186,11 @@ def main() -> None:
         for layout, (sec, ratio, lo, hi) in rows.items():
             spread = f"  ({lo:.2f}-{hi:.2f})" if layout == "padded-to-longest" else ""
             print(f"{model:14} {layout:18} {sec:8.2f} {real / sec:10.0f} {ratio:9.2f}x{spread}")
+    with_w, without = results.get(f"hf mistral w{WINDOW}"), results.get(f"hf mistral w{PACK_LEN}")
+    if with_w and without:
+        a, b = with_w["padded-to-longest"][1], without["padded-to-longest"][1]
+        print(f"\npacked speed-up over padded-to-longest: window {WINDOW} {a:.2f}x, no window {b:.2f}x "
+              f"(windows on / off: {a / b:.2f}; >= 1 means no slower with windows)")
 
 if __name__ == "__main__":
     main()

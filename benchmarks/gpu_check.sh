@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check (under 5 minutes on one CUDA GPU): every attention backend against the sdpa reference in
-# bf16, forward and backward, then packed varlen vs padded SDPA timings. Prints everything to stdout.
+# bf16, forward and backward, plain and with a sliding window and soft-capping (the variants each
+# backend implements), then packed varlen vs padded SDPA timings. Prints everything to stdout.
 #   bash benchmarks/gpu_check.sh            (needs torch with CUDA; flash-attn optional)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,14 +31,26 @@ def padded():
     o.sum().backward()
 base = bench(padded)
 print(f"padded SDPA fwd+bwd: {base*1e3:.2f} ms ({T} real tokens, {B*S} padded)")
-for name in BACKENDS:
-    why = unavailable(name, q, True)
-    if why:
-        print(f"{name:13} skipped: {why}"); continue
-    out = varlen_attention(q, k, v, cu, int(lens.max()), backend=name)
-    err = (out.float() - ref).abs().max().item()
-    def step():
-        o = varlen_attention(q, k, v, cu, int(lens.max()), backend=name); o.sum().backward()
-    t = bench(step)
-    print(f"{name:13} max|diff| vs fp32 sdpa {err:.3e}  fwd+bwd {t*1e3:.2f} ms  {base/t:.2f}x padded SDPA")
+from packer.attention import SUPPORTS, Variant, unsupported
+g = torch.randn(T, H, D, device=dev, dtype=torch.float32)
+for variant in ({}, {"window": 256}, {"softcap": 30.0}, {"window": 256, "softcap": 30.0}):
+    qf, kf, vf = (t.detach().float().requires_grad_(True) for t in (q, k, v))
+    ref = varlen_attention(qf, kf, vf, cu, int(lens.max()), backend="sdpa", **variant)
+    ref.backward(g)
+    label = "+".join(variant) or "plain"
+    for name in BACKENDS:
+        why = unavailable(name, q, True) or unsupported(name, Variant(**variant))
+        if why:
+            print(f"{label:15} {name:13} skipped: {why}"); continue
+        for t in (q, k, v):
+            t.grad = None
+        out = varlen_attention(q, k, v, cu, int(lens.max()), backend=name, **variant)
+        out.backward(g.to(out.dtype))
+        err = (out.float() - ref).abs().max().item()
+        gerr = max((a.grad.float() - b.grad).abs().max().item() for a, b in zip((q, k, v), (qf, kf, vf)))
+        def step():
+            o = varlen_attention(q, k, v, cu, int(lens.max()), backend=name, **variant); o.sum().backward()
+        t = bench(step)
+        print(f"{label:15} {name:13} max|diff| vs fp32 sdpa: out {err:.3e} grads {gerr:.3e}  "
+              f"fwd+bwd {t*1e3:.2f} ms  {base/t:.2f}x padded SDPA")
 PY

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from packer import config as C
 from packer.dataset import IGNORE, PackedShards
-from packer.errors import InputError
+from packer.errors import ConfigError, InputError
 from packer.manifest import commit_stage, current
 from packer.planner import plan_stage
 from packer.shards import write_stage
@@ -53,7 +53,46 @@ def _rows(examples: Iterable[Mapping]) -> tuple[list[list[int]], list[list[int]]
     return ids, labels
 
 
-def examples_table(examples: Iterable[Mapping]) -> tuple[pa.Table, int]:
+INPUT_LABELS = ("unshifted", "shifted")
+
+
+def _label_mask(flat: np.ndarray, lab: np.ndarray, offsets: np.ndarray, input_labels: str) -> np.ndarray:
+    """uint8 loss mask over the tokens from labels given alongside them, refusing labels that are not targets.
+
+    Packer stores which tokens are trained on, not label values, and makes the labels from the ids; so
+    labels must be the ids themselves (or -100) where they are given:
+        unshifted  labels[j] in {input_ids[j], -100}: the model shifts (Hugging Face convention)
+        shifted    labels[j] in {input_ids[j + 1], -100}, and -100 at each example's last token
+    """
+    if input_labels not in INPUT_LABELS:
+        raise ConfigError(f"input_labels '{input_labels}' is not one of {', '.join(INPUT_LABELS)}")
+    on = lab != IGNORE
+    if input_labels == "unshifted":
+        target = flat
+    else:
+        target = np.empty_like(flat)
+        target[:-1] = flat[1:]
+        target[offsets[1:] - 1] = IGNORE  # an example's last token predicts nothing in it
+    bad = np.flatnonzero(on & (lab != target))
+    if bad.size:
+        j = int(bad[0])
+        i = int(np.searchsorted(offsets, j, "right") - 1)
+        pos = j - int(offsets[i])
+        want = "-100" if target[j] == IGNORE else f"{int(target[j])} or -100"
+        other = "shifted" if input_labels == "unshifted" else "unshifted"
+        raise InputError(SOURCE, i, "labels", f"[{pos}] is {int(lab[j])}, expected {want} for input_labels="
+                         f"'{input_labels}'", f"Packer trains on the input ids themselves and takes labels only as "
+                         f"a mask: pass labels equal to the ids (or -100), input_labels='{other}' if your labels "
+                         f"are {other}, or put custom targets into input_ids")
+    if input_labels == "unshifted":
+        return on.astype(np.uint8)
+    mask = np.zeros(len(flat), np.uint8)
+    mask[1:] = on[:-1]
+    mask[offsets[:-1]] = 0  # an example's first token is no target (its label came from the example before)
+    return mask
+
+
+def examples_table(examples: Iterable[Mapping], input_labels: str = "unshifted") -> tuple[pa.Table, int]:
     """A stage-1 table from examples {input_ids, labels?}; returns it and the largest token id + 1."""
     ids, labels = _rows(examples)
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
@@ -67,6 +106,7 @@ def examples_table(examples: Iterable[Mapping]) -> tuple[pa.Table, int]:
     if flat.size and (flat.min() < 0 or flat.max() >= 2**32):
         i = int(np.searchsorted(np.cumsum(lengths), np.flatnonzero((flat < 0) | (flat >= 2**32))[0], "right"))
         raise InputError(SOURCE, i, "input_ids", "has an id outside 0..2**32-1")
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     if labels is None:
         mask = np.ones(len(flat), np.uint8)
     else:
@@ -74,8 +114,8 @@ def examples_table(examples: Iterable[Mapping]) -> tuple[pa.Table, int]:
             if len(y) != len(x):
                 raise InputError(SOURCE, i, "labels", f"has {len(y)} entries, input_ids has {len(x)}")
         lab = np.concatenate([np.asarray(y, dtype=np.int64) for y in labels]) if labels else np.zeros(0, np.int64)
-        mask = (lab != IGNORE).astype(np.uint8)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        mask = _label_mask(flat, lab, offsets, input_labels)
+    offsets = offsets.astype(np.int32)
     n = len(ids)
     table = pa.table({
         "example_index": pa.array(np.arange(n, dtype=np.int64)),
@@ -121,14 +161,18 @@ def _tokenized_stage(table: pa.Table, vocab_size: int, eos_id: int | None, out: 
 def pack_dataset(examples: Sequence[Mapping] | Iterable[Mapping], pack_len: int, *, algorithm: str = "bfd",
                  seed: int = 0, overlong: str = "truncate", max_segments: int | None = None,
                  time_limit: float | None = None, out: str | Path | None = None, label_mode: str = "unshifted",
-                 vocab_size: int | None = None, eos_id: int | None = None, shuffle: bool = True) -> PackedShards:
+                 vocab_size: int | None = None, eos_id: int | None = None, shuffle: bool = True,
+                 input_labels: str = "unshifted") -> PackedShards:
     """Pack tokenized examples ({input_ids, labels?}, labels -100 where no loss; a list or a Hugging
     Face `datasets.Dataset`) into a `PackedShards` whose items match the pipeline's.
 
     out: a folder to keep the run in (tokenized/, plan/, shards/): the next call with the same
     examples and settings memory-maps it instead of packing again.
+    input_labels: how given labels align with input_ids: "unshifted" (labels[j] is input_ids[j] or -100,
+    the Hugging Face convention) or "shifted" (labels[j] is input_ids[j + 1] or -100). Labels are kept
+    as a loss mask, so any other label value is refused with an error naming the example.
     """
-    table, max_id = examples_table(examples)
+    table, max_id = examples_table(examples, input_labels)
     vocab = max(vocab_size or 0, max_id)
     run = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="packer-"))
     _tokenized_stage(table, vocab, eos_id, run / "tokenized")

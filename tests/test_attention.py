@@ -7,22 +7,33 @@ import math
 import pytest
 import torch
 
-from packer.attention import BACKENDS, cu_seqlens_from_positions, unavailable, varlen_attention
+from packer.attention import BACKENDS, SUPPORTS, cu_seqlens_from_positions, unavailable, varlen_attention
 from packer.errors import ConfigError
 
 
-def reference(q, k, v, cu, causal=True, scale=None):
-    """Dense fp32 attention with a block-diagonal (causal) mask over the whole pack."""
+def reference(q, k, v, cu, causal=True, scale=None, window=None, softcap=None, sinks=None):
+    """Dense fp64 attention over the whole pack, written from the definitions (not from the backends):
+    a block-diagonal (causal) mask, a left window of `window` keys, tanh soft-capping of the scaled
+    scores, and a per-head sink logit in the softmax denominator."""
     total, hq, d = q.shape
     rep = hq // k.shape[1]
     k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
     seg = torch.repeat_interleave(torch.arange(len(cu) - 1), (cu[1:] - cu[:-1]).long())
     allowed = seg[:, None] == seg[None, :]
+    i = torch.arange(total)
     if causal:
-        allowed &= torch.arange(total)[:, None] >= torch.arange(total)[None, :]
+        allowed &= i[:, None] >= i[None, :]
+    if window is not None:
+        allowed &= (i[:, None] - i[None, :]) < window
     s = torch.einsum("qhd,khd->hqk", q.double(), k.double()) * (scale or 1 / math.sqrt(d))
+    if softcap is not None:
+        s = softcap * torch.tanh(s / softcap)
     s = s.masked_fill(~allowed, float("-inf"))
-    return torch.einsum("hqk,khd->qhd", s.softmax(-1), v.double()).to(q.dtype)
+    e = (s - s.amax(-1, keepdim=True)).exp()
+    denom = e.sum(-1, keepdim=True)
+    if sinks is not None:
+        denom = denom + (sinks.double()[:, None, None] - s.amax(-1, keepdim=True)).exp()
+    return torch.einsum("hqk,khd->qhd", e / denom, v.double()).to(q.dtype)
 
 
 CASES = [
@@ -49,7 +60,175 @@ def test_sdpa_matches_reference_forward_and_backward(lens, hq, hk, causal):
         assert (a - b).abs().max() < 1e-10
 
 
-@pytest.mark.parametrize("backend", sorted(BACKENDS))
+VARIANTS = [
+    dict(window=3),
+    dict(window=1),                                # each token sees only itself
+    dict(window=64),                               # wider than every sequence: plain causal
+    dict(softcap=2.0),
+    dict(window=4, softcap=1.5),
+    dict(sinks=True),
+    dict(sinks=True, window=5),
+    dict(sinks=True, window=2, softcap=3.0, scale=0.3),
+]
+
+
+def _variant(kw, hq):
+    kw = dict(kw)
+    if kw.pop("sinks", None):
+        kw["sinks"] = torch.linspace(-1.0, 2.0, hq, dtype=torch.float64, requires_grad=True)
+    scale = kw.pop("scale", None)
+    return kw, scale
+
+
+@pytest.mark.parametrize("lens,hq,hk", CASES)
+@pytest.mark.parametrize("kw", VARIANTS, ids=lambda kw: "-".join(kw))
+def test_sdpa_variants_match_reference_forward_and_backward(lens, hq, hk, kw):
+    torch.manual_seed(3)
+    total, d = sum(lens), 8
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    q, k, v = (torch.randn(total, h, d, dtype=torch.float64, requires_grad=True) for h in (hq, hk, hk))
+    kw, scale = _variant(kw, hq)
+    out = varlen_attention(q, k, v, cu, max(lens), softmax_scale=scale, backend="sdpa", **kw)
+    ref = reference(q, k, v, cu, scale=scale, **kw)
+    assert (out - ref).abs().max() < 1e-10
+    leaves = (q, k, v) + ((kw["sinks"],) if "sinks" in kw else ())
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, leaves, g), torch.autograd.grad(ref, leaves, g)):
+        assert (a - b).abs().max() < 1e-10
+
+
+def test_each_variant_changes_the_result():
+    """Negative control: dropping any one variant (what the old adapter did) gives different outputs."""
+    torch.manual_seed(4)
+    lens = [12, 9]
+    cu = torch.tensor([0, 12, 21], dtype=torch.int32)
+    q, k, v = (torch.randn(21, 4, 8, dtype=torch.float64) * 2 for _ in range(3))
+    full = dict(window=3, softcap=1.0, sinks=torch.full((4,), 1.5, dtype=torch.float64))
+    out = varlen_attention(q, k, v, cu, max(lens), backend="sdpa", **full)
+    for name in full:
+        dropped = {n: x for n, x in full.items() if n != name}
+        assert (out - varlen_attention(q, k, v, cu, 12, backend="sdpa", **dropped)).abs().max() > 1e-3, name
+    scaled = varlen_attention(q, k, v, cu, 12, backend="sdpa", softmax_scale=0.1, **full)
+    assert (out - scaled).abs().max() > 1e-3, "softmax_scale must reach the kernel"
+    plain_scaled = varlen_attention(q, k, v, cu, 12, backend="sdpa", softmax_scale=0.1)
+    assert (plain_scaled - reference(q, k, v, cu, scale=0.1)).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("kw", [v for v in VARIANTS if "sinks" not in v], ids=lambda kw: "-".join(kw))
+def test_flex_variants_match_reference_forward(kw):
+    lens, hq, hk = [17, 4, 4, 4, 30], 6, 2
+    torch.manual_seed(5)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    q, k, v = (torch.randn(sum(lens), h, 16) for h in (hq, hk, hk))
+    kw, scale = _variant(kw, hq)
+    out = varlen_attention(q, k, v, cu, max(lens), softmax_scale=scale, backend="flex", **kw)
+    assert (out - reference(q, k, v, cu, scale=scale, **kw)).abs().max() < 1e-5
+
+
+def _fake_flash(calls):
+    """flash_attn_varlen_func as flash-attn documents it (window_size=(left, right): query i attends keys
+    i - left .. i + right, -1 unbounded; softcap 0 means none), so the mapping Packer passes is checked
+    for meaning on CPU, not only for argument names."""
+
+    def flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=None, causal=False,
+                               window_size=(-1, -1), softcap=0.0, **extra):
+        assert not extra, extra
+        calls.append(dict(window_size=window_size, softcap=softcap, causal=causal, scale=softmax_scale))
+        assert torch.equal(cu_q, cu_k) and cu_q.dtype == torch.int32
+        left, right = window_size
+        total = q.shape[0]
+        i = torch.arange(total)
+        seg = torch.repeat_interleave(torch.arange(len(cu_q) - 1), (cu_q[1:] - cu_q[:-1]).long())
+        ok = seg[:, None] == seg[None, :]
+        diff = i[:, None] - i[None, :]
+        if causal:
+            ok &= diff >= 0
+        if left >= 0:
+            ok &= diff <= left
+        if right >= 0:
+            ok &= -diff <= right
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+        s = torch.einsum("qhd,khd->hqk", q, k) * (softmax_scale or q.shape[-1] ** -0.5)
+        if softcap:
+            s = softcap * torch.tanh(s / softcap)
+        return torch.einsum("hqk,khd->qhd", s.masked_fill(~ok, float("-inf")).softmax(-1), v)
+
+    return flash_attn_varlen_func
+
+
+@pytest.mark.parametrize("kw", [v for v in VARIANTS if "sinks" not in v] + [{}], ids=lambda kw: "-".join(kw))
+def test_flash_attn_receives_the_window_and_softcap_it_documents(kw, monkeypatch):
+    import sys
+    import types
+
+    calls = []
+    monkeypatch.setitem(sys.modules, "flash_attn", types.SimpleNamespace(flash_attn_varlen_func=_fake_flash(calls)))
+    lens, hq, hk = [9, 1, 13], 4, 2
+    torch.manual_seed(6)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    q, k, v = (torch.randn(sum(lens), h, 8, dtype=torch.float64) for h in (hq, hk, hk))
+    kw, scale = _variant(kw, hq)
+    out = BACKENDS["flash_attn"](q, k, v, cu, max(lens), True, scale,
+                                 __import__("packer.attention").attention.Variant(**kw))
+    assert (out - reference(q, k, v, cu, scale=scale, **kw)).abs().max() < 1e-10
+    want_left = kw["window"] - 1 if "window" in kw else -1
+    assert calls == [dict(window_size=(want_left, 0), softcap=kw.get("softcap", 0.0), causal=True, scale=scale)]
+
+
+def test_torch_varlen_receives_the_window(monkeypatch):
+    import torch.nn.attention.varlen as tv
+
+    from packer.attention import Variant
+
+    calls = []
+    fake = _fake_flash(calls)
+
+    def varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+        return fake(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=scale, window_size=window_size)
+
+    monkeypatch.setattr(tv, "varlen_attn", varlen_attn)
+    torch.manual_seed(7)
+    cu = torch.tensor([0, 10, 16], dtype=torch.int32)
+    q, k, v = (torch.randn(16, 2, 8, dtype=torch.float64) for _ in range(3))
+    out = BACKENDS["torch_varlen"](q, k, v, cu, 10, True, None, Variant(window=4))
+    assert (out - reference(q, k, v, cu, window=4)).abs().max() < 1e-10
+    assert calls[0]["window_size"] == (3, 0)
+    out = BACKENDS["torch_varlen"](q, k, v, cu, 10, True, None, Variant())
+    assert (out - reference(q, k, v, cu)).abs().max() < 1e-10
+
+
+def test_backends_refuse_variants_they_cannot_compute():
+    q = torch.randn(6, 2, 8)
+    cu = torch.tensor([0, 6], dtype=torch.int32)
+    with pytest.raises(ConfigError, match="'flex' cannot compute.*sinks; use backend='sdpa'"):
+        varlen_attention(q, q, q, cu, 6, sinks=torch.zeros(2), backend="flex")
+    for name, can in SUPPORTS.items():
+        assert "window" in can and (name == "sdpa") == ("sinks" in can)
+    with pytest.raises(ConfigError, match="window must be a positive"):
+        varlen_attention(q, q, q, cu, 6, window=0)
+    with pytest.raises(ConfigError, match="causal attention only"):
+        varlen_attention(q, q, q, cu, 6, window=3, causal=False)
+    with pytest.raises(ConfigError, match="softcap must be"):
+        varlen_attention(q, q, q, cu, 6, softcap=-1.0)
+    with pytest.raises(ConfigError, match=r"sinks must be a \(2,\) tensor"):
+        varlen_attention(q, q, q, cu, 6, sinks=torch.zeros(3))
+
+
+def test_auto_picks_a_backend_that_computes_the_variant(monkeypatch):
+    import packer.attention as A
+
+    monkeypatch.setattr(A, "unavailable", lambda name, q, training: None)  # pretend every backend runs here
+    q = torch.randn(4, 2, 8)
+    assert A.pick_backend(q, True, A.Variant()) == "flash_attn"
+    assert A.pick_backend(q, True, A.Variant(window=3, softcap=2.0)) == "flash_attn"
+    assert A.pick_backend(q, True, A.Variant(sinks=torch.zeros(2))) == "sdpa"
+    monkeypatch.setattr(A, "unavailable", lambda name, q, training: None if name != "flash_attn" else "no")
+    assert A.pick_backend(q, True, A.Variant(window=3)) == "torch_varlen"
+    assert A.pick_backend(q, True, A.Variant(softcap=2.0)) == "sdpa"
+
+
+@pytest.mark.parametrize("backend", sorted(set(BACKENDS) - {"sdpa"}))
 @pytest.mark.parametrize("lens,hq,hk", CASES)
 def test_every_available_backend_agrees_with_sdpa(backend, lens, hq, hk):
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -85,3 +85,35 @@ def test_non_zero_rank_waits_for_rank_zero(tmp_path, monkeypatch):
     ds0 = packer.packed_dataset_from_files([str(data)], "byte", 512, cache_dir=tmp_path / "c")
     t.join(30)
     assert len(got["ds"]) == len(ds0)
+
+
+def _by_example(ds):
+    seen = {}
+    for i in range(len(ds)):
+        item = ds[i]
+        cu = item["cu_seqlens"].tolist()
+        for s, ex in enumerate(item["example_index"].tolist()):
+            seen[ex] = (item["input_ids"][cu[s]:cu[s + 1]].tolist(), item["labels"][cu[s]:cu[s + 1]].tolist())
+    return seen
+
+
+def test_pack_dataset_takes_pre_shifted_labels():
+    exs = [{"input_ids": [1, 2, 3, 4], "labels": [-100, 3, 4, -100]}, {"input_ids": [5, 6, 7], "labels": [6, 7, -100]}]
+    seen = _by_example(packer.pack_dataset(exs, 16, input_labels="shifted"))
+    assert seen[0] == ([1, 2, 3, 4], [-100, -100, 3, 4])
+    assert seen[1] == ([5, 6, 7], [-100, 6, 7])
+    shifted = _by_example(packer.pack_dataset(exs, 16, input_labels="shifted", label_mode="shifted"))
+    assert shifted[0][1] == exs[0]["labels"] and shifted[1][1] == exs[1]["labels"], "round trip"
+
+
+@pytest.mark.parametrize("labels,mode,match", [
+    ([-100, 9, 3, 4], "unshifted", r"\[1\] is 9, expected 2 or -100"),         # custom target
+    ([-100, 3, 4, -100], "unshifted", r"\[1\] is 3, expected 2 or -100.*input_labels='shifted'"),  # shifted given
+    ([2, 3, 4, 5], "shifted", r"\[3\] is 5, expected -100"),                        # last token predicts past the end
+    ([1, 2, 3, 4], "shifted", r"\[0\] is 1, expected 2 or -100.*input_labels='unshifted'"),
+])
+def test_pack_dataset_refuses_labels_it_would_change(labels, mode, match):
+    with pytest.raises(InputError, match="examples:0: field 'labels' " + match):
+        packer.pack_dataset([{"input_ids": [1, 2, 3, 4], "labels": labels}], 8, input_labels=mode)
+    with pytest.raises(packer.ConfigError, match="input_labels 'both'"):
+        packer.pack_dataset([{"input_ids": [1, 2], "labels": [1, 2]}], 8, input_labels="both")

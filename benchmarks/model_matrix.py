@@ -1,0 +1,243 @@
+"""Which transformers causal-LM families train packed exactly as unpacked? (`make models`)
+
+For every architecture in the installed transformers' causal-LM mapping: a tiny random config
+(packer.hf_verify.tiny_config: windows of 8 tokens, soft-caps of 2, examples of 2-31 tokens), then
+logits, loss and gradients packed (attn "packer") vs one example at a time (attn "eager"), fp32 on CPU.
+Writes docs/MODELS.md (the table, with the reason for every refusal) and packer/families.py (what
+`use_packer_attention` consults before the first step).
+
+    python benchmarks/model_matrix.py [--only llama,gemma2] [--timeout 120]
+
+Each family runs in its own subprocess, so one that crashes or hangs is recorded, not fatal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import pprint
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _one(model_type: str, queue) -> None:
+    """Verify one family; put (status, reason, figures, config types) on the queue."""
+    import torch
+    import transformers
+
+    import packer.hf as hf
+    from packer.hf_verify import tiny_config, verify
+
+    hf.FAMILIES = {}  # judge every family afresh, not by the previous matrix
+    hf.register(allow_unverified=True)
+    try:
+        cfg = tiny_config(model_type)
+    except Exception as e:  # noqa: BLE001
+        queue.put(("untested", f"no tiny config could be made here: {_short(e)}", {}, []))
+        return
+    try:
+        why = hf.family_refusal(cfg)
+        if why is not None:
+            queue.put(("refused", why, {}, []))
+            return
+        cls_name = transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]
+
+        def make(attn: str):
+            torch.manual_seed(0)
+            return transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation=attn).float()
+
+        try:  # the reference itself must build and run, or the family cannot be judged here
+            ref = make("eager")
+            ids = torch.randint(1, ref.get_input_embeddings().num_embeddings, (1, 12))
+            ref(input_ids=ids, position_ids=torch.arange(12)[None], labels=ids, use_cache=False).loss.backward()
+        except Exception as e:  # noqa: BLE001  (any failure to build is recorded with its message)
+            queue.put(("untested", f"a tiny {cls_name} does not run here even with eager attention: {_short(e)}",
+                       {}, []))
+            return
+        try:
+            make(hf.NAME)
+        except hf.UnsupportedModelError as e:
+            queue.put(("refused", str(e).split(": ", 1)[-1], {}, []))
+            return
+        except Exception as e:  # noqa: BLE001
+            queue.put(("refused", f"transformers does not run {cls_name} through its attention interface "
+                       f"({_short(e)})", {}, []))
+            return
+        v = verify(make)
+    except hf.UnsupportedModelError as e:
+        queue.put(("refused", str(e).split(": ", 1)[-1], {}, []))
+        return
+    except Exception as e:  # noqa: BLE001
+        queue.put(("refused", f"the packed run fails: {_short(e)}", {}, []))
+        traceback.print_exc(file=sys.stderr)
+        return
+    figures = {"logits": v.logits, "loss": v.loss, "grads": v.grads,
+               "window": getattr(cfg, "sliding_window", None),
+               "softcap": getattr(cfg, "attn_logit_softcapping", None)}
+    if v.attention_calls == 0:
+        queue.put(("refused", "its attention never reaches the attention function, so Packer cannot keep "
+                   "examples apart", figures, []))
+    elif v.equal:
+        queue.put(("verified", "", figures, sorted(t for t in v.config_types if t)))
+    else:
+        queue.put(("refused", f"packed differs from unpacked ({v}): something outside attention mixes "
+                   "tokens across examples or ignores position_ids", figures, []))
+
+
+def _short(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}".splitlines()[0]
+    return text if len(text) < 160 else text[:157] + "..."
+
+
+MAX_RSS_GB = 4.0  # a tiny model needs well under 1 GB; more means the config was not shrunk
+
+
+def _rss_gb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+def run(model_type: str, timeout: float) -> tuple[str, str, dict, list]:
+    ctx = mp.get_context("fork")  # the parent has imported torch and transformers once
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_one, args=(model_type, queue))
+    proc.start()
+    start = time.perf_counter()
+    why = ""
+    while proc.is_alive() and not why:
+        proc.join(0.5)
+        if time.perf_counter() - start > timeout:
+            why = f"the check did not finish in {timeout:.0f} s"
+        elif _rss_gb(proc.pid) > MAX_RSS_GB:
+            why = f"its smallest config here still needs over {MAX_RSS_GB:.0f} GB"
+    if why:
+        proc.kill()
+        proc.join()
+        return "untested", why, {}, []
+    if queue.empty():
+        return "untested", f"the check process died (exit code {proc.exitcode})", {}, []
+    return queue.get()
+
+
+def write(results: dict, version: str) -> None:
+    families: dict[str, dict[str, str]] = {}
+    for kind, (status, reason, _, types) in sorted(results.items()):
+        families[kind] = {"status": "verified" if status == "verified" else "refused",
+                          "reason": reason if status != "untested" else f"not verified: {reason}"}
+    for kind, (status, _, _, types) in sorted(results.items()):
+        for t in types:  # sub-configs (a text decoder inside a composite model) of verified families
+            families.setdefault(t, {"status": "verified", "reason": ""})
+    (ROOT / "packer" / "families.py").write_text(
+        '"""Which transformers model families train packed exactly as unpacked: written by `make models`\n'
+        "(benchmarks/model_matrix.py) from a run over every causal-LM architecture; do not edit by hand.\n\n"
+        'FAMILIES maps a config\'s model_type to {"status": "verified" | "refused", "reason": str}.\n"""\n\n'
+        f"TRANSFORMERS_VERSION = {version!r}\n"
+        f"FAMILIES: dict[str, dict[str, str]] = {pprint.pformat(families, width=110, sort_dicts=True)}\n")
+    n = {s: sum(r[0] == s for r in results.values()) for s in ("verified", "refused", "untested")}
+    lines = [
+        "# Model families: packed equals unpacked, or refused",
+        "",
+        f"Made by `make models` (benchmarks/model_matrix.py) on transformers {version}, CPU, fp32. For each",
+        "causal-LM architecture: a tiny random config (sliding windows of 8 tokens and attention soft-caps",
+        "of 2 where the family has them; examples of 2 to 31 tokens, so windows bite), then logits, loss and",
+        "gradients of one packed row (`attn_implementation=\"packer\"`) against each example alone through",
+        "transformers' eager attention. Verified means logits within 1e-4 and gradients within 1e-4 of the",
+        "largest value, loss within 1e-5 relative. Every other family is refused by `use_packer_attention`",
+        "before the first step with the reason below (families not verified here are refused too, unless",
+        "`allow_unverified=True`).",
+        "",
+        f"**{n['verified']} verified, {n['refused']} refused, {n['untested']} could not be tested here "
+        "(refused at run time as unverified).**",
+        "",
+        "Why families are refused:",
+        "",
+        *[f"- {n_why} x {why}" for why, n_why in _why_counts(results)],
+        "",
+        "Verified holds for configs whose layers are all attention (`layer_types` of full and sliding",
+        "attention only): a checkpoint of a verified family whose config adds other layer types (LFM2's",
+        "convolutions, for example) is refused at run time for that reason.",
+        "",
+        "| model_type | status | logits | loss | gradients | window | softcap | reason |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for kind, (status, reason, fig, _) in sorted(results.items()):
+        f = (lambda k: f"{fig[k]:.1e}" if k in fig else "")
+        lines.append(f"| {kind} | {status} | {f('logits')} | {f('loss')} | {f('grads')} | "
+                     f"{fig.get('window') or ''} | {fig.get('softcap') or ''} | {reason.replace('|', '/')} |")
+    (ROOT / "docs" / "MODELS.md").write_text("\n".join(lines) + "\n")
+    print(f"{n['verified']} verified, {n['refused']} refused, {n['untested']} untested -> docs/MODELS.md")
+
+
+CATEGORIES = (
+    ("its layers of type", "layers that mix tokens outside attention (Mamba, linear, convolution, chunked or "
+                           "indexed attention): they would need seq_idx or masks a packed batch does not have"),
+    ("its attention never reaches", "attention computed outside transformers' attention interface (ALiBi, "
+                                    "relative or custom attention), which Packer cannot reach"),
+    ("transformers does not run", "attention computed outside transformers' attention interface (ALiBi, "
+                                  "relative or custom attention), which Packer cannot reach"),
+    ("packed differs", "outputs differ packed vs unpacked: positions not taken from position_ids (learned "
+                       "decoder positions), or stochastic routing in training"),
+    ("packer attention cannot run", "an attention argument or mask Packer does not implement"),
+    ("", "the packed forward pass fails"),
+)
+
+
+def _why_counts(results: dict) -> list[tuple[str, int]]:
+    counts: dict[str, int] = {}
+    for status, reason, _, _ in results.values():
+        if status == "refused":
+            why = next(text for prefix, text in CATEGORIES if reason.startswith(prefix))
+            counts[why] = counts.get(why, 0) + 1
+    return sorted(counts.items(), key=lambda x: -x[1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="", help="comma-separated model types (default: all)")
+    ap.add_argument("--timeout", type=float, default=180.0, help="seconds per family")
+    ap.add_argument("--dry", action="store_true", help="print, do not write docs/MODELS.md")
+    ap.add_argument("--resume", default="", help="a JSON-lines file of finished families: reuse, and append")
+    args = ap.parse_args()
+    import torch  # noqa: F401  (imported once here; each forked check inherits it)
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    import packer.hf_verify  # noqa: F401
+
+    kinds = [k for k in sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) if not args.only or k in args.only.split(",")]
+    results = {}
+    if args.resume and Path(args.resume).is_file():
+        for line in Path(args.resume).read_text().splitlines():
+            row = json.loads(line)
+            if row["version"] == transformers.__version__:
+                results[row["kind"]] = tuple(row["result"])
+    t0 = time.perf_counter()
+    for i, kind in enumerate(kinds):
+        if kind in results:
+            continue
+        results[kind] = run(kind, args.timeout)
+        if args.resume:
+            with open(args.resume, "a") as f:
+                f.write(json.dumps({"kind": kind, "version": transformers.__version__, "result": results[kind]}) + "\n")
+        status, reason = results[kind][:2]
+        print(f"[{i + 1}/{len(kinds)}] {kind:28} {status:9} {reason[:110]}", flush=True)
+    print(f"{len(kinds)} families in {time.perf_counter() - t0:.0f} s")
+    results = {k: results[k] for k in kinds}
+    if args.dry or args.only:
+        print(json.dumps({k: r[:2] for k, r in results.items()}, indent=1))
+        return
+    write(results, transformers.__version__)
+
+
+if __name__ == "__main__":
+    main()
