@@ -101,6 +101,12 @@ def measure(steps: dict[str, list], rounds: int = 3, once: tuple[str, ...] = ("p
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--windows-only", action="store_true",
+                    help="only the Mistral window comparison (minutes, not the padded-to-pack passes)")
+    windows_only = ap.parse_args().windows_only
     torch.set_num_threads(2)
     lengths = gsm8k_lengths()
     real = int(lengths.sum())
@@ -147,10 +153,11 @@ def main() -> None:
         cu_b = torch.arange(0, (b.shape[0] + 1) * rows, rows, dtype=torch.int32)
         return lambda: step_own(m, b, torch.arange(rows).repeat(b.shape[0], 1), cu_b, rows)
 
-    results["packer model"] = measure({
-        "packed": [lambda x=x: step_own(m, *x) for x in micro],
-        "padded-to-longest": [own_padded(b) for b, _ in longest],
-        "padded-to-pack": [own_padded(b) for b, _ in full]})
+    if not windows_only:
+        results["packer model"] = measure({
+            "packed": [lambda x=x: step_own(m, *x) for x in micro],
+            "padded-to-longest": [own_padded(b) for b, _ in longest],
+            "padded-to-pack": [own_padded(b) for b, _ in full]})
     try:
         hf_packed, hf_pad = hf_model("packer"), hf_model("sdpa")
     except ImportError:
@@ -163,10 +170,11 @@ def main() -> None:
         def hf_pad_step(model, b, mask):
             return lambda: model(input_ids=b, attention_mask=mask).logits.float().logsumexp(-1).mean().backward()
 
-        results["hf llama"] = measure({
-            "packed": [hf_packed_step(hf_packed, *x) for x in micro],
-            "padded-to-longest": [hf_pad_step(hf_pad, *x) for x in longest],
-            "padded-to-pack": [hf_pad_step(hf_pad, *x) for x in full]})
+        if not windows_only:
+            results["hf llama"] = measure({
+                "packed": [hf_packed_step(hf_packed, *x) for x in micro],
+                "padded-to-longest": [hf_pad_step(hf_pad, *x) for x in longest],
+                "padded-to-pack": [hf_pad_step(hf_pad, *x) for x in full]})
         # Windows on: a Mistral with a window shorter than most examples, against the same Mistral with
         # the window longer than every example; both layouts honour the window (packed through
         # packer's varlen sdpa, padded through transformers' sdpa mask).
