@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from pathlib import Path
@@ -21,6 +22,13 @@ def _fail_cleanly(fn):
             return fn(*args, **kwargs)
         except PackerError as e:
             click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+        except OSError as e:  # disk full, permissions, a path that is a folder: one line, what to do
+            where = e.filename or "packer"
+            fix = {errno.ENOSPC: "free disk space or choose another --out",
+                   errno.EACCES: "check the permissions of that path", errno.EPERM: "check the permissions of that path",
+                   errno.EROFS: "choose a writable --out"}.get(e.errno, "check that path")
+            click.echo(f"error: {where}: {e.strerror or e}; {fix}", err=True)
             sys.exit(1)
 
     return wrapper
@@ -51,6 +59,8 @@ tokenize_options = _apply([
         click.option("--bos/--no-bos", "add_bos", default=None,
                      help="Prepend BOS (default: tokenizer_config.json's add_bos_token)."),
         click.option("--skip-bad", is_flag=True, help="Skip and count bad records instead of stopping."),
+        click.option("--max-bad", default="1%", show_default=True,
+                     help="With --skip-bad, fail when more records than this are bad: a share (1%) or a count."),
         click.option("--chunk-records", type=int, default=8192, show_default=True),
 ])
 
@@ -88,7 +98,7 @@ def _tokenize_config(kw: dict) -> C.TokenizeConfig:
         kind=kw["kind"], template=kw["template"], query_field=kw["query_field"],
         response_field=kw["response_field"], messages_field=kw["messages_field"],
         text_field=kw["text_field"], eos_token=kw["eos_token"], add_bos=kw["add_bos"],
-        skip_bad=kw["skip_bad"], chunk_records=kw["chunk_records"])
+        skip_bad=kw["skip_bad"], max_bad=kw["max_bad"], chunk_records=kw["chunk_records"])
 
 
 def _plan_config(kw: dict, kind: str) -> C.PlanConfig:
@@ -116,9 +126,11 @@ def main() -> None:
               help="Worker processes for the map steps (0: in this process, tokenizer on all cores).")
 @click.option("--baseline-batch", type=int, default=8, show_default=True,
               help="Batch size of the padded-to-longest baseline in the report.")
+@click.option("--rehash", is_flag=True,
+              help="Check the sha256 of every file of the stages a rerun would skip, and rebuild damaged ones.")
 @quiet_option
 @_fail_cleanly
-def pack(data, out, workers, baseline_batch, **kw):
+def pack(data, out, workers, baseline_batch, rehash, **kw):
     """Run all stages: DATA (JSON Lines; PATH#query=F,response=F for per-file fields) -> OUT."""
     from packer.pipeline import pack as run
     from packer.report import summary
@@ -126,7 +138,7 @@ def pack(data, out, workers, baseline_batch, **kw):
     tcfg = _tokenize_config(kw)
     report = run(list(data), out, tokenizer=kw["tokenizer"], tokenize_config=tcfg,
                  plan_config=_plan_config(kw, tcfg.kind), write_config=_write_config(kw), workers=workers,
-                 baseline_batch=baseline_batch)
+                 baseline_batch=baseline_batch, rehash=rehash)
     click.echo(summary(report))
     click.echo(f"shards: {Path(out) / 'shards'}\nreport: {Path(out) / 'report.html'} (also .json, .md)")
 
@@ -230,11 +242,21 @@ def compare(runs, fmt, out):
 @click.argument("path", type=click.Path(exists=True))
 @_fail_cleanly
 def verify(path):
-    """Check every shard's size and sha256 against the manifest, and that the shards open."""
-    from packer.dataset import PackedShards
+    """Check the structure, every shard's sha256 against the manifest, and every token and mask value."""
+    import numpy as np
 
-    ds = PackedShards(path, verify=True)
-    click.echo(f"ok: {len(ds.shards)} shards, {len(ds):,} packs")
+    from packer.dataset import PackedShards, check_values
+    from packer.errors import REBUILD_HINT, FormatError
+    from packer.manifest import verify_files
+
+    ds = PackedShards(path, verify=False)  # structure: checked on every open
+    bad = verify_files(ds.path, ds.manifest)  # always hashed here, whatever the verified-marker says
+    if bad:
+        raise FormatError(str(ds.path / bad[0]), "checksum differs from manifest.json", REBUILD_HINT)
+    for sh in ds.shards:  # whole arrays: one pass over the tokens
+        check_values(sh.tokens, sh.loss_mask, ds.vocab_size, sh.path, -1)
+    click.echo(f"ok: {len(ds.shards)} shards, {len(ds):,} packs, "
+               f"{int(sum(np.int64(len(s.tokens)) for s in ds.shards)):,} tokens")
 
 
 @main.command()

@@ -32,20 +32,27 @@ import torch
 from numba.typed import List
 
 from packer import config as C
-from packer.errors import ConfigError
+from packer.errors import REBUILD_HINT, ConfigError, FormatError
 
 IGNORE = -100
 
 
 @numba.njit(cache=True, nogil=True)
 def _segment(tok, msk, ids, lab, pos, shifted):  # pragma: no cover - compiled
-    """One segment: ids = tokens, positions 0..n-1, labels per mode; returns its labelled positions."""
+    """One segment: ids = tokens, positions 0..n-1, labels per mode; returns (labelled positions,
+    largest token id, OR of the mask bytes): the caller checks ids against the vocabulary and mask
+    bytes against {0, 1} once per batch, in the same pass as the copy."""
     n = len(tok)
     if n == 0:
-        return 0
+        return 0, np.int64(0), np.int64(0)
+    top = np.int64(0)
+    bits = np.int64(0)
     for j in range(n):
-        ids[j] = tok[j]
+        t = np.int64(tok[j])
+        ids[j] = t
         pos[j] = j
+        top = max(top, t)
+        bits |= np.int64(msk[j])
     count = 0
     if shifted:  # lab[j] = tok[j+1] where mask[j+1], the last token predicts nothing
         for j in range(n - 1):
@@ -59,7 +66,7 @@ def _segment(tok, msk, ids, lab, pos, shifted):  # pragma: no cover - compiled
             lab[j] = m * (np.int64(tok[j]) - IGNORE) + IGNORE
             count += m
         lab[0] = IGNORE
-    return count
+    return count, top, bits
 
 
 @numba.njit(cache=True, nogil=True)
@@ -72,7 +79,10 @@ def _sizes(pack_shard, pack_tok, pack_seg, packs, row_len):  # pragma: no cover 
         if p < 0 or p >= len(pack_shard):
             raise IndexError("pack index out of range")
         K += pack_seg[p, 1] - pack_seg[p, 0]
-        T += pack_tok[p, 1] - pack_tok[p, 0]
+        n = pack_tok[p, 1] - pack_tok[p, 0]
+        if row_len > 0 and n > row_len:
+            raise IndexError("a pack is longer than the row length")
+        T += n
     real = T
     if row_len > 0:
         K += len(packs)  # at most one padding segment per row
@@ -85,7 +95,7 @@ def _fill(tokens, masks, seg_lens, pack_shard, pack_tok, pack_seg, packs, row_le
           buf, T, K):  # pragma: no cover - compiled
     """The whole batch into `buf` (int64, at least 3T + B + K + 1; layout in `collate`).
 
-    Returns (k segments, labelled positions, longest segment).
+    Returns (k segments, labelled positions, longest segment, largest token id, OR of mask bytes).
     """
     B = len(packs)
     ids, lab, pos = buf[:T], buf[T:2 * T], buf[2 * T:3 * T]
@@ -94,6 +104,8 @@ def _fill(tokens, masks, seg_lens, pack_shard, pack_tok, pack_seg, packs, row_le
     cu, seq = tail[:K + 1], tail[K + 1:2 * K + 1]
     cu[0] = 0
     k, o, loss, longest = 0, 0, 0, 0
+    top = np.int64(0)
+    bits = np.int64(0)
     for r in range(B):
         p = packs[r]
         s = pack_shard[p]
@@ -102,7 +114,10 @@ def _fill(tokens, masks, seg_lens, pack_shard, pack_tok, pack_seg, packs, row_le
         row_start = o
         for q in range(pack_seg[p, 0], pack_seg[p, 1]):
             n = np.int64(sl[q])
-            loss += _segment(tok[a:a + n], msk[a:a + n], ids[o:o + n], lab[o:o + n], pos[o:o + n], shifted)
+            c, t, b = _segment(tok[a:a + n], msk[a:a + n], ids[o:o + n], lab[o:o + n], pos[o:o + n], shifted)
+            loss += c
+            top = max(top, t)
+            bits |= b
             a += n
             o += n
             seq[k] = n
@@ -121,7 +136,7 @@ def _fill(tokens, masks, seg_lens, pack_shard, pack_tok, pack_seg, packs, row_le
             k += 1
             cu[k] = o
             longest = max(longest, n)
-    return k, loss, longest
+    return k, loss, longest, top, bits
 
 
 class BufferPool:
@@ -170,11 +185,16 @@ class BatchSource:
     pack_tok: np.ndarray
     pack_seg: np.ndarray
     pack_len: int
+    vocab_size: int = 2**32
+    paths: tuple[str, ...] = ()
     pool: BufferPool = field(default_factory=BufferPool)
 
     @classmethod
-    def from_shards(cls, shards: list, pack_len: int, keep: int = 8) -> BatchSource:
-        """From the shards' memory maps (no copies of tokens or masks); `keep` buffers are pooled."""
+    def from_shards(cls, shards: list, pack_len: int, keep: int = 8, vocab_size: int = 2**32) -> BatchSource:
+        """From the shards' memory maps (no copies of tokens or masks); `keep` buffers are pooled.
+
+        The shards must have passed packer.format.check_shard: the kernel follows their offsets.
+        """
         nonempty = [s for s in shards if s.num_packs]
 
         def ranges(offsets: list[np.ndarray]) -> np.ndarray:
@@ -190,8 +210,26 @@ class BatchSource:
             pack_tok=ranges([s.pack_token_offsets for s in nonempty]),
             pack_seg=ranges([s.pack_segment_offsets for s in nonempty]),
             pack_len=pack_len,
+            vocab_size=vocab_size,
+            paths=tuple(s.path for s in nonempty),
             pool=BufferPool(keep),
         )
+
+
+def _refuse_values(src: BatchSource, packs: np.ndarray, top: int, bits: int) -> None:
+    """Name the first pack of the batch whose tokens or mask bytes are out of range."""
+    for p in packs.tolist():
+        shard = int(src.pack_shard[p])
+        a, b = src.pack_tok[p]
+        tok, msk = src.tokens[shard][a:b], src.masks[shard][a:b]
+        where = src.paths[shard] if src.paths else f"shard {shard}"
+        if len(tok) and int(tok.max()) >= src.vocab_size:
+            raise FormatError(where, f"pack {p} holds token id {int(tok.max())}, not below the vocabulary size "
+                              f"{src.vocab_size}", REBUILD_HINT)
+        if len(msk) and int(msk.max()) > 1:
+            raise FormatError(where, f"pack {p} has loss_mask byte {int(msk.max())}, not 0 or 1", REBUILD_HINT)
+    raise FormatError(src.paths[0] if src.paths else "shards", f"token id {top} or mask bits {bits} out of range",
+                      REBUILD_HINT)
 
 
 def _parts(whole, tail, T: int, B: int, K: int, k: int, shape: tuple[int, int]) -> list:
@@ -225,8 +263,10 @@ def collate(src: BatchSource, packs: np.ndarray, *, flatten: bool = False, pad_i
         buf = whole.numpy()
     else:
         buf = src.pool.get(n)
-    k, loss, longest = _fill(src.tokens, src.masks, src.seg_lens, src.pack_shard, src.pack_tok, src.pack_seg,
-                             packs, row_len, pad_id, label_mode == "shifted", buf, T, K)
+    k, loss, longest, top, bits = _fill(src.tokens, src.masks, src.seg_lens, src.pack_shard, src.pack_tok,
+                                        src.pack_seg, packs, row_len, pad_id, label_mode == "shifted", buf, T, K)
+    if top >= src.vocab_size or bits > 1:
+        _refuse_values(src, packs, top, bits)
     shape = (1, T) if flatten else (B, row_len)
     if pin_memory:  # one copy of the whole buffer into pinned memory
         whole = torch.from_numpy(buf[:n]).pin_memory()

@@ -46,6 +46,23 @@ class InputSpec:
         return cls(path=path, **kwargs)
 
 
+def bad_limit(max_bad: str, records: int) -> int:
+    """The number of records --max-bad allows to be skipped out of `records`."""
+    text = str(max_bad).strip()
+    try:
+        if text.endswith("%"):
+            share = float(text[:-1]) / 100
+            if not 0 <= share <= 1:
+                raise ValueError
+            return int(share * records)
+        count = int(text)
+        if count < 0:
+            raise ValueError
+        return count
+    except ValueError:
+        raise ConfigError(f"max_bad '{max_bad}' is neither a share like '1%' nor a count like '50'") from None
+
+
 @dataclass(frozen=True)
 class TokenizeConfig:
     """Stage 1: how records become token ids and loss masks."""
@@ -65,6 +82,9 @@ class TokenizeConfig:
     """Prepend BOS to every example; None follows tokenizer_config.json's add_bos_token."""
     skip_bad: bool = False
     """Skip and count malformed records instead of stopping at the first one."""
+    max_bad: str = "1%"
+    """With skip_bad, the most records that may be skipped before the run fails: a share ('1%') of all
+    records or a count ('50'). A damaged or truncated compressed file is never skipped."""
     chunk_records: int = 8192
     """Records per map task: the unit of parallelism and the bound on memory."""
 
@@ -73,6 +93,7 @@ class TokenizeConfig:
             raise ConfigError(f"kind '{self.kind}' is not one of {', '.join(KINDS)}")
         if self.chunk_records < 1:
             raise ConfigError("chunk_records must be at least 1")
+        bad_limit(self.max_bad, 1)  # refuses a malformed value now, not after tokenizing
 
 
 @dataclass(frozen=True)

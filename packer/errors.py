@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 
+REBUILD_HINT = "the run folder is damaged or was edited; re-run `packer pack --rehash` to rebuild it"
+
+
 class PackerError(Exception):
     """Base class of every error Packer raises on purpose."""
 
@@ -30,9 +33,10 @@ class InputError(PackerError):
 class FormatError(PackerError):
     """An on-disk artifact (shard, manifest, stage folder) is missing, damaged or of another version."""
 
-    def __init__(self, path: str, message: str, hint: str = ""):
+    def __init__(self, path: str, message: str = "", hint: str = ""):
         self.path = path
-        text = f"{path}: {message}"
+        # One argument: a message already formed (torch's DataLoader re-raises a worker's error this way).
+        text = f"{path}: {message}" if message else str(path)
         if hint:
             text += f" (HINT: {hint})"
         super().__init__(text)

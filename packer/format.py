@@ -80,22 +80,32 @@ class Shard:
         return len(self.pack_token_offsets) - 1
 
 
-def write_shard(path: str | Path, *, pack_len: int, code: int, tokens: np.ndarray, loss_mask: np.ndarray,
+def write_shard(path: str | Path, *, pack_len: int, code: int, tokens, loss_mask,
                 pack_token_offsets: np.ndarray, pack_segment_offsets: np.ndarray,
-                segment_lengths: np.ndarray, segment_example: np.ndarray, segment_start: np.ndarray) -> int:
-    """Write one shard; returns its size in bytes. Callers write inside a temporary stage folder."""
+                segment_lengths: np.ndarray, segment_example: np.ndarray, segment_start: np.ndarray,
+                num_tokens: int | None = None) -> int:
+    """Write one shard; returns its size in bytes. Callers write inside a temporary stage folder.
+
+    tokens and loss_mask are arrays, or iterables of blocks (then num_tokens gives their length), so a
+    writer never needs the whole shard in memory.
+    """
     arrays = {"tokens": tokens, "loss_mask": loss_mask, "pack_token_offsets": pack_token_offsets,
               "pack_segment_offsets": pack_segment_offsets, "segment_lengths": segment_lengths,
               "segment_example": segment_example, "segment_start": segment_start}
-    packs, segments, ntok = len(pack_token_offsets) - 1, len(segment_lengths), len(tokens)
+    packs, segments = len(pack_token_offsets) - 1, len(segment_lengths)
+    ntok = len(tokens) if num_tokens is None else num_tokens
     with open(path, "wb") as f:
         f.write(HEADER.pack(MAGIC, VERSION, code, packs, segments, ntok, pack_len))
         for name, dt, n, off in _layout(code, packs, segments, ntok):
-            a = np.ascontiguousarray(arrays[name], dtype=dt)
-            if len(a) != n:
-                raise ValueError(f"{name}: {len(a)} entries, expected {n}")
             f.write(b"\0" * (off - f.tell()))
-            f.write(a.tobytes())
+            parts = [arrays[name]] if isinstance(arrays[name], np.ndarray) else arrays[name]
+            written = 0
+            for part in parts:
+                a = np.ascontiguousarray(part, dtype=dt)
+                f.write(memoryview(a).cast("B"))  # no bytes copy of the array
+                written += len(a)
+            if written != n:
+                raise ValueError(f"{name}: {written} entries, expected {n}")
         return f.tell()
 
 
@@ -125,3 +135,50 @@ def open_shard(path: str | Path) -> Shard:
     views = {name: np.frombuffer(mm, dtype=dt, count=n, offset=off)
              for name, dt, n, off in _layout(code, packs, segments, ntok)}
     return Shard(path=path, pack_len=int(pack_len), **views)
+
+
+def check_shard(shard: Shard, pack_len: int | None = None) -> None:
+    """Structural validation of a mapped shard, O(packs + segments) and no hashing: every offset a
+    reader or the compiled batch kernel will follow is checked before it is used.
+
+    Raises FormatError naming the file, the field and the first bad pack: offsets that do not run
+    from 0 to the array's end or go backwards, empty packs or segments, a pack's segments not summing
+    to its tokens, a pack longer than pack_len (the header's, which must equal `pack_len` if given),
+    negative record numbers or starts.
+    """
+    path, hint = shard.path, "the shard is damaged; re-run `packer write` (or `packer pack`) to rebuild it"
+    T, S = len(shard.tokens), len(shard.segment_lengths)
+    if pack_len is not None and shard.pack_len != pack_len:
+        raise FormatError(path, f"header pack_len {shard.pack_len} differs from the manifest's {pack_len}", hint)
+    for name, offsets, end in (("pack_token_offsets", shard.pack_token_offsets, T),
+                               ("pack_segment_offsets", shard.pack_segment_offsets, S)):
+        if offsets[0] != 0 or offsets[-1] != end:
+            raise FormatError(path, f"{name} runs from {int(offsets[0])} to {int(offsets[-1])}, not 0 to {end}", hint)
+        step = np.diff(offsets)
+        bad = np.flatnonzero(step <= 0)
+        if bad.size:
+            p = int(bad[0])
+            raise FormatError(path, f"{name} of pack {p}: {int(offsets[p])} to {int(offsets[p + 1])} "
+                              "(packs are never empty and offsets never go back)", hint)
+    sizes = np.diff(shard.pack_token_offsets)
+    over = np.flatnonzero(sizes > shard.pack_len)
+    if over.size:
+        p = int(over[0])
+        raise FormatError(path, f"pack {p} has {int(sizes[p])} tokens, more than pack_len {shard.pack_len}", hint)
+    lengths = shard.segment_lengths
+    if S and int(lengths.min()) <= 0:
+        q = int(np.flatnonzero(lengths <= 0)[0])
+        p = int(np.searchsorted(shard.pack_segment_offsets, q, "right") - 1)
+        raise FormatError(path, f"segment_lengths[{q}] (pack {p}) is {int(lengths[q])}", hint)
+    cs = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+    per_pack = cs[shard.pack_segment_offsets[1:]] - cs[shard.pack_segment_offsets[:-1]]
+    bad = np.flatnonzero(per_pack != sizes)
+    if bad.size:
+        p = int(bad[0])
+        raise FormatError(path, f"pack {p}: segment_lengths sum to {int(per_pack[p])}, pack_token_offsets give "
+                          f"{int(sizes[p])} tokens", hint)
+    for name in ("segment_example", "segment_start"):
+        a = getattr(shard, name)
+        if S and int(a.min()) < 0:
+            q = int(np.flatnonzero(a < 0)[0])
+            raise FormatError(path, f"{name}[{q}] is {int(a[q])}, a negative record position", hint)

@@ -110,7 +110,7 @@ class _Batches(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         if self._src is None:
-            self._src = BatchSource.from_shards(self.ds.shards, self.ds.pack_len)
+            self._src = BatchSource.from_shards(self.ds.shards, self.ds.pack_len, vocab_size=self.ds.vocab_size)
         batch = collate(self._src, self.plan[i], flatten=self.flatten, pad_id=self.pad_id,
                         label_mode=self.ds.label_mode, pin_memory=self.pin_memory, share_memory=self.share_memory)
         batch["global_num_loss_tokens"] = int(self.global_loss[i])
@@ -162,11 +162,13 @@ class PackedLoader(torch.utils.data.IterableDataset):
         if prefetch and num_workers:
             raise ConfigError(f"prefetch={prefetch} with num_workers={num_workers}: prefetch is a background thread "
                               "for num_workers=0 (worker processes prefetch on their own); set one of them to 0")
-        self.dataset = PackedShards(path, label_mode=label_mode, verify=verify and rank == 0)
+        self.dataset = PackedShards(path, label_mode=label_mode, verify=verify)
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
         self.num_workers, self.pin_memory, self.flatten = num_workers, pin_memory, flatten
-        self.pad_id = self.dataset.manifest["tokenizer"]["eos_id"] if pad_id is None else pad_id
+        eos = self.dataset.manifest["tokenizer"].get("eos_id")
+        # Padding is inert (its own segment, no labels), so its id only needs to be a valid one.
+        self.pad_id = int(pad_id if pad_id is not None else eos if eos is not None else 0)
         self.balance, self.prefetch = balance, prefetch
         self.costs = pack_costs(self.dataset, balance)
         self._loss = loss_counts(self.dataset)
@@ -213,7 +215,7 @@ class PackedLoader(torch.utils.data.IterableDataset):
         if self.num_workers == 0:  # no DataLoader machinery in the way: ~15 us a batch saved
             if self._src is None:  # gathered once per loader (per process)
                 self._src = BatchSource.from_shards(self.dataset.shards, self.dataset.pack_len,
-                                                    keep=8 + self.prefetch)
+                                                    keep=8 + self.prefetch, vocab_size=self.dataset.vocab_size)
             batches = _Batches(self.dataset, mine, global_loss, self.flatten, self.pad_id, self.pin_memory,
                                share_memory=info is not None, src=self._src)
             todo = range(w + n_w * start, len(mine), n_w)

@@ -16,6 +16,13 @@ from pathlib import Path
 from packer.errors import FormatError
 
 MANIFEST = "manifest.json"
+SEAL = "manifest_sha256"  # sha256 of the manifest's own content without this key: any edit breaks it
+
+
+def seal(data: dict) -> str:
+    """The manifest's digest over its own content (canonical JSON, this key left out)."""
+    body = {k: v for k, v in data.items() if k != SEAL}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def sha256_file(path: Path) -> str:
@@ -38,23 +45,42 @@ def read_manifest(folder: Path, fmt: str, version: int, hint: str) -> dict:
         raise FormatError(str(folder), "no manifest.json: the stage did not finish", hint)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise FormatError(str(path), f"unreadable manifest ({e.msg})", hint) from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise FormatError(str(path), f"unreadable manifest ({getattr(e, 'msg', type(e).__name__)})", hint) from None
+    except OSError as e:
+        raise FormatError(str(path), f"cannot read the manifest ({e.strerror})", hint) from None
+    if not isinstance(data, dict):
+        raise FormatError(str(path), f"unreadable manifest (a JSON {type(data).__name__}, not an object)", hint)
     if data.get("format") != fmt:
         raise FormatError(str(path), f"format is {data.get('format')!r}, expected {fmt!r}", hint)
     if data.get("version") != version:
         raise FormatError(str(path), f"version {data.get('version')} is not the supported {version}",
                           "re-run the stage with this version of packer")
+    if data.get(SEAL) != seal(data):
+        raise FormatError(str(path), f"edited or damaged: its {SEAL} does not match its content",
+                          hint or "re-run the stage that wrote it")
     return data
 
 
-def current(folder: Path, fmt: str, version: int, digest: str) -> dict | None:
-    """The existing manifest when it was made from the same inputs and config, else None."""
+def current(folder: Path, fmt: str, version: int, digest: str, *, rehash: bool = False) -> dict | None:
+    """The existing manifest when it was made from the same inputs and config and its files are intact
+    (sizes always, sha256 too with rehash), else None: a damaged or stale stage is rebuilt, not kept."""
     try:
         data = read_manifest(folder, fmt, version, "")
     except FormatError:
         return None
-    return data if data.get("digest") == digest else None
+    if data.get("digest") != digest:
+        return None
+    files = data.get("files")
+    if not isinstance(files, dict):
+        return None
+    for name, meta in files.items():
+        p = Path(folder) / name
+        if not p.is_file() or not isinstance(meta, dict) or p.stat().st_size != meta.get("bytes"):
+            return None
+    if rehash and verify_files(folder, data):
+        return None
+    return data
 
 
 def commit_stage(final: Path, build: Callable[[Path], dict]) -> dict:
@@ -72,6 +98,7 @@ def commit_stage(final: Path, build: Callable[[Path], dict]) -> dict:
             p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
             for p in sorted(tmp.iterdir()) if p.name != MANIFEST
         }
+        manifest[SEAL] = seal(manifest)
         write_json(tmp / MANIFEST, manifest)
         if final.exists():
             old = final.parent / f".{final.name}.old-{os.getpid()}"

@@ -17,10 +17,12 @@ from packer.tokenizer import TokenizerInfo, load_tokenizer
 def pack(inputs: Sequence[str | C.InputSpec], out: str | Path, *, tokenizer: str | TokenizerInfo = "byte",
          tokenize_config: C.TokenizeConfig = C.TokenizeConfig(),
          plan_config: C.PlanConfig = C.PlanConfig(),
-         write_config: C.WriteConfig = C.WriteConfig(), workers: int = 0, baseline_batch: int = 8) -> dict:
+         write_config: C.WriteConfig = C.WriteConfig(), workers: int = 0, baseline_batch: int = 8,
+         rehash: bool = False) -> dict:
     """Tokenize, plan and write `inputs` into `out` (tokenized/, plan/, shards/, report.json/.md/.html).
 
-    Returns the report. A rerun with the same inputs and configs redoes nothing.
+    Returns the report. A rerun with the same inputs and configs redoes nothing, except rebuilding a
+    stage whose files are missing or changed in size (or, with rehash, in content).
     """
     out = Path(out)
     specs = [s if isinstance(s, C.InputSpec) else C.InputSpec.parse(s) for s in inputs]
@@ -28,15 +30,15 @@ def pack(inputs: Sequence[str | C.InputSpec], out: str | Path, *, tokenizer: str
         tokenizer, tokenize_config.eos_token, tokenize_config.add_bos)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    tokenize(specs, out / "tokenized", tokenize_config, info, workers=workers)
+    tokenize(specs, out / "tokenized", tokenize_config, info, workers=workers, rehash=rehash)
     seconds["tokenize"] = time.perf_counter() - t
     t = time.perf_counter()
-    plan_manifest = plan_stage(out / "tokenized", out / "plan", plan_config)
+    plan_manifest = plan_stage(out / "tokenized", out / "plan", plan_config, rehash=rehash)
     seconds["plan"] = time.perf_counter() - t
     if "_seconds" in plan_manifest:
         seconds["plan_algorithm"] = plan_manifest["_seconds"]
     t = time.perf_counter()
-    write_stage(out / "tokenized", out / "plan", out / "shards", write_config, workers=workers)
+    write_stage(out / "tokenized", out / "plan", out / "shards", write_config, workers=workers, rehash=rehash)
     seconds["write"] = time.perf_counter() - t
     report = R.compute(out, seconds, baseline_batch)
     R.write(out, report)

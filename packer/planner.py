@@ -20,12 +20,12 @@ import numpy as np
 from packer import binpack
 from packer import config as C
 from packer.bounds import lower_bound
-from packer.errors import ConfigError, InputError
+from packer.errors import ConfigError, FormatError, InputError
 from packer.manifest import commit_stage, current, read_manifest
 from packer.ranges import within
 
 FORMAT = "packer-plan"
-VERSION = 1
+VERSION = 2  # 2: manifests carry manifest_sha256
 
 Algorithm = Callable[..., "tuple[np.ndarray, np.ndarray, bool | None]"]
 
@@ -174,7 +174,7 @@ def cut_overlong(lengths: np.ndarray, prompt_len: np.ndarray, pack_len: int, pol
     return pieces.reshape(-1, 3).astype(np.int64), counts
 
 
-def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig) -> dict:
+def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, rehash: bool = False) -> dict:
     """Stage 2: plan the tokenized folder `tokenized` into the folder `out`; returns its manifest."""
     from packer.tokenization import FORMAT as TOK_FORMAT, VERSION as TOK_VERSION, open_tokenized
 
@@ -182,7 +182,7 @@ def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig) -> 
                                  "run `packer tokenize` (or `packer pack`) again")
     digest = C.digest({"stage": "plan", "version": VERSION, "config": C.to_dict(config),
                        "input": tok_manifest["digest"]})
-    existing = current(Path(out), FORMAT, VERSION, digest)
+    existing = current(Path(out), FORMAT, VERSION, digest, rehash=rehash)
     if existing is not None:
         return existing
     _, tables = open_tokenized(tokenized)
@@ -193,6 +193,11 @@ def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig) -> 
     pieces, counts = cut_overlong(lengths, prompt_len, config.pack_len, config.overlong)
     p = plan(pieces[:, 2], config.pack_len, config.algorithm, seed=config.seed,
              max_segments=config.max_segments, time_limit=config.time_limit)
+    if len(pieces) == 0:  # before anything is committed: a run of no packs is an error, not a result
+        names = ", ".join(i["path"] for i in tok_manifest["inputs"])
+        raise InputError(names, None, None, f"none of its {len(lengths):,} examples is left to pack "
+                         f"(--overlong {config.overlong} at --pack-len {config.pack_len})",
+                         "raise --pack-len" + ("" if config.overlong == "split" else " or pass --overlong split"))
 
     def build(tmp: Path) -> dict:
         np.save(tmp / "pieces.npy", pieces)
@@ -218,9 +223,25 @@ def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig) -> 
 def read_plan(folder: str | Path) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
     """(manifest, pieces, order, offsets) of a plan folder."""
     folder = Path(folder)
-    manifest = read_manifest(folder, FORMAT, VERSION, "run `packer plan` (or `packer pack`) again")
-    return (manifest, np.load(folder / "pieces.npy"), np.load(folder / "order.npy"),
-            np.load(folder / "offsets.npy"))
+    hint = "run `packer plan` (or `packer pack`) again"
+    manifest = read_manifest(folder, FORMAT, VERSION, hint)
+    arrays = []
+    for name in ("pieces.npy", "order.npy", "offsets.npy"):
+        try:
+            arrays.append(np.load(folder / name, allow_pickle=False))
+        except (OSError, ValueError, EOFError) as e:
+            raise FormatError(str(folder / name), f"unreadable ({str(e).splitlines()[0][:100]})", hint) from None
+    pieces, order, offsets = arrays
+    n = len(pieces)
+    ok = (pieces.dtype == np.int64 and pieces.ndim == 2 and pieces.shape[1] == 3 and order.dtype == np.int64
+          and order.ndim == 1 and offsets.dtype == np.int64 and offsets.ndim == 1 and len(offsets) >= 1
+          and offsets[0] == 0 and offsets[-1] == len(order) and bool(np.all(np.diff(offsets) >= 0))
+          and (len(order) == 0 or (int(order.min()) >= 0 and int(order.max()) < n))
+          and (n == 0 or (int(pieces.min()) >= 0 and int(pieces[:, 2].min()) > 0)))
+    if not ok:
+        raise FormatError(str(folder), "pieces.npy, order.npy and offsets.npy do not form a plan "
+                          "(shapes, dtypes or ranges)", hint)
+    return manifest, pieces, order, offsets
 
 
 def _column(tables: list, name: str) -> np.ndarray:

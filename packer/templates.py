@@ -183,5 +183,16 @@ def make_renderer(kind: str, template: str, fields: dict[str, str], chat_templat
             raise ConfigError("the tokenizer has no chat_template in tokenizer_config.json; "
                               "pass --template chatml")
         render: Any = jinja_chat_renderer(chat_template, special)
-        return lambda obj, path, line: render(_messages(obj, mf, path, line))
+
+        def chat(obj: dict, path: str, line: int) -> list[Span]:
+            from jinja2.exceptions import TemplateError
+
+            msgs = _messages(obj, mf, path, line)
+            try:
+                return render(msgs)
+            except TemplateError as e:  # the template's own raise_exception, or a render error
+                raise InputError(path, line, mf, f"rejected by the chat template: {e}",
+                                 "fix the record or pass --skip-bad") from None
+
+        return chat
     raise ConfigError(f"chat inputs take --template auto, tokenizer or chatml, not '{template}'")

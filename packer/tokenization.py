@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from packer import config as C
-from packer.errors import InputError
+from packer.errors import FormatError, InputError
 from packer.executor import map_ordered
 from packer.jsonl import RawChunk, file_digest, iter_chunks, parse_line
 from packer.manifest import commit_stage, current
@@ -34,7 +34,7 @@ from packer.templates import make_renderer
 from packer.tokenizer import TokenizerInfo
 
 FORMAT = "packer-tokenized"
-VERSION = 1
+VERSION = 2  # 2: manifests carry manifest_sha256
 
 SCHEMA = pa.schema([
     ("example_index", pa.int64()),
@@ -163,6 +163,8 @@ def tokenize_chunk(chunk: RawChunk) -> ChunkResult:
     path = Path(job.out) / chunk_name(chunk.index)
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
         writer.write_table(table)
+    del table
+    pa.default_memory_pool().release_unused()  # hand the chunk's buffers back: memory stays one chunk
     return ChunkResult(chunk.index, chunk.path, len(chunk.lines), n, int(lengths.sum()),
                        int(loss.sum()), dict(skipped), errors)
 
@@ -223,7 +225,7 @@ def chunk_name(index: int) -> str:
 
 
 def tokenize(inputs: list[C.InputSpec], out: str | Path, config: C.TokenizeConfig,
-             tokenizer: TokenizerInfo, *, workers: int = 0) -> dict:
+             tokenizer: TokenizerInfo, *, workers: int = 0, rehash: bool = False) -> dict:
     """Stage 1: tokenize `inputs` into the folder `out`; returns its manifest (skips if up to date)."""
     out = Path(out)
     input_meta = [{"path": s.path, "sha256": file_digest(s.path)} for s in inputs]
@@ -234,7 +236,7 @@ def tokenize(inputs: list[C.InputSpec], out: str | Path, config: C.TokenizeConfi
         "template_text": _template_text(config.template),
     }
     digest = C.digest(lineage)
-    existing = current(out, FORMAT, VERSION, digest)
+    existing = current(out, FORMAT, VERSION, digest, rehash=rehash)
     if existing is not None:
         return existing
 
@@ -249,6 +251,7 @@ def tokenize(inputs: list[C.InputSpec], out: str | Path, config: C.TokenizeConfi
             skipped.update(r.skipped)
             pf = per_file[r.file]
             pf.update(records=r.records, examples=r.examples, tokens=r.tokens, skipped=sum(r.skipped.values()))
+        _refuse_silent_loss(inputs, results, config)
         return {
             "format": FORMAT, "version": VERSION, "digest": digest,
             "config": C.to_dict(config),
@@ -272,6 +275,24 @@ def tokenize(inputs: list[C.InputSpec], out: str | Path, config: C.TokenizeConfi
     return commit_stage(out, build)
 
 
+def _refuse_silent_loss(inputs: list[C.InputSpec], results: list[ChunkResult], config: C.TokenizeConfig) -> None:
+    """Before anything is committed: no examples at all, or more skipped records than --max-bad allows,
+    is an error naming the file (and the first bad line), never a short run that looks complete."""
+    records = sum(r.records for r in results)
+    bad = sum(sum(r.skipped.values()) for r in results)
+    first = next((e for r in results for e in r.first_errors), "")
+    names = ", ".join(s.path for s in inputs)
+    if records == 0:
+        raise InputError(names, None, None, "holds no records (empty, or only blank lines)",
+                         "check the path given as DATA")
+    if bad > C.bad_limit(config.max_bad, records):
+        raise InputError(names, None, None, f"{bad:,} of {records:,} records are bad, over --max-bad "
+                         f"{config.max_bad} (first: {first})", "fix the data, or raise --max-bad")
+    if sum(r.examples for r in results) == 0:
+        raise InputError(names, None, None, f"none of its {records:,} records gave an example (first: {first})",
+                         "check the field names and --kind")
+
+
 def _template_text(template: str) -> str | None:
     """A template file's contents take part in the digest, so editing it re-runs the stage."""
     p = Path(template)
@@ -279,16 +300,47 @@ def _template_text(template: str) -> str | None:
                                                               "tokenizer") and p.is_file() else None
 
 
-def open_tokenized(folder: str | Path) -> tuple[dict, list[pa.Table]]:
-    """The manifest and the memory-mapped Arrow tables (zero-copy) of a tokenize stage folder."""
+def open_tokenized(folder: str | Path, *, maps: list | None = None) -> tuple[dict, list[pa.Table]]:
+    """The manifest and the memory-mapped Arrow tables (zero-copy) of a tokenize stage folder, each
+    checked for its schema and structure (offsets inside their buffers) before use.
+
+    maps: when given, the files are mapped with Python's mmap and the maps appended to it, so the
+    caller can drop the pages it has read (mmap.madvise) and keep its memory flat.
+    """
+    import mmap
+
     from packer.manifest import read_manifest
 
     folder = Path(folder)
-    manifest = read_manifest(folder, FORMAT, VERSION, "run `packer tokenize` (or `packer pack`) again")
+    hint = "run `packer tokenize` (or `packer pack`) again"
+    manifest = read_manifest(folder, FORMAT, VERSION, hint)
+    chunks = manifest.get("chunks")
+    if not isinstance(chunks, list) or not all(isinstance(c, dict) and isinstance(c.get("file"), str)
+                                               and c["file"] == chunk_name(i) for i, c in enumerate(chunks)):
+        raise FormatError(str(folder / "manifest.json"), "'chunks' does not list chunk-00000.arrow, ... in order",
+                          hint)
     tables = []
-    for c in manifest["chunks"]:
-        # The map stays open as long as the table's buffers refer to it.
-        tables.append(pa.ipc.open_file(pa.memory_map(str(folder / c["file"]), "r")).read_all())
+    for c in chunks:
+        path = folder / c["file"]
+        try:
+            if maps is None:  # the map stays open as long as the table's buffers refer to it
+                source = pa.memory_map(str(path), "r")
+            else:
+                with open(path, "rb") as f:
+                    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                # Random access: no read-ahead or fault-around (16 pages mapped per touched page).
+                mm.madvise(mmap.MADV_RANDOM)
+                maps.append(mm)
+                source = pa.BufferReader(pa.py_buffer(mm))
+            table = pa.ipc.open_file(source).read_all()
+            if not table.schema.equals(SCHEMA):
+                raise ValueError(f"schema {table.schema.names} is not the tokenized schema")
+            table.validate()
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise FormatError(str(path), f"unreadable tokenized chunk ({str(e).splitlines()[0][:120]})", hint) from None
+        if table.num_rows != c.get("examples"):
+            raise FormatError(str(path), f"{table.num_rows} rows, manifest.json records {c.get('examples')}", hint)
+        tables.append(table)
     return manifest, tables
 
 

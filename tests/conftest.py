@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from packer.tokenizer import TokenizerInfo, load_tokenizer
+
+# Verified-markers go to a cache of the test session's own, never the user's.
+os.environ["PACKER_CACHE"] = tempfile.mkdtemp(prefix="packer-test-cache-")
 
 SHARED = Path(os.environ.get("PACKER_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

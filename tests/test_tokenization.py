@@ -129,7 +129,10 @@ def test_skip_bad_skips_and_counts_by_reason(tmp_path, byte_tok):
     good = {"query": "q", "response": "r"}
     records = [good, None, {"query": "q"}, {"query": "q", "response": ""}, good]
     raw = {1: b"not json\n"}
-    m = run(tmp_path, byte_tok, records, C.TokenizeConfig(skip_bad=True), raw=raw)
+    with pytest.raises(InputError, match=r"3 of 5 records are bad, over --max-bad 1% \(first: .*d\.jsonl:2"):
+        run(tmp_path, byte_tok, records, C.TokenizeConfig(skip_bad=True), raw=raw)
+    assert not (tmp_path / "tok").exists() and not list(tmp_path.glob(".tok*")), "nothing committed or left"
+    m = run(tmp_path, byte_tok, records, C.TokenizeConfig(skip_bad=True, max_bad="3"), raw=raw)
     assert m["counts"]["skipped"] == 3 and m["counts"]["examples"] == 2
     assert m["counts"]["skipped_by_reason"] == {"malformed JSON": 1, "response: is empty": 1,
                                                 "response: missing": 1}
@@ -180,3 +183,76 @@ def test_prefix_space_tokenizers_encode_whole_examples(tmp_path):
 
 def test_byte_level_tokenizers_encode_spans(byte_tok):
     assert byte_tok.spans_concatenate is True
+
+
+def _compressed(tmp_path, kind: str, cut: float | None) -> Path:
+    import gzip
+
+    import zstandard
+
+    data = b"".join(json.dumps({"query": f"q{i}", "response": "r" * 40}).encode() + b"\n" for i in range(3000))
+    blob = gzip.compress(data) if kind == "gz" else zstandard.ZstdCompressor().compress(data)
+    if cut is not None:
+        blob = blob[:int(len(blob) * cut)]
+    path = tmp_path / f"d.jsonl.{kind}"
+    path.write_bytes(blob)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["gz", "zst"])
+@pytest.mark.parametrize("skip_bad", [False, True])
+def test_truncated_compression_is_an_error_of_the_file_never_a_short_run(tmp_path, byte_tok, kind, skip_bad):
+    cfg = C.TokenizeConfig(skip_bad=skip_bad, max_bad="100%")
+    ok = tokenize([InputSpec(str(_compressed(tmp_path, kind, None)))], tmp_path / "ok", cfg, byte_tok)
+    assert ok["counts"]["examples"] == 3000
+    path = _compressed(tmp_path, kind, 0.5)
+    with pytest.raises(InputError, match=rf"d\.jsonl\.{kind}:\d+: cannot be decompressed .*truncated or damaged"):
+        tokenize([InputSpec(str(path))], tmp_path / "tok", cfg, byte_tok)
+    assert not (tmp_path / "tok").exists()
+
+
+@pytest.mark.parametrize("kind", ["gz", "zst"])
+def test_a_file_that_is_not_compressed_as_named_is_an_error(tmp_path, byte_tok, kind):
+    path = tmp_path / f"d.jsonl.{kind}"
+    path.write_bytes(b'{"query": "q", "response": "r"}\n' * 10)
+    with pytest.raises(InputError, match=rf"d\.jsonl\.{kind}:1: cannot be decompressed"):
+        tokenize([InputSpec(str(path))], tmp_path / "tok", C.TokenizeConfig(skip_bad=True), byte_tok)
+
+
+def test_empty_input_is_an_error_before_anything_is_committed(tmp_path, byte_tok):
+    (tmp_path / "e.jsonl").write_bytes(b"\n\n")
+    with pytest.raises(InputError, match=r"e\.jsonl: holds no records"):
+        tokenize([InputSpec(str(tmp_path / "e.jsonl"))], tmp_path / "tok", C.TokenizeConfig(), byte_tok)
+    assert list(tmp_path.iterdir()) == [tmp_path / "e.jsonl"], "no stage folder, no temp folder"
+
+
+@pytest.mark.parametrize("raw,match", [
+    (b'{"query": "\\ud800 lone", "response": "r"}\n', "lone UTF-16 surrogate"),
+    (b"[" * 100_000 + b"]" * 100_000 + b"\n", "nested too deeply"),
+    (b'{"query": "\xff\xfe", "response": "r"}\n', "not valid UTF-8"),
+])
+def test_hostile_lines_are_one_line_errors_or_skipped(tmp_path, byte_tok, raw, match):
+    good = {"query": "q", "response": "r"}
+    with pytest.raises(InputError, match=r"d\.jsonl:2: .*" + match):
+        run(tmp_path, byte_tok, [good, None, good], C.TokenizeConfig(), raw={1: raw})
+    m = run(tmp_path, byte_tok, [good, None, good], C.TokenizeConfig(skip_bad=True, max_bad="1"), raw={1: raw})
+    assert m["counts"]["skipped"] == 1 and m["counts"]["examples"] == 2
+
+
+def test_max_bad_value_is_checked_up_front():
+    with pytest.raises(ConfigError, match="max_bad 'lots'"):
+        C.TokenizeConfig(max_bad="lots")
+    assert C.bad_limit("1%", 1000) == 10 and C.bad_limit("7", 10) == 7 and C.bad_limit("0%", 5) == 0
+
+
+def test_chat_template_raise_exception_is_a_one_line_error(tmp_path, byte_tok):
+    tpl = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+           "{% endif %}{{ m['content'] }}{% endfor %}")
+    tok = dataclasses.replace(byte_tok, chat_template=tpl)
+    chat = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+                         {"role": "assistant", "content": "a"}]}
+    ok = {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}
+    with pytest.raises(InputError, match=r"d\.jsonl:2: field 'messages' rejected by the chat template: System role"):
+        run(tmp_path, tok, [ok, chat], C.TokenizeConfig(kind="chat"))
+    m = run(tmp_path, tok, [ok, chat, ok], C.TokenizeConfig(kind="chat", skip_bad=True, max_bad="1"))
+    assert m["counts"]["skipped"] == 1
