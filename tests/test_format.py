@@ -89,3 +89,23 @@ def test_checksum_mismatch_found_by_verify(tmp_path, byte_tok):
     (tmp_path / "r" / "shards" / "manifest.json").unlink()
     with pytest.raises(FormatError, match="no manifest.json"):
         PackedShards(tmp_path / "r")
+
+
+def test_manifest_seal_golden_and_old_versions_refused(tmp_path):
+    """The seal is sha256 over the canonical JSON without its own key (docs/FORMAT.md); a manifest of
+    version 1 (no seal) or an edited one gives the one-line error saying what to re-run."""
+    import json
+
+    from packer.manifest import SEAL, read_manifest, seal
+
+    body = {"format": "packer-shards", "version": 2, "digest": "d", "counts": {"packs": 1}}
+    assert seal(body) == hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert seal(body) == "109e848c75594f7bf6bbbcbcb1e24249db2a515fa1a1e7782df29f5e09e46724"
+    (tmp_path / "manifest.json").write_text(json.dumps({**body, SEAL: seal(body)}))
+    assert read_manifest(tmp_path, "packer-shards", 2, "hint")["counts"] == {"packs": 1}
+    (tmp_path / "manifest.json").write_text(json.dumps({**body, "counts": {"packs": 2}, SEAL: seal(body)}))
+    with pytest.raises(FormatError, match="edited or damaged: its manifest_sha256 does not match"):
+        read_manifest(tmp_path, "packer-shards", 2, "hint")
+    (tmp_path / "manifest.json").write_text(json.dumps({**body, "version": 1}))
+    with pytest.raises(FormatError, match="version 1 is not the supported 2.*re-run"):
+        read_manifest(tmp_path, "packer-shards", 2, "hint")
