@@ -70,6 +70,19 @@ class LossLog(transformers.TrainerCallback):
             self.losses.append(logs["loss"])
 
 
+class RecordingTrainer(transformers.Trainer):
+    """Keeps each micro-batch's loss as training_step returns it (already scaled for accumulation)."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.micro_losses: list[float] = []
+
+    def training_step(self, *a, **k):
+        loss = super().training_step(*a, **k)
+        self.micro_losses.append(float(loss))
+        return loss
+
+
 def train_one_step(model, dataset, collator, batch_size, tmp_path):
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=batch_size, gradient_accumulation_steps=2,
@@ -77,10 +90,11 @@ def train_one_step(model, dataset, collator, batch_size, tmp_path):
         max_grad_norm=0.0, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
         remove_unused_columns=False, dataloader_drop_last=False, disable_tqdm=True, seed=0)
     log = LossLog()
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                                   callbacks=[log])
+    trainer = RecordingTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                               callbacks=[log])
     trainer.train()
-    return log.losses[0]
+    assert log.losses and abs(float(log.losses[0]) - sum(trainer.micro_losses)) < 1e-3, "what Trainer logs"
+    return sum(trainer.micro_losses)  # unrounded: Trainer's log keeps 4 significant digits
 
 
 def packed_vs_unpacked(model_type, tmp_path):
