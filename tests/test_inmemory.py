@@ -17,12 +17,7 @@ def test_pack_dataset_items_and_over_long(tmp_path):
     exs = [{"input_ids": [1, 2, 3, 4], "labels": [-100, -100, 3, 4]}, {"input_ids": [5, 6], "labels": [5, 6]},
            {"input_ids": list(range(10, 30)), "labels": list(range(10, 30))}]
     ds = packer.pack_dataset(exs, 8, out=tmp_path / "run")
-    seen = {}
-    for i in range(len(ds)):
-        item = ds[i]
-        cu = item["cu_seqlens"].tolist()
-        for s, ex in enumerate(item["example_index"].tolist()):
-            seen[ex] = (item["input_ids"][cu[s]:cu[s + 1]].tolist(), item["labels"][cu[s]:cu[s + 1]].tolist())
+    seen = _by_example(ds)
     assert seen[0] == ([1, 2, 3, 4], [-100, -100, 3, 4])
     assert seen[1] == ([5, 6], [-100, 6])
     assert seen[2] == (list(range(10, 18)), [-100] + list(range(11, 18))), "truncated to the pack length"
