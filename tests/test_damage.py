@@ -193,6 +193,7 @@ def test_damage_gives_a_clear_error_or_the_packed_data(case, good_run, tmp_path)
     shutil.copytree(base / "run", run, symlinks=True)
     CASES[case](run)
     got = _read(base, run, want)
+    print(f"\nDAMAGE {case}: " + json.dumps(got))
     for reader, outcome in got.items():
         assert not outcome.startswith("RAW"), f"{case}: {reader} raised a raw error: {outcome}"
         if case in CHECKSUM_ONLY and reader in UNHASHED:
