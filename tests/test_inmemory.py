@@ -112,3 +112,13 @@ def test_pack_dataset_refuses_labels_it_would_change(labels, mode, match):
         packer.pack_dataset([{"input_ids": [1, 2, 3, 4], "labels": labels}], 8, input_labels=mode)
     with pytest.raises(packer.ConfigError, match="input_labels 'both'"):
         packer.pack_dataset([{"input_ids": [1, 2], "labels": [1, 2]}], 8, input_labels="both")
+
+
+def test_pack_dataset_output_feeds_the_loader_without_an_eos_id(tmp_path):
+    """pack_dataset leaves eos_id None; the loader pads with an inert 0 instead of failing."""
+    exs = [{"input_ids": list(range(1, 1 + n))} for n in (5, 9, 3, 12, 7, 2)]
+    ds = packer.pack_dataset(exs, 16, out=tmp_path / "run")
+    assert ds.manifest["tokenizer"]["eos_id"] is None
+    batches = list(packer.PackedLoader(tmp_path / "run", 2, drop_last=False))
+    assert batches and all(int(b["input_ids"][b["labels"] == -100].min()) >= 0 for b in batches)
+    assert sum(b["num_tokens"] for b in batches) >= sum(len(e["input_ids"]) for e in exs)
