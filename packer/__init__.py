@@ -6,7 +6,7 @@ Public names are imported lazily, so worker processes that only tokenize never i
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -26,6 +26,24 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
+
+
+if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names load on first use
+    from packer.config import InputSpec, PlanConfig, TokenizeConfig, WriteConfig
+    from packer.dataset import PackedShards
+    from packer.errors import ConfigError, FormatError, InputError, PackerError
+    from packer.files import packed_dataset_from_files
+    from packer.inmemory import pack_dataset
+    from packer.loader import PackedLoader
+    from packer.pipeline import pack
+    from packer.planner import ALGORITHMS, Plan, plan, plan_stage
+    from packer.shards import write_stage
+    from packer.tokenization import tokenize
+    from packer.tokenizer import load_tokenizer
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
 
 
 def __getattr__(name: str) -> Any:

@@ -30,3 +30,20 @@ def test_recipe(tmp_path, recipe, records):
     assert len(ds) >= 1
     if recipe == "text":
         assert ds.manifest["counts"]["split_examples"] == 1 and len(ds) == 2
+
+
+def test_public_names_are_listed_and_load():
+    import packer
+
+    assert set(packer.__all__) <= set(dir(packer)), "dir(packer) shows the public API"
+    for name in packer.__all__:
+        assert getattr(packer, name) is not None
+
+
+def test_importing_packer_does_not_import_torch():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import packer, sys; dir(packer); print('torch' in sys.modules)"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
