@@ -32,6 +32,7 @@ import torch
 from numba.typed import List
 
 from packer import config as C
+from packer.dataset import check_values
 from packer.errors import REBUILD_HINT, ConfigError, FormatError
 
 IGNORE = -100
@@ -221,13 +222,8 @@ def _refuse_values(src: BatchSource, packs: np.ndarray, top: int, bits: int) -> 
     for p in packs.tolist():
         shard = int(src.pack_shard[p])
         a, b = src.pack_tok[p]
-        tok, msk = src.tokens[shard][a:b], src.masks[shard][a:b]
-        where = src.paths[shard] if src.paths else f"shard {shard}"
-        if len(tok) and int(tok.max()) >= src.vocab_size:
-            raise FormatError(where, f"pack {p} holds token id {int(tok.max())}, not below the vocabulary size "
-                              f"{src.vocab_size}", REBUILD_HINT)
-        if len(msk) and int(msk.max()) > 1:
-            raise FormatError(where, f"pack {p} has loss_mask byte {int(msk.max())}, not 0 or 1", REBUILD_HINT)
+        check_values(src.tokens[shard][a:b], src.masks[shard][a:b], src.vocab_size,
+                     src.paths[shard] if src.paths else f"shard {shard}", p)
     raise FormatError(src.paths[0] if src.paths else "shards", f"token id {top} or mask bits {bits} out of range",
                       REBUILD_HINT)
 

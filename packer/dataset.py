@@ -90,11 +90,13 @@ def check_manifest(folder: Path, manifest: dict) -> tuple[list[dict], int, int]:
 def check_lineage(folder: Path, manifest: dict) -> None:
     """In a run folder, the shards must have been written from the plan and tokenized stages beside
     them: a rerun with new settings that stopped before its write never leaves older shards served."""
+    if folder.name != "shards":
+        return  # a shards folder on its own: no stages beside it to compare with
     run = folder.parent
     lineage = manifest.get("lineage") if isinstance(manifest.get("lineage"), dict) else {}
     for stage in ("plan", "tokenized"):
         other = run / stage / MANIFEST
-        if folder.name != "shards" or not other.is_file():
+        if not other.is_file():
             continue
         try:
             digest = json.loads(other.read_text(encoding="utf-8")).get("digest")
@@ -123,18 +125,23 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
+def check_files(folder: Path, manifest: dict) -> None:
+    """Every file's size and sha256 against the manifest (one hashing pass); FormatError names the first bad one."""
+    bad = verify_files(folder, manifest)
+    if bad:
+        raise FormatError(str(folder / bad[0]), "checksum differs from manifest.json", REBUILD_HINT)
+
+
 def verify_once(folder: Path, manifest: dict) -> None:
     """sha256 of every file against the manifest, skipped when this exact run (manifest seal, every file's
     size and mtime) was verified before on this machine."""
-    names = sorted(manifest["files"])
-    stamp = {n: [(folder / n).stat().st_size, (folder / n).stat().st_mtime_ns] for n in names}
+    stats = {n: (folder / n).stat() for n in sorted(manifest["files"])}
+    stamp = {n: [st.st_size, st.st_mtime_ns] for n, st in stats.items()}
     key = hashlib.sha256(json.dumps([manifest.get("manifest_sha256"), stamp]).encode()).hexdigest()
     marker = _cache_dir() / "verified" / key
     if marker.is_file():
         return
-    bad = verify_files(folder, manifest)
-    if bad:
-        raise FormatError(str(folder / bad[0]), "checksum differs from manifest.json", REBUILD_HINT)
+    check_files(folder, manifest)
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)
         tmp = marker.with_suffix(f".tmp-{os.getpid()}")
