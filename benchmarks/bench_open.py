@@ -22,7 +22,7 @@ import numpy as np
 def build(folder: Path, packs: int) -> None:
     from packer import format as fmt
     from packer.manifest import commit_stage
-    from packer.shards import FORMAT, VERSION, shard_name
+    from packer.format import FOLDER_FORMAT as FORMAT, FOLDER_VERSION as VERSION, shard_name
 
     rng = np.random.default_rng(0)
     per_pack = rng.integers(1, 5, packs)

@@ -1,6 +1,19 @@
 """Packer: offline packing of LLM training data into verified, memory-mapped shards.
 
-Public names are imported lazily, so worker processes that only tokenize never import torch.
+Layers, highest first; a module imports only from its own layer or below (the import-linter
+contracts in pyproject.toml, run by `make test`, fail on any import that points up)::
+
+    entry      cli; files, inmemory, hf_verify; pipeline
+    runtime    loader > collate, prefetch > dataset                 torch lives on this side only
+    model      loss, hf > model > attention, families
+    stage 3    report > shards, plots                               reads shards through shardset
+    stage 2    planner > solver > binpack, bounds
+    stage 1    tokenization > jsonl, templates, tokenizer, sample
+    core       shardset > format, manifest, labels > config > errors, ranges, progress, executor
+
+Building shards (pipeline and everything below it) never imports torch or numba, and the runtime
+and model never import a stage (they read what stages wrote through shardset and format).
+Public names are imported lazily, so `import packer` imports no torch either.
 """
 
 from __future__ import annotations

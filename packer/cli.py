@@ -245,9 +245,9 @@ def verify(path):
     """Check the structure, every shard's sha256 against the manifest, and every token and mask value."""
     import numpy as np
 
-    from packer.dataset import PackedShards, check_files, check_values
+    from packer.shardset import ShardSet, check_files, check_values
 
-    ds = PackedShards(path, verify=False)  # structure: checked on every open
+    ds = ShardSet(path, verify=False)  # structure: checked on every open
     check_files(ds.path, ds.manifest)  # always hashed here, whatever the verified-marker says
     for sh in ds.shards:  # whole arrays: one pass over the tokens
         check_values(sh.tokens, sh.loss_mask, ds.vocab_size, sh.path, -1)

@@ -16,7 +16,7 @@ Why compiled: with numpy the batch costs one pass per output array plus temporar
 [8, 4096]); the numba kernel reads each token and mask byte once and writes input_ids, labels and
 position_ids in the same loop, within 2x of a memcpy of the output bytes. Every array of a batch
 lives in one buffer, so pinning it, or handing it from a worker process, is one operation, not seven.
-The numpy definitions in `packer.dataset` (make_labels, positions) are the reference the tests hold
+The numpy definitions in `packer.labels` (make_labels, positions) are the reference the tests hold
 this kernel to.
 """
 
@@ -31,11 +31,9 @@ import numpy as np
 import torch
 from numba.typed import List
 
-from packer import config as C
-from packer.dataset import check_values
-from packer.errors import REBUILD_HINT, ConfigError, FormatError
-
-IGNORE = -100
+from packer.errors import REBUILD_HINT, FormatError
+from packer.labels import IGNORE, check_label_mode
+from packer.shardset import check_values
 
 
 @numba.njit(cache=True, nogil=True)
@@ -247,8 +245,7 @@ def collate(src: BatchSource, packs: np.ndarray, *, flatten: bool = False, pad_i
     pin_memory: the buffer is copied once into pinned memory. share_memory: the batch is built in
     shared memory as one torch storage, so a DataLoader worker hands it over without a copy.
     """
-    if label_mode not in C.LABEL_MODES:
-        raise ConfigError(f"label_mode '{label_mode}' is not one of {', '.join(C.LABEL_MODES)}")
+    check_label_mode(label_mode)
     packs = np.ascontiguousarray(packs, dtype=np.int64)
     row_len = 0 if flatten else src.pack_len
     T, K, real = _sizes(src.pack_shard, src.pack_tok, src.pack_seg, packs, row_len)

@@ -11,7 +11,6 @@ from packer.errors import ConfigError
 
 KINDS = ("sft", "chat", "text")
 OVERLONG = ("truncate", "drop", "split", "error")
-LABEL_MODES = ("unshifted", "shifted")
 
 
 @dataclass(frozen=True)
@@ -151,5 +150,5 @@ def default_overlong(kind: str) -> str:
 
 __all__ = [
     "InputSpec", "TokenizeConfig", "PlanConfig", "WriteConfig", "to_dict", "digest",
-    "default_overlong", "KINDS", "OVERLONG", "LABEL_MODES",
+    "default_overlong", "KINDS", "OVERLONG",
 ]

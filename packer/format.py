@@ -27,6 +27,8 @@ from packer.errors import FormatError
 
 MAGIC = b"PKSHARD\0"
 VERSION = 1
+FOLDER_FORMAT = "packer-shards"  # the shards folder's manifest.json: format name and version
+FOLDER_VERSION = 2  # 2: manifests carry manifest_sha256; readers check structure on every open
 HEADER = struct.Struct("<8sIIQQQQ16x")  # 64 bytes
 ALIGN = 64
 TOKEN_DTYPES = {1: np.dtype("<u2"), 2: np.dtype("<u4")}
@@ -35,6 +37,11 @@ TOKEN_DTYPES = {1: np.dtype("<u2"), 2: np.dtype("<u4")}
 def token_dtype_code(vocab_size: int) -> int:
     """uint16 when every id fits (GPT-2: 50257 < 2**16), else uint32 (Llama 3: 128256)."""
     return 1 if vocab_size <= 2**16 else 2
+
+
+def shard_name(index: int) -> str:
+    """File name of shard `index` in a shards folder: entry i of the manifest must name shard_name(i)."""
+    return f"shard-{index:05d}.bin"
 
 
 def _layout(code: int, packs: int, segments: int, tokens: int) -> list[tuple[str, np.dtype, int, int]]:

@@ -20,9 +20,9 @@ import torch
 from packer.attention import BACKENDS, Variant, cu_seqlens_from_positions, unavailable, unsupported, varlen_attention
 from packer.errors import ConfigError
 from packer.families import FAMILIES, TRANSFORMERS_VERSION
+from packer.labels import IGNORE
 
 NAME = "packer"
-IGNORE = -100
 
 # Keyword arguments transformers passes that Packer implements (they change the attention math).
 IMPLEMENTED = frozenset({"scaling", "dropout", "sliding_window", "softcap", "s_aux", "is_causal", "position_ids",

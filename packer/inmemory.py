@@ -18,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 
 from packer import config as C
-from packer.dataset import IGNORE, PackedShards
+from packer.dataset import PackedShards
+from packer.labels import IGNORE
 from packer.errors import ConfigError, InputError
 from packer.manifest import commit_stage, current
 from packer.planner import plan_stage

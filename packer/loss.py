@@ -10,15 +10,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from packer.dataset import IGNORE
+from packer.labels import IGNORE, check_label_mode
 
 
 def _aligned(logits: torch.Tensor, labels: torch.Tensor, label_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat (tokens, vocab) logits and (tokens,) targets, shifting when the labels are unshifted."""
     if label_mode == "unshifted":
         logits, labels = logits[..., :-1, :], labels[..., 1:]
-    elif label_mode != "shifted":
-        raise ValueError(f"label_mode must be 'unshifted' or 'shifted', got {label_mode!r}")
+    else:
+        check_label_mode(label_mode)
     return logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from packer.bounds import lower_bound
-from packer.dataset import PackedShards, resolve
+from packer.shardset import ShardSet, resolve
 
 FIELDS = [  # (key, label, format) for tables
     ("algorithm", "algorithm", "{}"), ("pack_len", "pack length", "{:,}"), ("num_examples", "examples", "{:,}"),
@@ -54,7 +54,7 @@ def compute(path: str | Path, seconds: dict[str, float] | None = None, baseline_
     """The report of a run folder (or a shards folder: then without the per-file loss accounting)."""
     shards_dir = resolve(path)
     run = shards_dir.parent if shards_dir.name == "shards" else shards_dir
-    ds = PackedShards(shards_dir)
+    ds = ShardSet(shards_dir)
     m, L = ds.manifest, ds.pack_len
     seg_lens = _cat([s.segment_lengths for s in ds.shards])
     seg_example = _cat([s.segment_example for s in ds.shards])

@@ -33,6 +33,7 @@ from packer.progress import progress
 from packer.templates import make_renderer
 from packer.tokenizer import TokenizerInfo
 
+ENCODE_BATCH = 1024  # texts per tokenizer call: enough for its thread pool, ~20 MB of Encoding objects
 FORMAT = "packer-tokenized"
 VERSION = 2  # 2: manifests carry manifest_sha256
 
@@ -174,14 +175,28 @@ def _encode_spans(tok, texts: list[str], span_loss: list[bool], spans_per_exampl
     """Encode every span on its own (one batch call) and concatenate: the loss mask follows the
     span boundaries exactly. Returns flat ids uint32, flat loss uint8 and per-example lengths."""
     n = len(spans_per_example)
-    encodings = tok.encode_batch_fast(texts, add_special_tokens=False) if texts else []
-    span_len = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
-    # Streaming the ids straight into one array is ~2x faster than materializing per-span lists.
-    ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.uint32, count=int(span_len.sum()))
+    ids_parts, len_parts = [np.zeros(0, np.uint32)], [np.zeros(0, np.int64)]
+    # Encoding objects hold ~100 bytes a token (ids, offsets, masks): encode ENCODE_BATCH spans at a
+    # time and keep only their ids, so a chunk's peak is one sub-batch of them, not the whole chunk.
+    for a in range(0, len(texts), ENCODE_BATCH):
+        encodings = tok.encode_batch_fast(texts[a:a + ENCODE_BATCH], add_special_tokens=False)
+        span_len = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
+        # Streaming the ids straight into one array is ~2x faster than materializing per-span lists.
+        ids_parts.append(np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.uint32,
+                                     count=int(span_len.sum())))
+        len_parts.append(span_len)
+        del encodings
+    ids, span_len = np.concatenate(ids_parts), np.concatenate(len_parts)
     loss = np.repeat(np.asarray(span_loss, dtype=np.uint8), span_len)
     ex_of_span = np.repeat(np.arange(n), spans_per_example)
     lengths = np.bincount(ex_of_span, weights=span_len, minlength=n).astype(np.int64)
     return ids, loss, lengths
+
+
+def _encode_batches(tok, texts: list[str]):
+    """tok.encode_batch over ENCODE_BATCH texts at a time, yielding encodings (see _encode_spans)."""
+    for a in range(0, len(texts), ENCODE_BATCH):
+        yield from tok.encode_batch(texts[a:a + ENCODE_BATCH], add_special_tokens=False)
 
 
 def _encode_joined(tok, texts: list[str], span_loss: list[bool], spans_per_example: list[int]
@@ -190,11 +205,10 @@ def _encode_joined(tok, texts: list[str], span_loss: list[bool], spans_per_examp
     in a trained-on span (a token straddling prompt and answer counts as prompt)."""
     bounds = np.concatenate([[0], np.cumsum(spans_per_example)]).astype(np.int64)
     joined = ["".join(texts[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-    encodings = tok.encode_batch(joined, add_special_tokens=False) if joined else []
     ids_parts, loss_parts, lengths = [], [], []
     flags = np.asarray(span_loss, dtype=np.uint8)
     # Per-example loop: only tokenizers that cannot encode spans separately come here.
-    for e, a, b in zip(encodings, bounds[:-1], bounds[1:]):
+    for e, a, b in zip(_encode_batches(tok, joined), bounds[:-1], bounds[1:]):
         ends = np.cumsum([len(t) for t in texts[a:b]])
         starts = np.fromiter((o[0] for o in e.offsets), dtype=np.int64, count=len(e.ids))
         span = np.minimum(np.searchsorted(ends, starts, side="right"), b - a - 1)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from packer.collate import BatchSource, collate
-from packer.dataset import IGNORE, make_labels, positions
+from packer.labels import IGNORE, make_labels, positions
 from packer.format import Shard
 
 
@@ -43,7 +43,7 @@ def make_shard(rng: np.random.Generator, pack_len: int, packs: int, dtype: type)
 
 
 def reference(shards: list[Shard], packs: list[int], pack_len: int, flatten: bool, pad_id: int, mode: str) -> dict:
-    """The batch built pack by pack with the numpy definitions in packer.dataset."""
+    """The batch built pack by pack with the numpy definitions in packer.labels."""
     where = [(s, j) for s in shards for j in range(s.num_packs)]
     ids, labels, pos, segs, real = [], [], [], [], 0
     for p in packs:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from packer.dataset import make_labels, positions
+from packer.labels import make_labels, positions
 from packer.errors import ConfigError
 
 
