@@ -78,7 +78,8 @@ class Plan:
     lower_bound: int
     """max(L1, L2): no plan can use fewer packs."""
     optimal: bool | None
-    """True when proven optimal, False when proven not, None when not attempted."""
+    """True when proven optimal (the plan meets the lower bound), None when not proven: no algorithm
+    here can prove a plan above the bound optimal, so there is no False."""
     algorithm: str
     seconds: float
     time_limit: float | None = None

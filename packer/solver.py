@@ -15,7 +15,7 @@ be filled to the token. Steps, all within `time_limit`:
    fewer (a small exact model), repeatedly, while time remains.
 
 Never worse than BFD: the better of the two plans is returned. `optimal` is True when the plan meets
-the lower bound, else False (not proven); the plan's gap to the bound says how far it may be.
+the lower bound, else None (not proven); the plan's gap to the bound says how far it may be.
 """
 
 from __future__ import annotations
@@ -218,12 +218,12 @@ def ortools_plan(lengths: np.ndarray, pack_len: int, *, seed: int = 0, max_segme
         everything = _refill(lengths, pack_len, cap, deadline)
         if everything is not None and len(everything) < len(best) + len(full_packs):
             o, off = _assign(everything, lengths, pack_len)
-            return o, off, len(everything) <= lb
+            return o, off, (len(everything) <= lb) or None
     if best is bfd_res:
-        return order, offsets, False
+        return order, offsets, None
     res_order, res_offsets = _assign(best, res_len, pack_len)
     kept = _ranges(order, offsets, full_packs)
     kept_off = offsets[full_packs + 1] - offsets[full_packs]
     new_order = np.concatenate([kept, res_items[res_order]])
     new_offsets = np.concatenate([[0], np.cumsum(np.concatenate([kept_off, np.diff(res_offsets)]))]).astype(np.int64)
-    return new_order, new_offsets, len(full_packs) + len(best) <= lb
+    return new_order, new_offsets, (len(full_packs) + len(best) <= lb) or None

@@ -30,9 +30,15 @@ def test_pack_dataset_items_and_over_long(tmp_path):
 
 def test_pack_dataset_from_hf_datasets():
     datasets = pytest.importorskip("datasets")
-    d = datasets.Dataset.from_dict({"input_ids": [[1, 2], [3, 4, 5]], "labels": [[1, 2], [-100, 4, 5]]})
+    d = datasets.Dataset.from_dict({"input_ids": [[1, 2], [3, 4, 5], [6, 7, 8]],
+                                    "labels": [[1, 2], [-100, -100, 5], [-100, 7, -100]]})
     ds = packer.pack_dataset(d, 8)
-    assert len(ds) == 1 and ds[0]["input_ids"].tolist() in ([3, 4, 5, 1, 2], [1, 2, 3, 4, 5])
+    assert len(ds) == 1, "8 tokens fill one pack of 8"
+    assert _by_example(ds) == {0: ([1, 2], [-100, 2]), 1: ([3, 4, 5], [-100, -100, 5]), 2: ([6, 7, 8], [-100, 7, -100])}, \
+        "the Dataset's labels decide the loss, exactly as a list of dicts would"
+    again = packer.pack_dataset(d, 8)
+    assert again[0]["input_ids"].tolist() == ds[0]["input_ids"].tolist(), \
+        "the pack order is deterministic"
 
 
 @pytest.mark.parametrize("bad,pattern", [

@@ -137,6 +137,21 @@ def test_order_depends_only_on_seed_and_epoch(run):
     assert np.array_equal(np_state, np.random.get_state()[1])
 
 
+def test_set_epoch_on_a_used_loader_gives_that_epochs_order(run):
+    """The epoch plan is cached: set_epoch must replace it, on a loader that has already run an epoch."""
+    def ids(ld):
+        return [b["input_ids"].tolist() for b in ld]
+
+    ld = PackedLoader(run, 2, seed=0)
+    epoch0 = ids(ld)
+    ld.set_epoch(1)
+    fresh = PackedLoader(run, 2, seed=0)
+    fresh.set_epoch(1)
+    assert ids(ld) == ids(fresh) != epoch0
+    ld.set_epoch(0)
+    assert ids(ld) == epoch0
+
+
 @pytest.mark.parametrize("mode", ["unshifted", "shifted"])
 def test_padded_and_flat_agree_and_padding_is_inert(run, mode):
     padded = PackedLoader(run, 3, seed=2, label_mode=mode)

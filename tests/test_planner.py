@@ -117,7 +117,8 @@ def test_ortools_without_time_is_still_bfd_quality():
     bfd = packer.plan(lengths, 1024, "bfd")
     p = packer.plan(lengths, 1024, "ortools", time_limit=0)
     assert p.num_packs <= bfd.num_packs
-    assert p.optimal in (True, False) and bfd.optimal in (True, None)
+    lb = p.lower_bound
+    assert p.optimal is (True if p.num_packs == lb else None) and bfd.optimal is (True if bfd.num_packs == lb else None)
 
 
 @settings(max_examples=60, deadline=None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from packer import config as C
@@ -169,3 +170,26 @@ def test_overlong_error_names_file_and_line(tmp_path, byte_tok):
     with pytest.raises(InputError, match=r"d\.jsonl:2: example has 10\d tokens, more than --pack-len 64"):
         pack([str(data)], tmp_path / "r", tokenizer=byte_tok, tokenize_config=C.TokenizeConfig(template="none"),
              plan_config=C.PlanConfig(pack_len=64, overlong="error"))
+
+
+def test_split_pieces_reassemble_each_document_exactly(tmp_path, byte_tok):
+    """--overlong split: piece k of a document holds its tokens [start, start + len), and the pieces of a
+    document, ordered by start, rebuild it exactly (no piece re-reads the document's beginning)."""
+    docs = [{"text": "".join(chr(97 + (i * 7 + j) % 26) for j in range(n))} for i, n in enumerate([5, 40, 71, 16, 33])]
+    data = write_jsonl(tmp_path / "d.jsonl", docs)
+    pack([str(data)], tmp_path / "r", tokenizer=byte_tok, tokenize_config=C.TokenizeConfig(kind="text"),
+         plan_config=C.PlanConfig(pack_len=16, overlong="split"))
+    ds = PackedShards(tmp_path / "r")
+    pieces: dict[int, list[tuple[int, list[int]]]] = {}
+    for i in range(len(ds)):
+        v = ds.arrays(i)
+        cu = [0, *np.cumsum(v["seg_lens"]).tolist()]
+        for s, (ex, start) in enumerate(zip(v["example_index"].tolist(), v["segment_start"].tolist())):
+            pieces.setdefault(ex, []).append((start, v["tokens"][cu[s]:cu[s + 1]].tolist()))
+    tok = byte_tok.build()
+    assert sorted(pieces) == list(range(len(docs)))
+    for ex, parts in pieces.items():
+        parts.sort()
+        expected = tok.encode(docs[ex]["text"], add_special_tokens=False).ids + [byte_tok.eos_id]
+        assert [s for s, _ in parts] == list(range(0, len(expected), 16)), f"document {ex}: pieces start every 16"
+        assert sum((t for _, t in parts), []) == expected, f"document {ex} is not rebuilt by its pieces"

@@ -87,6 +87,21 @@ def test_chat_loss_only_on_assistant_turns(tmp_path, byte_tok):
     assert ids[-1] == byte_tok.eos_id and mask[-1]
 
 
+def test_eos_after_a_chat_ending_on_a_user_turn_is_not_trained(tmp_path, byte_tok):
+    """EOS is a target only when the example ends in trained-on text: after a final user turn it would
+    teach the model to stop where the user stopped."""
+    ends_user = [{"role": "user", "content": "U"}, {"role": "assistant", "content": "A"},
+                 {"role": "user", "content": "V"}]
+    ends_assistant = ends_user[:2]
+    run(tmp_path, byte_tok, [{"messages": ends_user}, {"messages": ends_assistant}], C.TokenizeConfig(kind="chat"))
+    user_row, assistant_row = rows(tmp_path / "tok")
+    for r in (user_row, assistant_row):
+        assert r["input_ids"][-1] == byte_tok.eos_id
+    assert user_row["loss_mask"][-1] == 0, "EOS after the user's turn must not be a target"
+    assert assistant_row["loss_mask"][-1] == 1
+    assert sum(user_row["loss_mask"]) == sum(assistant_row["loss_mask"]) - 1, "only the assistant turn is trained"
+
+
 def test_chat_with_tokenizer_jinja_template(tmp_path, byte_tok):
     tpl = ("{% for m in messages %}[{{ m.role }}]{{ m.content }}{% if m.role == 'assistant' %}"
            "{{ eos_token }}{% endif %}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}")
