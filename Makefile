@@ -14,7 +14,7 @@ ALGORITHM ?= bfd
 OUT      ?= build/packed
 ARGS     ?=
 
-.PHONY: pack test bench models compare setup clean
+.PHONY: pack test bench models mutants compare setup clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -58,6 +58,13 @@ bench: $(BIN)/.installed
 # packer/families.py (what use_packer_attention consults). Outside CI: ~15 minutes on 2 cores.
 models: $(BIN)/.installed
 	$(BIN)/python benchmarks/model_matrix.py
+
+# Mutation testing of the invariant-bearing modules ([tool.mutmut] in pyproject.toml; ~minutes):
+# every surviving mutant is listed; docs/MUTANTS.md says why each one left is harmless.
+mutants: $(BIN)/.installed
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2 || true
+	$(BIN)/mutmut results
 
 clean:
 	rm -rf build $(VENV)

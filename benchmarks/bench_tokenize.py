@@ -77,7 +77,7 @@ def main() -> None:
         def run() -> None:
             out = tmp / f"tok{workers}"
             shutil.rmtree(out, ignore_errors=True)
-            tokenize([C.InputSpec(str(data))], out, C.TokenizeConfig(), info, workers=workers)
+            tokenize([C.InputSpec(str(data))], out, C.TokenizeConfig(), tokenizer=info, workers=workers)
         return run
 
     def read_only() -> None:

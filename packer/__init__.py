@@ -31,7 +31,8 @@ _EXPORTS = {
     "PackedLoader": "packer.loader",
     "pack_dataset": "packer.inmemory",
     "packed_dataset_from_files": "packer.files",
-    "load_tokenizer": "packer.tokenizer",
+    "load_tokenizer": "packer.tokenizer", "TokenizerInfo": "packer.tokenizer",
+    "ShardSet": "packer.shardset", "Manifest": "packer.manifest",
     "InputSpec": "packer.config", "TokenizeConfig": "packer.config", "PlanConfig": "packer.config",
     "WriteConfig": "packer.config",
     "PackerError": "packer.errors", "InputError": "packer.errors", "FormatError": "packer.errors",
@@ -52,7 +53,9 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names load
     from packer.planner import ALGORITHMS, Plan, plan, plan_stage
     from packer.shards import write_stage
     from packer.tokenization import tokenize
-    from packer.tokenizer import load_tokenizer
+    from packer.manifest import Manifest
+    from packer.shardset import ShardSet
+    from packer.tokenizer import TokenizerInfo, load_tokenizer
 
 
 def __dir__() -> list[str]:

@@ -26,8 +26,9 @@ Backends, each stating its trade-off, and the variants each can run (`SUPPORTS`)
                   window, softcap.
     torch_varlen  torch.nn.attention.varlen.varlen_attn: flash kernels shipped in torch; CUDA only.
                   window.
-    flex          FlexAttention with a document mask: any device for the forward pass; on CPU torch
-                  2.13 has no backward, so `auto` never picks it there. window, softcap.
+    flex          FlexAttention with a document mask: any device for the forward pass (on CPU torch
+                  2.13 has no backward). Uncompiled it is slower than sdpa, so `auto` never picks
+                  it: name it to use it. window, softcap.
     sdpa          scaled_dot_product_attention over each sequence (equal lengths batched together):
                   runs everywhere with autograd; the reference the others are tested against. With
                   softcap or sinks it computes the scores explicitly (same math as transformers'

@@ -71,7 +71,7 @@ plan_options = _apply([
         click.option("--overlong", type=click.Choice(C.OVERLONG), default=None,
                      help="Over-long examples (default: truncate for sft/chat, split for text)."),
         click.option("--max-segments", type=int, default=None, help="Cap on examples per pack."),
-        click.option("--time-limit", type=float, default=None, help="Seconds for optimizing planners."),
+        click.option("--time-limit", type=float, default=None, help="Work budget of the ortools planner, in deterministic seconds (about wall seconds on 2 cores; the plan never depends on the clock). Default 10."),
         click.option("--seed", type=int, default=0, show_default=True),
 ])
 
@@ -157,7 +157,7 @@ def tokenize_cmd(data, out, workers, **kw):
 
     tcfg = _tokenize_config(kw)
     info = load_tokenizer(kw["tokenizer"], tcfg.eos_token, tcfg.add_bos)
-    m = tokenize([C.InputSpec.parse(d) for d in data], Path(out) / "tokenized", tcfg, info, workers=workers)
+    m = tokenize([C.InputSpec.parse(d) for d in data], Path(out) / "tokenized", tcfg, tokenizer=info, workers=workers)
     c = m["counts"]
     click.echo(f"{c['examples']:,} examples, {c['tokens']:,} tokens, {c['skipped']:,} skipped "
                f"-> {Path(out) / 'tokenized'}")

@@ -110,7 +110,8 @@ class PlanConfig:
     max_segments: int | None = None
     """Cap on examples per pack (some kernels and CUDA graphs need one)."""
     time_limit: float | None = None
-    """Seconds the optimizing planner may spend."""
+    """The ortools planner's work budget in deterministic seconds (None: 10): work is counted, not
+    timed, so the same lengths and seed give the same plan on any machine, loaded or not."""
 
     def __post_init__(self) -> None:
         if self.pack_len < 1:
@@ -119,6 +120,9 @@ class PlanConfig:
             raise ConfigError(f"overlong '{self.overlong}' is not one of {', '.join(OVERLONG)}")
         if self.max_segments is not None and self.max_segments < 1:
             raise ConfigError("max_segments must be at least 1")
+        if self.time_limit is not None and self.algorithm != "ortools":
+            raise ConfigError(f"time_limit applies to the ortools planner only; {self.algorithm} would ignore it: "
+                              "drop it (--time-limit) or choose --algorithm ortools")
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,8 @@ class WriteConfig:
     """Stage 3: how packs are laid out in shard files."""
 
     shard_bytes: int = 256 * 2**20
-    """Upper bound on a shard file's size (a single pack larger than this gets a shard of its own)."""
+    """Upper bound on a shard file's size, kept exactly; only a single pack too large for it alone gets
+    a shard of its own that exceeds it."""
     shuffle: bool = True
     """Write packs in a seeded random order, so that a sequential reader sees a mix."""
     seed: int = 0
@@ -143,6 +148,19 @@ def digest(data: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def configs_from_options(where: str, options: dict, *classes: type) -> list:
+    """One config per class from flat keyword options named as the configs' fields (a field several
+    configs share, such as seed, goes to each). An unknown name is a ConfigError listing the valid ones:
+    every entry point takes the same names, and none is silently ignored."""
+    fields = {c: {f.name for f in dataclasses.fields(c)} for c in classes}
+    valid = sorted(set().union(*fields.values()))
+    for name in options:
+        if name not in valid:
+            raise ConfigError(f"{where}: unknown option '{name}'; the options are the fields of "
+                              f"{', '.join(c.__name__ for c in classes)}: {', '.join(valid)}")
+    return [c(**{k: v for k, v in options.items() if k in fields[c]}) for c in classes]
+
+
 def default_overlong(kind: str) -> str:
     """Text documents are split; sft and chat examples are truncated, keeping the prompt."""
     return "split" if kind == "text" else "truncate"
@@ -150,5 +168,5 @@ def default_overlong(kind: str) -> str:
 
 __all__ = [
     "InputSpec", "TokenizeConfig", "PlanConfig", "WriteConfig", "to_dict", "digest",
-    "default_overlong", "KINDS", "OVERLONG",
+    "default_overlong", "configs_from_options", "KINDS", "OVERLONG",
 ]

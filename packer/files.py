@@ -1,4 +1,4 @@
-"""The seed's entry point: raw JSON Lines files in, a packed dataset out, cached between runs.
+"""`packed_dataset_from_files`: raw JSON Lines files in, a packed dataset out, cached between runs.
 
 The run folder is named by the digest of the inputs' bytes, the tokenizer and every setting, under
 `cache_dir`, and each stage skips itself when up to date, so a second call only memory-maps. In a
@@ -45,24 +45,28 @@ def _barrier() -> bool:
 
 
 def packed_dataset_from_files(files: Sequence[str | C.InputSpec], tokenizer: str | TokenizerInfo, pack_len: int, *,
-                              kind: str = "sft", template: str = "auto", query_field: str = "query",
-                              response_field: str = "response", algorithm: str = "bfd", overlong: str | None = None,
-                              seed: int = 0, cache_dir: str | Path = "~/.cache/packer", label_mode: str = "unshifted",
-                              skip_bad: bool = False, wait_seconds: float = 3600) -> PackedShards:
+                              cache_dir: str | Path = "~/.cache/packer", label_mode: str = "unshifted",
+                              workers: int = 0, wait_seconds: float = 3600, **options) -> PackedShards:
     """Pack JSON Lines files (each may name its own fields: "a.jsonl#query=question,response=answer")
-    and return the memory-mapped packs. Rank 0 builds; other ranks wait for the manifest, then map."""
+    and return the memory-mapped packs. Rank 0 builds; other ranks wait for the manifest, then map.
+
+    options: any field of TokenizeConfig, PlanConfig or WriteConfig by name (kind, template,
+    query_field, eos_token, skip_bad, algorithm, overlong, seed, max_segments, time_limit, shuffle,
+    shard_bytes, ...), the names `packer pack` and `pack_dataset` take too; an unknown name is an
+    error. overlong defaults by kind (split for text, truncate otherwise).
+    """
     specs = [f if isinstance(f, C.InputSpec) else C.InputSpec.parse(f) for f in files]
-    info = tokenizer if isinstance(tokenizer, TokenizerInfo) else load_tokenizer(tokenizer)
-    tcfg = C.TokenizeConfig(kind=kind, template=template, query_field=query_field, response_field=response_field,
-                            skip_bad=skip_bad)
-    pcfg = C.PlanConfig(pack_len=pack_len, algorithm=algorithm, overlong=overlong or C.default_overlong(kind),
-                        seed=seed)
-    wcfg = C.WriteConfig(seed=seed)
+    options = {"pack_len": pack_len, **options}
+    options.setdefault("overlong", C.default_overlong(options.get("kind", C.TokenizeConfig.kind)))
+    tcfg, pcfg, wcfg = C.configs_from_options("packed_dataset_from_files", options, C.TokenizeConfig,
+                                              C.PlanConfig, C.WriteConfig)
+    info = tokenizer if isinstance(tokenizer, TokenizerInfo) else load_tokenizer(tokenizer, tcfg.eos_token,
+                                                                                 tcfg.add_bos)
     key = C.digest({"inputs": [[C.to_dict(s), file_digest(s.path)] for s in specs], "tokenizer": info.fingerprint,
                     "tokenize": C.to_dict(tcfg), "plan": C.to_dict(pcfg), "write": C.to_dict(wcfg)})
     run = Path(cache_dir).expanduser() / key[:16]
     if _rank() == 0:
-        pack(specs, run, tokenizer=info, tokenize_config=tcfg, plan_config=pcfg, write_config=wcfg)
+        pack(specs, run, tokenizer=info, tokenize_config=tcfg, plan_config=pcfg, write_config=wcfg, workers=workers)
         _barrier()
     elif not _barrier():  # no process group: wait for rank 0's commit point, the shards manifest
         deadline = time.monotonic() + wait_seconds

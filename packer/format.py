@@ -63,6 +63,17 @@ def _layout(code: int, packs: int, segments: int, tokens: int) -> list[tuple[str
     return out
 
 
+SHARD_OVERHEAD = HEADER.size + 2 * 8 + 7 * (ALIGN - 1)
+"""Bytes of a shard beyond its packs' own (pack_bytes): the header, the offsets' closing entries and
+at most ALIGN - 1 bytes of padding before each of the seven arrays."""
+
+
+def pack_bytes(code: int, tokens: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    """Bytes each pack adds to a shard: per token its id and mask byte, per segment 16 (length i4,
+    example i8, start i4), per pack 16 (two offsets i8). With SHARD_OVERHEAD, a shard's exact bound."""
+    return np.asarray(tokens, np.int64) * (TOKEN_DTYPES[code].itemsize + 1) + np.asarray(segments, np.int64) * 16 + 16
+
+
 def file_size(code: int, packs: int, segments: int, tokens: int) -> int:
     name, dt, n, off = _layout(code, packs, segments, tokens)[-1]
     return off + n * dt.itemsize

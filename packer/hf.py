@@ -228,7 +228,7 @@ def use_packer_attention(model: torch.nn.Module, *, allow_unverified: bool = Fal
     return model
 
 
-def batch_to_kwargs(batch: dict, *, flatten_padded: bool = False) -> dict:
+def batch_to_kwargs(batch: dict) -> dict:
     """Model kwargs from a PackedLoader batch: ids, position_ids, labels and the varlen boundaries.
 
     The labels are in the loader's convention; transformers' causal LMs expect `unshifted`. A padded

@@ -24,7 +24,7 @@ from packer.errors import ConfigError, InputError
 from packer.manifest import commit_stage, current
 from packer.planner import plan_stage
 from packer.shards import write_stage
-from packer.tokenization import FORMAT, SCHEMA, VERSION, _first_true, chunk_name
+from packer.tokenization import FORMAT, VERSION, chunk_name, examples_table, write_chunk
 
 SOURCE = "examples"  # how in-memory input is named in errors and manifests
 
@@ -93,7 +93,7 @@ def _label_mask(flat: np.ndarray, lab: np.ndarray, offsets: np.ndarray, input_la
     return mask
 
 
-def examples_table(examples: Iterable[Mapping], input_labels: str = "unshifted") -> tuple[pa.Table, int]:
+def _examples_table(examples: Iterable[Mapping], input_labels: str = "unshifted") -> tuple[pa.Table, int]:
     """A stage-1 table from examples {input_ids, labels?}; returns it and the largest token id + 1."""
     ids, labels = _rows(examples)
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
@@ -116,25 +116,15 @@ def examples_table(examples: Iterable[Mapping], input_labels: str = "unshifted")
                 raise InputError(SOURCE, i, "labels", f"has {len(y)} entries, input_ids has {len(x)}")
         lab = np.concatenate([np.asarray(y, dtype=np.int64) for y in labels]) if labels else np.zeros(0, np.int64)
         mask = _label_mask(flat, lab, offsets, input_labels)
-    offsets = offsets.astype(np.int32)
     n = len(ids)
-    table = pa.table({
-        "example_index": pa.array(np.arange(n, dtype=np.int64)),
-        "file_index": pa.array(np.zeros(n, np.int32)),
-        "line": pa.array(np.arange(1, n + 1, dtype=np.int64)),
-        "length": pa.array(lengths.astype(np.int32)),
-        "prompt_len": pa.array(_first_true(mask, offsets).astype(np.int32)),
-        "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.astype(np.uint32))),
-        "loss_mask": pa.ListArray.from_arrays(pa.array(offsets), pa.array(mask)),
-    }, schema=SCHEMA)
+    table = examples_table(np.arange(n), np.zeros(n, np.int32), np.arange(1, n + 1), lengths, flat, mask)
     return table, int(flat.max()) + 1 if flat.size else 1
 
 
 def _tokenized_stage(table: pa.Table, vocab_size: int, eos_id: int | None, out: Path) -> dict:
     """Write the table as a tokenized stage folder (skipped when the same examples are already there)."""
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, SCHEMA) as writer:
-        writer.write_table(table)
+    write_chunk(table, sink)
     data = sink.getvalue().to_pybytes()
     digest = C.digest({"stage": "tokenize", "version": VERSION, "examples": hashlib.sha256(data).hexdigest(),
                        "vocab_size": vocab_size, "eos_id": eos_id})
@@ -159,11 +149,9 @@ def _tokenized_stage(table: pa.Table, vocab_size: int, eos_id: int | None, out: 
     return commit_stage(out, build)
 
 
-def pack_dataset(examples: Sequence[Mapping] | Iterable[Mapping], pack_len: int, *, algorithm: str = "bfd",
-                 seed: int = 0, overlong: str = "truncate", max_segments: int | None = None,
-                 time_limit: float | None = None, out: str | Path | None = None, label_mode: str = "unshifted",
-                 vocab_size: int | None = None, eos_id: int | None = None, shuffle: bool = True,
-                 input_labels: str = "unshifted") -> PackedShards:
+def pack_dataset(examples: Sequence[Mapping] | Iterable[Mapping], pack_len: int, *, out: str | Path | None = None,
+                 label_mode: str = "unshifted", input_labels: str = "unshifted", vocab_size: int | None = None,
+                 eos_id: int | None = None, **options) -> PackedShards:
     """Pack tokenized examples ({input_ids, labels?}, labels -100 where no loss; a list or a Hugging
     Face `datasets.Dataset`) into a `PackedShards` whose items match the pipeline's.
 
@@ -172,14 +160,17 @@ def pack_dataset(examples: Sequence[Mapping] | Iterable[Mapping], pack_len: int,
     input_labels: how given labels align with input_ids: "unshifted" (labels[j] is input_ids[j] or -100,
     the Hugging Face convention) or "shifted" (labels[j] is input_ids[j + 1] or -100). Labels are kept
     as a loss mask, so any other label value is refused with an error naming the example.
+    options: any field of PlanConfig or WriteConfig by name (algorithm, overlong, seed, max_segments,
+    time_limit, shuffle, shard_bytes), the names `packer pack` and `packed_dataset_from_files` take
+    too; an unknown name is an error.
     """
-    table, max_id = examples_table(examples, input_labels)
+    pcfg, wcfg = C.configs_from_options("pack_dataset", {"pack_len": pack_len, **options}, C.PlanConfig, C.WriteConfig)
+    table, max_id = _examples_table(examples, input_labels)
     vocab = max(vocab_size or 0, max_id)
     run = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="packer-"))
     _tokenized_stage(table, vocab, eos_id, run / "tokenized")
-    plan_stage(run / "tokenized", run / "plan", C.PlanConfig(pack_len=pack_len, algorithm=algorithm,
-               overlong=overlong, seed=seed, max_segments=max_segments, time_limit=time_limit))
-    write_stage(run / "tokenized", run / "plan", run / "shards", C.WriteConfig(shuffle=shuffle, seed=seed))
+    plan_stage(run / "tokenized", run / "plan", pcfg)
+    write_stage(run / "tokenized", run / "plan", run / "shards", wcfg)
     ds = PackedShards(run / "shards", label_mode=label_mode)
     if out is None:
         weakref.finalize(ds, shutil.rmtree, str(run), True)

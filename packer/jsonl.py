@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import IO
 
 from packer.errors import InputError
+from packer.manifest import sha256_file
 
 
 @dataclass(frozen=True)
@@ -88,11 +88,7 @@ def file_digest(path: str | Path) -> str:
     """sha256 of the file's bytes as stored (the input's identity in every manifest)."""
     if not Path(path).is_file():
         raise InputError(str(path), None, None, "no such file", "check the path given as DATA")
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(Path(path))
 
 
 def iter_chunks(paths: list[str], chunk_records: int) -> Iterator[RawChunk]:

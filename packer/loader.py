@@ -141,7 +141,7 @@ class PackedLoader(torch.utils.data.IterableDataset):
     optimizer step under gradient accumulation) and sum gradients across ranks.
 
     Where batches are built: num_workers=0 builds each batch in this process when asked (a compiled
-    pass, about 1.7x a memcpy of the batch); prefetch=N builds up to N batches ahead in a background
+    pass, about twice a memcpy of the batch: packer.collate); prefetch=N builds up to N batches ahead in a background
     thread, overlapping the training step; num_workers>0 uses torch DataLoader worker processes, whose
     hand-over of each batch costs far more than building it (benchmarks/bench_loader.py): prefer prefetch.
 

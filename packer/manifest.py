@@ -12,11 +12,29 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypedDict
 
 from packer.errors import FormatError
 
 MANIFEST = "manifest.json"
 SEAL = "manifest_sha256"  # sha256 of the manifest's own content without this key: any edit breaks it
+
+
+class Manifest(TypedDict, total=False):
+    """What every stage returns and writes as manifest.json (docs/FORMAT.md lists each stage's keys).
+
+    Every manifest has format, version, digest (of the config and the inputs' digests: the stage is
+    skipped when it matches), config, counts, files ({name: {bytes, sha256}}) and manifest_sha256;
+    each stage adds its own keys (inputs, tokenizer, chunks, plan, shards, lineage, ...).
+    """
+
+    format: str
+    version: int
+    digest: str
+    config: dict[str, Any]
+    counts: dict[str, Any]
+    files: dict[str, dict[str, Any]]
+    manifest_sha256: str
 
 
 def seal(data: dict) -> str:
@@ -26,6 +44,7 @@ def seal(data: dict) -> str:
 
 
 def sha256_file(path: Path) -> str:
+    """sha256 of a file's bytes, read 4 MiB at a time."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -38,7 +57,7 @@ def write_json(path: Path, data: object) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def read_manifest(folder: Path, fmt: str, version: int, hint: str) -> dict:
+def read_manifest(folder: Path, fmt: str, version: int, hint: str) -> Manifest:
     """The manifest of a complete stage folder of format `fmt`, or a FormatError saying what to re-run."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
@@ -62,7 +81,7 @@ def read_manifest(folder: Path, fmt: str, version: int, hint: str) -> dict:
     return data
 
 
-def current(folder: Path, fmt: str, version: int, digest: str, *, rehash: bool = False) -> dict | None:
+def current(folder: Path, fmt: str, version: int, digest: str, *, rehash: bool = False) -> Manifest | None:
     """The existing manifest when it was made from the same inputs and config and its files are intact
     (sizes always, sha256 too with rehash), else None: a damaged or stale stage is rebuilt, not kept."""
     try:
@@ -83,7 +102,7 @@ def current(folder: Path, fmt: str, version: int, digest: str, *, rehash: bool =
     return data
 
 
-def commit_stage(final: Path, build: Callable[[Path], dict]) -> dict:
+def commit_stage(final: Path, build: Callable[[Path], dict]) -> Manifest:
     """Run build(tmp) in a fresh temporary folder beside `final`, add file checksums, write the
     manifest last and rename the folder into place, replacing any older output."""
     final = Path(final)

@@ -30,13 +30,11 @@ def pack(inputs: Sequence[str | C.InputSpec], out: str | Path, *, tokenizer: str
         tokenizer, tokenize_config.eos_token, tokenize_config.add_bos)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    tokenize(specs, out / "tokenized", tokenize_config, info, workers=workers, rehash=rehash)
+    tokenize(specs, out / "tokenized", tokenize_config, tokenizer=info, workers=workers, rehash=rehash)
     seconds["tokenize"] = time.perf_counter() - t
     t = time.perf_counter()
-    plan_manifest = plan_stage(out / "tokenized", out / "plan", plan_config, rehash=rehash)
+    plan_stage(out / "tokenized", out / "plan", plan_config, rehash=rehash)
     seconds["plan"] = time.perf_counter() - t
-    if "_seconds" in plan_manifest:
-        seconds["plan_algorithm"] = plan_manifest["_seconds"]
     t = time.perf_counter()
     write_stage(out / "tokenized", out / "plan", out / "shards", write_config, workers=workers, rehash=rehash)
     seconds["write"] = time.perf_counter() - t

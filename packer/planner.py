@@ -21,7 +21,7 @@ from packer import binpack
 from packer import config as C
 from packer.bounds import lower_bound
 from packer.errors import ConfigError, FormatError, InputError
-from packer.manifest import commit_stage, current, read_manifest
+from packer.manifest import Manifest, commit_stage, current, read_manifest
 from packer.ranges import within
 
 FORMAT = "packer-plan"
@@ -103,6 +103,14 @@ class Plan:
             if len(self.order) else np.zeros(0, np.int64)
 
 
+def _check_time_limit(algorithm: str, time_limit: float | None) -> None:
+    if time_limit is not None and algorithm != "ortools":
+        raise ConfigError(f"time_limit applies to the ortools planner only; {algorithm} would ignore it: drop "
+                          "it or choose algorithm 'ortools'")
+    if time_limit is not None and not time_limit >= 0:
+        raise ConfigError(f"time_limit must be a number of seconds >= 0 or None; got {time_limit!r}")
+
+
 def plan(lengths: np.ndarray, pack_len: int, algorithm: str = "bfd", *, seed: int = 0,
          max_segments: int | None = None, time_limit: float | None = None) -> Plan:
     """Pack items of the given lengths (each 1..pack_len) into as few packs as the algorithm can.
@@ -120,6 +128,7 @@ def plan(lengths: np.ndarray, pack_len: int, algorithm: str = "bfd", *, seed: in
                          "(apply an over-long policy first: truncate, drop or split)")
     if algorithm not in ALGORITHMS:
         raise ConfigError(f"unknown algorithm '{algorithm}'; choose one of {', '.join(ALGORITHMS)}")
+    _check_time_limit(algorithm, time_limit)
     t0 = time.perf_counter()
     order, offsets, optimal = ALGORITHMS[algorithm](
         lengths, pack_len, seed=seed, max_segments=max_segments, time_limit=time_limit)
@@ -175,7 +184,7 @@ def cut_overlong(lengths: np.ndarray, prompt_len: np.ndarray, pack_len: int, pol
     return pieces.reshape(-1, 3).astype(np.int64), counts
 
 
-def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, rehash: bool = False) -> dict:
+def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, rehash: bool = False) -> Manifest:
     """Stage 2: plan the tokenized folder `tokenized` into the folder `out`; returns its manifest."""
     from packer.tokenization import FORMAT as TOK_FORMAT, VERSION as TOK_VERSION, open_tokenized
 
@@ -213,12 +222,9 @@ def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, 
             "plan": {"algorithm": p.algorithm, "num_packs": p.num_packs, "lower_bound": p.lower_bound,
                      "optimal": p.optimal, "gap": p.gap, "time_limit": p.time_limit,
                      "efficiency": tokens / max(1, p.num_packs * config.pack_len)},
-            # Wall time varies run to run; it goes to the report, never into the manifest.
-        }
+        }  # no wall time: manifests are byte-identical on rerun; callers time the stage themselves
 
-    manifest = commit_stage(Path(out), build)
-    manifest["_seconds"] = p.seconds
-    return manifest
+    return commit_stage(Path(out), build)
 
 
 def read_plan(folder: str | Path) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:

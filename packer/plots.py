@@ -8,50 +8,41 @@ import io
 import numpy as np
 
 
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def report_plots(report: dict) -> list[tuple[str, str]]:
-    """(title, base64 PNG) for: example lengths against the pack length, pack fill, examples per
-    pack, and tokens lost per input file."""
+def _bar(title: str, x, heights, xlabel: str | None, ylabel: str, *, width: float = 0.8,
+         pack_len: int | None = None) -> tuple[str, str]:
+    """(title, base64 PNG) of one bar chart; pack_len draws the pack length as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    h, L = report["histograms"], report["pack_len"]
-    out = []
     fig, ax = plt.subplots(figsize=(6, 3))
-    lengths = np.asarray(h["example_length"])
-    ax.bar(np.arange(len(lengths)), lengths, width=1.0)
-    ax.axvline(L, color="red", linestyle="--", label=f"pack length {L}")
-    ax.set_xlabel("example length (tokens, after the over-long policy)")
-    ax.set_ylabel("examples")
-    ax.legend()
-    out.append(("Example lengths", _png(fig)))
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 3))
-    fill = np.asarray(h["pack_fill_percent"])
-    ax.bar(np.arange(len(fill)), fill, width=1.0)
-    ax.set_xlabel("pack fill (%)")
-    ax.set_ylabel("packs")
-    out.append(("Pack fill", _png(fig)))
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 3))
-    segs = np.asarray(h["segments_per_pack"])
-    ax.bar(np.arange(len(segs)), segs)
-    ax.set_xlabel("examples per pack")
-    ax.set_ylabel("packs")
-    out.append(("Examples per pack", _png(fig)))
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 3))
+    try:
+        ax.bar(x, heights, width=width)
+        if pack_len is not None:
+            ax.axvline(pack_len, color="red", linestyle="--", label=f"pack length {pack_len}")
+            ax.legend()
+        if xlabel:
+            ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return title, base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def report_plots(report: dict) -> list[tuple[str, str]]:
+    """(title, base64 PNG) for: example lengths against the pack length, pack fill, examples per
+    pack, and tokens lost per input file."""
+    h = report["histograms"]
+    lengths, fill, segs = (np.asarray(h[k]) for k in ("example_length", "pack_fill_percent", "segments_per_pack"))
     files = report["per_file"]
-    names = [f["path"].rsplit("/", 1)[-1] for f in files]
-    ax.bar(names, [f.get("lost_tokens", 0) for f in files])
-    ax.set_ylabel("tokens lost (truncated or dropped)")
-    out.append(("Tokens lost to the over-long policy", _png(fig)))
-    plt.close(fig)
-    return out
+    return [
+        _bar("Example lengths", np.arange(len(lengths)), lengths, "example length (tokens, after the over-long policy)",
+             "examples", width=1.0, pack_len=report["pack_len"]),
+        _bar("Pack fill", np.arange(len(fill)), fill, "pack fill (%)", "packs", width=1.0),
+        _bar("Examples per pack", np.arange(len(segs)), segs, "examples per pack", "packs"),
+        _bar("Tokens lost to the over-long policy", [f["path"].rsplit("/", 1)[-1] for f in files],
+             [f.get("lost_tokens", 0) for f in files], None, "tokens lost (truncated or dropped)"),
+    ]

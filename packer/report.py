@@ -97,7 +97,7 @@ def compute(path: str | Path, seconds: dict[str, float] | None = None, baseline_
         "speedup_attention_vs_pad_to_pack": attn_pack / max(1.0, attn_packed),
         "speedup_attention_vs_pad_to_longest": attn_longest / max(1.0, attn_packed),
         "seconds": dict(seconds or {}),
-        "plan_seconds": (seconds or {}).get("plan_algorithm"),
+        "plan_seconds": (seconds or {}).get("plan"),
         "per_file": _per_file(run, m, seg_example, seg_lens),
         "histograms": {
             "example_length": np.bincount(np.minimum(seg_lens, L), minlength=L + 1).tolist() if n else [],

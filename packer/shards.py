@@ -18,7 +18,7 @@ from packer import config as C
 from packer import format as fmt
 from packer.errors import FormatError
 from packer.executor import map_ordered
-from packer.manifest import commit_stage, current, read_manifest
+from packer.manifest import Manifest, commit_stage, current, read_manifest
 from packer.progress import progress
 from packer.ranges import concat_ranges
 
@@ -215,7 +215,7 @@ def _check_pieces(tokenized: Path, pieces: np.ndarray, tok_manifest: dict) -> No
 
 
 def write_stage(tokenized: str | Path, plan_dir: str | Path, out: str | Path, config: C.WriteConfig,
-                *, workers: int = 0, rehash: bool = False) -> dict:
+                *, workers: int = 0, rehash: bool = False) -> Manifest:
     """Stage 3: write the shards of `plan_dir` into the folder `out`; returns the dataset manifest."""
     from packer.planner import read_plan
     from packer.tokenization import FORMAT as TOK_FORMAT, VERSION as TOK_VERSION
@@ -238,9 +238,8 @@ def write_stage(tokenized: str | Path, plan_dir: str | Path, out: str | Path, co
     seq = pieces[order[concat_ranges(offsets[:-1][perm], sizes)]]  # pieces in output order
     seg_off = np.concatenate([[0], np.cumsum(sizes)])
     pack_tokens = np.add.reduceat(seq[:, 2], seg_off[:-1]) if num_packs else np.zeros(0, np.int64)
-    itemsize = fmt.TOKEN_DTYPES[code].itemsize
-    pack_bytes = pack_tokens * (itemsize + 1) + sizes * 16 + 16
-    bounds = _split_shards(pack_bytes, config.shard_bytes)
+    pack_bytes = fmt.pack_bytes(code, pack_tokens, sizes)
+    bounds = _split_shards(pack_bytes, config.shard_bytes - fmt.SHARD_OVERHEAD)
 
     def build(tmp: Path) -> dict:
         vocab = int(tok_manifest["tokenizer"]["vocab_size"])

@@ -10,7 +10,7 @@ be filled to the token. Steps, all within `time_limit`:
    over the remaining length histogram (a bitset dynamic program over lengths, not items). If that
    misses the bound and time remains, every item is refilled the same way. Measured here: the lower
    bound on GSM8K (GPT-2, Alpaca) at 1024, 2048 and 4096 in under 0.1 s, and on 1M lognormal
-   lengths at 4096 in about 2 s.
+   lengths at 4096 in about 4 s.
 3. On the fewest-filled packs of the result, OR-Tools CP-SAT tries to fit their items into one pack
    fewer (a small exact model), repeatedly, while time remains.
 
@@ -21,7 +21,6 @@ the lower bound, else None (not proven); the plan's gap to the bound says how fa
 from __future__ import annotations
 
 import bisect
-import time
 
 import numpy as np
 
@@ -31,7 +30,36 @@ from packer.ranges import concat_ranges
 
 
 
-def _subset_sum(room: int, lengths: list[int], counts: list[int]) -> list[int]:
+# The search's constants. `python benchmarks/bench_plan.py --constants` prints the measurements behind
+# them (2-core reference machine, idle; under load the same work takes 2-4x the wall time, which is
+# why the budget counts work and never reads the clock).
+CELLS_PER_SECOND = 4e9  # subset-sum cells (bool entries) a second: fitted 4.3e9 idle, 1.1e9 under load
+STEP_SECONDS = 5e-6  # one subset-sum step (a numpy round) beyond its cells: fitted 4.7e-6 s idle
+CALL_SECONDS = 1e-4  # one subset sum's setup (binary splitting, rebuild): fitted 1.2e-4 s idle
+CPSAT_CALL_SECONDS = 2.0  # deterministic seconds one CP-SAT merge may use (the easy merges measured use < 0.01)
+MIN_CHARGE = 1e-3  # least a CP-SAT call costs the budget (model building: ~1e-3 s measured at 20 items)
+GROUP_MIN, GROUP_MAX = 3, 8  # packs merged at a time: merging 2 saved a pack in 1 of 5 cases, 3 in 4 of 5;
+# GROUP_MAX and MAX_MODEL_ITEMS cap the model's size (a 12-pack, ~100-item merge still took 0.04 s: a guard
+# against models too big for the budget, not a measured optimum)
+MAX_MODEL_ITEMS = 200
+
+
+class _Budget:
+    """A deterministic time budget: work is counted, never timed, so the plan never depends on the
+    machine's speed or load. The refill charges its subset-sum cells at CELLS_PER_SECOND; CP-SAT is
+    given the rest as max_deterministic_time and charged the deterministic time it reports."""
+
+    def __init__(self, seconds: float):
+        self.left = float(seconds)
+
+    def charge(self, seconds: float) -> None:
+        self.left -= seconds
+
+    def spent(self) -> bool:
+        return self.left <= 0
+
+
+def _subset_sum(room: int, lengths: list[int], counts: list[int], budget: _Budget) -> list[int]:
     """Lengths (with repeats) summing as close to `room` as possible, exactly when reachable.
 
     Bounded multiplicities by binary splitting (1, 2, 4, ... copies as one 0/1 item); `via[s]` keeps
@@ -46,6 +74,7 @@ def _subset_sum(room: int, lengths: list[int], counts: list[int]) -> list[int]:
             weights.append((v, take))
             c -= take
             m *= 2
+    budget.charge(CALL_SECONDS)
     reach = np.zeros(room + 1, dtype=bool)
     reach[0] = True
     via = np.full(room + 1, -1, dtype=np.int64)
@@ -53,6 +82,7 @@ def _subset_sum(room: int, lengths: list[int], counts: list[int]) -> list[int]:
         w = v * m
         if w > room:
             continue
+        budget.charge((room + 1 - w) / CELLS_PER_SECOND + STEP_SECONDS)
         new = reach[:-w] & ~reach[w:]
         idx = np.flatnonzero(new) + w
         if len(idx):
@@ -88,23 +118,23 @@ class _Histogram:
         return self.avail[i - 1] if i else None
 
 
-def _refill(lengths: np.ndarray, pack_len: int, cap: int, deadline: float) -> list[list[int]] | None:
+def _refill(lengths: np.ndarray, pack_len: int, cap: int, budget: _Budget) -> list[list[int]] | None:
     """Packs as lists of lengths: each opened around the largest remaining item and closed by an
     exact subset sum of the remaining histogram (largest lengths tried first, so small items stay
-    free for later packs). None when the deadline passes."""
+    free for later packs). None when the budget runs out."""
     h = _Histogram(lengths, pack_len)
     packs: list[list[int]] = []
     # One iteration per pack, each a subset sum over at most pack_len sums: fine for the sizes
-    # this planner is for (up to ~1e5 items in seconds); past the deadline BFD's plan stands.
+    # this planner is for (up to ~1e5 items in seconds); past the budget BFD's plan stands.
     while h.left:
-        if time.perf_counter() > deadline:
+        if budget.spent():
             return None
         anchor = h.avail[-1]
         h.take(anchor)
         pack = [anchor]
         room = pack_len - anchor
         cand = h.avail[: bisect.bisect_right(h.avail, room)][::-1]
-        fill = _subset_sum(room, cand, [h.counts[v] for v in cand]) if room and cand else []
+        fill = _subset_sum(room, cand, [h.counts[v] for v in cand], budget) if room and cand else []
         if len(fill) + 1 > cap:  # over the segment cap: best fit, largest first, up to the cap
             fill = []
             left = room
@@ -119,7 +149,7 @@ def _refill(lengths: np.ndarray, pack_len: int, cap: int, deadline: float) -> li
     return packs
 
 
-def _cpsat_merge(groups: list[list[int]], pack_len: int, cap: int, seconds: float,
+def _cpsat_merge(groups: list[list[int]], pack_len: int, cap: int, budget: _Budget,
                  seed: int) -> list[list[int]] | None:
     """Fit the items of `groups` (lists of lengths) into one pack fewer with CP-SAT, or None."""
     from ortools.sat.python import cp_model
@@ -141,10 +171,14 @@ def _cpsat_merge(groups: list[list[int]], pack_len: int, cap: int, seconds: floa
         for b in range(i + 1, bins):
             m.add(x[i][b] == 0)
     solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = max(0.05, seconds)
-    solver.parameters.num_workers = 2
+    # One worker and a deterministic time limit: the same model and seed give the same answer on any
+    # machine (several workers race, and a wall-clock limit cuts the search at a load-dependent point).
+    solver.parameters.max_deterministic_time = min(CPSAT_CALL_SECONDS, budget.left)
+    solver.parameters.num_workers = 1
     solver.parameters.random_seed = seed
-    if solver.solve(m) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+    status = solver.solve(m)
+    budget.charge(max(solver.deterministic_time, MIN_CHARGE))
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None
     out: list[list[int]] = [[] for _ in range(bins)]
     for i, v in enumerate(items):
@@ -168,17 +202,17 @@ def _ranges(order: np.ndarray, offsets: np.ndarray, packs: np.ndarray) -> np.nda
     return order[concat_ranges(offsets[packs], offsets[packs + 1] - offsets[packs])]
 
 
-def _improve(lengths: np.ndarray, pack_len: int, cap: int, lb: int, deadline: float, seed: int,
+def _improve(lengths: np.ndarray, pack_len: int, cap: int, lb: int, budget: _Budget, seed: int,
              packs: list[list[int]] | None, fallback: list[list[int]]) -> list[list[int]]:
     """The refill's packs when they beat `fallback`, then CP-SAT merges of the emptiest packs."""
     best = packs if packs is not None and len(packs) < len(fallback) else fallback
-    group = 3
-    while len(best) > lb and time.perf_counter() < deadline - 0.05 and group <= 8:
+    group = GROUP_MIN
+    while len(best) > lb and not budget.spent() and group <= GROUP_MAX:
         best.sort(key=sum, reverse=True)
         tail = best[-group:]
-        if sum(len(p) for p in tail) > 200:
+        if sum(len(p) for p in tail) > MAX_MODEL_ITEMS:
             break
-        merged = _cpsat_merge(tail, pack_len, cap, min(2.0, deadline - time.perf_counter()), seed)
+        merged = _cpsat_merge(tail, pack_len, cap, budget, seed)
         if merged is None:
             group += 1
             continue
@@ -194,8 +228,7 @@ def ortools_plan(lengths: np.ndarray, pack_len: int, *, seed: int = 0, max_segme
     packs to the token on real data, so this is a small residual even for millions of items); when
     that does not reach the bound and time remains, it refills everything.
     """
-    start = time.perf_counter()
-    deadline = start + (10.0 if time_limit is None else time_limit)
+    budget = _Budget(10.0 if time_limit is None else time_limit)
     cap = max_segments or len(lengths) + 1
     order, offsets = binpack.bfd(lengths, pack_len, max_segments)
     lb = lower_bound(lengths, pack_len)
@@ -212,10 +245,10 @@ def ortools_plan(lengths: np.ndarray, pack_len: int, *, seed: int = 0, max_segme
     res_len = lengths[res_items]
     bounds = np.concatenate([[0], np.cumsum(offsets[open_packs + 1] - offsets[open_packs])])
     bfd_res = [res_len[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])]
-    packs = _refill(res_len, pack_len, cap, deadline)
-    best = _improve(res_len, pack_len, cap, need, deadline, seed, packs, bfd_res)
-    if len(best) > need and len(full_packs) and time.perf_counter() < deadline:
-        everything = _refill(lengths, pack_len, cap, deadline)
+    packs = _refill(res_len, pack_len, cap, budget)
+    best = _improve(res_len, pack_len, cap, need, budget, seed, packs, bfd_res)
+    if len(best) > need and len(full_packs) and not budget.spent():
+        everything = _refill(lengths, pack_len, cap, budget)
         if everything is not None and len(everything) < len(best) + len(full_packs):
             o, off = _assign(everything, lengths, pack_len)
             return o, off, (len(everything) <= lb) or None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from itertools import chain
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from packer import config as C
 from packer.errors import FormatError, InputError
 from packer.executor import map_ordered
 from packer.jsonl import RawChunk, file_digest, iter_chunks, parse_line
-from packer.manifest import commit_stage, current
+from packer.manifest import Manifest, commit_stage, current
 from packer.progress import progress
 from packer.templates import make_renderer
 from packer.tokenizer import TokenizerInfo
@@ -150,24 +151,42 @@ def tokenize_chunk(chunk: RawChunk) -> ChunkResult:
         loss = np.insert(loss, ends, eos_loss)
         lengths += 1
         starts = starts + np.arange(n)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    prompt_len = _first_true(loss, offsets)
-    table = pa.table({
-        "example_index": pa.array(np.asarray(keep_rows, np.int64) + chunk.first_record, pa.int64()),
-        "file_index": pa.array(np.full(n, chunk.file_index, np.int32)),
-        "line": pa.array(np.asarray(chunk.line_numbers, np.int64)[keep_rows] if n else [], pa.int64()),
-        "length": pa.array(lengths.astype(np.int32)),
-        "prompt_len": pa.array(prompt_len.astype(np.int32)),
-        "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids.astype(np.uint32))),
-        "loss_mask": pa.ListArray.from_arrays(pa.array(offsets), pa.array(loss.astype(np.uint8))),
-    }, schema=SCHEMA)
-    path = Path(job.out) / chunk_name(chunk.index)
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
-        writer.write_table(table)
+    table = examples_table(np.asarray(keep_rows, np.int64) + chunk.first_record, np.full(n, chunk.file_index, np.int32),
+                           np.asarray(chunk.line_numbers, np.int64)[keep_rows] if n else np.zeros(0, np.int64),
+                           lengths, ids, loss)
+    write_chunk(table, Path(job.out) / chunk_name(chunk.index))
     del table
     pa.default_memory_pool().release_unused()  # hand the chunk's buffers back: memory stays one chunk
     return ChunkResult(chunk.index, chunk.path, len(chunk.lines), n, int(lengths.sum()),
                        int(loss.sum()), dict(skipped), errors)
+
+
+def examples_table(example_index: np.ndarray, file_index: np.ndarray, line: np.ndarray, lengths: np.ndarray,
+                   ids: np.ndarray, loss: np.ndarray) -> pa.Table:
+    """The stage-1 table (SCHEMA, see the module docstring) of N examples: per example its record
+    number int64 [N], input file int32 [N], line int64 [N] and length [N]; flat ids [T] and loss mask
+    [T] (0/1), T = lengths.sum(). prompt_len is derived here. The one place that builds this format."""
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    loss = np.asarray(loss, dtype=np.uint8)
+    return pa.table({
+        "example_index": pa.array(np.asarray(example_index, np.int64), pa.int64()),
+        "file_index": pa.array(np.asarray(file_index, np.int32), pa.int32()),
+        "line": pa.array(np.asarray(line, np.int64), pa.int64()),
+        "length": pa.array(np.asarray(lengths).astype(np.int32), pa.int32()),
+        "prompt_len": pa.array(_first_true(loss, offsets).astype(np.int32), pa.int32()),
+        "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.asarray(ids).astype(np.uint32))),
+        "loss_mask": pa.ListArray.from_arrays(pa.array(offsets), pa.array(loss)),
+    }, schema=SCHEMA)
+
+
+def write_chunk(table: pa.Table, dest: str | Path | pa.NativeFile) -> None:
+    """Write one chunk (Arrow IPC file format, uncompressed, so readers memory-map it) to a path or stream."""
+    if isinstance(dest, pa.NativeFile):
+        with pa.ipc.new_file(dest, SCHEMA) as writer:
+            writer.write_table(table)
+        return
+    with pa.OSFile(str(dest), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
+        writer.write_table(table)
 
 
 def _encode_spans(tok, texts: list[str], span_loss: list[bool], spans_per_example: list[int]
@@ -238,10 +257,12 @@ def chunk_name(index: int) -> str:
     return f"chunk-{index:05d}.arrow"
 
 
-def tokenize(inputs: list[C.InputSpec], out: str | Path, config: C.TokenizeConfig,
-             tokenizer: TokenizerInfo, *, workers: int = 0, rehash: bool = False) -> dict:
-    """Stage 1: tokenize `inputs` into the folder `out`; returns its manifest (skips if up to date)."""
+def tokenize(inputs: Sequence[str | C.InputSpec], out: str | Path, config: C.TokenizeConfig, *,
+             tokenizer: TokenizerInfo, workers: int = 0, rehash: bool = False) -> Manifest:
+    """Stage 1: tokenize `inputs` (paths, optionally with per-file fields "a.jsonl#query=q", or
+    InputSpecs) into the folder `out`; returns its manifest (and does nothing when it is up to date)."""
     out = Path(out)
+    inputs = [s if isinstance(s, C.InputSpec) else C.InputSpec.parse(s) for s in inputs]
     input_meta = [{"path": s.path, "sha256": file_digest(s.path)} for s in inputs]
     lineage = {
         "stage": "tokenize", "version": VERSION, "config": C.to_dict(config),

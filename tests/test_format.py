@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from packer import config as C
 from packer import format as fmt
 from packer.dataset import PackedShards
 from packer.errors import FormatError
@@ -109,3 +114,22 @@ def test_manifest_seal_golden_and_old_versions_refused(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({**body, "version": 1}))
     with pytest.raises(FormatError, match="version 1 is not the supported 2.*re-run"):
         read_manifest(tmp_path, "packer-shards", 2, "hint")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 300), min_size=1, max_size=60), st.integers(200, 6000))
+def test_shards_stay_under_shard_bytes_unless_one_pack_alone_exceeds_it(lengths, limit):
+    import tempfile
+
+    from packer.pipeline import pack
+    from packer.tokenizer import load_tokenizer
+
+    with tempfile.TemporaryDirectory() as d:
+        data = Path(d) / "d.jsonl"
+        data.write_text("".join(json.dumps({"text": "x" * n}) + "\n" for n in lengths))
+        pack([str(data)], Path(d) / "r", tokenizer=load_tokenizer("byte"),
+             tokenize_config=C.TokenizeConfig(kind="text"), plan_config=C.PlanConfig(pack_len=256, overlong="split"),
+             write_config=C.WriteConfig(shard_bytes=limit))
+        for p in sorted((Path(d) / "r" / "shards").glob("*.bin")):
+            shard = fmt.open_shard(p)
+            assert p.stat().st_size <= limit or shard.num_packs == 1, (p.name, p.stat().st_size, shard.num_packs)

@@ -121,6 +121,32 @@ def test_ortools_without_time_is_still_bfd_quality():
     assert p.optimal is (True if p.num_packs == lb else None) and bfd.optimal is (True if bfd.num_packs == lb else None)
 
 
+def test_time_limit_with_a_planner_that_ignores_it_is_refused():
+    from packer import config as C
+
+    with pytest.raises(ConfigError, match="time_limit applies to the ortools planner only; bfd would ignore it"):
+        packer.plan(np.array([3, 4]), 8, "bfd", time_limit=1.0)
+    with pytest.raises(ConfigError, match="--algorithm ortools"):
+        C.PlanConfig(algorithm="ffd", time_limit=2.0)
+    with pytest.raises(ConfigError, match=">= 0"):
+        packer.plan(np.array([3, 4]), 8, "ortools", time_limit=-1)
+
+
+def test_ortools_plan_never_depends_on_the_clock(monkeypatch):
+    """Its time limit is a work budget: a machine that seems a thousand times slower plans the same."""
+    import itertools
+    import time
+
+    lengths = np.concatenate([np.array([5, 4, 4, 3, 2, 2] * 40), np.random.default_rng(2).integers(1, 10, 200)])
+    fast = packer.plan(lengths, 10, "ortools", time_limit=0.5)
+    assert fast.num_packs < packer.plan(lengths, 10, "bfd").num_packs, "the case must need the budget"
+    clock = itertools.count(0.0, 1000.0)  # every clock read jumps 1000 s
+    monkeypatch.setattr(time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(time, "monotonic", lambda: next(clock))
+    slow = packer.plan(lengths, 10, "ortools", time_limit=0.5)
+    assert np.array_equal(slow.order, fast.order) and np.array_equal(slow.offsets, fast.offsets)
+
+
 @settings(max_examples=60, deadline=None)
 @given(lengths_and_len, st.sampled_from([None, 2, 5]))
 def test_ortools_never_worse_than_bfd(data, max_segments):

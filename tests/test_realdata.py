@@ -50,7 +50,7 @@ def gsm8k_lengths(tmp_path_factory):
     from packer.tokenization import open_tokenized, tokenize
 
     out = tmp_path_factory.mktemp("gsm") / "t"
-    tokenize([C.InputSpec(str(GSM8K), "question", "answer")], out, C.TokenizeConfig(), load_tokenizer(str(GPT2)))
+    tokenize([C.InputSpec(str(GSM8K), "question", "answer")], out, C.TokenizeConfig(), tokenizer=load_tokenizer(str(GPT2)))
     return _column(open_tokenized(out)[1], "length")
 
 

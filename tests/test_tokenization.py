@@ -28,7 +28,7 @@ def rows(folder):
 
 def run(tmp_path, tok, records, cfg=C.TokenizeConfig(), raw=None, name="d.jsonl"):
     data = write_jsonl(tmp_path / name, records, raw)
-    return tokenize([InputSpec(str(data))], tmp_path / "tok", cfg, tok)
+    return tokenize([InputSpec(str(data))], tmp_path / "tok", cfg, tokenizer=tok)
 
 
 def test_sft_loss_only_on_response_and_eos(tmp_path, byte_tok):
@@ -68,7 +68,7 @@ def test_gz_and_zst_inputs_and_per_file_fields(tmp_path, byte_tok):
         json.dumps({"prompt": "q3", "output": "r3"}).encode() + b"\n"))
     specs = [InputSpec.parse(f"{a}#query=question,response=answer"),
              InputSpec.parse(f"{b}#query=prompt,response=output")]
-    m = tokenize(specs, tmp_path / "tok", C.TokenizeConfig(template="none"), byte_tok)
+    m = tokenize(specs, tmp_path / "tok", C.TokenizeConfig(template="none"), tokenizer=byte_tok)
     rs = rows(tmp_path / "tok")
     assert [bytes(r["input_ids"][:-1]) for r in rs] == [b"q1r1", b"q2r2", b"q3r3"]
     assert [(r["file_index"], r["line"], r["example_index"]) for r in rs] == [(0, 1, 0), (0, 3, 1), (1, 1, 2)]
@@ -165,7 +165,7 @@ def test_bad_chat_records(tmp_path, byte_tok):
 
 def test_missing_file_and_bad_options(tmp_path, byte_tok):
     with pytest.raises(InputError, match="nope.jsonl: no such file"):
-        tokenize([InputSpec(str(tmp_path / "nope.jsonl"))], tmp_path / "tok", C.TokenizeConfig(), byte_tok)
+        tokenize([InputSpec(str(tmp_path / "nope.jsonl"))], tmp_path / "tok", C.TokenizeConfig(), tokenizer=byte_tok)
     with pytest.raises(ConfigError, match="use PATH#query=F,response=F"):
         InputSpec.parse("a.jsonl#quest=x")
     with pytest.raises(ConfigError, match="neither a built-in"):
@@ -218,11 +218,11 @@ def _compressed(tmp_path, kind: str, cut: float | None) -> Path:
 @pytest.mark.parametrize("skip_bad", [False, True])
 def test_truncated_compression_is_an_error_of_the_file_never_a_short_run(tmp_path, byte_tok, kind, skip_bad):
     cfg = C.TokenizeConfig(skip_bad=skip_bad, max_bad="100%")
-    ok = tokenize([InputSpec(str(_compressed(tmp_path, kind, None)))], tmp_path / "ok", cfg, byte_tok)
+    ok = tokenize([InputSpec(str(_compressed(tmp_path, kind, None)))], tmp_path / "ok", cfg, tokenizer=byte_tok)
     assert ok["counts"]["examples"] == 3000
     path = _compressed(tmp_path, kind, 0.5)
     with pytest.raises(InputError, match=rf"d\.jsonl\.{kind}:\d+: cannot be decompressed .*truncated or damaged"):
-        tokenize([InputSpec(str(path))], tmp_path / "tok", cfg, byte_tok)
+        tokenize([InputSpec(str(path))], tmp_path / "tok", cfg, tokenizer=byte_tok)
     assert not (tmp_path / "tok").exists()
 
 
@@ -231,13 +231,13 @@ def test_a_file_that_is_not_compressed_as_named_is_an_error(tmp_path, byte_tok, 
     path = tmp_path / f"d.jsonl.{kind}"
     path.write_bytes(b'{"query": "q", "response": "r"}\n' * 10)
     with pytest.raises(InputError, match=rf"d\.jsonl\.{kind}:1: cannot be decompressed"):
-        tokenize([InputSpec(str(path))], tmp_path / "tok", C.TokenizeConfig(skip_bad=True), byte_tok)
+        tokenize([InputSpec(str(path))], tmp_path / "tok", C.TokenizeConfig(skip_bad=True), tokenizer=byte_tok)
 
 
 def test_empty_input_is_an_error_before_anything_is_committed(tmp_path, byte_tok):
     (tmp_path / "e.jsonl").write_bytes(b"\n\n")
     with pytest.raises(InputError, match=r"e\.jsonl: holds no records"):
-        tokenize([InputSpec(str(tmp_path / "e.jsonl"))], tmp_path / "tok", C.TokenizeConfig(), byte_tok)
+        tokenize([InputSpec(str(tmp_path / "e.jsonl"))], tmp_path / "tok", C.TokenizeConfig(), tokenizer=byte_tok)
     assert list(tmp_path.iterdir()) == [tmp_path / "e.jsonl"], "no stage folder, no temp folder"
 
 
