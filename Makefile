@@ -60,7 +60,7 @@ models: $(BIN)/.installed
 	$(BIN)/python benchmarks/model_matrix.py
 
 # Mutation testing of the invariant-bearing modules ([tool.mutmut] in pyproject.toml; ~minutes):
-# every surviving mutant is listed; docs/MUTANTS.md says why each one left is harmless.
+# prints every surviving mutant (pytest_add_cli_args_test_selection: the fast unit tests of these modules).
 mutants: $(BIN)/.installed
 	rm -rf mutants
 	$(BIN)/mutmut run --max-children 2 || true

@@ -15,6 +15,7 @@ from pathlib import Path
 from packer import config as C
 from packer.dataset import PackedShards
 from packer.errors import PackerError
+from packer.executors import Executor
 from packer.jsonl import file_digest
 from packer.manifest import MANIFEST
 from packer.pipeline import pack
@@ -46,7 +47,8 @@ def _barrier() -> bool:
 
 def packed_dataset_from_files(files: Sequence[str | C.InputSpec], tokenizer: str | TokenizerInfo, pack_len: int, *,
                               cache_dir: str | Path = "~/.cache/packer", label_mode: str = "unshifted",
-                              workers: int = 0, wait_seconds: float = 3600, **options) -> PackedShards:
+                              executor: Executor | None = None, workers: int = 0, wait_seconds: float = 3600,
+                              **options) -> PackedShards:
     """Pack JSON Lines files (each may name its own fields: "a.jsonl#query=question,response=answer")
     and return the memory-mapped packs. Rank 0 builds; other ranks wait for the manifest, then map.
 
@@ -66,7 +68,8 @@ def packed_dataset_from_files(files: Sequence[str | C.InputSpec], tokenizer: str
                     "tokenize": C.to_dict(tcfg), "plan": C.to_dict(pcfg), "write": C.to_dict(wcfg)})
     run = Path(cache_dir).expanduser() / key[:16]
     if _rank() == 0:
-        pack(specs, run, tokenizer=info, tokenize_config=tcfg, plan_config=pcfg, write_config=wcfg, workers=workers)
+        pack(specs, run, tokenizer=info, tokenize_config=tcfg, plan_config=pcfg, write_config=wcfg, executor=executor,
+             workers=workers)
         _barrier()
     elif not _barrier():  # no process group: wait for rank 0's commit point, the shards manifest
         deadline = time.monotonic() + wait_seconds

@@ -17,7 +17,7 @@ import pyarrow as pa
 from packer import config as C
 from packer import format as fmt
 from packer.errors import FormatError
-from packer.executor import map_ordered
+from packer.executors import Executor, resolve
 from packer.manifest import Manifest, commit_stage, current, read_manifest
 from packer.progress import progress
 from packer.ranges import concat_ranges
@@ -215,9 +215,11 @@ def _check_pieces(tokenized: Path, pieces: np.ndarray, tok_manifest: dict) -> No
 
 
 def write_stage(tokenized: str | Path, plan_dir: str | Path, out: str | Path, config: C.WriteConfig,
-                *, workers: int = 0, rehash: bool = False) -> Manifest:
+                *, executor: Executor | None = None, workers: int = 0, rehash: bool = False) -> Manifest:
     """Stage 3: write the shards of `plan_dir` into the folder `out`; returns the dataset manifest."""
     from packer.planner import read_plan
+
+    run = resolve(executor, workers)
     from packer.tokenization import FORMAT as TOK_FORMAT, VERSION as TOK_VERSION
 
     tok_manifest = read_manifest(Path(tokenized), TOK_FORMAT, TOK_VERSION, "run `packer pack` again")
@@ -245,7 +247,7 @@ def write_stage(tokenized: str | Path, plan_dir: str | Path, out: str | Path, co
         vocab = int(tok_manifest["tokenizer"]["vocab_size"])
         tasks = (ShardTask(i, str(tmp), seq[seg_off[a]:seg_off[b]], sizes[a:b], pack_len, code, vocab)
                  for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])))
-        results = list(progress(map_ordered(write_one, tasks, workers, _init_worker, (str(tokenized),)),
+        results = list(progress(run.map(write_one, tasks, _init_worker, (str(tokenized),)),
                                 "write", total=len(bounds) - 1, unit="shard"))
         tokens = sum(r.tokens for r in results)
         return {

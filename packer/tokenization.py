@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from packer import config as C
 from packer.errors import FormatError, InputError
-from packer.executor import map_ordered
+from packer.executors import Executor, resolve
 from packer.jsonl import RawChunk, file_digest, iter_chunks, parse_line
 from packer.manifest import Manifest, commit_stage, current
 from packer.progress import progress
@@ -258,10 +258,12 @@ def chunk_name(index: int) -> str:
 
 
 def tokenize(inputs: Sequence[str | C.InputSpec], out: str | Path, config: C.TokenizeConfig, *,
-             tokenizer: TokenizerInfo, workers: int = 0, rehash: bool = False) -> Manifest:
+             tokenizer: TokenizerInfo, executor: Executor | None = None, workers: int = 0,
+             rehash: bool = False) -> Manifest:
     """Stage 1: tokenize `inputs` (paths, optionally with per-file fields "a.jsonl#query=q", or
     InputSpecs) into the folder `out`; returns its manifest (and does nothing when it is up to date)."""
     out = Path(out)
+    run = resolve(executor, workers)
     inputs = [s if isinstance(s, C.InputSpec) else C.InputSpec.parse(s) for s in inputs]
     input_meta = [{"path": s.path, "sha256": file_digest(s.path)} for s in inputs]
     lineage = {
@@ -278,7 +280,7 @@ def tokenize(inputs: Sequence[str | C.InputSpec], out: str | Path, config: C.Tok
     def build(tmp: Path) -> dict:
         job = Job(tokenizer, config, tuple(inputs), str(tmp))
         chunks = iter_chunks([s.path for s in inputs], config.chunk_records)
-        results = list(progress(map_ordered(tokenize_chunk, chunks, workers, _init_worker, (job,)),
+        results = list(progress(run.map(tokenize_chunk, chunks, _init_worker, (job,)),
                                 "tokenize", unit="chunk"))
         skipped: Counter[str] = Counter()
         per_file: dict[str, Counter[str]] = {s.path: Counter() for s in inputs}

@@ -31,7 +31,8 @@ def _keywords(fn) -> set[str]:
 
 def test_helpers_take_config_field_names_and_refuse_unknown_ones(tmp_path):
     fields = {f.name for c in (C.TokenizeConfig, C.PlanConfig, C.WriteConfig) for f in dataclasses.fields(c)}
-    own = {"out", "cache_dir", "label_mode", "input_labels", "vocab_size", "eos_id", "workers", "wait_seconds"}
+    own = {"out", "cache_dir", "label_mode", "input_labels", "vocab_size", "eos_id", "executor", "workers",
+           "wait_seconds"}
     for fn in (packer.pack_dataset, packer.packed_dataset_from_files):
         assert _keywords(fn) <= own, f"{fn.__name__}: settings go through **options, named as config fields"
     exs = [{"input_ids": [1, 2, 3]}, {"input_ids": [4, 5]}, {"input_ids": [6]}]

@@ -116,20 +116,92 @@ def test_manifest_seal_golden_and_old_versions_refused(tmp_path):
         read_manifest(tmp_path, "packer-shards", 2, "hint")
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.integers(1, 300), min_size=1, max_size=60), st.integers(200, 6000))
-def test_shards_stay_under_shard_bytes_unless_one_pack_alone_exceeds_it(lengths, limit):
-    import tempfile
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 3000), st.integers(1, 9)), min_size=1, max_size=60),
+       st.integers(100, 20000), st.sampled_from([1, 2]))
+def test_shards_stay_under_shard_bytes_unless_one_pack_alone_exceeds_it(packs, limit, code):
+    """The writer's split (pack_bytes + SHARD_OVERHEAD) against the exact size of the file it implies."""
+    from packer.shards import _split_shards
 
-    from packer.pipeline import pack
-    from packer.tokenizer import load_tokenizer
+    tokens = np.array([t for t, _ in packs], np.int64)
+    segments = np.array([min(s, t) for t, s in packs], np.int64)
+    bounds = _split_shards(fmt.pack_bytes(code, tokens, segments), limit - fmt.SHARD_OVERHEAD)
+    assert bounds[0] == 0 and bounds[-1] == len(packs) and np.all(np.diff(bounds) >= 1)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        size = fmt.file_size(code, b - a, int(segments[a:b].sum()), int(tokens[a:b].sum()))
+        assert size <= limit or b - a == 1, (a, b, size, limit)
 
-    with tempfile.TemporaryDirectory() as d:
-        data = Path(d) / "d.jsonl"
-        data.write_text("".join(json.dumps({"text": "x" * n}) + "\n" for n in lengths))
-        pack([str(data)], Path(d) / "r", tokenizer=load_tokenizer("byte"),
-             tokenize_config=C.TokenizeConfig(kind="text"), plan_config=C.PlanConfig(pack_len=256, overlong="split"),
-             write_config=C.WriteConfig(shard_bytes=limit))
-        for p in sorted((Path(d) / "r" / "shards").glob("*.bin")):
-            shard = fmt.open_shard(p)
-            assert p.stat().st_size <= limit or shard.num_packs == 1, (p.name, p.stat().st_size, shard.num_packs)
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 5000), st.integers(1, 9)), max_size=30), st.sampled_from([1, 2]))
+def test_pack_bytes_and_overhead_are_exact(packs, code):
+    """pack_bytes counts each array's entries at their dtype (read from the layout, not restated), and a
+    file is never more than SHARD_OVERHEAD beyond its packs' bytes."""
+    dtypes = {name: dt.itemsize for name, dt, _, _ in fmt._layout(code, 0, 0, 0)}
+    per_token = dtypes["tokens"] + dtypes["loss_mask"]
+    per_segment = dtypes["segment_lengths"] + dtypes["segment_example"] + dtypes["segment_start"]
+    per_pack = dtypes["pack_token_offsets"] + dtypes["pack_segment_offsets"]
+    tokens = np.array([t for t, _ in packs], np.int64)
+    segments = np.array([s for _, s in packs], np.int64)
+    got = fmt.pack_bytes(code, tokens, segments)
+    assert got.tolist() == (tokens * per_token + segments * per_segment + per_pack).tolist()
+    size = fmt.file_size(code, len(packs), int(segments.sum()), int(tokens.sum()))
+    assert size - fmt.SHARD_OVERHEAD <= int(got.sum()) <= size
+
+
+def test_check_values_bounds_and_messages():
+    """Ids up to vocab_size - 1 and mask bytes 0/1 pass; anything else names the pack (or the shard)."""
+    from packer.shardset import check_values
+
+    check_values(np.array([0, 8], np.uint16), np.array([0, 1], np.uint8), 9, "f.bin", 0)
+    check_values(np.zeros(0, np.uint16), np.zeros(0, np.uint8), 1, "f.bin", 0)
+    with pytest.raises(FormatError, match=r"f\.bin: pack 0 holds token id 9, not below the vocabulary size 9"):
+        check_values(np.array([1, 9], np.uint16), np.zeros(2, np.uint8), 9, "f.bin", 0)
+    with pytest.raises(FormatError, match="the shard holds token id 70000"):
+        check_values(np.array([70000], np.uint32), np.zeros(1, np.uint8), 65536, "f.bin", -1)
+    with pytest.raises(FormatError, match="pack 3 has loss_mask byte 2, not 0 or 1"):
+        check_values(np.array([1, 2], np.uint16), np.array([0, 2], np.uint8), 9, "f.bin", 3)
+
+
+def _shard(**change) -> "fmt.Shard":
+    """A valid in-memory shard (packs [3, 2] tokens of pack_len 3; segments [2, 1 | 2]), fields replaced."""
+    f = dict(path="s.bin", pack_len=3, tokens=np.array([5, 6, 7, 8, 9], np.uint16), loss_mask=np.ones(5, np.uint8),
+             pack_token_offsets=np.array([0, 3, 5]), pack_segment_offsets=np.array([0, 2, 3]),
+             segment_lengths=np.array([2, 1, 2], np.int32), segment_example=np.array([0, 1, 2]),
+             segment_start=np.array([0, 0, 0], np.int32))
+    f.update({k: np.asarray(v) if isinstance(v, list) else v for k, v in change.items()})
+    return fmt.Shard(**f)
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(pack_len=2), "pack 0 has 3 tokens, more than pack_len 2"),
+    (dict(pack_token_offsets=[1, 3, 5]), "pack_token_offsets runs from 1 to 5, not 0 to 5"),
+    (dict(pack_token_offsets=[0, 3, 4]), "pack_token_offsets runs from 0 to 4, not 0 to 5"),
+    (dict(pack_token_offsets=[0, 0, 5], pack_len=5), "pack_token_offsets of pack 0: 0 to 0"),
+    (dict(pack_token_offsets=[0, 6, 5], pack_len=6), "pack_token_offsets of pack 1: 6 to 5"),
+    (dict(pack_segment_offsets=[0, 3, 3]), "pack_segment_offsets of pack 1: 3 to 3"),
+    (dict(pack_segment_offsets=[1, 2, 3]), "pack_segment_offsets runs from 1 to 3"),
+    (dict(segment_lengths=[3, 0, 2]), r"segment_lengths\[1\] \(pack 0\) is 0"),
+    (dict(segment_lengths=[2, 1, -2]), r"segment_lengths\[2\] \(pack 1\) is -2"),
+    (dict(segment_lengths=[1, 1, 3]), "pack 0: segment_lengths sum to 2, pack_token_offsets give 3"),
+    (dict(segment_lengths=[2, 1, 1]), "pack 1: segment_lengths sum to 1, pack_token_offsets give 2"),
+    (dict(segment_example=[0, -1, 2]), r"segment_example\[1\] is -1, a negative record position"),
+    (dict(segment_start=[0, 0, -5]), r"segment_start\[2\] is -5, a negative record position"),
+])
+def test_check_shard_refuses_each_broken_field(change, match):
+    fmt.check_shard(_shard())  # the valid shard passes, with packs of exactly pack_len tokens
+    fmt.check_shard(_shard(), 3)
+    with pytest.raises(FormatError, match=r"s\.bin: " + match):
+        fmt.check_shard(_shard(**change))
+
+
+def test_check_shard_compares_the_header_with_the_manifest():
+    with pytest.raises(FormatError, match="header pack_len 3 differs from the manifest's 4"):
+        fmt.check_shard(_shard(), 4)
+
+
+def test_token_dtype_switches_above_65536_ids():
+    """uint16 holds ids 0..65535, so a vocabulary of up to 65,536 ids (GPT-2: 50,257) uses it; one more
+    id (Llama 3: 128,256) needs uint32."""
+    assert [fmt.token_dtype_code(v) for v in (1, 50257, 65535, 65536, 65537, 128256)] == [1, 1, 1, 1, 2, 2]
+    assert fmt.TOKEN_DTYPES[1] == np.dtype("<u2") and fmt.TOKEN_DTYPES[2] == np.dtype("<u4")

@@ -65,6 +65,24 @@ def test_ffd_bfd_match_reference(data, max_segments):
         assert [x.tolist() for x in p.packs()] == reference(lengths, L, best, max_segments), name
 
 
+# Few distinct lengths, many copies each: the runs of equal items that the vectorized FFD/BFD split
+# across packs (a mutation test showed the uniform strategy above almost never makes them).
+repeated_lengths = st.integers(4, 40).flatmap(lambda L: st.tuples(
+    st.lists(st.tuples(st.integers(1, L), st.integers(1, 60)), min_size=1, max_size=5).map(
+        lambda runs: [v for v, k in runs for _ in range(k)]), st.just(L)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(repeated_lengths, st.sampled_from([None, 2, 5]))
+def test_ffd_bfd_match_reference_on_long_runs_of_equal_lengths(data, max_segments):
+    lengths, L = data
+    order = np.random.default_rng(len(lengths)).permutation(len(lengths))
+    lengths = [lengths[i] for i in order]
+    for name, best in (("ffd", False), ("bfd", True)):
+        p = packer.plan(np.array(lengths, dtype=np.int64), L, name, max_segments=max_segments)
+        assert [x.tolist() for x in p.packs()] == reference(lengths, L, best, max_segments), name
+
+
 @settings(max_examples=200, deadline=None)
 @given(lengths_and_len, st.sampled_from(sorted(ALGORITHMS)), st.sampled_from([None, 1, 4]))
 def test_plan_properties(data, algorithm, max_segments):
@@ -89,6 +107,26 @@ def test_bounds_are_valid(data):
     best = min(packer.plan(arr, L, a).num_packs for a in ("ffd", "bfd")) if lengths else 0
     assert l1_bound(arr, L) <= lower_bound(arr, L) <= best
     assert l2_bound(arr, L) <= best if lengths else True
+
+
+def l2_reference(lengths: list[int], L: int) -> int:
+    """Martello and Toth's L2 by its definition, one threshold alpha at a time (0 <= alpha <= L / 2):
+    J1 = items over L - alpha, J2 = items in (L / 2, L - alpha], J3 = items in [alpha, L / 2]."""
+    best = 0
+    for alpha in range(L // 2 + 1):
+        j1 = [s for s in lengths if s > L - alpha]
+        j2 = [s for s in lengths if L / 2 < s <= L - alpha]
+        j3 = [s for s in lengths if alpha <= s <= L / 2]
+        room = len(j2) * L - sum(j2)
+        best = max(best, len(j1) + len(j2) + max(0, -(-(sum(j3) - room) // L)))
+    return best
+
+
+@settings(max_examples=300, deadline=None)
+@given(lengths_and_len)
+def test_l2_equals_its_definition(data):
+    lengths, L = data
+    assert l2_bound(np.array(lengths, dtype=np.int64), L) == l2_reference(lengths, L)
 
 
 def test_l2_beats_l1_on_big_items():
