@@ -59,7 +59,8 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names load
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    """The public API only (not this module's own imports)."""
+    return sorted(set(_EXPORTS) | {"__version__"})
 
 
 def __getattr__(name: str) -> Any:
