@@ -43,28 +43,27 @@ def nextfit(lengths: np.ndarray, pack_len: int, max_segments: int | None = None)
     return np.arange(n, dtype=np.int64), np.asarray(starts, dtype=np.int64)
 
 
-def _classes(lengths: np.ndarray, pack_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Stable descending order of items, and the distinct lengths (descending) with counts and starts."""
+def _classes(lengths: np.ndarray, pack_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stable descending order of items, and the distinct lengths (descending) with their counts."""
     lengths = np.asarray(lengths, dtype=np.int64)
     key = pack_len - lengths  # ascending key == descending length; small ints sort by radix
     key = key.astype(np.uint16 if pack_len < 2**16 else np.uint32)
     order = np.argsort(key, kind="stable")
     hist = np.bincount(lengths, minlength=pack_len + 1)
     sizes = np.flatnonzero(hist)[::-1]
-    counts = hist[sizes]
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    return order, sizes, counts, starts
+    return order, sizes, hist[sizes]
 
 
 class _Events:
-    """Placements recorded as blocks: items [pos, pos + npacks*k) of the sorted order go k per pack
-    to packs first..first+npacks-1, which already held `before` items each."""
+    """Placements recorded as blocks, in placement order: the next npacks*k items of the sorted order
+    go k per pack to packs first..first+npacks-1, which already held `before` items each (a block's
+    position in the sorted order is implied by the blocks before it, so it is not stored)."""
 
     def __init__(self) -> None:
-        self.rows: list[tuple[int, int, int, int, int]] = []
+        self.rows: list[tuple[int, int, int, int]] = []
 
-    def add(self, pos: int, first: int, npacks: int, k: int, before: int) -> None:
-        self.rows.append((pos, first, npacks, k, before))
+    def add(self, first: int, npacks: int, k: int, before: int) -> None:
+        self.rows.append((first, npacks, k, before))
 
     def expand(self, order_sorted: np.ndarray, num_packs: int) -> Packing:
         """Whole-array expansion of the blocks into (order, offsets).
@@ -77,7 +76,7 @@ class _Events:
         if n == 0:
             return np.zeros(0, np.int64), np.zeros(1, np.int64)
         ev = np.asarray(self.rows, dtype=np.int64)
-        first, npacks, k, before = ev[:, 1], ev[:, 2], ev[:, 3], ev[:, 4]
+        first, npacks, k, before = ev[:, 0], ev[:, 1], ev[:, 2], ev[:, 3]
         # One piece per (event, pack): k items to pack p, after `before` items already there.
         piece_pack = np.repeat(first - (np.cumsum(npacks) - npacks), npacks) + np.arange(int(npacks.sum()))
         piece_k = np.repeat(k, npacks)
@@ -99,7 +98,7 @@ class _Events:
         return order, offsets
 
 
-def _open_new(events: _Events, pos: int, rem: int, s: int, pack_len: int, cap: int,
+def _open_new(events: _Events, rem: int, s: int, pack_len: int, cap: int,
               next_pack: int) -> tuple[list[tuple[int, int, int, int]], int]:
     """Open packs for `rem` items of length s: full ones (as one run) and at most one partial.
 
@@ -109,13 +108,12 @@ def _open_new(events: _Events, pos: int, rem: int, s: int, pack_len: int, cap: i
     runs = []
     full = rem // k
     if full:
-        events.add(pos, next_pack, full, k, 0)
+        events.add(next_pack, full, k, 0)
         runs.append((next_pack, full, pack_len - k * s, k))
         next_pack += full
-        pos += full * k
         rem -= full * k
     if rem:
-        events.add(pos, next_pack, 1, rem, 0)
+        events.add(next_pack, 1, rem, 0)
         runs.append((next_pack, 1, pack_len - rem * s, rem))
         next_pack += 1
     return runs, next_pack
@@ -128,7 +126,7 @@ def bfd(lengths: np.ndarray, pack_len: int, max_segments: int | None = None) -> 
     Runs are kept in buckets by free room, in order of arrival. For a length s, the pack with the least room f >= s takes
     floor(f / s) items in a row (its room then drops below s), so packs are served bucket by bucket.
     """
-    order_sorted, sizes, counts, starts = _classes(lengths, pack_len)
+    order_sorted, sizes, counts = _classes(lengths, pack_len)
     cap = max_segments or len(lengths) + 1
     smin = int(sizes[-1]) if len(sizes) else 1
     buckets: dict[int, list[list[int]]] = {}  # free -> runs [first_pack, npacks, items], by arrival
@@ -142,7 +140,7 @@ def bfd(lengths: np.ndarray, pack_len: int, max_segments: int | None = None) -> 
         buckets.setdefault(free, []).append([first, npacks, items])  # arrival order
         nonempty[free] = True
 
-    for s, c, pos in zip(sizes.tolist(), counts.tolist(), starts.tolist()):
+    for s, c in zip(sizes.tolist(), counts.tolist()):
         taken = 0
         # Buckets with room >= s, least room first (one vectorized scan per length class).
         for f in (np.flatnonzero(nonempty[s:]) + s).tolist():
@@ -155,13 +153,13 @@ def bfd(lengths: np.ndarray, pack_len: int, max_segments: int | None = None) -> 
                 k = min(kf, cap - items)
                 full = min(npk, (c - taken) // k)
                 if full:
-                    events.add(pos + taken, first, full, k, items)
+                    events.add(first, full, k, items)
                     taken += full * k
                     put(first, full, f - k * s, items + k)
                 left = npk - full
                 if left and taken < c:  # fewer than k items remain: one pack takes them, class done
                     rem = c - taken
-                    events.add(pos + taken, first + full, 1, rem, items)
+                    events.add(first + full, 1, rem, items)
                     taken += rem
                     put(first + full, 1, f - rem * s, items + rem)
                     first, left = first + full + 1, left - 1
@@ -178,7 +176,7 @@ def bfd(lengths: np.ndarray, pack_len: int, max_segments: int | None = None) -> 
             if taken == c:
                 break
         if taken < c:
-            new, next_pack = _open_new(events, pos + taken, c - taken, s, pack_len, cap, next_pack)
+            new, next_pack = _open_new(events, c - taken, s, pack_len, cap, next_pack)
             for first, npk, free, items in new:
                 put(first, npk, free, items)
     return events.expand(order_sorted, next_pack)
@@ -190,7 +188,7 @@ def ffd(lengths: np.ndarray, pack_len: int, max_segments: int | None = None) -> 
     Runs live in arrays ordered by age; for a length s the runs with room are found in one
     vectorized pass and served oldest first, each pack taking floor(room / s) items in a row.
     """
-    order_sorted, sizes, counts, starts = _classes(lengths, pack_len)
+    order_sorted, sizes, counts = _classes(lengths, pack_len)
     cap = max_segments or len(lengths) + 1
     first = np.zeros(0, np.int64)
     npk = np.zeros(0, np.int64)
@@ -198,7 +196,7 @@ def ffd(lengths: np.ndarray, pack_len: int, max_segments: int | None = None) -> 
     items = np.zeros(0, np.int64)
     events = _Events()
     next_pack = 0
-    for s, c, pos in zip(sizes.tolist(), counts.tolist(), starts.tolist()):
+    for s, c in zip(sizes.tolist(), counts.tolist()):
         taken = 0
         split: tuple[int, list[tuple[int, int, int, int]]] | None = None
         for j in np.flatnonzero((free >= s) & (items < cap)).tolist():
@@ -206,7 +204,7 @@ def ffd(lengths: np.ndarray, pack_len: int, max_segments: int | None = None) -> 
             n_j = int(npk[j])
             full = min(n_j, (c - taken) // k)
             if full == n_j:  # the whole run takes k items each
-                events.add(pos + taken, int(first[j]), full, k, int(items[j]))
+                events.add(int(first[j]), full, k, int(items[j]))
                 taken += full * k
                 free[j] -= k * s
                 items[j] += k
@@ -216,12 +214,12 @@ def ffd(lengths: np.ndarray, pack_len: int, max_segments: int | None = None) -> 
             # The class runs out inside this run: split it into done / partial / untouched packs.
             f0, it0, parts = int(first[j]), int(items[j]), []
             if full:
-                events.add(pos + taken, f0, full, k, it0)
+                events.add(f0, full, k, it0)
                 taken += full * k
                 parts.append((f0, full, int(free[j]) - k * s, it0 + k))
             rem = c - taken
             if rem:
-                events.add(pos + taken, f0 + full, 1, rem, it0)
+                events.add(f0 + full, 1, rem, it0)
                 taken += rem
                 parts.append((f0 + full, 1, int(free[j]) - rem * s, it0 + rem))
             done = full + (1 if rem else 0)
@@ -231,7 +229,7 @@ def ffd(lengths: np.ndarray, pack_len: int, max_segments: int | None = None) -> 
             break
         new: list[tuple[int, int, int, int]] = []
         if taken < c:
-            new, next_pack = _open_new(events, pos + taken, c - taken, s, pack_len, cap, next_pack)
+            new, next_pack = _open_new(events, c - taken, s, pack_len, cap, next_pack)
         if split is not None or new:
             runs = np.stack([first, npk, free, items], axis=1)
             if split is not None:

@@ -188,7 +188,7 @@ def _cpsat_merge(groups: list[list[int]], pack_len: int, cap: int, budget: _Budg
 
 def _assign(packs: list[list[int]], lengths: np.ndarray, pack_len: int) -> binpack.Packing:
     """Turn packs of lengths into item indices: equal lengths are handed out in input order."""
-    order_sorted, _, _, _ = binpack._classes(lengths, pack_len)
+    order_sorted, _, _ = binpack._classes(lengths, pack_len)
     slot_len = np.fromiter((v for p in packs for v in p), dtype=np.int64, count=len(lengths))
     slot_order = np.argsort((pack_len - slot_len).astype(np.uint32), kind="stable")
     order = np.empty(len(lengths), dtype=np.int64)
