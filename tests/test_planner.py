@@ -72,6 +72,20 @@ repeated_lengths = st.integers(4, 40).flatmap(lambda L: st.tuples(
         lambda runs: [v for v, k in runs for _ in range(k)]), st.just(L)))
 
 
+@pytest.mark.parametrize("lengths,L", [
+    ([6] * 6 + [2] * 5 + [1] * 3, 10),          # a run of 6 packs split into 2 full, 1 partial, 3 untouched
+    ([5] * 8 + [3] * 7 + [2] * 9 + [1] * 4, 12),
+    ([7] * 9 + [1] * 20, 9),
+])
+def test_ffd_bfd_match_reference_where_a_run_of_packs_is_split(lengths, L):
+    """A class of items that runs out inside a run of identical packs (full / partial / untouched),
+    then a smaller class that must find the partial pack by its number."""
+    for name, best in (("ffd", False), ("bfd", True)):
+        for cap in (None, 3):
+            p = packer.plan(np.array(lengths, dtype=np.int64), L, name, max_segments=cap)
+            assert [x.tolist() for x in p.packs()] == reference(lengths, L, best, cap), (name, cap)
+
+
 @settings(max_examples=200, deadline=None)
 @given(repeated_lengths, st.sampled_from([None, 2, 5]))
 def test_ffd_bfd_match_reference_on_long_runs_of_equal_lengths(data, max_segments):
