@@ -76,6 +76,9 @@ repeated_lengths = st.integers(4, 40).flatmap(lambda L: st.tuples(
     ([6] * 6 + [2] * 5 + [1] * 3, 10),          # a run of 6 packs split into 2 full, 1 partial, 3 untouched
     ([5] * 8 + [3] * 7 + [2] * 9 + [1] * 4, 12),
     ([7] * 9 + [1] * 20, 9),
+    # several runs share one room and the class ends inside the second (found by a mutation search)
+    ([21] * 5 + [16] * 19 + [8] * 17 + [3] * 3 + [2] * 13, 21),
+    ([12] * 22 + [6] * 11 + [2] * 3 + [1] * 25, 17),
 ])
 def test_ffd_bfd_match_reference_where_a_run_of_packs_is_split(lengths, L):
     """A class of items that runs out inside a run of identical packs (full / partial / untouched),
