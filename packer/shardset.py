@@ -179,8 +179,7 @@ class ShardSet:
                                   f"vocabulary size {self.vocab_size} in manifest.json", REBUILD_HINT)
             fmt.check_shard(shard, self.pack_len)
             self.shards.append(shard)
-        self._first = np.concatenate([[0], np.cumsum([s.num_packs for s in self.shards])]).astype(np.int64)
-        self._len = int(self._first[-1])
+        self._len = sum(s.num_packs for s in self.shards)
         # Per pack: its shard and index there, as Python lists (the fastest scalar lookup).
         counts = [s.num_packs for s in self.shards]
         self._shard_of = np.repeat(np.arange(len(self.shards)), counts).tolist()
