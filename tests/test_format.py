@@ -205,3 +205,21 @@ def test_token_dtype_switches_above_65536_ids():
     id (Llama 3: 128,256) needs uint32."""
     assert [fmt.token_dtype_code(v) for v in (1, 50257, 65535, 65536, 65537, 128256)] == [1, 1, 1, 1, 2, 2]
     assert fmt.TOKEN_DTYPES[1] == np.dtype("<u2") and fmt.TOKEN_DTYPES[2] == np.dtype("<u4")
+
+
+def test_open_shard_maps_read_only_and_names_its_file(tmp_path):
+    """Blocks given as iterables are written back to back (the writer streams them); the map is
+    read-only, so no reader can change a shard in place."""
+    path = tmp_path / "s.bin"
+    fmt.write_shard(path, pack_len=8, code=1, tokens=iter([np.array([1, 2], np.uint16), np.array([3], np.uint16)]),
+                    loss_mask=iter([np.array([0, 1], np.uint8), np.array([1], np.uint8)]), num_tokens=3,
+                    pack_token_offsets=np.array([0, 3]), pack_segment_offsets=np.array([0, 1]),
+                    segment_lengths=np.array([3]), segment_example=np.array([0]), segment_start=np.array([0]))
+    shard = fmt.open_shard(path)
+    assert shard.path == str(path) and shard.tokens.tolist() == [1, 2, 3] and shard.loss_mask.tolist() == [0, 1, 1]
+    assert not shard.tokens.flags.writeable and not shard.pack_token_offsets.flags.writeable
+    with pytest.raises(ValueError, match="tokens: 2 entries, expected 3"):
+        fmt.write_shard(tmp_path / "t.bin", pack_len=8, code=1, tokens=iter([np.array([1, 2], np.uint16)]),
+                        loss_mask=np.zeros(3, np.uint8), num_tokens=3, pack_token_offsets=np.array([0, 3]),
+                        pack_segment_offsets=np.array([0, 1]), segment_lengths=np.array([3]),
+                        segment_example=np.array([0]), segment_start=np.array([0]))

@@ -79,6 +79,7 @@ repeated_lengths = st.integers(4, 40).flatmap(lambda L: st.tuples(
     # several runs share one room and the class ends inside the second (found by a mutation search)
     ([21] * 5 + [16] * 19 + [8] * 17 + [3] * 3 + [2] * 13, 21),
     ([12] * 22 + [6] * 11 + [2] * 3 + [1] * 25, 17),
+    ([69000, 1000, 65600, 4400, 3, 66000, 2], 70000),  # pack lengths over 2**16: the sort key needs uint32
 ])
 def test_ffd_bfd_match_reference_where_a_run_of_packs_is_split(lengths, L):
     """A class of items that runs out inside a run of identical packs (full / partial / untouched),

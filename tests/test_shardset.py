@@ -58,6 +58,8 @@ def test_a_good_run_opens_with_its_counts(run):
     (lambda m: m.update(pack_len=-3), "top level: 'pack_len' is -3, not a count"),
     (lambda m: m["tokenizer"].update(vocab_size=0), "must be positive"),
     (lambda m: m["tokenizer"].update(vocab_size="257"), "tokenizer: 'vocab_size' is '257', not a count"),
+    (lambda m: m.update(tokenizer="gpt2"), "tokenizer: 'vocab_size' is None, not a count"),
+    (lambda m: m["shards"].__setitem__(0, "shard-00000.bin"), r"shards\[0\] names None, expected 'shard-00000.bin'"),
     (lambda m: m["shards"][1].update(file="shard-00009.bin"), r"shards\[1\] names 'shard-00009.bin', expected 'shard-00001.bin'"),
     (lambda m: m["shards"].append(dict(m["shards"][-1])), r"names 'shard-0000\d.bin', expected"),
     (lambda m: m["shards"][0].update(packs=1.5), r"shards\[0\]: 'packs' is 1.5, not a count"),
