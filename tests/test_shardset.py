@@ -144,6 +144,31 @@ def test_shardset_refuses_a_header_that_disagrees_with_the_manifest(run, tmp_pat
         ShardSet(copy_run, verify=False)
 
 
+def test_shardset_compares_each_header_with_the_manifest(run, tmp_path):
+    import shutil
+
+    for key, value, match in (("pack_len", 600, "header pack_len 512 differs from the manifest's 600"),):
+        r = tmp_path / key
+        shutil.copytree(run, r)
+        path = r / "shards" / "manifest.json"
+        m = json.loads(path.read_text())
+        m[key] = value
+        m[SEAL] = seal(m)
+        path.write_text(json.dumps(m))
+        with pytest.raises(FormatError, match=match):
+            ShardSet(r, verify=False)
+    r = tmp_path / "segments"
+    shutil.copytree(run, r)
+    path = r / "shards" / "manifest.json"
+    m = json.loads(path.read_text())
+    m["shards"][0]["segments"] += 1
+    m["shards"][1]["segments"] -= 1
+    m[SEAL] = seal(m)
+    path.write_text(json.dumps(m))
+    with pytest.raises(FormatError, match="shard-00000.bin: packs, segments or tokens differ from manifest.json"):
+        ShardSet(r, verify=False)
+
+
 def test_shardset_verifies_by_default(run, tmp_path):
     """verify=True is the default: a byte changed in place (same size, so only a checksum sees it) is
     refused on open; verify=False opens it."""
