@@ -49,6 +49,12 @@ def test_a_good_run_opens_with_its_counts(run):
         ds.locate(-len(ds) - 1)
 
 
+def test_the_smallest_legal_pack_len_and_vocabulary_are_accepted(run):
+    m = copy.deepcopy(_manifest(run))
+    m["pack_len"], m["tokenizer"]["vocab_size"] = 1, 1
+    assert check_manifest(run / "shards", m)[1:] == (1, 1)
+
+
 @pytest.mark.parametrize("edit,match", [
     (lambda m: m.pop("shards"), "'shards', 'files' or 'counts' is missing"),
     (lambda m: m.update(files=[]), "'shards', 'files' or 'counts' is missing"),
