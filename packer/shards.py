@@ -51,6 +51,24 @@ class ShardResult:
     bytes: int
 
 
+def _batch_layout(ids: pa.ListArray, mask: pa.ListArray, mm, folder: str) -> tuple[np.ndarray, int, int]:
+    """One record batch's row offsets (int64 [rows + 1], copied out of the map) and the byte positions in
+    its file of input_ids' and loss_mask's element 0, each checked to lie inside the file."""
+    base, size = pa.py_buffer(mm).address, len(mm)
+    hint = "the tokenized stage is damaged; delete it and re-run `packer pack`"
+    at = []
+    for col in (ids, mask):
+        values = col.values.to_numpy(zero_copy_only=True)
+        pos = values.ctypes.data - base
+        if not 0 <= pos <= size - values.nbytes:
+            raise FormatError(folder, "a token column lies outside its chunk file", hint)
+        at.append(pos)
+    off = ids.offsets.to_numpy().astype(np.int64)  # rows + 1 entries, validated by open_tokenized
+    if not np.array_equal(off, mask.offsets.to_numpy()):
+        raise FormatError(folder, "input_ids and loss_mask differ in length", hint)
+    return off, at[0], at[1]
+
+
 class _Source:
     """The tokenized chunks, read piece by piece with pread: memory stays at one block, whatever the data.
 
@@ -74,33 +92,27 @@ class _Source:
         self.fd: list[int] = []  # per record batch: its chunk file
         self.ids_at: list[int] = []  # per record batch: byte position in the file of input_ids' element 0
         self.mask_at: list[int] = []  # likewise for loss_mask
+        self._copy_metadata(tables, maps, folder)
+        del tables  # no view of a map may outlive it: close() below refuses otherwise
+        for mm in maps:  # the metadata is copied out: drop the mapped pages, close the maps
+            mm.madvise(mmap.MADV_DONTNEED)
+            mm.close()
+
+    def _copy_metadata(self, tables: list[pa.Table], maps: list, folder: str) -> None:
+        """Per record batch: row offsets, file, byte positions of its columns; and every row's example."""
         rows, examples = [0], []
         for t, mm, fd in zip(tables, maps, self._fds):
-            base, size = pa.py_buffer(mm).address, len(mm)
             for ids, mask, index in zip(t.column("input_ids").chunks, t.column("loss_mask").chunks,
                                         t.column("example_index").chunks):
-                iv = ids.values.to_numpy(zero_copy_only=True)
-                mv = mask.values.to_numpy(zero_copy_only=True)
-                at = [a.ctypes.data - base for a in (iv, mv)]
-                if not (0 <= at[0] and at[0] + iv.nbytes <= size and 0 <= at[1] and at[1] + mv.nbytes <= size):
-                    raise FormatError(str(Path(folder)), "a token column lies outside its chunk file",
-                                      "the tokenized stage is damaged; delete it and re-run `packer pack`")
-                self.ids_at.append(at[0])
-                self.mask_at.append(at[1])
-                self.fd.append(fd)
-                off = ids.offsets.to_numpy().astype(np.int64)  # rows + 1 entries, validated by open_tokenized
-                if not np.array_equal(off, mask.offsets.to_numpy()):
-                    raise FormatError(str(Path(folder)), "input_ids and loss_mask differ in length",
-                                      "the tokenized stage is damaged; delete it and re-run `packer pack`")
+                off, ids_at, mask_at = _batch_layout(ids, mask, mm, folder)
                 self.offsets.append(off)
+                self.ids_at.append(ids_at)
+                self.mask_at.append(mask_at)
+                self.fd.append(fd)
                 rows.append(rows[-1] + len(ids))
                 examples.append(index.to_numpy().copy())
         self.row_starts = np.asarray(rows, dtype=np.int64)
         self.example_index = np.concatenate(examples) if examples else np.zeros(0, np.int64)
-        del tables, t, ids, mask, index, iv, mv
-        for mm in maps:  # the metadata is copied out: drop the mapped pages, close the maps
-            mm.madvise(mmap.MADV_DONTNEED)
-            mm.close()
 
     def close(self) -> None:
         for fd in self._fds:
