@@ -135,44 +135,34 @@ def test_lineage_checks_each_stage_present_and_an_unreadable_one(run, tmp_path):
         check_lineage(r / "shards", m)
 
 
-def test_shardset_refuses_a_header_that_disagrees_with_the_manifest(run, tmp_path):
+def _resealed(run: Path, copy_to: Path, edit) -> Path:
+    """A copy of the run whose shards manifest was edited and resealed (only the headers can tell)."""
     import shutil
 
-    copy_run = tmp_path / "run"
-    shutil.copytree(run, copy_run)
-    path = copy_run / "shards" / "manifest.json"
+    shutil.copytree(run, copy_to)
+    path = copy_to / "shards" / "manifest.json"
     m = json.loads(path.read_text())
-    m["shards"][0]["packs"] += 1
-    m["shards"][1]["packs"] -= 1
+    edit(m)
     m[SEAL] = seal(m)
     path.write_text(json.dumps(m))
-    with pytest.raises(FormatError, match="shard-00000.bin: packs, segments or tokens differ from manifest.json"):
-        ShardSet(copy_run, verify=False)
+    return copy_to
 
 
-def test_shardset_compares_each_header_with_the_manifest(run, tmp_path):
-    import shutil
+def _move(key: str):
+    def edit(m):
+        m["shards"][0][key] += 1
+        m["shards"][1][key] -= 1
+    return edit
 
-    for key, value, match in (("pack_len", 600, "header pack_len 512 differs from the manifest's 600"),):
-        r = tmp_path / key
-        shutil.copytree(run, r)
-        path = r / "shards" / "manifest.json"
-        m = json.loads(path.read_text())
-        m[key] = value
-        m[SEAL] = seal(m)
-        path.write_text(json.dumps(m))
-        with pytest.raises(FormatError, match=match):
-            ShardSet(r, verify=False)
-    r = tmp_path / "segments"
-    shutil.copytree(run, r)
-    path = r / "shards" / "manifest.json"
-    m = json.loads(path.read_text())
-    m["shards"][0]["segments"] += 1
-    m["shards"][1]["segments"] -= 1
-    m[SEAL] = seal(m)
-    path.write_text(json.dumps(m))
-    with pytest.raises(FormatError, match="shard-00000.bin: packs, segments or tokens differ from manifest.json"):
-        ShardSet(r, verify=False)
+
+@pytest.mark.parametrize("name,edit,match", [
+    ("packs", _move("packs"), "shard-00000.bin: packs, segments or tokens differ from manifest.json"),
+    ("segments", _move("segments"), "shard-00000.bin: packs, segments or tokens differ from manifest.json"),
+    ("pack_len", lambda m: m.update(pack_len=600), "header pack_len 512 differs from the manifest's 600"),
+])
+def test_shardset_compares_each_header_with_the_manifest(run, tmp_path, name, edit, match):
+    with pytest.raises(FormatError, match=match):
+        ShardSet(_resealed(run, tmp_path / name, edit), verify=False)
 
 
 def test_shardset_verifies_by_default(run, tmp_path):
