@@ -50,11 +50,21 @@ tokenize_options = _apply([
                      help="tokenizer.json, a folder holding one, a hub name, or 'byte' (built in)."),
         click.option("--kind", type=click.Choice(C.KINDS), default="sft", show_default=True),
         click.option("--template", default="auto", show_default=True,
-                     help="alpaca, chatml, none, tokenizer, or a template file with {query} [{response}]."),
+                     help="alpaca, chatml, none, tokenizer, or a template file: {query} [{response}] for sft, "
+                          "a Jinja chat template for chat."),
         click.option("--query-field", default="query", show_default=True),
         click.option("--response-field", default="response", show_default=True),
         click.option("--messages-field", default="messages", show_default=True),
         click.option("--text-field", default="text", show_default=True),
+        click.option("--tools-field", default="tools", show_default=True,
+                     help="chat: the record field holding its tool schemas."),
+        click.option("--chat-format", type=click.Choice(C.CHAT_FORMATS), default="auto", show_default=True,
+                     help="chat: openai (messages) or sharegpt (conversations); auto decides per record."),
+        click.option("--train-on", default="assistant", show_default=True,
+                     help="chat: roles (system,user,assistant,tool) and assistant parts (text,reasoning,tool_calls) "
+                          "that carry the loss, e.g. 'text,tool_calls'."),
+        click.option("--weight-field", default="weight", show_default=True,
+                     help="chat: a message's 0/1 field that overrides --train-on for that turn."),
         click.option("--eos-token", default=None, help="Overrides tokenizer_config.json's eos_token."),
         click.option("--bos/--no-bos", "add_bos", default=None,
                      help="Prepend BOS (default: tokenizer_config.json's add_bos_token)."),
@@ -97,14 +107,29 @@ def _tokenize_config(kw: dict) -> C.TokenizeConfig:
     return C.TokenizeConfig(
         kind=kw["kind"], template=kw["template"], query_field=kw["query_field"],
         response_field=kw["response_field"], messages_field=kw["messages_field"],
-        text_field=kw["text_field"], eos_token=kw["eos_token"], add_bos=kw["add_bos"],
+        text_field=kw["text_field"], tools_field=kw["tools_field"], chat_format=kw["chat_format"],
+        train_on=kw["train_on"], weight_field=kw["weight_field"], eos_token=kw["eos_token"], add_bos=kw["add_bos"],
         skip_bad=kw["skip_bad"], max_bad=kw["max_bad"], chunk_records=kw["chunk_records"])
 
 
-def _plan_config(kw: dict, kind: str) -> C.PlanConfig:
+def _plan_config(kw: dict, kind: str, weights: tuple[float, ...] = ()) -> C.PlanConfig:
     return C.PlanConfig(pack_len=kw["pack_len"], algorithm=kw["algorithm"],
                         overlong=kw["overlong"] or C.default_overlong(kind), seed=kw["seed"],
-                        max_segments=kw["max_segments"], time_limit=kw["time_limit"])
+                        max_segments=kw["max_segments"], time_limit=kw["time_limit"], weights=weights)
+
+
+def _inputs(data: tuple, mix: str | None) -> list[C.InputSpec]:
+    """DATA arguments and/or a mixture file's sources, in that order; at least one."""
+    from packer.mixture import read_mixture
+
+    specs = [C.InputSpec.parse(d) for d in data] + (read_mixture(mix) if mix else [])
+    if not specs:
+        raise click.UsageError("give DATA (files, globs or URLs) or --mix FILE")
+    return specs
+
+
+mix_option = click.option("--mix", type=click.Path(dir_okay=False, exists=True), default=None,
+                          help="A YAML or JSON mixture file: sources with path, fields, format and weight.")
 
 
 def _write_config(kw: dict) -> C.WriteConfig:
@@ -117,8 +142,9 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("data", nargs=-1, required=True)
+@click.argument("data", nargs=-1)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@mix_option
 @tokenize_options
 @plan_options
 @write_options
@@ -130,13 +156,14 @@ def main() -> None:
               help="Check the sha256 of every file of the stages a rerun would skip, and rebuild damaged ones.")
 @quiet_option
 @_fail_cleanly
-def pack(data, out, workers, baseline_batch, rehash, **kw):
-    """Run all stages: DATA (JSON Lines; PATH#query=F,response=F for per-file fields) -> OUT."""
+def pack(data, out, mix, workers, baseline_batch, rehash, **kw):
+    """Run all stages: DATA -> OUT. DATA: JSON Lines, Parquet or Arrow files, save_to_disk folders, globs
+    or URLs (s3://, gs://, hf://), each optionally PATH#query=F,response=F,format=sharegpt,weight=W."""
     from packer.pipeline import pack as run
     from packer.report import summary
 
     tcfg = _tokenize_config(kw)
-    report = run(list(data), out, tokenizer=kw["tokenizer"], tokenize_config=tcfg,
+    report = run(_inputs(data, mix), out, tokenizer=kw["tokenizer"], tokenize_config=tcfg,
                  plan_config=_plan_config(kw, tcfg.kind), write_config=_write_config(kw), workers=workers,
                  baseline_batch=baseline_batch, rehash=rehash)
     click.echo(summary(report))
@@ -144,20 +171,21 @@ def pack(data, out, workers, baseline_batch, rehash, **kw):
 
 
 @main.command("tokenize")
-@click.argument("data", nargs=-1, required=True)
+@click.argument("data", nargs=-1)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@mix_option
 @tokenize_options
 @click.option("--workers", type=int, default=0, show_default=True)
 @quiet_option
 @_fail_cleanly
-def tokenize_cmd(data, out, workers, **kw):
+def tokenize_cmd(data, out, mix, workers, **kw):
     """Stage 1: DATA -> OUT/tokenized (Arrow)."""
     from packer.tokenization import tokenize
     from packer.tokenizer import load_tokenizer
 
     tcfg = _tokenize_config(kw)
     info = load_tokenizer(kw["tokenizer"], tcfg.eos_token, tcfg.add_bos)
-    m = tokenize([C.InputSpec.parse(d) for d in data], Path(out) / "tokenized", tcfg, tokenizer=info, workers=workers)
+    m = tokenize(_inputs(data, mix), Path(out) / "tokenized", tcfg, tokenizer=info, workers=workers)
     c = m["counts"]
     click.echo(f"{c['examples']:,} examples, {c['tokens']:,} tokens, {c['skipped']:,} skipped "
                f"-> {Path(out) / 'tokenized'}")
@@ -166,15 +194,25 @@ def tokenize_cmd(data, out, workers, **kw):
 @main.command("plan")
 @click.argument("run", type=click.Path(file_okay=False, exists=True))
 @plan_options
+@click.option("--weights", default=None,
+              help="Per input source, comma-separated multipliers (default: the weights `packer tokenize` was given).")
 @_fail_cleanly
-def plan_cmd(run, **kw):
+def plan_cmd(run, weights, **kw):
     """Stage 2: RUN/tokenized -> RUN/plan."""
     from packer.manifest import read_manifest
     from packer.planner import plan_stage
     from packer.tokenization import FORMAT, VERSION
 
-    kind = read_manifest(Path(run) / "tokenized", FORMAT, VERSION, "run `packer tokenize` first")["config"]["kind"]
-    m = plan_stage(Path(run) / "tokenized", Path(run) / "plan", _plan_config(kw, kind))
+    tok = read_manifest(Path(run) / "tokenized", FORMAT, VERSION, "run `packer tokenize` first")
+    if weights is not None:
+        try:
+            w = tuple(float(x) for x in weights.split(","))
+        except ValueError:
+            raise click.BadParameter(f"'{weights}' is not a comma-separated list of numbers", param_hint="--weights")
+    else:
+        w = tuple(float(s.get("weight", 1.0)) for s in tok.get("sources", []))
+        w = () if all(x == 1.0 for x in w) else w
+    m = plan_stage(Path(run) / "tokenized", Path(run) / "plan", _plan_config(kw, tok["config"]["kind"], w))
     p = m["plan"]
     click.echo(f"{p['num_packs']:,} packs (lower bound {p['lower_bound']:,}), efficiency "
                f"{p['efficiency']:.2%} -> {Path(run) / 'plan'}")

@@ -11,38 +11,91 @@ from packer.errors import ConfigError
 
 KINDS = ("sft", "chat", "text")
 OVERLONG = ("truncate", "drop", "split", "error")
+CHAT_FORMATS = ("auto", "openai", "sharegpt")
+TRAIN_ROLES = ("system", "user", "assistant", "tool")
+PARTS = ("text", "reasoning", "tool_calls")
+
+
+def train_on(text: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(roles, parts) of a train_on value: "assistant" (the default), "assistant,tool", or "text,tool_calls"
+    (assistant turns without their reasoning): roles from TRAIN_ROLES and parts from PARTS; parts alone
+    imply assistant turns, and no parts means every part."""
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    bad = [t for t in items if t not in TRAIN_ROLES + PARTS]
+    if bad or not items:
+        raise ConfigError(f"train_on '{text}': '{bad[0] if bad else ''}' is not a role "
+                          f"({', '.join(TRAIN_ROLES)}) or an assistant part ({', '.join(PARTS)})")
+    roles = {t for t in items if t in TRAIN_ROLES}
+    parts = {t for t in items if t in PARTS}
+    if parts:
+        roles.add("assistant")
+    return frozenset(roles), frozenset(parts or PARTS)
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One input file and the field names its records use (each file may name them differently)."""
+    """One input (a file, a glob, a folder or a URL), the field names its records use, its chat format and
+    its weight in the mixture (each source may name them differently)."""
 
     path: str
-    """Path to a .jsonl, .jsonl.gz or .jsonl.zst file."""
+    """A .jsonl(.gz/.zst), .parquet or .arrow file, a save_to_disk folder, a glob, or an s3://, gs://, hf:// URL."""
     query_field: str | None = None
     """sft: field holding the prompt; None takes TokenizeConfig.query_field."""
     response_field: str | None = None
     """sft: field holding the answer; None takes TokenizeConfig.response_field."""
     messages_field: str | None = None
-    """chat: field holding the list of {role, content} messages."""
+    """chat: field holding the list of messages."""
     text_field: str | None = None
     """text: field holding the document."""
+    tools_field: str | None = None
+    """chat: field holding the record's tool schemas."""
+    chat_format: str | None = None
+    """chat: openai, sharegpt or auto; None takes TokenizeConfig.chat_format."""
+    weight: float = 1.0
+    """Multiplier on this source's examples in the mixture: 0.5 keeps a seeded half, 2 repeats every
+    example twice, 2.5 twice plus a seeded half. Applied by the plan stage (never re-tokenizes)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.weight, (int, float)) or not self.weight >= 0 or self.weight == float("inf"):
+            raise ConfigError(f"input '{self.path}': weight {self.weight!r} must be a finite number >= 0")
 
     @classmethod
     def parse(cls, spec: str) -> "InputSpec":
-        """Parse ``path`` or ``path#query=question,response=answer`` (the CLI form of per-file fields)."""
+        """Parse ``path`` or ``path#query=question,response=answer,weight=0.5`` (the CLI form):
+        field names (query, response, messages, text, tools), format=openai|sharegpt|auto, and
+        weight=W or epochs=N (an integer weight)."""
         path, _, opts = spec.partition("#")
-        kwargs: dict[str, str] = {}
+        kwargs: dict = {}
+        fields = {f.name for f in dataclasses.fields(cls)}
         for item in filter(None, opts.split(",")):
-            key, eq, value = item.partition("=")
-            name = f"{key.strip()}_field"
-            if not eq or name not in {f.name for f in dataclasses.fields(cls)}:
+            key, eq, value = (t.strip() for t in item.partition("="))
+            if eq and key in ("weight", "epochs"):
+                try:
+                    number = float(value) if key == "weight" else int(value)
+                except ValueError:
+                    raise ConfigError(f"input '{spec}': {key} '{value}' is not a{'' if key == 'weight' else 'n integer'} "
+                                      "number") from None
+                if "weight" in kwargs:
+                    raise ConfigError(f"input '{spec}': give weight or epochs, once")
+                kwargs["weight"] = number
+            elif eq and key in ("format", "chat_format"):
+                kwargs["chat_format"] = value
+            elif eq and f"{key}_field" in fields:
+                kwargs[f"{key}_field"] = value
+            else:
                 raise ConfigError(
-                    f"input '{spec}': cannot read '{item}'; use PATH#query=F,response=F "
-                    "(keys: query, response, messages, text)"
+                    f"input '{spec}': cannot read '{item}'; use PATH#query=F,response=F,weight=W "
+                    "(keys: query, response, messages, text, tools, format, weight, epochs)"
                 )
-            kwargs[name] = value.strip()
+        if not path:
+            raise ConfigError(f"input '{spec}' names no source")
         return cls(path=path, **kwargs)
+
+    def reading(self) -> dict:
+        """What decides how the source is read and tokenized (all but the weight, which the plan applies)."""
+        d = dataclasses.asdict(self)
+        d.pop("weight")
+        return d
 
 
 def bad_limit(max_bad: str, records: int) -> int:
@@ -75,6 +128,15 @@ class TokenizeConfig:
     response_field: str = "response"
     messages_field: str = "messages"
     text_field: str = "text"
+    tools_field: str = "tools"
+    """chat: the record field holding its tool schemas (passed to the chat template as `tools`)."""
+    chat_format: str = "auto"
+    """chat: openai (messages), sharegpt (conversations with from/value) or auto (by the record's fields)."""
+    train_on: str = "assistant"
+    """chat: which turns carry the loss: roles (system, user, assistant, tool) and, within assistant turns,
+    parts (text, reasoning, tool_calls); "text,tool_calls" trains assistant turns without their reasoning."""
+    weight_field: str = "weight"
+    """chat: a message's 0/1 field that overrides train_on for that turn (OpenAI's fine-tuning format)."""
     eos_token: str | None = None
     """Overrides the EOS token found in tokenizer_config.json."""
     add_bos: bool | None = None
@@ -93,6 +155,9 @@ class TokenizeConfig:
         if self.chunk_records < 1:
             raise ConfigError("chunk_records must be at least 1")
         bad_limit(self.max_bad, 1)  # refuses a malformed value now, not after tokenizing
+        if self.chat_format not in CHAT_FORMATS:
+            raise ConfigError(f"chat_format '{self.chat_format}' is not one of {', '.join(CHAT_FORMATS)}")
+        train_on(self.train_on)
 
 
 @dataclass(frozen=True)
@@ -109,6 +174,9 @@ class PlanConfig:
     seed: int = 0
     max_segments: int | None = None
     """Cap on examples per pack (some kernels and CUDA graphs need one)."""
+    weights: tuple[float, ...] = ()
+    """Per input source, the multiplier on its examples (see InputSpec.weight); () weighs every source 1.
+    `pack` fills it from the inputs' weights."""
     time_limit: float | None = None
     """The ortools planner's work budget in deterministic seconds (None: 10): work is counted, not
     timed, so the same lengths and seed give the same plan on any machine, loaded or not."""
@@ -120,6 +188,9 @@ class PlanConfig:
             raise ConfigError(f"overlong '{self.overlong}' is not one of {', '.join(OVERLONG)}")
         if self.max_segments is not None and self.max_segments < 1:
             raise ConfigError("max_segments must be at least 1")
+        if any(not isinstance(w, (int, float)) or not 0 <= w < float("inf") for w in self.weights):
+            raise ConfigError(f"weights {self.weights!r}: each must be a finite number >= 0")
+        object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
         if self.time_limit is not None and self.algorithm != "ortools":
             raise ConfigError(f"time_limit applies to the ortools planner only; {self.algorithm} would ignore it: "
                               "drop it (--time-limit) or choose --algorithm ortools")

@@ -16,9 +16,9 @@ from packer import config as C
 from packer.dataset import PackedShards
 from packer.errors import PackerError
 from packer.executors import Executor
-from packer.jsonl import file_digest
 from packer.manifest import MANIFEST
-from packer.pipeline import pack
+from packer.pipeline import pack, with_weights
+from packer.storage import expand, identity
 from packer.tokenizer import TokenizerInfo, load_tokenizer
 
 
@@ -49,7 +49,8 @@ def packed_dataset_from_files(files: Sequence[str | C.InputSpec], tokenizer: str
                               cache_dir: str | Path = "~/.cache/packer", label_mode: str = "unshifted",
                               executor: Executor | None = None, workers: int = 0, wait_seconds: float = 3600,
                               **options) -> PackedShards:
-    """Pack JSON Lines files (each may name its own fields: "a.jsonl#query=question,response=answer")
+    """Pack input files (JSON Lines, Parquet, Arrow, globs or URLs; each may name its own fields and weight:
+    "a.jsonl#query=question,response=answer,weight=0.5")
     and return the memory-mapped packs. Rank 0 builds; other ranks wait for the manifest, then map.
 
     options: any field of TokenizeConfig, PlanConfig or WriteConfig by name (kind, template,
@@ -64,7 +65,9 @@ def packed_dataset_from_files(files: Sequence[str | C.InputSpec], tokenizer: str
                                               C.PlanConfig, C.WriteConfig)
     info = tokenizer if isinstance(tokenizer, TokenizerInfo) else load_tokenizer(tokenizer, tcfg.eos_token,
                                                                                  tcfg.add_bos)
-    key = C.digest({"inputs": [[C.to_dict(s), file_digest(s.path)] for s in specs], "tokenizer": info.fingerprint,
+    pcfg = with_weights(pcfg, specs)
+    key = C.digest({"inputs": [[C.to_dict(s), [identity(f) for f in expand(s.path)]] for s in specs],
+                    "tokenizer": info.fingerprint,
                     "tokenize": C.to_dict(tcfg), "plan": C.to_dict(pcfg), "write": C.to_dict(wcfg)})
     run = Path(cache_dir).expanduser() / key[:16]
     if _rank() == 0:

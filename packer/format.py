@@ -28,7 +28,7 @@ from packer.errors import FormatError
 MAGIC = b"PKSHARD\0"
 VERSION = 1
 FOLDER_FORMAT = "packer-shards"  # the shards folder's manifest.json: format name and version
-FOLDER_VERSION = 2  # 2: manifests carry manifest_sha256; readers check structure on every open
+FOLDER_VERSION = 3  # 2: manifests carry manifest_sha256; readers check structure on every open; 3: sources, input identities
 HEADER = struct.Struct("<8sIIQQQQ16x")  # 64 bytes
 ALIGN = 64
 TOKEN_DTYPES = {1: np.dtype("<u2"), 2: np.dtype("<u4")}

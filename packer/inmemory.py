@@ -135,14 +135,16 @@ def _tokenized_stage(table: pa.Table, vocab_size: int, eos_id: int | None, out: 
     def build(tmp: Path) -> dict:
         (tmp / chunk_name(0)).write_bytes(data)
         n, tokens = table.num_rows, int(np.sum(table.column("length").to_numpy(), dtype=np.int64))
+        loss_tokens = int(pa.compute.sum(table.column("loss_mask").combine_chunks().flatten()).as_py() or 0)
         return {"format": FORMAT, "version": VERSION, "digest": digest, "config": {"kind": "examples"},
-                "inputs": [{"path": SOURCE, "sha256": hashlib.sha256(data).hexdigest(), "records": n,
-                            "examples": n, "tokens": tokens, "skipped": 0}],
+                "sources": [{"path": SOURCE, "weight": 1.0, "files": [0]}],
+                "inputs": [{"path": SOURCE, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "source": 0,
+                            "records": n, "examples": n, "tokens": tokens, "loss_tokens": loss_tokens, "skipped": 0}],
                 "tokenizer": {"name": None, "fingerprint": None, "vocab_size": vocab_size, "eos_id": eos_id,
                               "bos_id": None, "add_bos": False},
                 "chunks": [{"file": chunk_name(0), "examples": n, "tokens": tokens}],
                 "counts": {"records": n, "examples": n, "tokens": tokens,
-                           "loss_tokens": int(pa.compute.sum(table.column("loss_mask").combine_chunks().flatten()).as_py() or 0),
+                           "loss_tokens": loss_tokens,
                            "skipped": 0, "skipped_by_reason": {}},
                 "first_skipped": []}
 

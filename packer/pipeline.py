@@ -4,29 +4,36 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from packer import config as C
 from packer import report as R
+from packer.errors import ConfigError
 from packer.executors import Executor, resolve
 from packer.planner import plan_stage
 from packer.shards import write_stage
-from packer.tokenization import tokenize
+from packer.tokenization import as_spec, tokenize
 from packer.tokenizer import TokenizerInfo, load_tokenizer
 
 
-def pack(inputs: Sequence[str | C.InputSpec], out: str | Path, *, tokenizer: str | TokenizerInfo = "byte",
+def pack(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, *, tokenizer: str | TokenizerInfo = "byte",
          tokenize_config: C.TokenizeConfig = C.TokenizeConfig(),
          plan_config: C.PlanConfig = C.PlanConfig(),
          write_config: C.WriteConfig = C.WriteConfig(), executor: Executor | None = None, workers: int = 0,
          baseline_batch: int = 8, rehash: bool = False) -> dict:
     """Tokenize, plan and write `inputs` into `out` (tokenized/, plan/, shards/, report.json/.md/.html).
 
+    inputs: paths, globs or URLs with optional per-source options ("a.parquet#weight=0.5"), InputSpecs,
+    or Python data (a datasets.Dataset or an iterable of dicts); the inputs' weights become the plan's.
+
     Returns the report. A rerun with the same inputs and configs redoes nothing, except rebuilding a
     stage whose files are missing or changed in size (or, with rehash, in content).
     """
     out = Path(out)
-    specs = [s if isinstance(s, C.InputSpec) else C.InputSpec.parse(s) for s in inputs]
+    specs = [as_spec(s, out / "inputs") for s in inputs]
+    plan_config = with_weights(plan_config, specs)
     info = tokenizer if isinstance(tokenizer, TokenizerInfo) else load_tokenizer(
         tokenizer, tokenize_config.eos_token, tokenize_config.add_bos)
     seconds: dict[str, float] = {}
@@ -43,3 +50,14 @@ def pack(inputs: Sequence[str | C.InputSpec], out: str | Path, *, tokenizer: str
     report = R.compute(out, seconds, baseline_batch)
     R.write(out, report)
     return report
+
+
+def with_weights(plan_config: C.PlanConfig, specs: Sequence[C.InputSpec]) -> C.PlanConfig:
+    """The plan config with the inputs' weights (none when every weight is 1); weights given both in
+    the plan config and on the inputs are refused, not merged."""
+    weights = tuple(float(s.weight) for s in specs)
+    if all(w == 1.0 for w in weights):
+        return plan_config
+    if plan_config.weights and plan_config.weights != weights:
+        raise ConfigError("weights are given both on the inputs (#weight=) and in PlanConfig.weights; give them once")
+    return replace(plan_config, weights=weights)

@@ -25,7 +25,7 @@ from packer.manifest import Manifest, commit_stage, current, read_manifest
 from packer.ranges import within
 
 FORMAT = "packer-plan"
-VERSION = 2  # 2: manifests carry manifest_sha256
+VERSION = 3  # 2: manifests carry manifest_sha256; 3: mixture weights (a row may repeat), deterministic solver
 
 Algorithm = Callable[..., "tuple[np.ndarray, np.ndarray, bool | None]"]
 
@@ -200,7 +200,10 @@ def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, 
     prompt_len = _column(tables, "prompt_len")
     if config.overlong == "error" and len(lengths) and lengths.max() > config.pack_len:
         _raise_overlong(tok_manifest, tables, lengths, config.pack_len)
-    pieces, counts = cut_overlong(lengths, prompt_len, config.pack_len, config.overlong)
+    rows = mixture_rows(_sources_of(tok_manifest, _column(tables, "file_index")), config.weights, config.seed,
+                        len(tok_manifest.get("sources", [None])))
+    pieces, counts = cut_overlong(lengths[rows], prompt_len[rows], config.pack_len, config.overlong)
+    pieces[:, 0] = rows[pieces[:, 0]]  # back to tokenized rows (a repeated example names its row again)
     p = plan(pieces[:, 2], config.pack_len, config.algorithm, seed=config.seed,
              max_segments=config.max_segments, time_limit=config.time_limit)
     if len(pieces) == 0:  # before anything is committed: a run of no packs is an error, not a result
@@ -217,14 +220,53 @@ def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, 
         return {
             "format": FORMAT, "version": VERSION, "digest": digest, "config": C.to_dict(config),
             "input_digest": tok_manifest["digest"],
-            "counts": dict(counts, examples_in=len(lengths), pieces=len(pieces), tokens=tokens,
-                           packs=p.num_packs),
+            "counts": dict(counts, examples_in=len(lengths), examples_mixed=len(rows), pieces=len(pieces),
+                           tokens=tokens, packs=p.num_packs),
             "plan": {"algorithm": p.algorithm, "num_packs": p.num_packs, "lower_bound": p.lower_bound,
                      "optimal": p.optimal, "gap": p.gap, "time_limit": p.time_limit,
                      "efficiency": tokens / max(1, p.num_packs * config.pack_len)},
         }  # no wall time: manifests are byte-identical on rerun; callers time the stage themselves
 
     return commit_stage(Path(out), build)
+
+
+def _sources_of(manifest: dict, file_index: np.ndarray) -> np.ndarray:
+    """Per tokenized example, the index of the input source (InputSpec) its file came from."""
+    inputs = manifest.get("inputs", [])
+    source = np.asarray([int(i.get("source", 0)) if isinstance(i, dict) else 0 for i in inputs] or [0], np.int64)
+    if len(file_index) and (file_index.min() < 0 or file_index.max() >= len(source)):
+        raise FormatError(str(manifest.get("digest", "tokenized")), "file_index outside the manifest's inputs",
+                          "run `packer tokenize` (or `packer pack`) again")
+    return source[file_index] if len(file_index) else np.zeros(0, np.int64)
+
+
+def mixture_rows(source: np.ndarray, weights: tuple[float, ...], seed: int, sources: int | None = None) -> np.ndarray:
+    """The examples a weighted mixture trains on, as tokenized rows in data order (repeats adjacent).
+
+    A weight multiplies its source's examples: 2 keeps each twice, 0.5 keeps a seeded half, 2.5 twice
+    plus a seeded half (round(0.5 * n) examples chosen without replacement). The sample depends only
+    on the seed and the source's position, never on the clock or the executor. weights=() keeps all.
+
+    Example, source = [0, 0, 1, 1], weights = (1, 1.5), a seed choosing row 3 for the half::
+
+        rows = [0, 1, 2, 3, 3]
+    """
+    n = len(source)
+    if not weights:
+        return np.arange(n, dtype=np.int64)
+    count = np.zeros(n, dtype=np.int64)
+    top = sources if sources is not None else (int(source.max()) + 1 if n else 0)
+    if top != len(weights) or (n and int(source.max()) >= len(weights)):
+        raise ConfigError(f"{len(weights)} weights for {top} input sources: give one weight per input")
+    for s, w in enumerate(weights):
+        idx = np.flatnonzero(source == s)
+        whole, frac = int(w), w - int(w)
+        count[idx] = whole
+        k = int(round(frac * len(idx)))
+        if k:
+            rng = np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, s, 0x6D6978]))
+            count[idx[rng.choice(len(idx), k, replace=False)]] += 1
+    return np.repeat(np.arange(n, dtype=np.int64), count)
 
 
 def read_plan(folder: str | Path) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:

@@ -1,13 +1,15 @@
-"""Stage 1, tokenize: JSON Lines -> Arrow files of token ids, loss masks and record lineage.
+"""Stage 1, tokenize: any source (packer.sources) -> Arrow files of token ids, loss masks and lineage.
 
-A map over chunks of records: each chunk is parsed, rendered into spans, batch-encoded by the Rust
-tokenizer and written as `chunk-NNNNN.arrow` on its own, so any executor can run the chunks.
+A map over chunks of records (JSON Lines lines, a Parquet row group, Arrow record batches): each chunk
+is read by its worker, rendered into spans, batch-encoded by the Rust tokenizer and written as
+`chunk-NNNNN.arrow` on its own, so any executor can run the chunks.
 
 One Arrow row per example (Arrow IPC file, no compression):
 
     example_index int64       record number among all records of all inputs (0-based)
-    file_index    int32       position of the source file among the inputs
-    line          int64       1-based line of the record in its file
+    file_index    int32       position of the file among the input files (globs expanded)
+    line          int64       where the record is in its file: the 1-based line (JSON Lines) or the
+                              0-based row (Parquet, Arrow)
     length        int32       tokens in the example
     prompt_len    int32       tokens before the first trained-on token
     input_ids     list<uint32>
@@ -21,6 +23,7 @@ from itertools import chain
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -28,7 +31,9 @@ import pyarrow as pa
 from packer import config as C
 from packer.errors import FormatError, InputError
 from packer.executors import Executor, resolve
-from packer.jsonl import RawChunk, file_digest, iter_chunks, parse_line
+from packer import sources
+from packer.sources import Chunk, Columns
+from packer.storage import expand, identity
 from packer.manifest import Manifest, commit_stage, current
 from packer.progress import progress
 from packer.templates import make_renderer
@@ -36,7 +41,7 @@ from packer.tokenizer import TokenizerInfo
 
 ENCODE_BATCH = 1024  # texts per tokenizer call: enough for its thread pool, ~20 MB of Encoding objects
 FORMAT = "packer-tokenized"
-VERSION = 2  # 2: manifests carry manifest_sha256
+VERSION = 3  # 2: manifests carry manifest_sha256; 3: sources, input identities (size, sha256 or ETag), line = row for tables
 
 SCHEMA = pa.schema([
     ("example_index", pa.int64()),
@@ -56,13 +61,15 @@ class Job:
     tokenizer: TokenizerInfo
     config: C.TokenizeConfig
     inputs: tuple[C.InputSpec, ...]
+    file_source: tuple[int, ...]
+    """Per input file (globs expanded), the index of the input it came from."""
     out: str
 
 
 @dataclass
 class ChunkResult:
     index: int
-    file: str
+    file_index: int
     records: int
     examples: int
     tokens: int
@@ -81,16 +88,34 @@ def _init_worker(job: Job) -> None:
     _RENDERERS.clear()
 
 
-def _renderer(file_index: int):
-    if file_index not in _RENDERERS:
+def _fields(spec: C.InputSpec, cfg: C.TokenizeConfig) -> dict[str, str]:
+    return {name: getattr(spec, name) or getattr(cfg, name)
+            for name in ("query_field", "response_field", "messages_field", "text_field", "tools_field")}
+
+
+def columns(spec: C.InputSpec, cfg: C.TokenizeConfig) -> Columns:
+    """The record fields a table input must (or may) have, for the run's kind."""
+    f = _fields(spec, cfg)
+    if cfg.kind == "sft":
+        return Columns(required=(f["query_field"], f["response_field"]))
+    if cfg.kind == "text":
+        return Columns(required=(f["text_field"],))
+    fmt = spec.chat_format or cfg.chat_format
+    if fmt == "openai" or f["messages_field"] != "messages":
+        return Columns(required=(f["messages_field"],), optional=(f["tools_field"],))
+    return Columns(any_of=(f["messages_field"], "conversations"), optional=(f["tools_field"],))
+
+
+def _renderer(source: int):
+    if source not in _RENDERERS:
         job = _JOB
         assert job is not None  # set by _init_worker before any chunk runs
-        spec, cfg = job.inputs[file_index], job.config
-        fields = {name: getattr(spec, name) or getattr(cfg, name)
-                  for name in ("query_field", "response_field", "messages_field", "text_field")}
-        _RENDERERS[file_index] = make_renderer(cfg.kind, cfg.template, fields,
-                                               job.tokenizer.chat_template, job.tokenizer.special)
-    return _RENDERERS[file_index]
+        spec, cfg = job.inputs[source], job.config
+        _RENDERERS[source] = make_renderer(cfg.kind, cfg.template, _fields(spec, cfg), job.tokenizer.chat_template,
+                                           job.tokenizer.special, chat_format=spec.chat_format or cfg.chat_format,
+                                           train_on=cfg.train_on, tools_field=_fields(spec, cfg)["tools_field"],
+                                           weight_field=cfg.weight_field)
+    return _RENDERERS[source]
 
 
 def _error_reason(e: InputError) -> str:
@@ -100,23 +125,53 @@ def _error_reason(e: InputError) -> str:
     return f"{e.field.split('[')[0]}: {e.reason.split(' (')[0]}"
 
 
-def tokenize_chunk(chunk: RawChunk) -> ChunkResult:
-    """Map step: one chunk of raw lines -> one Arrow file. Pure: output bytes depend on the chunk only."""
+def tokenize_chunk(chunk: Chunk) -> ChunkResult:
+    """Map step: one chunk of records -> one Arrow file (one record batch per chunk_records records).
+    Pure: output bytes depend on the chunk only. Memory is bounded by chunk_records records."""
     job = _JOB
     assert job is not None  # set by _init_worker
-    tok = job.tokenizer.build()
-    render = _renderer(chunk.file_index)
+    source = job.file_source[chunk.file_index]
+    render = _renderer(source)
+    cols = columns(job.inputs[source], job.config)
     skipped: Counter[str] = Counter()
     errors: list[str] = []
+    counts = Counter()
+    with pa.OSFile(str(Path(job.out) / chunk_name(chunk.index)), "wb") as sink, \
+            pa.ipc.new_file(sink, SCHEMA) as writer:
+        batch: list = []
+        number = chunk.first_record
+        for record in sources.read(chunk, cols):
+            batch.append((number, record))
+            number += 1
+            if len(batch) == job.config.chunk_records:
+                _encode_batch(job, chunk.file_index, render, batch, writer, skipped, errors, counts)
+                batch = []
+        if batch or not counts["records"]:
+            _encode_batch(job, chunk.file_index, render, batch, writer, skipped, errors, counts)
+    if counts["records"] != chunk.records:  # the file changed between scan and read
+        raise InputError(chunk.path, None, None, f"gave {counts['records']} records where its metadata said "
+                         f"{chunk.records}", "the input changed while it was read; run again")
+    pa.default_memory_pool().release_unused()  # hand the chunk's buffers back: memory stays one chunk
+    return ChunkResult(chunk.index, chunk.file_index, counts["records"], counts["examples"], counts["tokens"],
+                       counts["loss_tokens"], dict(skipped), errors)
+
+
+def _encode_batch(job: Job, file_index: int, render, batch: list, writer, skipped: Counter, errors: list[str],
+                  counts: Counter) -> None:
+    """Render, encode and write one batch of (record number, Record) as one record batch."""
+    tok = job.tokenizer.build()
     texts: list[str] = []
     span_loss: list[bool] = []
     spans_per_example: list[int] = []
-    keep_rows: list[int] = []
+    keep_number: list[int] = []
+    keep_position: list[int] = []
     # Per-record loop: JSON decoding and template rendering are per-record by nature; the token-level
     # work below is whole-array.
-    for i, (raw, line_no) in enumerate(zip(chunk.lines, chunk.line_numbers)):
+    for number, rec in batch:
         try:
-            spans = render(parse_line(chunk.path, line_no, raw), chunk.path, line_no)
+            if isinstance(rec.value, InputError):
+                raise rec.value
+            spans = render(rec.value, rec.where, rec.line)
         except InputError as e:
             if not job.config.skip_bad:
                 raise
@@ -124,24 +179,31 @@ def tokenize_chunk(chunk: RawChunk) -> ChunkResult:
             if len(errors) < 5:
                 errors.append(str(e))
             continue
-        keep_rows.append(i)
+        keep_number.append(number)
+        keep_position.append(rec.position)
         spans_per_example.append(len(spans))
         for text, loss in spans:
             texts.append(text)
             span_loss.append(loss)
-    n = len(keep_rows)
+    n = len(keep_number)
     info = job.tokenizer
     if info.spans_concatenate:
         ids, loss, lengths = _encode_spans(tok, texts, span_loss, spans_per_example)
     else:
         ids, loss, lengths = _encode_joined(tok, texts, span_loss, spans_per_example)
     # Special tokens are added as ids, never as text: BOS (no loss) first, EOS (loss) last.
-    starts = np.concatenate([[0], np.cumsum(lengths)])[:-1]
+    starts = np.concatenate([[0], np.cumsum(lengths)])[:-1].astype(np.int64)
     if info.add_bos and info.bos_id is not None:
-        ids = np.insert(ids, starts, info.bos_id)
-        loss = np.insert(loss, starts, 0)
-        lengths += 1
-        starts = starts + np.arange(n)
+        # No double BOS: a template that writes {{ bos_token }} already put it in the text.
+        first_span = np.concatenate([[0], np.cumsum(spans_per_example)])[:-1].astype(np.int64)
+        bos_text = info.special.get("bos_token") or None
+        needs = np.array([not (bos_text and texts[k].startswith(bos_text)) for k in first_span], dtype=bool) \
+            if n else np.zeros(0, bool)
+        at = starts[needs]
+        ids = np.insert(ids, at, info.bos_id)
+        loss = np.insert(loss, at, 0)
+        lengths = lengths + needs
+        starts = starts + np.cumsum(needs) - needs  # each example moves by the BOS ids before it
     ends = starts + lengths
     if appends_eos(job.config, info):
         # EOS is trained on when the example ends in trained-on text (a response, an assistant turn).
@@ -149,16 +211,11 @@ def tokenize_chunk(chunk: RawChunk) -> ChunkResult:
         eos_loss = np.asarray(span_loss, dtype=np.uint8)[last_span] if n else np.zeros(0, np.uint8)
         ids = np.insert(ids, ends, info.eos_id)
         loss = np.insert(loss, ends, eos_loss)
-        lengths += 1
-        starts = starts + np.arange(n)
-    table = examples_table(np.asarray(keep_rows, np.int64) + chunk.first_record, np.full(n, chunk.file_index, np.int32),
-                           np.asarray(chunk.line_numbers, np.int64)[keep_rows] if n else np.zeros(0, np.int64),
-                           lengths, ids, loss)
-    write_chunk(table, Path(job.out) / chunk_name(chunk.index))
-    del table
-    pa.default_memory_pool().release_unused()  # hand the chunk's buffers back: memory stays one chunk
-    return ChunkResult(chunk.index, chunk.path, len(chunk.lines), n, int(lengths.sum()),
-                       int(loss.sum()), dict(skipped), errors)
+        lengths = lengths + 1
+    table = examples_table(np.asarray(keep_number, np.int64), np.full(n, file_index, np.int32),
+                           np.asarray(keep_position, np.int64), lengths, ids, loss)
+    writer.write_table(table)
+    counts.update(records=len(batch), examples=n, tokens=int(lengths.sum()), loss_tokens=int(loss.sum()))
 
 
 def examples_table(example_index: np.ndarray, file_index: np.ndarray, line: np.ndarray, lengths: np.ndarray,
@@ -257,18 +314,29 @@ def chunk_name(index: int) -> str:
     return f"chunk-{index:05d}.arrow"
 
 
-def tokenize(inputs: Sequence[str | C.InputSpec], out: str | Path, config: C.TokenizeConfig, *,
+def tokenize(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, config: C.TokenizeConfig, *,
              tokenizer: TokenizerInfo, executor: Executor | None = None, workers: int = 0,
              rehash: bool = False) -> Manifest:
-    """Stage 1: tokenize `inputs` (paths, optionally with per-file fields "a.jsonl#query=q", or
-    InputSpecs) into the folder `out`; returns its manifest (and does nothing when it is up to date)."""
+    """Stage 1: tokenize `inputs` into the folder `out`; returns its manifest (and does nothing when it is
+    up to date).
+
+    inputs: paths, globs, folders or URLs, optionally with per-source options ("a.parquet#query=q",
+    see InputSpec.parse), InputSpecs, or Python data (a datasets.Dataset / IterableDataset or any
+    iterable of dicts), which is first written to `out`'s sibling folder `inputs/` (content-addressed).
+    """
     out = Path(out)
     run = resolve(executor, workers)
-    inputs = [s if isinstance(s, C.InputSpec) else C.InputSpec.parse(s) for s in inputs]
-    input_meta = [{"path": s.path, "sha256": file_digest(s.path)} for s in inputs]
+    specs = [as_spec(s, out.parent / "inputs") for s in inputs]
+    files, file_source = [], []
+    for i, spec in enumerate(specs):  # every source is resolved and reached before any work
+        for f in expand(spec.path):
+            files.append(f)
+            file_source.append(i)
+    input_meta = [dict(identity(f), source=k) for f, k in zip(files, file_source)]
+    cols = [columns(specs[k], config) for k in file_source]
     lineage = {
         "stage": "tokenize", "version": VERSION, "config": C.to_dict(config),
-        "inputs": [dict(m, spec=C.to_dict(s)) for m, s in zip(input_meta, inputs)],
+        "sources": [s.reading() for s in specs], "inputs": input_meta,
         "tokenizer": tokenizer.fingerprint, "eos_id": tokenizer.eos_id,
         "template_text": _template_text(config.template),
     }
@@ -278,21 +346,24 @@ def tokenize(inputs: Sequence[str | C.InputSpec], out: str | Path, config: C.Tok
         return existing
 
     def build(tmp: Path) -> dict:
-        job = Job(tokenizer, config, tuple(inputs), str(tmp))
-        chunks = iter_chunks([s.path for s in inputs], config.chunk_records)
+        job = Job(tokenizer, config, tuple(specs), tuple(file_source), str(tmp))
+        chunks = sources.scan(files, config.chunk_records, cols)
         results = list(progress(run.map(tokenize_chunk, chunks, _init_worker, (job,)),
                                 "tokenize", unit="chunk"))
         skipped: Counter[str] = Counter()
-        per_file: dict[str, Counter[str]] = {s.path: Counter() for s in inputs}
+        per_file: list[Counter[str]] = [Counter(records=0, examples=0, tokens=0, loss_tokens=0, skipped=0)
+                                        for _ in files]
         for r in results:
             skipped.update(r.skipped)
-            pf = per_file[r.file]
-            pf.update(records=r.records, examples=r.examples, tokens=r.tokens, skipped=sum(r.skipped.values()))
-        _refuse_silent_loss(inputs, results, config)
+            per_file[r.file_index].update(records=r.records, examples=r.examples, tokens=r.tokens,
+                                          loss_tokens=r.loss_tokens, skipped=sum(r.skipped.values()))
+        _refuse_silent_loss(files, results, config)
         return {
             "format": FORMAT, "version": VERSION, "digest": digest,
             "config": C.to_dict(config),
-            "inputs": [dict(m, **{k: int(v) for k, v in per_file[m["path"]].items()}) for m in input_meta],
+            "sources": [dict(s.reading(), weight=s.weight, files=[j for j, k in enumerate(file_source) if k == i])
+                        for i, s in enumerate(specs)],
+            "inputs": [dict(m, **{k: int(v) for k, v in c.items()}) for m, c in zip(input_meta, per_file)],
             "tokenizer": {"name": tokenizer.name, "fingerprint": tokenizer.fingerprint,
                           "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
                           "bos_id": tokenizer.bos_id, "add_bos": tokenizer.add_bos},
@@ -312,13 +383,24 @@ def tokenize(inputs: Sequence[str | C.InputSpec], out: str | Path, config: C.Tok
     return commit_stage(out, build)
 
 
-def _refuse_silent_loss(inputs: list[C.InputSpec], results: list[ChunkResult], config: C.TokenizeConfig) -> None:
+def as_spec(source: str | C.InputSpec | Any, spill_dir: Path) -> C.InputSpec:
+    """An InputSpec for a path string, an InputSpec, or Python data (written to spill_dir first)."""
+    if isinstance(source, C.InputSpec):
+        return source
+    if isinstance(source, (str, Path)):
+        return C.InputSpec.parse(str(source))
+    from packer.sources.python import spill
+
+    return C.InputSpec(spill(source, spill_dir))
+
+
+def _refuse_silent_loss(files: list[str], results: list[ChunkResult], config: C.TokenizeConfig) -> None:
     """Before anything is committed: no examples at all, or more skipped records than --max-bad allows,
     is an error naming the file (and the first bad line), never a short run that looks complete."""
     records = sum(r.records for r in results)
     bad = sum(sum(r.skipped.values()) for r in results)
     first = next((e for r in results for e in r.first_errors), "")
-    names = ", ".join(s.path for s in inputs)
+    names = ", ".join(files)
     if records == 0:
         raise InputError(names, None, None, "holds no records (empty, or only blank lines)",
                          "check the path given as DATA")

@@ -159,7 +159,7 @@ def test_bad_chat_records(tmp_path, byte_tok):
     cfg = C.TokenizeConfig(kind="chat")
     with pytest.raises(InputError, match=r"field 'messages\[0\]\.content' is int"):
         run(tmp_path, byte_tok, [{"messages": [{"role": "user", "content": 3}]}], cfg)
-    with pytest.raises(InputError, match="has no non-empty assistant message"):
+    with pytest.raises(InputError, match="has no non-empty turn to train on"):
         run(tmp_path, byte_tok, [{"messages": [{"role": "user", "content": "hi"}]}], cfg)
 
 

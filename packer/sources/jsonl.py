@@ -1,4 +1,9 @@
-"""Streaming JSON Lines input: plain, .gz or .zst; raw lines in bounded chunks, parsed where they land."""
+"""JSON Lines input (plain, .gz or .zst; local or a URL): raw lines in bounded chunks, parsed where they land.
+
+The driver streams each file once, cutting its non-blank lines into chunks of `chunk_records`; the
+lines travel with the chunk and are decoded by the worker that tokenizes them. A record's location is
+its 1-based line.
+"""
 
 from __future__ import annotations
 
@@ -6,40 +11,21 @@ import gzip
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from packer.errors import InputError
-from packer.manifest import sha256_file
+from packer.sources.base import Chunk, Columns, Record
+from packer.storage import open_input
 
 
-@dataclass(frozen=True)
-class RawChunk:
-    """Up to `chunk_records` consecutive non-blank lines of one file, still undecoded."""
-
-    index: int
-    """0-based number of this chunk over the whole run (names its output file)."""
-    file_index: int
-    """Position of the file among the inputs."""
-    path: str
-    lines: list[bytes]
-    line_numbers: list[int]
-    """1-based line number of each entry in `lines`."""
-    first_record: int
-    """Record number of lines[0] among all records (non-blank lines) of all inputs, 0-based."""
-
-
-def open_text(path: str | Path) -> IO[bytes]:
-    """Open a possibly compressed JSON Lines file for binary reading, chosen by its suffix."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(str(p), None, None, "no such file", "check the path given as DATA")
-    if p.suffix == ".gz":
-        return gzip.open(p, "rb")
-    if p.suffix == ".zst":
-        return io.BufferedReader(_CheckedZstd(p), 1 << 20)
-    return open(p, "rb")
+def decompressed(raw: IO[bytes], path: str) -> IO[bytes]:
+    """The bytes of a JSON Lines file as stored in `raw`, decompressed by the path's suffix (.gz, .zst)."""
+    if str(path).endswith(".gz"):
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if str(path).endswith(".zst"):
+        return io.BufferedReader(_CheckedZstd(raw), 1 << 20)
+    return raw
 
 
 class _CheckedZstd(io.RawIOBase):
@@ -49,11 +35,11 @@ class _CheckedZstd(io.RawIOBase):
     the cut without a word; here every frame must be complete, and frames may follow each other.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, raw: IO[bytes]):
         import zstandard  # imported here: only .zst inputs need it
 
         self._zstd = zstandard
-        self._file = open(path, "rb")
+        self._file = raw
         self._dec = zstandard.ZstdDecompressor().decompressobj()
         self._started = False  # whether the current frame has received any bytes
         self._buf = b""
@@ -84,50 +70,50 @@ class _CheckedZstd(io.RawIOBase):
         super().close()
 
 
-def file_digest(path: str | Path) -> str:
-    """sha256 of the file's bytes as stored (the input's identity in every manifest)."""
-    if not Path(path).is_file():
-        raise InputError(str(path), None, None, "no such file", "check the path given as DATA")
-    return sha256_file(Path(path))
-
-
-def iter_chunks(paths: list[str], chunk_records: int) -> Iterator[RawChunk]:
-    """Yield the non-blank lines of every file, in order, in chunks of at most `chunk_records`.
+def scan(path: str, file_index: int, first_record: int, chunk_records: int, columns: Columns) -> Iterator[Chunk]:
+    """Yield the non-blank lines of one file, in order, in chunks of at most `chunk_records`.
 
     Chunks never span two files, so chunking depends only on each file's contents, and the
-    same inputs always give the same chunks (whatever the number of workers).
+    same inputs always give the same chunks (whatever the executor). `columns` is not used: a JSON
+    record's fields are checked record by record.
     """
-    chunk_index = 0
-    record = 0
-    for file_index, path in enumerate(paths):
-        lines: list[bytes] = []
-        numbers: list[int] = []
-        first = record
-        line_no = 0
-        with open_text(path) as f:
-            try:
-                for line_no, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    lines.append(line)
-                    numbers.append(line_no)
-                    record += 1
-                    if len(lines) == chunk_records:
-                        yield RawChunk(chunk_index, file_index, str(path), lines, numbers, first)
-                        chunk_index += 1
-                        lines, numbers, first = [], [], record
-            except (EOFError, OSError) as e:  # truncated or damaged compression: never a quiet short read
+    record = first_record
+    lines: list[bytes] = []
+    numbers: list[int] = []
+    first = record
+    line_no = 0
+    with open_input(str(path)) as raw, decompressed(raw, path) as f:
+        try:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                lines.append(line)
+                numbers.append(line_no)
+                record += 1
+                if len(lines) == chunk_records:
+                    yield Chunk(file_index, str(path), first, len(lines), payload=(lines, numbers))
+                    lines, numbers, first = [], [], record
+        except (EOFError, OSError) as e:  # truncated or damaged compression: never a quiet short read
+            raise InputError(str(path), line_no + 1, None, f"cannot be decompressed ({_why(e)})",
+                             "the file is truncated or damaged; re-download or re-compress it "
+                             "(--skip-bad does not skip damaged compression)") from None
+        except Exception as e:
+            if type(e).__name__ == "ZstdError":
                 raise InputError(str(path), line_no + 1, None, f"cannot be decompressed ({_why(e)})",
-                                 "the file is truncated or damaged; re-download or re-compress it "
-                                 "(--skip-bad does not skip damaged compression)") from None
-            except Exception as e:
-                if type(e).__name__ == "ZstdError":
-                    raise InputError(str(path), line_no + 1, None, f"cannot be decompressed ({_why(e)})",
-                                     "the file is truncated or damaged; re-download or re-compress it") from None
-                raise
-        if lines:
-            yield RawChunk(chunk_index, file_index, str(path), lines, numbers, first)
-            chunk_index += 1
+                                 "the file is truncated or damaged; re-download or re-compress it") from None
+            raise
+    if lines:
+        yield Chunk(file_index, str(path), first, len(lines), payload=(lines, numbers))
+
+
+def read(chunk: Chunk, columns: Columns) -> Iterator[Record]:
+    """Worker side: each line of the chunk decoded, or the InputError that says why it cannot be."""
+    lines, numbers = chunk.payload
+    for raw, line_no in zip(lines, numbers):
+        try:
+            yield Record(chunk.path, line_no, line_no, parse_line(chunk.path, line_no, raw))
+        except InputError as e:
+            yield Record(chunk.path, line_no, line_no, e)
 
 
 def _why(e: BaseException) -> str:
