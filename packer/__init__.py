@@ -9,7 +9,7 @@ contracts in pyproject.toml, run by `make test`, fail on any import that points 
     stage 3    report > shards, plots                               reads shards through shardset
     stage 2    planner > solver > binpack, bounds
     stage 1    tokenization > sources/ (jsonl, table, python), templates, tokenizer, sample
-               > chats, storage, mixture
+               , mixture > chats, storage
     core       shardset > format, manifest, labels > config > errors, ranges, progress, executor
 
 Building shards (pipeline and everything below it) never imports torch or numba, and the runtime

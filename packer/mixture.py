@@ -7,7 +7,7 @@
       - path: s3://bucket/chats.jsonl.zst
         format: sharegpt             # chat format of this source (openai, sharegpt, auto)
 
-Weights multiply each source's examples in the plan stage (see planner.mixture_rows), so changing a
+Relative paths are relative to the mixture file. Weights multiply each source's examples in the plan stage (see planner.mixture_rows), so changing a
 weight re-plans and re-writes but never re-tokenizes. The report gives, per source, the share of
 loss tokens the weights ask for beside the share achieved.
 """
@@ -15,10 +15,12 @@ loss tokens the weights ask for beside the share achieved.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from packer.config import InputSpec
 from packer.errors import ConfigError
+from packer.storage import is_url
 
 KEYS = {"path", "weight", "epochs", "fields", "format", "chat_format"}
 FIELDS = ("query", "response", "messages", "text", "tools")
@@ -50,7 +52,10 @@ def read_mixture(path: str | Path) -> list[InputSpec]:
         raise ConfigError(f"{p}: unknown key(s) {', '.join(sorted(set(data) - {'sources'}))}; the file holds 'sources'")
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{p}: needs a non-empty list 'sources' of {{path, weight, fields, format}}")
-    return [_spec(e, f"{p}: sources[{i}]") for i, e in enumerate(entries)]
+    specs = [_spec(e, f"{p}: sources[{i}]") for i, e in enumerate(entries)]
+    # Relative local paths are relative to the mixture file, so it works from any working directory.
+    return [replace(s, path=str(p.parent / s.path)) if not is_url(s.path) and not Path(s.path).is_absolute() else s
+            for s in specs]
 
 
 def _spec(entry: object, where: str) -> InputSpec:

@@ -99,6 +99,7 @@ def compute(path: str | Path, seconds: dict[str, float] | None = None, baseline_
         "seconds": dict(seconds or {}),
         "plan_seconds": (seconds or {}).get("plan"),
         "per_file": _per_file(run, m, seg_example, seg_lens),
+        "per_source": _per_source(run, m, seg_example, seg_lens, _cat([_segment_loss(s) for s in ds.shards])),
         "histograms": {
             "example_length": np.bincount(np.minimum(seg_lens, L), minlength=L + 1).tolist() if n else [],
             # packs by fill, in whole percent (0..100)
@@ -128,6 +129,52 @@ def _per_file(run: Path, m: dict, seg_example: np.ndarray, seg_lens: np.ndarray)
             row["lost_tokens"] = row["tokenized_tokens"] - row["tokens"]
             row["dropped_examples"] = row["tokenized_examples"] - row["examples"]
         out.append(row)
+    return out
+
+
+def _segment_loss(shard) -> np.ndarray:
+    """int64 [segments]: loss tokens of each segment of a shard (segments lie in order in its tokens)."""
+    lens = np.asarray(shard.segment_lengths, np.int64)
+    if not len(lens):
+        return np.zeros(0, np.int64)
+    starts = np.cumsum(lens) - lens
+    return np.add.reduceat(np.asarray(shard.loss_mask, np.int64), starts)
+
+
+def _per_source(run: Path, m: dict, seg_example: np.ndarray, seg_lens: np.ndarray, seg_loss: np.ndarray
+                ) -> list[dict]:
+    """Per input source (each path, glob or URL given): what it holds, what was trained, and the share
+    of loss tokens its weight asks for (weight x its tokenized loss tokens, normalized) beside the
+    share achieved in the shards (after sampling, repeats and the over-long policy)."""
+    sources = m.get("sources") or []
+    inputs = m["inputs"]
+    tok = _tokenized_lengths(run)
+    if not sources or tok is None:
+        return []
+    weights = (m.get("config", {}).get("plan", {}).get("weights") or [1.0] * len(sources))
+    ex, fi, _ = tok
+    order = np.argsort(ex, kind="stable")
+    file_of = np.asarray([int(i.get("source", 0)) for i in inputs], np.int64)
+    seg_file = fi[order][np.searchsorted(ex[order], seg_example)] if len(seg_example) else np.zeros(0, np.int64)
+    seg_source = file_of[seg_file] if len(seg_file) else seg_file
+    asked = np.array([w * sum(int(inputs[f].get("loss_tokens", 0)) for f in s.get("files", []))
+                      for w, s in zip(weights, sources)], np.float64)
+    total_loss = max(1, int(seg_loss.sum()))
+    out = []
+    for k, (w, s) in enumerate(zip(weights, sources)):
+        files = s.get("files", [])
+        mine = seg_source == k
+        out.append({
+            "path": s.get("path"), "weight": float(w),
+            "records": sum(int(inputs[f]["records"]) for f in files),
+            "examples": sum(int(inputs[f]["examples"]) for f in files),
+            "tokens": sum(int(inputs[f]["tokens"]) for f in files),
+            "loss_tokens": sum(int(inputs[f].get("loss_tokens", 0)) for f in files),
+            "trained_examples": int(mine.sum()), "trained_tokens": int(seg_lens[mine].sum()),
+            "trained_loss_tokens": int(seg_loss[mine].sum()),
+            "share_asked": float(asked[k] / asked.sum()) if asked.sum() else 0.0,
+            "share_achieved": float(seg_loss[mine].sum() / total_loss),
+        })
     return out
 
 
@@ -174,6 +221,9 @@ def summary(report: dict) -> str:
         lost.append(f"skipped {r['skipped_records']:,} bad records")
     if lost:
         lines.append("; ".join(lost))
+    if len(r.get("per_source") or []) > 1:
+        lines += [f"  {p['path']}: weight {p['weight']:g}, {p['trained_loss_tokens']:,} loss tokens, share "
+                  f"{p['share_achieved']:.1%} (asked {p['share_asked']:.1%})" for p in r["per_source"]]
     return "\n".join(lines)
 
 
@@ -183,9 +233,26 @@ def markdown(report: dict) -> str:
         f"| {f['path']} | {f['records']:,} | {f['skipped']:,} | {f['examples']:,} | {f['tokens']:,} | "
         f"{f.get('lost_tokens', '-')} |" for f in report["per_file"])
     secs = ", ".join(f"{k} {v:.2f} s" for k, v in report["seconds"].items()) or "-"
-    return (f"# Packing report\n\n| metric | value |\n|---|---|\n{rows}\n\nStage times: {secs}\n\n"
+    text = (f"# Packing report\n\n| metric | value |\n|---|---|\n{rows}\n\nStage times: {secs}\n\n"
             f"## Per input file\n\n| file | records | skipped | examples | tokens | tokens lost |\n"
             f"|---|---|---|---|---|---|\n{files}\n")
+    if report.get("per_source"):
+        text += ("\n## Per source (mixture)\n\n" + "\n".join(source_table(report["per_source"])) + "\n")
+    return text
+
+
+SOURCE_COLUMNS = [("path", "source", "{}"), ("weight", "weight", "{:g}"), ("records", "records", "{:,}"),
+                  ("examples", "examples", "{:,}"), ("tokens", "tokens", "{:,}"), ("loss_tokens", "loss tokens", "{:,}"),
+                  ("trained_examples", "trained examples", "{:,}"), ("trained_loss_tokens", "trained loss tokens", "{:,}"),
+                  ("share_asked", "share asked", "{:.2%}"), ("share_achieved", "share achieved", "{:.2%}")]
+
+
+def source_table(rows: list[dict]) -> list[str]:
+    """The per-source rows as a markdown table: asked vs achieved share of loss tokens."""
+    head = "| " + " | ".join(label for _, label, _ in SOURCE_COLUMNS) + " |"
+    lines = [head, "|" + "---|" * len(SOURCE_COLUMNS)]
+    lines += ["| " + " | ".join(f.format(r[k]) for k, _, f in SOURCE_COLUMNS) + " |" for r in rows]
+    return lines
 
 
 def to_html(report: dict) -> str:
@@ -198,6 +265,12 @@ def to_html(report: dict) -> str:
         "<tr>" + "".join(f"<td>{html.escape(str(f.get(k, '-')))}</td>"
                          for k in ("path", "records", "skipped", "examples", "tokens", "lost_tokens")) + "</tr>"
         for f in report["per_file"])
+    mix = ""
+    if report.get("per_source"):
+        mix = "<h2>Per source (mixture)</h2><table><tr>" + "".join(
+            f"<th>{html.escape(label)}</th>" for _, label, _ in SOURCE_COLUMNS) + "</tr>" + "".join(
+            "<tr>" + "".join(f"<td>{html.escape(f.format(r[k]))}</td>" for k, _, f in SOURCE_COLUMNS) + "</tr>"
+            for r in report["per_source"]) + "</table>"
     imgs = "".join(f'<figure><img alt="{html.escape(t)}" src="data:image/png;base64,{b64}"><figcaption>'
                    f"{html.escape(t)}</figcaption></figure>" for t, b64 in report_plots(report))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Packer report</title>
@@ -205,7 +278,7 @@ def to_html(report: dict) -> str:
 td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}figure{{display:inline-block;margin:.5em}}
 img{{max-width:32em}}</style></head><body><h1>Packing report</h1><table>{rows}</table>
 <h2>Per input file</h2><table><tr><th>file</th><th>records</th><th>skipped</th><th>examples</th><th>tokens</th>
-<th>tokens lost</th></tr>{files}</table><h2>Plots</h2>{imgs}</body></html>
+<th>tokens lost</th></tr>{files}</table>{mix}<h2>Plots</h2>{imgs}</body></html>
 """
 
 

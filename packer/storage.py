@@ -46,6 +46,8 @@ def filesystem(url: str) -> tuple[Any, str]:
         raise InputError(url, None, None, "is a URL, and reading URLs needs fsspec",
                          "pip install 'packer[remote]'") from None
     protocol = _URL.match(url).group(1).lower()  # type: ignore[union-attr]
+    if protocol == "hf":
+        hf_parts(url)  # a malformed hf:// URL is named here, not by a network error later
     try:
         return fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as e:
@@ -83,6 +85,7 @@ def expand(path: str) -> list[str]:
     path = str(path)
     if is_url(path):
         fs, inner = filesystem(path)
+        fs.invalidate_cache()  # a listing cached earlier in this process must not hide a changed store
         protocol = _URL.match(path).group(1)  # type: ignore[union-attr]
         try:
             if any(c in _MAGIC for c in inner):
@@ -94,6 +97,14 @@ def expand(path: str) -> list[str]:
         except Exception as e:
             raise unreachable(path, e) from None
         if not found:
+            root = inner[:min(inner.find(c) for c in _MAGIC if c in inner)].rsplit("/", 1)[0] if \
+                any(c in _MAGIC for c in inner) else inner
+            try:
+                there = fs.exists(root)
+            except Exception as e:
+                raise unreachable(path, e) from None
+            if not there:  # a missing bucket or folder is not the same as a pattern that matches nothing
+                raise unreachable(path, FileNotFoundError(f"{protocol}://{root} does not exist"))
             raise InputError(path, None, None, "matches no files", "check the pattern and the bucket")
         return [f"{protocol}://{p.split('://', 1)[-1]}" for p in found]
     path = local_path(path)
@@ -140,6 +151,7 @@ def identity(path: str) -> dict:
             raise InputError(str(path), None, None, "no such file", "check the path given as DATA")
         return {"path": str(path), "size": p.stat().st_size, "sha256": _sha256(p)}
     fs, inner = filesystem(path)
+    fs.invalidate_cache(inner)
     try:
         info = fs.info(inner)
     except Exception as e:
@@ -200,8 +212,10 @@ def unreachable(url: str, e: BaseException) -> InputError:
         tried = " (tried Google Cloud Storage with the default credentials)"
     kind = "not found" if isinstance(e, FileNotFoundError) else \
         "not authorised" if isinstance(e, PermissionError) else "unreachable"
-    return InputError(url, None, None, f"{kind}{tried}: {_why(e)}",
-                      "check the URL, the endpoint (AWS_ENDPOINT_URL) and the credentials")
+    hint = {"hf": "check the repo id, the revision and the network; private or gated datasets need HF_TOKEN",
+            "s3": "check the URL, the endpoint (AWS_ENDPOINT_URL) and the credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE)",
+            }.get(protocol.rstrip("a"), "check the URL, the network and the credentials")
+    return InputError(url, None, None, f"{kind}{tried}: {_why(e)}", hint)
 
 
 def _why(e: BaseException) -> str:

@@ -189,7 +189,12 @@ class JinjaChat:
                 else:
                     raise ConfigError(f"the chat template does not render turn {i} ({m['role']}) after its "
                                       "generation prompt; pass --template chatml or a template file")
-            end = _lcp(full, self.render(msgs[: i + 1], tools, False))
+            alone = self.render(msgs[: i + 1], tools, False)  # the turn rendered as the last one
+            if full.startswith(alone):
+                end = len(alone)
+            else:  # rendered otherwise when later turns follow: reasoning dropped, or a different close
+                k = _dropped_prefix_match(alone[start:], full, start) if alone.startswith(full[:start]) else 0
+                end = start + k if k else _lcp(full, alone)
             if end <= start:
                 raise ConfigError(f"the chat template renders turn {i} ({m['role']}) differently when later turns "
                                   "follow (it rewrites history), so its loss mask cannot be placed; pass "
@@ -245,6 +250,22 @@ class JinjaChat:
         if key == "tool_calls" and m.get("content") is None:
             m["content"] = ""
         return msgs[:i] + [m] + msgs[i + 1:]
+
+
+def _dropped_prefix_match(turn: str, full: str, start: int) -> int:
+    """How much of `full` from `start` is a suffix of `turn` (the turn as rendered when it is last).
+
+    Templates that drop an earlier turn's reasoning once later turns follow render that turn as a
+    suffix of its last-turn form (`<think>R</think>C<|im_end|>` becomes `C<|im_end|>`): the longest
+    such suffix that `full` continues with is the turn as the conversation renders it. 0: none.
+    """
+    first = full[start:start + 1]
+    p = turn.find(first) if first else -1
+    while p >= 0:  # candidates are the places the first character recurs: few in one turn
+        if full.startswith(turn[p:], start):
+            return len(turn) - p
+        p = turn.find(first, p + 1)
+    return 0
 
 
 def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:

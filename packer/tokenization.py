@@ -18,6 +18,7 @@ One Arrow row per example (Arrow IPC file, no compression):
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from itertools import chain
 from collections.abc import Sequence
@@ -122,7 +123,8 @@ def _error_reason(e: InputError) -> str:
     """A short, countable reason for the manifest's skip counts."""
     if e.field is None:
         return "malformed JSON" if "JSON" in e.reason else e.reason.split(" (")[0]
-    return f"{e.field.split('[')[0]}: {e.reason.split(' (')[0]}"
+    field = re.sub(r"\[\d+\]", "", e.field)  # messages[3].role -> messages.role: one count for all turns
+    return f"{field}: {e.reason.split(' (')[0]}"
 
 
 def tokenize_chunk(chunk: Chunk) -> ChunkResult:
