@@ -155,6 +155,26 @@ def open_shard(path: str | Path) -> Shard:
     return Shard(path=path, pack_len=int(pack_len), **views)
 
 
+def read_slice(shard: Shard, name: str, start: int, stop: int) -> np.ndarray:
+    """Entries [start, stop) of one of a shard's arrays, read with pread into a fresh array.
+
+    For whole-shard scans (the report): reading through the map would fault page-cache folios into
+    the process (Linux maps whole folios per fault), so a scan's RSS would grow with the shard.
+    """
+    code = next(c for c, dt in TOKEN_DTYPES.items() if dt == shard.tokens.dtype)
+    layout = {n: (dt, count, off) for n, dt, count, off in
+              _layout(code, len(shard.pack_token_offsets) - 1, len(shard.segment_lengths), len(shard.tokens))}
+    dt, count, off = layout[name]
+    start, stop = max(0, int(start)), min(int(stop), count)
+    out = np.empty(max(0, stop - start), dtype=dt)
+    if len(out):
+        with open(shard.path, "rb") as f:
+            f.seek(off + start * dt.itemsize)
+            if f.readinto(memoryview(out).cast("B")) != out.nbytes:
+                raise FormatError(shard.path, f"{name}: short read", "the shard changed while it was read")
+    return out
+
+
 def check_shard(shard: Shard, pack_len: int | None = None) -> None:
     """Structural validation of a mapped shard, O(packs + segments) and no hashing: every offset a
     reader or the compiled batch kernel will follow is checked before it is used.

@@ -186,7 +186,7 @@ def cut_overlong(lengths: np.ndarray, prompt_len: np.ndarray, pack_len: int, pol
 
 def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, rehash: bool = False) -> Manifest:
     """Stage 2: plan the tokenized folder `tokenized` into the folder `out`; returns its manifest."""
-    from packer.tokenization import FORMAT as TOK_FORMAT, VERSION as TOK_VERSION, open_tokenized
+    from packer.tokenization import FORMAT as TOK_FORMAT, VERSION as TOK_VERSION, read_columns
 
     tok_manifest = read_manifest(Path(tokenized), TOK_FORMAT, TOK_VERSION,
                                  "run `packer tokenize` (or `packer pack`) again")
@@ -195,12 +195,11 @@ def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, 
     existing = current(Path(out), FORMAT, VERSION, digest, rehash=rehash)
     if existing is not None:
         return existing
-    _, tables = open_tokenized(tokenized)
-    lengths = _column(tables, "length")
-    prompt_len = _column(tables, "prompt_len")
+    cols = read_columns(tokenized, ("length", "prompt_len", "file_index", "line"))
+    lengths, prompt_len = cols["length"], cols["prompt_len"]
     if config.overlong == "error" and len(lengths) and lengths.max() > config.pack_len:
-        _raise_overlong(tok_manifest, tables, lengths, config.pack_len)
-    rows = mixture_rows(_sources_of(tok_manifest, _column(tables, "file_index")), config.weights, config.seed,
+        _raise_overlong(tok_manifest, cols, lengths, config.pack_len)
+    rows = mixture_rows(_sources_of(tok_manifest, cols["file_index"]), config.weights, config.seed,
                         len(tok_manifest.get("sources", [None])))
     pieces, counts = cut_overlong(lengths[rows], prompt_len[rows], config.pack_len, config.overlong)
     pieces[:, 0] = rows[pieces[:, 0]]  # back to tokenized rows (a repeated example names its row again)
@@ -298,11 +297,13 @@ def _column(tables: list, name: str) -> np.ndarray:
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
-def _raise_overlong(manifest: dict, tables: list, lengths: np.ndarray, pack_len: int) -> None:
+def _raise_overlong(manifest: dict, cols: dict, lengths: np.ndarray, pack_len: int) -> None:
     row = int(np.flatnonzero(lengths > pack_len)[0])
-    files = _column(tables, "file_index")
-    lines = _column(tables, "line")
+    files, lines = cols["file_index"], cols["line"]
+    from packer.sources import kind_of
+
     path = manifest["inputs"][int(files[row])]["path"]
-    raise InputError(path, int(lines[row]), None,
+    where, line = (path, int(lines[row])) if kind_of(path) == "jsonl" else (f"{path}: row {int(lines[row])}", None)
+    raise InputError(where, line, None,
                      f"example has {int(lengths[row])} tokens, more than --pack-len {pack_len}",
                      "raise --pack-len or pass --overlong truncate, drop or split")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from packer.bounds import lower_bound
+from packer.format import read_slice
 from packer.shardset import ShardSet, resolve
 
 FIELDS = [  # (key, label, format) for tables
@@ -43,11 +44,10 @@ def _tokenized_lengths(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
     """(example_index, file_index, length) of every tokenized example, when the run kept them."""
     if not (run / "tokenized" / "manifest.json").is_file():
         return None
-    from packer.tokenization import open_tokenized
+    from packer.tokenization import read_columns
 
-    _, tables = open_tokenized(run / "tokenized")
-    cols = [_cat([t.column(c).to_numpy() for t in tables]) for c in ("example_index", "file_index", "length")]
-    return cols[0], cols[1], cols[2]
+    cols = read_columns(run / "tokenized", ("example_index", "file_index", "length"))
+    return cols["example_index"], cols["file_index"], cols["length"]
 
 
 def compute(path: str | Path, seconds: dict[str, float] | None = None, baseline_batch: int = 8) -> dict:
@@ -60,7 +60,8 @@ def compute(path: str | Path, seconds: dict[str, float] | None = None, baseline_
     seg_example = _cat([s.segment_example for s in ds.shards])
     pack_tokens = _cat([np.diff(s.pack_token_offsets) for s in ds.shards])
     segs_per_pack = _cat([np.diff(s.pack_segment_offsets) for s in ds.shards])
-    loss_tokens = int(sum(int(np.count_nonzero(s.loss_mask)) for s in ds.shards))
+    seg_loss = _cat([_segment_loss(s) for s in ds.shards])
+    loss_tokens = int(seg_loss.sum())
     tokens, packs = int(seg_lens.sum()), len(pack_tokens)
     lb = lower_bound(seg_lens, L)
     # Baselines on the same examples as trained (after truncation), in data order.
@@ -99,7 +100,7 @@ def compute(path: str | Path, seconds: dict[str, float] | None = None, baseline_
         "seconds": dict(seconds or {}),
         "plan_seconds": (seconds or {}).get("plan"),
         "per_file": _per_file(run, m, seg_example, seg_lens),
-        "per_source": _per_source(run, m, seg_example, seg_lens, _cat([_segment_loss(s) for s in ds.shards])),
+        "per_source": _per_source(run, m, seg_example, seg_lens, seg_loss),
         "histograms": {
             "example_length": np.bincount(np.minimum(seg_lens, L), minlength=L + 1).tolist() if n else [],
             # packs by fill, in whole percent (0..100)
@@ -132,13 +133,24 @@ def _per_file(run: Path, m: dict, seg_example: np.ndarray, seg_lens: np.ndarray)
     return out
 
 
-def _segment_loss(shard) -> np.ndarray:
-    """int64 [segments]: loss tokens of each segment of a shard (segments lie in order in its tokens)."""
+def _segment_loss(shard, block: int = 1 << 20) -> np.ndarray:
+    """int64 [segments]: loss tokens of each segment of a shard (segments lie in order in its tokens).
+
+    Summed `block` tokens at a time: numpy's reduceat would otherwise widen the whole mapped uint8 mask
+    to the sum's dtype first (8 bytes a token), and memory must not grow with the data.
+    """
     lens = np.asarray(shard.segment_lengths, np.int64)
-    if not len(lens):
-        return np.zeros(0, np.int64)
-    starts = np.cumsum(lens) - lens
-    return np.add.reduceat(np.asarray(shard.loss_mask, np.int64), starts)
+    ends = np.cumsum(lens)
+    starts = ends - lens
+    out = np.zeros(len(lens), np.int64)
+    a = 0
+    while a < len(lens):  # per block of segments: a handful of iterations per shard
+        b = max(a + 1, int(np.searchsorted(ends, starts[a] + block, side="right")))
+        lo, hi = int(starts[a]), int(ends[b - 1])
+        mask = read_slice(shard, "loss_mask", lo, hi)  # read, not mapped: RSS stays one block
+        out[a:b] = np.add.reduceat(mask.astype(np.int32), starts[a:b] - lo)
+        a = b
+    return out
 
 
 def _per_source(run: Path, m: dict, seg_example: np.ndarray, seg_lens: np.ndarray, seg_loss: np.ndarray

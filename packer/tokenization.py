@@ -465,6 +465,42 @@ def open_tokenized(folder: str | Path, *, maps: list | None = None) -> tuple[dic
     return manifest, tables
 
 
+def read_columns(folder: str | Path, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The per-example columns `names` (not the token lists) of a tokenize stage folder, as int64 arrays.
+
+    Each chunk is read (not mapped), checked as open_tokenized checks it, and dropped before the next:
+    mapping would fault whole page-cache folios into this process for a few bytes a row (~40 MB at
+    150k examples on Linux 6.18), so memory would grow with the data.
+    """
+    from packer.manifest import read_manifest
+
+    folder = Path(folder)
+    hint = "run `packer tokenize` (or `packer pack`) again"
+    manifest = read_manifest(folder, FORMAT, VERSION, hint)
+    chunks = manifest.get("chunks")
+    if not isinstance(chunks, list) or not all(isinstance(c, dict) and c.get("file") == chunk_name(i)
+                                               for i, c in enumerate(chunks)):
+        raise FormatError(str(folder / "manifest.json"), "'chunks' does not list chunk-00000.arrow, ... in order", hint)
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for c in chunks:
+        path = folder / c["file"]
+        try:
+            with pa.OSFile(str(path), "r") as f:
+                table = pa.ipc.open_file(f).read_all()
+            if not table.schema.equals(SCHEMA):
+                raise ValueError(f"schema {table.schema.names} is not the tokenized schema")
+            table.validate()
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise FormatError(str(path), f"unreadable tokenized chunk ({str(e).splitlines()[0][:120]})", hint) from None
+        if table.num_rows != c.get("examples"):
+            raise FormatError(str(path), f"{table.num_rows} rows, manifest.json records {c.get('examples')}", hint)
+        for n in names:
+            parts[n].append(table.column(n).to_numpy().astype(np.int64))
+        del table
+        pa.default_memory_pool().release_unused()  # one chunk's buffers at a time, not the pool's high-water
+    return {n: np.concatenate(p) if p else np.zeros(0, np.int64) for n, p in parts.items()}
+
+
 def appends_eos(config: C.TokenizeConfig, info: TokenizerInfo) -> bool:
     """EOS ends every example, except chats rendered by the tokenizer's own template (it ends turns)."""
     jinja = config.kind == "chat" and info.chat_template is not None and config.template in ("auto", "tokenizer")

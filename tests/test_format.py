@@ -223,3 +223,30 @@ def test_open_shard_maps_read_only_and_names_its_file(tmp_path):
                         loss_mask=np.zeros(3, np.uint8), num_tokens=3, pack_token_offsets=np.array([0, 3]),
                         pack_segment_offsets=np.array([0, 1]), segment_lengths=np.array([3]),
                         segment_example=np.array([0]), segment_start=np.array([0]))
+
+
+def test_version_3_manifests_carry_sources_and_identities_and_version_2_is_refused(tmp_path):
+    """Issue 14 changed manifest keys (sources; inputs' size, identity, source, loss_tokens): one
+    bump, version 3 for every stage, and a version-2 run gives the one-line re-run error."""
+    import json
+
+    from conftest import sft_records, write_jsonl
+    from packer.manifest import SEAL, seal
+    from packer.pipeline import pack
+
+    data = write_jsonl(tmp_path / "d.jsonl", sft_records(20))
+    pack([f"{data}#weight=2"], tmp_path / "r", plan_config=C.PlanConfig(pack_len=256))
+    tok, plan, shards = (json.loads((tmp_path / "r" / s / "manifest.json").read_text())
+                         for s in ("tokenized", "plan", "shards"))
+    assert (tok["version"], plan["version"], shards["version"]) == (3, 3, 3)
+    assert shards["sources"] == tok["sources"] == [{
+        "path": str(data), "query_field": None, "response_field": None, "messages_field": None,
+        "text_field": None, "tools_field": None, "chat_format": None, "weight": 2.0, "files": [0]}]
+    assert set(shards["inputs"][0]) == {"path", "size", "sha256", "source", "records", "examples", "tokens",
+                                        "loss_tokens", "skipped"}
+    assert plan["config"]["weights"] == [2.0] and plan["counts"]["examples_mixed"] == 40
+    old = {k: v for k, v in shards.items() if k != SEAL}
+    old["version"] = 2
+    (tmp_path / "r" / "shards" / "manifest.json").write_text(json.dumps({**old, SEAL: seal(old)}))
+    with pytest.raises(FormatError, match="version 2 is not the supported 3.*re-run"):
+        PackedShards(tmp_path / "r")

@@ -28,7 +28,8 @@ READ_ROWS = 1024  # rows turned into Python dicts at a time: a row group's dicts
 def _parquet(path: str):
     import pyarrow.parquet as pq
 
-    src = pa.memory_map(local_path(path), "r") if not is_url(path) else open_input(path)
+    # Read, not mapped: a map would keep every page it touched in this process's RSS.
+    src = pa.OSFile(local_path(path), "r") if not is_url(path) else open_input(path)
     try:
         return pq.ParquetFile(src)
     except (pa.ArrowException, OSError) as e:
