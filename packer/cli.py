@@ -294,6 +294,49 @@ def verify(path):
 
 
 @main.command()
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--pack", "index", type=int, default=0, show_default=True, help="Which pack (0-based, in file order).")
+@click.option("--tokenizer", default=None, help="The run's tokenizer, when its recorded name is not loadable here.")
+@click.option("--color/--plain", default=None, help="Trained tokens in green (default when the output is a terminal), "
+                                                    "or between [[ and ]].")
+@_fail_cleanly
+def inspect(path, index, tokenizer, color):
+    """Show one pack as text: each segment (example), with the tokens that carry the loss marked."""
+    import sys
+
+    import numpy as np
+
+    from packer.errors import ConfigError
+    from packer.shardset import ShardSet
+    from packer.tokenizer import load_tokenizer
+
+    ds = ShardSet(path, verify=False)
+    if not 0 <= index < len(ds):
+        raise ConfigError(f"--pack {index}: the run has packs 0..{len(ds) - 1}")
+    meta = ds.manifest["tokenizer"]
+    info = load_tokenizer(tokenizer or meta["name"] or "byte")
+    if meta.get("fingerprint") and info.fingerprint != meta["fingerprint"]:
+        raise ConfigError(f"tokenizer '{tokenizer or meta['name']}' is not the one this run was packed with "
+                          "(its fingerprint differs); pass --tokenizer with the run's tokenizer")
+    tok = info.build()
+    color = sys.stdout.isatty() if color is None else color
+    on, off = ("\x1b[32m", "\x1b[0m") if color else ("[[", "]]")
+    p = ds.arrays(index)
+    tokens, mask = np.asarray(p["tokens"]), np.asarray(p["loss_mask"], bool)
+    bounds = np.concatenate([[0], np.cumsum(p["seg_lens"])])
+    click.echo(f"pack {index}: {len(tokens)} of {ds.pack_len} tokens, {len(p['seg_lens'])} segments, "
+               f"{int(mask.sum())} trained ({on}marked{off})")
+    for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        m = mask[a:b]
+        cuts = np.flatnonzero(np.diff(m.astype(np.int8))) + 1
+        text = "".join((on if r[0] else "") + tok.decode(t.tolist(), skip_special_tokens=False) + (off if r[0] else "")
+                       for t, r in zip(np.split(tokens[a:b], cuts), np.split(m, cuts)))
+        click.echo(f"--- segment {k}: record {int(p['example_index'][k])}, tokens {int(p['segment_start'][k])}.."
+                   f"{int(p['segment_start'][k]) + int(b - a)} of it, {int(m.sum())} trained")
+        click.echo(text)
+
+
+@main.command()
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("-n", "records", type=int, default=2000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)

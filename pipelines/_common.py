@@ -20,7 +20,8 @@ def run_stages(inputs: list[str], out: str, tokenizer: str, tcfg: C.TokenizeConf
 
 def arguments(description: str) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("data", nargs="+", help="JSON Lines files (PATH#query=F,response=F for per-file fields)")
+    ap.add_argument("data", nargs="+", help="JSON Lines, Parquet or Arrow files, globs or URLs "
+                                            "(PATH#query=F,response=F,weight=W for per-source options)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--tokenizer", default="byte")
     ap.add_argument("--pack-len", type=int, default=2048)

@@ -1,5 +1,5 @@
-"""Chat recipe: {messages: [{role, content}]} records, the tokenizer's chat template (else ChatML),
-loss on assistant turns only, truncate over-long.
+"""Chat recipe: OpenAI messages or ShareGPT conversations (tool calls, tools, reasoning), the tokenizer's
+chat template (else ChatML), loss on assistant turns only, truncate over-long.
 
     python pipelines/chat.py chats.jsonl --out runs/chat --tokenizer path/to/tokenizer_folder --pack-len 4096
 """

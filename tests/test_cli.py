@@ -6,6 +6,7 @@ import json
 
 from click.testing import CliRunner
 
+from packer import config as C
 from packer.cli import main
 from packer.dataset import PackedShards
 
@@ -63,3 +64,19 @@ def test_hub_tokenizer_name_offline_says_to_pass_a_file(tmp_path):
                        env=env, timeout=120)
     assert r.returncode == 1
     assert "could not be loaded from the hub" in r.stderr and "pass a tokenizer.json path" in r.stderr
+
+
+def test_inspect_marks_the_trained_tokens(tmp_path):
+    from packer.pipeline import pack
+
+    chats = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+             for i in range(3)]
+    data = write_jsonl(tmp_path / "c.jsonl", chats)
+    pack([str(data)], tmp_path / "run", tokenize_config=C.TokenizeConfig(kind="chat"),
+         plan_config=C.PlanConfig(pack_len=256), write_config=C.WriteConfig(shuffle=False))
+    r = CliRunner().invoke(main, ["inspect", str(tmp_path / "run"), "--pack", "0", "--plain"])
+    assert r.exit_code == 0, r.output
+    assert "3 segments" in r.output
+    assert "<|im_start|>user\nq0<|im_end|>\n<|im_start|>assistant\n[[a0<|im_end|>\n<|endoftext|>]]" in r.output
+    bad = CliRunner().invoke(main, ["inspect", str(tmp_path / "run"), "--pack", "7"])
+    assert bad.exit_code != 0 and "--pack 7: the run has packs 0..0" in bad.output
