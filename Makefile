@@ -14,7 +14,7 @@ ALGORITHM ?= bfd
 OUT      ?= build/packed
 ARGS     ?=
 
-.PHONY: pack test bench models mutants compare setup clean
+.PHONY: pack test test-quick bench models mutants compare setup clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -50,6 +50,10 @@ compare: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+# Without the tests that start a server or a cluster (marked slow: the S3 server); CI runs `make test`.
+test-quick: $(BIN)/.installed
+	$(BIN)/python -m pytest -m "not slow"
 
 bench: $(BIN)/.installed
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done

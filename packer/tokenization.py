@@ -502,6 +502,7 @@ def read_columns(folder: str | Path, names: Sequence[str]) -> dict[str, np.ndarr
 
 
 def appends_eos(config: C.TokenizeConfig, info: TokenizerInfo) -> bool:
-    """EOS ends every example, except chats rendered by the tokenizer's own template (it ends turns)."""
-    jinja = config.kind == "chat" and info.chat_template is not None and config.template in ("auto", "tokenizer")
-    return not jinja
+    """EOS ends every example, except chats rendered by a Jinja chat template (the tokenizer's or a
+    file): the template ends each turn itself, as the model was trained."""
+    builtin = config.template == "chatml" or (config.template == "auto" and info.chat_template is None)
+    return config.kind != "chat" or builtin
