@@ -3,7 +3,8 @@
     openai    {"messages": [{"role", "content", "tool_calls", "reasoning_content", ...}], "tools": [...]}
               content may be a string, null (an assistant turn that only calls tools) or a list of
               parts ([{"type": "text", "text": ...}]; other part types are refused: Packer packs text)
-    sharegpt  {"conversations": [{"from": "human" | "gpt" | "system" | "tool" | "function_call", "value"}]}
+    sharegpt  {"conversations": [{"from": "human" | "gpt" | "system" | "tool" | "function_call", "value"}],
+               "system": "...", "tools": [...]}   (a top-level system prompt becomes the first turn)
     auto      openai when the record holds the messages field, sharegpt when it holds `conversations`
               (or its turns have from/value)
 
@@ -70,6 +71,10 @@ def normalize(obj: dict, *, messages_field: str, chat_format: str, tools_field: 
         msg = _from_sharegpt(m, at, where, line) if fmt == "sharegpt" else _from_openai(m, at, where, line)
         weights.append(_weight(msg.pop(weight_field, None), f"{at}.{weight_field}", where, line))
         messages.append(msg)
+    system = obj.get("system") if fmt == "sharegpt" else None
+    if isinstance(system, str) and system.strip() and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": system})  # ShareGPT exports keep it beside the turns
+        weights.insert(0, None)
     tools = obj.get(tools_field)
     if isinstance(tools, str):
         tools = _json(tools, where, line, tools_field)

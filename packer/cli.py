@@ -185,7 +185,11 @@ def tokenize_cmd(data, out, mix, workers, **kw):
 
     tcfg = _tokenize_config(kw)
     info = load_tokenizer(kw["tokenizer"], tcfg.eos_token, tcfg.add_bos)
-    m = tokenize(_inputs(data, mix), Path(out) / "tokenized", tcfg, tokenizer=info, workers=workers)
+    specs = _inputs(data, mix)
+    m = tokenize(specs, Path(out) / "tokenized", tcfg, tokenizer=info, workers=workers)
+    if any(s.weight != 1.0 for s in specs):  # weights belong to the plan: say how to give them there
+        click.echo(f"weights apply when planning: packer plan {out} --weights "
+                   f"{','.join(f'{s.weight:g}' for s in specs)} ...")
     c = m["counts"]
     click.echo(f"{c['examples']:,} examples, {c['tokens']:,} tokens, {c['skipped']:,} skipped "
                f"-> {Path(out) / 'tokenized'}")
@@ -195,7 +199,7 @@ def tokenize_cmd(data, out, mix, workers, **kw):
 @click.argument("run", type=click.Path(file_okay=False, exists=True))
 @plan_options
 @click.option("--weights", default=None,
-              help="Per input source, comma-separated multipliers (default: the weights `packer tokenize` was given).")
+              help="Per input source, comma-separated multipliers on its examples (default: 1 each).")
 @_fail_cleanly
 def plan_cmd(run, weights, **kw):
     """Stage 2: RUN/tokenized -> RUN/plan."""
@@ -204,14 +208,12 @@ def plan_cmd(run, weights, **kw):
     from packer.tokenization import FORMAT, VERSION
 
     tok = read_manifest(Path(run) / "tokenized", FORMAT, VERSION, "run `packer tokenize` first")
+    w: tuple[float, ...] = ()
     if weights is not None:
         try:
             w = tuple(float(x) for x in weights.split(","))
         except ValueError:
             raise click.BadParameter(f"'{weights}' is not a comma-separated list of numbers", param_hint="--weights")
-    else:
-        w = tuple(float(s.get("weight", 1.0)) for s in tok.get("sources", []))
-        w = () if all(x == 1.0 for x in w) else w
     m = plan_stage(Path(run) / "tokenized", Path(run) / "plan", _plan_config(kw, tok["config"]["kind"], w))
     p = m["plan"]
     click.echo(f"{p['num_packs']:,} packs (lower bound {p['lower_bound']:,}), efficiency "

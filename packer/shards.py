@@ -266,7 +266,9 @@ def write_stage(tokenized: str | Path, plan_dir: str | Path, out: str | Path, co
             "format": FORMAT, "version": VERSION, "shard_format_version": fmt.VERSION, "digest": digest,
             "pack_len": pack_len, "token_dtype": str(fmt.TOKEN_DTYPES[code].name),
             "tokenizer": tok_manifest["tokenizer"], "inputs": tok_manifest["inputs"],
-            "sources": tok_manifest.get("sources", []),
+            "sources": [dict(src, weight=w) for src, w in zip(
+                tok_manifest.get("sources", []),
+                plan_manifest["config"].get("weights") or [1.0] * len(tok_manifest.get("sources", [])))],
             "config": {"tokenize": tok_manifest["config"], "plan": plan_manifest["config"],
                        "write": C.to_dict(config)},
             "lineage": {"tokenized": tok_manifest["digest"], "plan": plan_manifest["digest"]},

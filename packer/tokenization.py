@@ -363,7 +363,8 @@ def tokenize(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, config:
         return {
             "format": FORMAT, "version": VERSION, "digest": digest,
             "config": C.to_dict(config),
-            "sources": [dict(s.reading(), weight=s.weight, files=[j for j, k in enumerate(file_source) if k == i])
+            # No weights here: the plan stage applies them, so a changed weight never re-tokenizes.
+            "sources": [dict(s.reading(), files=[j for j, k in enumerate(file_source) if k == i])
                         for i, s in enumerate(specs)],
             "inputs": [dict(m, **{k: int(v) for k, v in c.items()}) for m, c in zip(input_meta, per_file)],
             "tokenizer": {"name": tokenizer.name, "fingerprint": tokenizer.fingerprint,

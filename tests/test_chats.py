@@ -135,6 +135,9 @@ def test_sharegpt_equals_openai(template_file):
         {"from": "observation", "value": "18C"}, {"from": "gpt", "value": "It is 18C."}]}
     assert spans(template_file, sharegpt) == spans(template_file, openai)
     assert spans(template_file, sharegpt, chat_format="sharegpt") == spans(template_file, openai)
+    with_system = {**sharegpt, "system": "Be brief."}
+    openai_system = {**openai, "messages": [{"role": "system", "content": "Be brief."}, *openai["messages"]]}
+    assert spans(template_file, with_system) == spans(template_file, openai_system), "top-level system prompt"
     with pytest.raises(InputError, match="field 'messages' missing"):
         spans(template_file, sharegpt, chat_format="openai")
 

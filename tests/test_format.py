@@ -239,9 +239,9 @@ def test_version_3_manifests_carry_sources_and_identities_and_version_2_is_refus
     tok, plan, shards = (json.loads((tmp_path / "r" / s / "manifest.json").read_text())
                          for s in ("tokenized", "plan", "shards"))
     assert (tok["version"], plan["version"], shards["version"]) == (3, 3, 3)
-    assert shards["sources"] == tok["sources"] == [{
-        "path": str(data), "query_field": None, "response_field": None, "messages_field": None,
-        "text_field": None, "tools_field": None, "chat_format": None, "weight": 2.0, "files": [0]}]
+    source = {"path": str(data), "query_field": None, "response_field": None, "messages_field": None,
+              "text_field": None, "tools_field": None, "chat_format": None, "files": [0]}
+    assert tok["sources"] == [source] and shards["sources"] == [{**source, "weight": 2.0}]
     assert set(shards["inputs"][0]) == {"path", "size", "sha256", "source", "records", "examples", "tokens",
                                         "loss_tokens", "skipped"}
     assert plan["config"]["weights"] == [2.0] and plan["counts"]["examples_mixed"] == 40

@@ -113,3 +113,18 @@ def test_bad_weights_on_paths_are_refused():
         C.InputSpec.parse("#weight=2")
     assert C.InputSpec.parse("s3://b/x.parquet#query=q,weight=2.5,format=sharegpt") == C.InputSpec(
         "s3://b/x.parquet", query_field="q", chat_format="sharegpt", weight=2.5)
+
+
+def test_stage_by_stage_weights_go_to_packer_plan(three):
+    run = str(three / "stages")
+    r = CliRunner().invoke(main, ["tokenize", str(three / "a.jsonl"), f"{three / 'b.jsonl'}#weight=2", "--out", run])
+    assert r.exit_code == 0 and f"packer plan {run} --weights 1,2" in r.output, r.output
+    r = CliRunner().invoke(main, ["plan", run, "--pack-len", "1024", "--weights", "1,2"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["write", run])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((three / "stages" / "report.json").read_text())
+    assert [p["trained_examples"] for p in rep["per_source"]] == [120, 160]
+    assert [p["weight"] for p in rep["per_source"]] == [1.0, 2.0]
+    r = CliRunner().invoke(main, ["plan", run, "--pack-len", "1024", "--weights", "1,2,3"])
+    assert r.exit_code != 0 and "3 weights for 2 input sources" in r.output

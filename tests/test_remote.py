@@ -121,3 +121,14 @@ def test_hf_urls_parse_and_fail_offline_with_what_was_tried(monkeypatch):
     with pytest.raises(InputError, match=r"hf://datasets/org/name/\*\.parquet: unreachable \(tried the Hugging Face "
                                          r"Hub, HF_HUB_OFFLINE is set\).*private or gated datasets need HF_TOKEN"):
         expand("hf://datasets/org/name/*.parquet")
+
+
+def test_a_store_without_its_package_says_what_to_install():
+    pytest.importorskip("fsspec")
+    try:
+        import gcsfs  # noqa: F401
+    except ImportError:
+        with pytest.raises(InputError, match=r"gs://b/x\.parquet: cannot open gs:// URLs .*; pip install gcsfs"):
+            expand("gs://b/x.parquet")
+    else:
+        pytest.skip("gcsfs is installed")
