@@ -99,7 +99,11 @@ def _detect(obj: dict, messages_field: str, chat_format: str, where: str, line: 
         return chat_format, field
     turns = obj[field]
     first = turns[0] if isinstance(turns, list) and turns else None
-    sharegpt = field == "conversations" or (isinstance(first, dict) and "from" in first and "role" not in first)
+    # By the turns' own keys: some exports keep OpenAI {role, content} turns under `conversations`.
+    if isinstance(first, dict) and ("role" in first or "from" in first):
+        sharegpt = "from" in first and "role" not in first
+    else:
+        sharegpt = field == "conversations"
     return ("sharegpt" if sharegpt else "openai"), field
 
 

@@ -102,9 +102,10 @@ def columns(spec: C.InputSpec, cfg: C.TokenizeConfig) -> Columns:
     if cfg.kind == "text":
         return Columns(required=(f["text_field"],))
     fmt = spec.chat_format or cfg.chat_format
+    optional = (f["tools_field"], "system")  # ShareGPT exports keep the system prompt in its own column
     if fmt == "openai" or f["messages_field"] != "messages":
-        return Columns(required=(f["messages_field"],), optional=(f["tools_field"],))
-    return Columns(any_of=(f["messages_field"], "conversations"), optional=(f["tools_field"],))
+        return Columns(required=(f["messages_field"],), optional=optional)
+    return Columns(any_of=(f["messages_field"], "conversations"), optional=optional)
 
 
 def _renderer(source: int):

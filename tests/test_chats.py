@@ -140,6 +140,8 @@ def test_sharegpt_equals_openai(template_file):
     assert spans(template_file, with_system) == spans(template_file, openai_system), "top-level system prompt"
     with pytest.raises(InputError, match="field 'messages' missing"):
         spans(template_file, sharegpt, chat_format="openai")
+    role_turns = {"tools": TOOLS, "conversations": openai["messages"]}  # OpenAI turns kept under `conversations`
+    assert spans(template_file, role_turns) == spans(template_file, openai)
 
 
 @pytest.mark.parametrize("record, match", [

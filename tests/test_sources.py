@@ -178,3 +178,17 @@ def test_dataset_dict_folder_says_which_split(tmp_path, byte_tok):
         tokenize([str(tmp_path / "dd")], tmp_path / "tok", C.TokenizeConfig(), tokenizer=byte_tok)
     ok = tokenize([str(tmp_path / "dd" / "train")], tmp_path / "tok", C.TokenizeConfig(), tokenizer=byte_tok)
     assert ok["counts"]["examples"] == 1
+
+
+def test_sharegpt_parquet_reads_the_system_column(tmp_path, byte_tok):
+    rows = [{"system": "Be brief.", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}]
+    pq.write_table(pa.Table.from_pylist(rows * 3), tmp_path / "s.parquet")
+    write_jsonl(tmp_path / "o.jsonl", [{"messages": [{"role": "system", "content": "Be brief."},
+                                                     {"role": "user", "content": "hi"},
+                                                     {"role": "assistant", "content": "yo"}]}] * 3)
+    cfg = C.TokenizeConfig(kind="chat")
+    a = tokenize([str(tmp_path / "s.parquet")], tmp_path / "a", cfg, tokenizer=byte_tok)
+    b = tokenize([str(tmp_path / "o.jsonl")], tmp_path / "b", cfg, tokenizer=byte_tok)
+    assert a["counts"] == b["counts"]
+    ta, tb = (open_tokenized(tmp_path / d)[1][0] for d in ("a", "b"))
+    assert ta.column("input_ids").to_pylist() == tb.column("input_ids").to_pylist()
