@@ -150,13 +150,15 @@ def main() -> None:
 @write_options
 @click.option("--workers", type=int, default=0, show_default=True,
               help="Worker processes for the map steps (0: in this process, tokenizer on all cores).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where the map steps run: this machine, or a Ray cluster (RAY_ADDRESS, else a local one).")
 @click.option("--baseline-batch", type=int, default=8, show_default=True,
               help="Batch size of the padded-to-longest baseline in the report.")
 @click.option("--rehash", is_flag=True,
               help="Check the sha256 of every file of the stages a rerun would skip, and rebuild damaged ones.")
 @quiet_option
 @_fail_cleanly
-def pack(data, out, mix, workers, baseline_batch, rehash, **kw):
+def pack(data, out, mix, workers, executor, baseline_batch, rehash, **kw):
     """Run all stages: DATA -> OUT. DATA: JSON Lines, Parquet or Arrow files, save_to_disk folders, globs
     or URLs (s3://, gs://, hf://), each optionally PATH#query=F,response=F,format=sharegpt,weight=W."""
     from packer.pipeline import pack as run
@@ -165,6 +167,7 @@ def pack(data, out, mix, workers, baseline_batch, rehash, **kw):
     tcfg = _tokenize_config(kw)
     report = run(_inputs(data, mix), out, tokenizer=kw["tokenizer"], tokenize_config=tcfg,
                  plan_config=_plan_config(kw, tcfg.kind), write_config=_write_config(kw), workers=workers,
+                 executor=executor,
                  baseline_batch=baseline_batch, rehash=rehash)
     click.echo(summary(report))
     click.echo(f"shards: {Path(out) / 'shards'}\nreport: {Path(out) / 'report.html'} (also .json, .md)")

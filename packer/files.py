@@ -23,7 +23,7 @@ from packer.tokenizer import TokenizerInfo, load_tokenizer
 
 def packed_dataset_from_files(files: Sequence[str | C.InputSpec], tokenizer: str | TokenizerInfo, pack_len: int, *,
                               cache_dir: str | Path = "~/.cache/packer", label_mode: str = "unshifted",
-                              executor: Executor | None = None, workers: int = 0, wait_seconds: float = 3600,
+                              executor: Executor | str | None = None, workers: int = 0, wait_seconds: float = 3600,
                               **options) -> PackedShards:
     """Pack input files (JSON Lines, Parquet, Arrow, globs or URLs; each may name its own fields and weight:
     "a.jsonl#query=question,response=answer,weight=0.5")

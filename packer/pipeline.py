@@ -21,7 +21,7 @@ from packer.tokenizer import TokenizerInfo, load_tokenizer
 def pack(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, *, tokenizer: str | TokenizerInfo = "byte",
          tokenize_config: C.TokenizeConfig = C.TokenizeConfig(),
          plan_config: C.PlanConfig = C.PlanConfig(),
-         write_config: C.WriteConfig = C.WriteConfig(), executor: Executor | None = None, workers: int = 0,
+         write_config: C.WriteConfig = C.WriteConfig(), executor: Executor | str | None = None, workers: int = 0,
          baseline_batch: int = 8, rehash: bool = False) -> dict:
     """Tokenize, plan and write `inputs` into `out` (tokenized/, plan/, shards/, report.json/.md/.html).
 

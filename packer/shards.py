@@ -227,7 +227,7 @@ def _check_pieces(tokenized: Path, pieces: np.ndarray, tok_manifest: dict) -> No
 
 
 def write_stage(tokenized: str | Path, plan_dir: str | Path, out: str | Path, config: C.WriteConfig,
-                *, executor: Executor | None = None, workers: int = 0, rehash: bool = False) -> Manifest:
+                *, executor: Executor | str | None = None, workers: int = 0, rehash: bool = False) -> Manifest:
     """Stage 3: write the shards of `plan_dir` into the folder `out`; returns the dataset manifest."""
     from packer.planner import read_plan
 

@@ -318,7 +318,7 @@ def chunk_name(index: int) -> str:
 
 
 def tokenize(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, config: C.TokenizeConfig, *,
-             tokenizer: TokenizerInfo, executor: Executor | None = None, workers: int = 0,
+             tokenizer: TokenizerInfo, executor: Executor | str | None = None, workers: int = 0,
              rehash: bool = False) -> Manifest:
     """Stage 1: tokenize `inputs` into the folder `out`; returns its manifest (and does nothing when it is
     up to date).

@@ -29,8 +29,23 @@ class Executor(Protocol):
         ...
 
 
-def resolve(executor: Executor | None, workers: int = 0) -> Executor:
-    """The executor a stage runs on: the one given, else the local one with `workers` processes."""
+NAMES = ("local", "ray")
+
+
+def resolve(executor: Executor | str | None, workers: int = 0) -> Executor:
+    """The executor a stage runs on: the one given (or named: "local", "ray"), else the local one with
+    `workers` processes."""
+    if isinstance(executor, str):
+        if executor == "local":
+            executor = None
+        elif executor == "ray":
+            if workers:
+                raise ConfigError("workers= is for the local executor; Ray uses the cluster's CPUs (drop --workers)")
+            from packer.executors.ray import RayExecutor
+
+            return RayExecutor()
+        else:
+            raise ConfigError(f"unknown executor '{executor}'; choose one of {', '.join(NAMES)}")
     if executor is not None and workers:
         raise ConfigError("pass executor= or workers=, not both (workers=N is short for LocalExecutor(N))")
     if executor is None:
@@ -43,4 +58,4 @@ def resolve(executor: Executor | None, workers: int = 0) -> Executor:
     return executor
 
 
-__all__ = ["Executor", "LocalExecutor", "resolve"]
+__all__ = ["Executor", "LocalExecutor", "NAMES", "resolve"]
