@@ -62,3 +62,43 @@ def test_executor_names():
         resolve("spark")
     with pytest.raises(ConfigError, match="workers= is for the local executor"):
         resolve("ray", 2)
+
+
+def _die_once(marker: str, fn, item):
+    """The first task to get here does its work (writes its file), then its worker process dies."""
+    import os
+
+    result = fn(item)
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return result
+    os.close(fd)
+    os._exit(1)
+
+
+def test_a_killed_worker_is_retried_and_the_shards_are_the_same(cluster, tmp_path):
+    import functools
+    import sys
+
+    import ray
+
+    from packer.executors.ray import RayExecutor
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test
+
+    class KillingExecutor(RayExecutor):
+        def map(self, fn, items, initializer=None, initargs=()):
+            return super().map(functools.partial(_die_once, str(tmp_path / f"killed-{fn.__name__}"), fn), items,
+                               initializer, initargs)
+
+    records = sft_records(600, seed=2)
+    write_jsonl(tmp_path / "d.jsonl", records)
+    tcfg, pcfg, wcfg = C.TokenizeConfig(chunk_records=100), C.PlanConfig(pack_len=512), C.WriteConfig(shard_bytes=64 << 10)
+    pack([str(tmp_path / "d.jsonl")], tmp_path / "local", tokenize_config=tcfg, plan_config=pcfg, write_config=wcfg)
+    pack([str(tmp_path / "d.jsonl")], tmp_path / "killed", tokenize_config=tcfg, plan_config=pcfg, write_config=wcfg,
+         executor=KillingExecutor(address=cluster.address))
+    assert (tmp_path / "killed-tokenize_chunk").exists() and (tmp_path / "killed-write_one").exists(), \
+        "a worker died in each map stage"
+    assert files(tmp_path / "killed") == files(tmp_path / "local")
+    assert not [p for p in (tmp_path / "killed").rglob("*") if p.name.startswith(".")], "nothing half-written left"
