@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from packer.errors import InputError
+from packer.manifest import sha256_file
 
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _MAGIC = set("*?[")
@@ -145,11 +146,11 @@ def identity(path: str) -> dict:
             files = sorted(f for f in p.iterdir() if f.is_file())
             h = hashlib.sha256()
             for f in files:
-                h.update(f.name.encode() + b"\0" + _sha256(f).encode() + b"\0")
+                h.update(f.name.encode() + b"\0" + sha256_file(f).encode() + b"\0")
             return {"path": str(path), "size": sum(f.stat().st_size for f in files), "sha256": h.hexdigest()}
         if not p.is_file():
             raise InputError(str(path), None, None, "no such file", "check the path given as DATA")
-        return {"path": str(path), "size": p.stat().st_size, "sha256": _sha256(p)}
+        return {"path": str(path), "size": p.stat().st_size, "sha256": sha256_file(p)}
     fs, inner = filesystem(path)
     fs.invalidate_cache(inner)
     try:
@@ -173,14 +174,6 @@ def identity(path: str) -> dict:
                 h.update(block)
         out["sha256"] = h.hexdigest()
     return out
-
-
-def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def open_input(path: str) -> IO[bytes]:

@@ -432,19 +432,10 @@ def open_tokenized(folder: str | Path, *, maps: list | None = None) -> tuple[dic
     """
     import mmap
 
-    from packer.manifest import read_manifest
-
-    folder = Path(folder)
-    hint = "run `packer tokenize` (or `packer pack`) again"
-    manifest = read_manifest(folder, FORMAT, VERSION, hint)
-    chunks = manifest.get("chunks")
-    if not isinstance(chunks, list) or not all(isinstance(c, dict) and isinstance(c.get("file"), str)
-                                               and c["file"] == chunk_name(i) for i, c in enumerate(chunks)):
-        raise FormatError(str(folder / "manifest.json"), "'chunks' does not list chunk-00000.arrow, ... in order",
-                          hint)
+    manifest, hint = _listed(folder)
     tables = []
-    for c in chunks:
-        path = folder / c["file"]
+    for c in manifest["chunks"]:
+        path = Path(folder) / c["file"]
         try:
             if maps is None:  # the map stays open as long as the table's buffers refer to it
                 source = pa.memory_map(str(path), "r")
@@ -455,16 +446,39 @@ def open_tokenized(folder: str | Path, *, maps: list | None = None) -> tuple[dic
                 mm.madvise(mmap.MADV_RANDOM)
                 maps.append(mm)
                 source = pa.BufferReader(pa.py_buffer(mm))
-            table = pa.ipc.open_file(source).read_all()
-            if not table.schema.equals(SCHEMA):
-                raise ValueError(f"schema {table.schema.names} is not the tokenized schema")
-            table.validate()
-        except (pa.ArrowException, OSError, ValueError) as e:
+        except OSError as e:
             raise FormatError(str(path), f"unreadable tokenized chunk ({str(e).splitlines()[0][:120]})", hint) from None
-        if table.num_rows != c.get("examples"):
-            raise FormatError(str(path), f"{table.num_rows} rows, manifest.json records {c.get('examples')}", hint)
-        tables.append(table)
+        tables.append(_checked_table(path, source, c, hint))
     return manifest, tables
+
+
+def _listed(folder: str | Path) -> tuple[dict, str]:
+    """A tokenize stage's sealed manifest, its 'chunks' checked to name chunk-00000.arrow, ... in order."""
+    from packer.manifest import read_manifest
+
+    folder = Path(folder)
+    hint = "run `packer tokenize` (or `packer pack`) again"
+    manifest = read_manifest(folder, FORMAT, VERSION, hint)
+    chunks = manifest.get("chunks")
+    if not isinstance(chunks, list) or not all(isinstance(c, dict) and isinstance(c.get("file"), str)
+                                               and c["file"] == chunk_name(i) for i, c in enumerate(chunks)):
+        raise FormatError(str(folder / "manifest.json"), "'chunks' does not list chunk-00000.arrow, ... in order",
+                          hint)
+    return manifest, hint
+
+
+def _checked_table(path: Path, source, entry: dict, hint: str) -> pa.Table:
+    """One chunk read from `source`, checked for the schema, Arrow's structure and the manifest's row count."""
+    try:
+        table = pa.ipc.open_file(source).read_all()
+        if not table.schema.equals(SCHEMA):
+            raise ValueError(f"schema {table.schema.names} is not the tokenized schema")
+        table.validate()
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise FormatError(str(path), f"unreadable tokenized chunk ({str(e).splitlines()[0][:120]})", hint) from None
+    if table.num_rows != entry.get("examples"):
+        raise FormatError(str(path), f"{table.num_rows} rows, manifest.json records {entry.get('examples')}", hint)
+    return table
 
 
 def read_columns(folder: str | Path, names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -474,28 +488,15 @@ def read_columns(folder: str | Path, names: Sequence[str]) -> dict[str, np.ndarr
     mapping would fault whole page-cache folios into this process for a few bytes a row (~40 MB at
     150k examples on Linux 6.18), so memory would grow with the data.
     """
-    from packer.manifest import read_manifest
-
-    folder = Path(folder)
-    hint = "run `packer tokenize` (or `packer pack`) again"
-    manifest = read_manifest(folder, FORMAT, VERSION, hint)
-    chunks = manifest.get("chunks")
-    if not isinstance(chunks, list) or not all(isinstance(c, dict) and c.get("file") == chunk_name(i)
-                                               for i, c in enumerate(chunks)):
-        raise FormatError(str(folder / "manifest.json"), "'chunks' does not list chunk-00000.arrow, ... in order", hint)
+    manifest, hint = _listed(folder)
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for c in chunks:
-        path = folder / c["file"]
+    for c in manifest["chunks"]:
+        path = Path(folder) / c["file"]
         try:
             with pa.OSFile(str(path), "r") as f:
-                table = pa.ipc.open_file(f).read_all()
-            if not table.schema.equals(SCHEMA):
-                raise ValueError(f"schema {table.schema.names} is not the tokenized schema")
-            table.validate()
-        except (pa.ArrowException, OSError, ValueError) as e:
+                table = _checked_table(path, f, c, hint)
+        except OSError as e:
             raise FormatError(str(path), f"unreadable tokenized chunk ({str(e).splitlines()[0][:120]})", hint) from None
-        if table.num_rows != c.get("examples"):
-            raise FormatError(str(path), f"{table.num_rows} rows, manifest.json records {c.get('examples')}", hint)
         for n in names:
             parts[n].append(table.column(n).to_numpy().astype(np.int64))
         del table
