@@ -76,12 +76,12 @@ tokenize_options = _apply([
 
 plan_options = _apply([
         click.option("--pack-len", type=int, required=True, help="Tokens per pack."),
-        click.option("--algorithm", default="bfd", show_default=True,
-                     help="nextfit, ffd, bfd, ortools (see packer.planner.ALGORITHMS)."),
+        click.option("--algorithm", default="ortools", show_default=True,
+                     help="ortools (fewest packs within a work budget), bfd, ffd, nextfit (see packer.planner.ALGORITHMS)."),
         click.option("--overlong", type=click.Choice(C.OVERLONG), default=None,
                      help="Over-long examples (default: truncate for sft/chat, split for text)."),
         click.option("--max-segments", type=int, default=None, help="Cap on examples per pack."),
-        click.option("--time-limit", type=float, default=None, help="Work budget of the ortools planner, in deterministic seconds (about wall seconds on 2 cores; the plan never depends on the clock). Default 10."),
+        click.option("--time-limit", type=float, default=None, help="Work budget of the ortools planner, in deterministic seconds (about wall seconds on 2 cores; the plan never depends on the clock). Default: 1 + 1e-5 per example, at most 300."),
         click.option("--seed", type=int, default=0, show_default=True),
 ])
 

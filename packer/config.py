@@ -166,8 +166,9 @@ class PlanConfig:
 
     pack_len: int = 2048
     """Tokens per pack (the training sequence length)."""
-    algorithm: str = "bfd"
-    """Packing algorithm: see packer.planner.ALGORITHMS."""
+    algorithm: str = "ortools"
+    """Packing algorithm: see packer.planner.ALGORITHMS. The default searches for the fewest packs
+    within a deterministic budget that grows with the data; bfd is the fast one-pass heuristic."""
     overlong: str = "truncate"
     """What to do with an example longer than pack_len: truncate (keep the prompt, cut the end),
     drop, split (into pack_len pieces, each its own segment) or error."""
@@ -178,8 +179,9 @@ class PlanConfig:
     """Per input source, the multiplier on its examples (see InputSpec.weight); () weighs every source 1.
     `pack` fills it from the inputs' weights."""
     time_limit: float | None = None
-    """The ortools planner's work budget in deterministic seconds (None: 10): work is counted, not
-    timed, so the same lengths and seed give the same plan on any machine, loaded or not."""
+    """The ortools planner's work budget in deterministic seconds (None: packer.solver.default_budget of
+    the number of examples, 1 s + 10 us an example, at most 300): work is counted, not timed, so the
+    same lengths and seed give the same plan on any machine, loaded or not."""
 
     def __post_init__(self) -> None:
         if self.pack_len < 1:

@@ -24,7 +24,8 @@ FIELDS = [  # (key, label, format) for tables
     ("algorithm", "algorithm", "{}"), ("pack_len", "pack length", "{:,}"), ("num_examples", "examples", "{:,}"),
     ("num_tokens", "tokens", "{:,}"), ("num_packs", "packs", "{:,}"), ("lower_bound_packs", "lower bound", "{:,}"),
     ("gap_to_bound", "gap to bound", "{:.2%}"), ("efficiency", "efficiency", "{:.2%}"),
-    ("optimal", "proven optimal", "{}"), ("plan_seconds", "plan seconds", "{:.3f}"),
+    ("optimal", "proven optimal", "{}"), ("plan_budget", "planner budget (deterministic s)", "{}"),
+    ("plan_seconds", "plan seconds", "{:.3f}"),
     ("max_segments_per_pack", "max examples/pack", "{}"),
     ("truncated_examples", "truncated examples", "{:,}"), ("truncated_tokens", "truncated tokens", "{:,}"),
     ("dropped_examples", "dropped examples", "{:,}"), ("skipped_records", "skipped records", "{:,}"),
@@ -80,6 +81,7 @@ def compute(path: str | Path, seconds: dict[str, float] | None = None, baseline_
     c = m["counts"]
     report = {
         "pack_len": L, "algorithm": m["plan"]["algorithm"], "optimal": m["plan"]["optimal"],
+        "plan_budget": m["plan"].get("time_limit"),
         "num_examples": int(len(np.unique(seg_example))), "num_segments": n, "num_tokens": tokens,
         "num_loss_tokens": loss_tokens, "num_packs": packs, "efficiency": tokens / max(1, packed_tokens),
         "lower_bound_packs": lb, "gap_to_bound": (packs - lb) / max(1, lb),
@@ -220,7 +222,9 @@ def summary(report: dict) -> str:
     lines = [
         f"examples {r['num_examples']:,}  tokens {r['num_tokens']:,}  loss tokens {r['num_loss_tokens']:,}",
         f"packs {r['num_packs']:,} x {r['pack_len']}  lower bound {r['lower_bound_packs']:,}  "
-        f"efficiency {r['efficiency']:.2%}  ({r['algorithm']}, gap {r['gap_to_bound']:.2%})",
+        f"efficiency {r['efficiency']:.2%}  ({r['algorithm']}"
+        + (f", budget {r['plan_budget']:.3g} s" if r.get("plan_budget") is not None else "")
+        + f", gap {r['gap_to_bound']:.2%})",
         f"vs padding every example to {r['pack_len']}: {r['speedup_tokens_vs_pad_to_pack']:.1f}x fewer tokens; "
         f"vs batches of {r['baseline_batch']} padded to the longest: {r['speedup_tokens_vs_pad_to_longest']:.2f}x",
     ]

@@ -42,6 +42,12 @@ GROUP_MIN, GROUP_MAX = 3, 8  # packs merged at a time: merging 2 saved a pack in
 # GROUP_MAX and MAX_MODEL_ITEMS cap the model's size (a 12-pack, ~100-item merge still took 0.04 s: a guard
 # against models too big for the budget, not a measured optimum)
 MAX_MODEL_ITEMS = 200
+POOL = 256  # the emptiest packs CP-SAT merges choose among
+BUDGET_PER_ITEM = 1e-5  # default budget per length: 1e6 lengths get 11 s (the refill reached the bound in ~8)
+BUDGET_MAX = 300.0  # the default's cap: 1e8 lengths and more plan in a few minutes of work
+
+Packs = tuple[np.ndarray, np.ndarray]
+"""(slots int32, offsets int64): pack p holds the lengths slots[offsets[p]:offsets[p+1]]."""
 
 
 class _Budget:
@@ -118,20 +124,21 @@ class _Histogram:
         return self.avail[i - 1] if i else None
 
 
-def _refill(lengths: np.ndarray, pack_len: int, cap: int, budget: _Budget) -> list[list[int]] | None:
-    """Packs as lists of lengths: each opened around the largest remaining item and closed by an
-    exact subset sum of the remaining histogram (largest lengths tried first, so small items stay
-    free for later packs). None when the budget runs out."""
+def _refill(lengths: np.ndarray, pack_len: int, cap: int, budget: _Budget) -> Packs:
+    """Packs opened around the largest remaining item and closed by an exact subset sum of the remaining
+    histogram (largest lengths tried first, so small items stay free for later packs).
+
+    When the budget runs out part way, the items left are packed by BFD, so a budget too small for the
+    data still improves the plan as far as it reached. Memory: the lengths' own size (an int32 slot per
+    item and one per pack) plus the histogram, whatever the number of items."""
     h = _Histogram(lengths, pack_len)
-    packs: list[list[int]] = []
-    # One iteration per pack, each a subset sum over at most pack_len sums: fine for the sizes
-    # this planner is for (up to ~1e5 items in seconds); past the budget BFD's plan stands.
-    while h.left:
-        if budget.spent():
-            return None
+    slots = np.empty(len(lengths), dtype=np.int32)  # the packs' lengths, pack after pack
+    sizes = np.empty(len(lengths), dtype=np.int32)  # items per pack (at most one pack per item)
+    at = packs = 0
+    # One iteration per pack, each a subset sum over at most pack_len sums: about 1e5 packs in seconds.
+    while h.left and not budget.spent():
         anchor = h.avail[-1]
         h.take(anchor)
-        pack = [anchor]
         room = pack_len - anchor
         cand = h.avail[: bisect.bisect_right(h.avail, room)][::-1]
         fill = _subset_sum(room, cand, [h.counts[v] for v in cand], budget) if room and cand else []
@@ -144,9 +151,18 @@ def _refill(lengths: np.ndarray, pack_len: int, cap: int, budget: _Budget) -> li
                 left -= v * k
         for v in fill:
             h.take(v)
-        pack.extend(fill)
-        packs.append(pack)
-    return packs
+        slots[at] = anchor
+        slots[at + 1:at + 1 + len(fill)] = fill
+        sizes[packs] = 1 + len(fill)
+        at += 1 + len(fill)
+        packs += 1
+    if h.left:  # the budget ran out: BFD packs what is left
+        rest = np.repeat(np.arange(pack_len + 1, dtype=np.int64), h.counts)
+        order, offsets = binpack.bfd(rest, pack_len, None if cap > len(lengths) else cap)
+        slots[at:] = rest[order]
+        sizes[packs:packs + len(offsets) - 1] = np.diff(offsets)
+        packs += len(offsets) - 1
+    return slots, np.concatenate([[0], np.cumsum(sizes[:packs], dtype=np.int64)])
 
 
 def _cpsat_merge(groups: list[list[int]], pack_len: int, cap: int, budget: _Budget,
@@ -186,15 +202,14 @@ def _cpsat_merge(groups: list[list[int]], pack_len: int, cap: int, budget: _Budg
     return [g for g in out if g]
 
 
-def _assign(packs: list[list[int]], lengths: np.ndarray, pack_len: int) -> binpack.Packing:
+def _assign(packs: Packs, lengths: np.ndarray, pack_len: int) -> binpack.Packing:
     """Turn packs of lengths into item indices: equal lengths are handed out in input order."""
+    slots, offsets = packs
     order_sorted, _, _ = binpack._classes(lengths, pack_len)
-    slot_len = np.fromiter((v for p in packs for v in p), dtype=np.int64, count=len(lengths))
-    slot_order = np.argsort((pack_len - slot_len).astype(np.uint32), kind="stable")
+    slot_order = np.argsort((pack_len - slots.astype(np.int64)).astype(np.uint32), kind="stable")
     order = np.empty(len(lengths), dtype=np.int64)
     order[slot_order] = order_sorted
-    offsets = np.concatenate([[0], np.cumsum([len(p) for p in packs])]).astype(np.int64)
-    return order, offsets
+    return order, np.asarray(offsets, dtype=np.int64)
 
 
 def _ranges(order: np.ndarray, offsets: np.ndarray, packs: np.ndarray) -> np.ndarray:
@@ -202,33 +217,53 @@ def _ranges(order: np.ndarray, offsets: np.ndarray, packs: np.ndarray) -> np.nda
     return order[concat_ranges(offsets[packs], offsets[packs + 1] - offsets[packs])]
 
 
-def _improve(lengths: np.ndarray, pack_len: int, cap: int, lb: int, budget: _Budget, seed: int,
-             packs: list[list[int]] | None, fallback: list[list[int]]) -> list[list[int]]:
-    """The refill's packs when they beat `fallback`, then CP-SAT merges of the emptiest packs."""
-    best = packs if packs is not None and len(packs) < len(fallback) else fallback
-    group = GROUP_MIN
-    while len(best) > lb and not budget.spent() and group <= GROUP_MAX:
-        best.sort(key=sum, reverse=True)
-        tail = best[-group:]
+def _num(packs: Packs) -> int:
+    return len(packs[1]) - 1
+
+
+def _improve(pack_len: int, cap: int, lb: int, budget: _Budget, seed: int, packs: Packs, fallback: Packs) -> Packs:
+    """The better of `packs` and `fallback`, then CP-SAT merges among its POOL emptiest packs.
+
+    Only the pool is held as Python lists (the merges only ever take the emptiest few packs), so the
+    memory stays that of the arrays however many packs there are."""
+    best = packs if _num(packs) < _num(fallback) else fallback
+    if _num(best) <= lb or budget.spent():
+        return best
+    slots, offsets = best
+    fill = np.add.reduceat(slots.astype(np.int64), offsets[:-1]) if len(slots) else np.zeros(0, np.int64)
+    by_fill = np.argsort(-fill, kind="stable")  # fullest first; ties keep pack order
+    keep, pool_ids = np.sort(by_fill[:-POOL]) if len(by_fill) > POOL else by_fill[:0], by_fill[-POOL:]
+    pool = [slots[offsets[i]:offsets[i + 1]].tolist() for i in pool_ids]
+    group, merged_any = GROUP_MIN, False
+    while len(keep) + len(pool) > lb and not budget.spent() and group <= GROUP_MAX:
+        pool.sort(key=sum, reverse=True)
+        tail = pool[-group:]
         if sum(len(p) for p in tail) > MAX_MODEL_ITEMS:
             break
         merged = _cpsat_merge(tail, pack_len, cap, budget, seed)
         if merged is None:
             group += 1
             continue
-        best = best[:-group] + merged
-    return best
+        pool = pool[:-group] + merged
+        merged_any = True
+    if not merged_any:
+        return best
+    kept = _ranges(slots, offsets, keep)
+    sizes = np.concatenate([offsets[keep + 1] - offsets[keep], [len(p) for p in pool]]).astype(np.int64)
+    flat = np.concatenate([kept, np.fromiter((v for p in pool for v in p), dtype=np.int32)]).astype(np.int32)
+    return flat, np.concatenate([[0], np.cumsum(sizes)])
 
 
 def ortools_plan(lengths: np.ndarray, pack_len: int, *, seed: int = 0, max_segments: int | None = None,
                  time_limit: float | None = None) -> tuple[np.ndarray, np.ndarray, bool | None]:
-    """BFD, then exact refill, then CP-SAT merges of the emptiest packs, within `time_limit` (10 s).
+    """BFD, then exact refill, then CP-SAT merges of the emptiest packs, within `time_limit` deterministic
+    seconds (None: default_budget(len(lengths))).
 
     The refill first works on the items of BFD's packs that are not exactly full (BFD fills most
     packs to the token on real data, so this is a small residual even for millions of items); when
     that does not reach the bound and time remains, it refills everything.
     """
-    budget = _Budget(10.0 if time_limit is None else time_limit)
+    budget = _Budget(default_budget(len(lengths)) if time_limit is None else time_limit)
     cap = max_segments or len(lengths) + 1
     order, offsets = binpack.bfd(lengths, pack_len, max_segments)
     lb = lower_bound(lengths, pack_len)
@@ -243,15 +278,14 @@ def ortools_plan(lengths: np.ndarray, pack_len: int, *, seed: int = 0, max_segme
     need = lb - len(full_packs)  # packs the residual would need to reach the bound
     res_items = _ranges(order, offsets, open_packs)
     res_len = lengths[res_items]
-    bounds = np.concatenate([[0], np.cumsum(offsets[open_packs + 1] - offsets[open_packs])])
-    bfd_res = [res_len[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])]
+    bfd_res = (res_len.astype(np.int32), np.concatenate([[0], np.cumsum(offsets[open_packs + 1] - offsets[open_packs])]))
     packs = _refill(res_len, pack_len, cap, budget)
-    best = _improve(res_len, pack_len, cap, need, budget, seed, packs, bfd_res)
-    if len(best) > need and len(full_packs) and not budget.spent():
+    best = _improve(pack_len, cap, need, budget, seed, packs, bfd_res)
+    if _num(best) > need and len(full_packs) and not budget.spent():
         everything = _refill(lengths, pack_len, cap, budget)
-        if everything is not None and len(everything) < len(best) + len(full_packs):
+        if _num(everything) < _num(best) + len(full_packs):
             o, off = _assign(everything, lengths, pack_len)
-            return o, off, (len(everything) <= lb) or None
+            return o, off, (_num(everything) <= lb) or None
     if best is bfd_res:
         return order, offsets, None
     res_order, res_offsets = _assign(best, res_len, pack_len)
@@ -259,4 +293,12 @@ def ortools_plan(lengths: np.ndarray, pack_len: int, *, seed: int = 0, max_segme
     kept_off = offsets[full_packs + 1] - offsets[full_packs]
     new_order = np.concatenate([kept, res_items[res_order]])
     new_offsets = np.concatenate([[0], np.cumsum(np.concatenate([kept_off, np.diff(res_offsets)]))]).astype(np.int64)
-    return new_order, new_offsets, (len(full_packs) + len(best) <= lb) or None
+    return new_order, new_offsets, (len(full_packs) + _num(best) <= lb) or None
+
+
+def default_budget(items: int) -> float:
+    """The default work budget, in deterministic seconds, for planning `items` lengths: one second plus
+    BUDGET_PER_ITEM a length, at most BUDGET_MAX. Scaled with the data so the search keeps pace with it
+    (the refill needs about one subset sum per pack); capped because the planner runs on the driver
+    alone while the map stages scale out."""
+    return min(BUDGET_MAX, 1.0 + items * BUDGET_PER_ITEM)

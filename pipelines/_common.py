@@ -25,6 +25,6 @@ def arguments(description: str) -> argparse.ArgumentParser:
     ap.add_argument("--out", required=True)
     ap.add_argument("--tokenizer", default="byte")
     ap.add_argument("--pack-len", type=int, default=2048)
-    ap.add_argument("--algorithm", default="bfd")
+    ap.add_argument("--algorithm", default="ortools")
     ap.add_argument("--workers", type=int, default=0)
     return ap

@@ -241,3 +241,46 @@ def test_ortools_respects_max_segments_where_refill_would_not():
     assert np.diff(p.offsets).max() <= 2
     assert sorted(p.order.tolist()) == list(range(len(lengths)))
     assert p.num_packs <= packer.plan(lengths, 55, "bfd", max_segments=2).num_packs
+
+
+def test_default_planner_is_the_optimizing_one_with_a_budget_that_grows_with_the_data():
+    from packer import config as C
+    from packer.solver import default_budget
+
+    assert C.PlanConfig().algorithm == "ortools"
+    lengths = np.array([5, 4, 4, 3, 2, 2])
+    p = packer.plan(lengths, 10)
+    assert p.algorithm == "ortools" and p.num_packs == 2 and p.time_limit == default_budget(6)
+    assert default_budget(10**6) > default_budget(10**4) > default_budget(0) >= 1
+    assert default_budget(10**12) == default_budget(10**9)  # capped: the planner is the driver's alone
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 60), min_size=1, max_size=300), st.sampled_from([0.0, 1e-4, 3e-4, 1e-3, 1e-2]),
+       st.sampled_from([None, 3]))
+def test_a_budget_that_runs_out_part_way_still_gives_a_complete_plan_no_worse_than_bfd(lengths, budget, cap):
+    """The refill stops where the budget ends and BFD packs the rest: every item exactly once, no pack
+    over the length or the segment cap, never more packs than BFD alone."""
+    arr = np.array(lengths, dtype=np.int64)
+    p = packer.plan(arr, 64, "ortools", max_segments=cap, time_limit=budget)
+    assert np.array_equal(np.sort(p.order), np.arange(len(arr)))
+    assert np.all(p.pack_tokens(arr) <= 64)
+    if cap:
+        assert np.diff(p.offsets).max() <= cap
+    assert p.num_packs <= packer.plan(arr, 64, "bfd", max_segments=cap).num_packs
+
+
+def test_refill_cut_short_by_its_budget_is_completed_by_bfd():
+    """A budget that covers part of the refill gives a complete plan: the refilled packs and BFD's packs
+    of the rest (before, a refill cut short was thrown away whole), and a full budget does no worse."""
+    from packer import solver
+
+    rng = np.random.default_rng(3)
+    lengths = np.clip(rng.lognormal(4.5, 0.7, 20000).astype(np.int64), 1, 512)
+    full = solver._refill(lengths, 512, len(lengths) + 1, solver._Budget(1e9))
+    part = solver._refill(lengths, 512, len(lengths) + 1, solver._Budget(0.02))
+    assert solver._num(full) == packer.plan(lengths, 512).lower_bound < packer.plan(lengths, 512, "bfd").num_packs
+    assert solver._num(full) <= solver._num(part)
+    for slots, offsets in (full, part):
+        assert np.array_equal(np.sort(slots), np.sort(lengths))
+        assert np.add.reduceat(slots.astype(np.int64), offsets[:-1]).max() <= 512
