@@ -176,6 +176,17 @@ def identity(path: str) -> dict:
     return out
 
 
+def size_of(path: str) -> int:
+    """A file's size in bytes (local or remote)."""
+    if not is_url(path):
+        return Path(local_path(path)).stat().st_size
+    fs, inner = filesystem(path)
+    try:
+        return int(fs.info(inner).get("size") or 0)
+    except Exception as e:
+        raise unreachable(path, e) from None
+
+
 def open_input(path: str) -> IO[bytes]:
     """A binary file object: local, or a remote stream read in BLOCK-sized ranges."""
     if not is_url(path):

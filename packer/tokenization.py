@@ -350,9 +350,11 @@ def tokenize(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, config:
 
     def build(tmp: Path) -> dict:
         job = Job(tokenizer, config, tuple(specs), tuple(file_source), str(tmp))
-        chunks = sources.scan(files, config.chunk_records, cols)
+        # Workers count the JSON Lines ranges; the driver sees sizes and counts, never the records.
+        chunks = sources.scan(files, config.chunk_records, cols, lambda fn, items: run.map(fn, items),
+                              sizes=[m["size"] for m in input_meta])
         results = list(progress(run.map(tokenize_chunk, chunks, _init_worker, (job,)),
-                                "tokenize", unit="chunk"))
+                                "tokenize", total=len(chunks), unit="chunk"))
         skipped: Counter[str] = Counter()
         per_file: list[Counter[str]] = [Counter(records=0, examples=0, tokens=0, loss_tokens=0, skipped=0)
                                         for _ in files]

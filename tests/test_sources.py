@@ -10,9 +10,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from packer import config as C
 from packer.errors import InputError
+from packer.sources import Columns
 from packer.pipeline import pack
 from packer.tokenization import open_tokenized, tokenize
 
@@ -192,3 +194,55 @@ def test_sharegpt_parquet_reads_the_system_column(tmp_path, byte_tok):
     assert a["counts"] == b["counts"]
     ta, tb = (open_tokenized(tmp_path / d)[1][0] for d in ("a", "b"))
     assert ta.column("input_ids").to_pylist() == tb.column("input_ids").to_pylist()
+
+
+# JSON Lines byte ranges: the driver learns sizes and counts only; workers read their own bytes.
+
+line_text = st.one_of(st.just(""), st.just("   "), st.integers(0, 10**6).map(lambda n: json.dumps({"q": "x" * (n % 97), "n": n})))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(line_text, min_size=0, max_size=40), st.sampled_from([b"\n", b"\r\n"]), st.booleans(),
+       st.integers(1, 200), st.integers(1, 7))
+def test_jsonl_byte_ranges_read_every_record_once_with_its_line(tmp_path_factory, lines, eol, final_eol, range_bytes,
+                                                                chunk_records):
+    """However a file is cut into ranges (lines longer than a range, blank lines, CRLF, no final newline),
+    scan + read give every non-blank line exactly once, in order, with its 1-based line number, in chunks
+    of at most chunk_records records numbered in order."""
+    from packer.sources import jsonl, read, scan
+
+    path = tmp_path_factory.mktemp("r") / "d.jsonl"
+    data = eol.join(line.encode() for line in lines) + (eol if final_eol and lines else b"")
+    path.write_bytes(data)
+    expect = [(i + 1, json.loads(line)) for i, line in enumerate(lines) if line.strip()]
+    old = jsonl.RANGE_BYTES
+    try:
+        jsonl.RANGE_BYTES = range_bytes
+        chunks = scan([str(path)], chunk_records, [Columns()], sizes=[len(data)])
+    finally:
+        jsonl.RANGE_BYTES = old
+    got = [(r.line, r.value) for c in chunks for r in read(c, Columns())]
+    assert got == expect
+    assert [c.first_record for c in chunks] == list(np.cumsum([0] + [c.records for c in chunks])[:-1])
+    assert all(1 <= c.records <= chunk_records for c in chunks)
+    assert all(not isinstance(c.payload[0], list) for c in chunks), "no lines travel in a chunk"
+
+
+def test_jsonl_ranges_give_the_same_run_as_one_range_and_name_the_bad_line(tmp_path, monkeypatch):
+    """Many small ranges (counted and read by the pool's workers) give byte-identical shards to one range,
+    and a bad line deep in the file is named by its true line number."""
+    from packer.sources import jsonl
+
+    recs = sft_records(300, seed=5)
+    data = write_jsonl(tmp_path / "d.jsonl", recs)
+    pack([str(data)], tmp_path / "one", plan_config=PLAN, workers=2)
+    monkeypatch.setattr(jsonl, "RANGE_BYTES", 997)
+    pack([str(data)], tmp_path / "many", plan_config=PLAN, workers=2)
+    tok = json.loads((tmp_path / "many" / "tokenized" / "manifest.json").read_text())
+    assert len(tok["chunks"]) > 10
+    assert shard_hashes(tmp_path / "one") == shard_hashes(tmp_path / "many")
+    lines = data.read_text().splitlines()
+    lines[250] = '{"q": "broken'
+    (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"bad\.jsonl:251: malformed JSON"):
+        pack([str(tmp_path / "bad.jsonl")], tmp_path / "bad", plan_config=PLAN, workers=2)

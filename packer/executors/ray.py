@@ -1,8 +1,8 @@
 """The Ray executor: a stage's map steps as Ray tasks across a cluster (`pip install 'packer[ray]'`).
 
 Trade-off: every core of every node, at the cost of a Ray cluster and of sending each item (a chunk
-descriptor: a Parquet row group or an Arrow run to read where it lands; JSON Lines chunks carry their
-lines) to the task. Results (small: counts and lengths) come back in item order, so the driver's
+descriptor: a Parquet row group, an Arrow run or a JSON Lines byte range, read where it lands) to the
+task. Results (small: counts and lengths) come back in item order, so the driver's
 plan stays global and the shards are byte-identical to the local executor's. The stage's
 initializer (tokenizer, job) runs once per worker process and map call, not once per task. A task
 whose worker dies is retried (`max_retries`); a task rewrites only its own output file, so a retry

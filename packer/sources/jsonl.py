@@ -1,8 +1,11 @@
-"""JSON Lines input (plain, .gz or .zst; local or a URL): raw lines in bounded chunks, parsed where they land.
+"""JSON Lines input (plain, .gz or .zst; local or a URL): byte ranges read where they are tokenized.
 
-The driver streams each file once, cutting its non-blank lines into chunks of `chunk_records`; the
-lines travel with the chunk and are decoded by the worker that tokenizes them. A record's location is
-its 1-based line.
+The driver learns only each file's size and cuts it into RANGE_BYTES byte ranges (a compressed file,
+which cannot be entered part way, is one range). Workers count the records of their range (`count`,
+a map step) and say where every chunk_records-th record starts; from those counts alone the driver
+numbers the records and cuts the chunks, and each chunk is read again by the worker that tokenizes
+it (`read`). No line passes through the driver. A range owns the lines that start inside it, so
+every line is read by exactly one chunk. A record's location is its 1-based line.
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ from __future__ import annotations
 import gzip
 import io
 import json
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import IO
 
 from packer.errors import InputError
@@ -70,50 +73,116 @@ class _CheckedZstd(io.RawIOBase):
         super().close()
 
 
-def scan(path: str, file_index: int, first_record: int, chunk_records: int, columns: Columns) -> Iterator[Chunk]:
-    """Yield the non-blank lines of one file, in order, in chunks of at most `chunk_records`.
+RANGE_BYTES = 32 * 2**20  # bytes of an uncompressed file one counting task reads
 
-    Chunks never span two files, so chunking depends only on each file's contents, and the
-    same inputs always give the same chunks (whatever the executor). `columns` is not used: a JSON
-    record's fields are checked record by record.
-    """
-    record = first_record
-    lines: list[bytes] = []
-    numbers: list[int] = []
-    first = record
+
+@dataclass(frozen=True)
+class Range:
+    """Bytes [start, end) of one file (end None: to the end, for compressed files)."""
+
+    path: str
+    start: int
+    end: int | None
+
+
+def compressed(path: str) -> bool:
+    return str(path).endswith((".gz", ".zst"))
+
+
+def ranges(path: str, size: int, range_bytes: int | None = None) -> list[Range]:
+    """A file's counting ranges, from its size alone (driver side); range_bytes defaults to RANGE_BYTES."""
+    range_bytes = range_bytes or RANGE_BYTES
+    if compressed(path) or size <= range_bytes:
+        return [Range(str(path), 0, None)]
+    return [Range(str(path), a, min(a + range_bytes, size)) for a in range(0, size, range_bytes)]
+
+
+def _owned(rng: Range) -> Iterator[tuple[int, bytes]]:
+    """(byte position, line) of every line that starts inside the range; a compressed stream's positions
+    are offsets into its decompressed bytes. Damaged compression is an InputError naming the line."""
     line_no = 0
-    with open_input(str(path)) as raw, decompressed(raw, path) as f:
+    with open_input(rng.path) as raw:
         try:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                lines.append(line)
-                numbers.append(line_no)
-                record += 1
-                if len(lines) == chunk_records:
-                    yield Chunk(file_index, str(path), first, len(lines), payload=(lines, numbers))
-                    lines, numbers, first = [], [], record
+            if compressed(rng.path):
+                f, pos = decompressed(raw, rng.path), 0
+            else:
+                f, pos = raw, rng.start
+                if rng.start:  # the line that started before the range belongs to the range before
+                    raw.seek(rng.start - 1)
+                    if raw.read(1) != b"\n":
+                        pos += len(raw.readline())
+            while rng.end is None or pos < rng.end:
+                line = f.readline()
+                if not line:
+                    break
+                yield pos, line
+                pos += len(line)
+                line_no += 1
         except (EOFError, OSError) as e:  # truncated or damaged compression: never a quiet short read
-            raise InputError(str(path), line_no + 1, None, f"cannot be decompressed ({_why(e)})",
+            raise InputError(rng.path, line_no + 1, None, f"cannot be decompressed ({_why(e)})",
                              "the file is truncated or damaged; re-download or re-compress it "
                              "(--skip-bad does not skip damaged compression)") from None
         except Exception as e:
             if type(e).__name__ == "ZstdError":
-                raise InputError(str(path), line_no + 1, None, f"cannot be decompressed ({_why(e)})",
+                raise InputError(rng.path, line_no + 1, None, f"cannot be decompressed ({_why(e)})",
                                  "the file is truncated or damaged; re-download or re-compress it") from None
             raise
-    if lines:
-        yield Chunk(file_index, str(path), first, len(lines), payload=(lines, numbers))
+
+
+@dataclass(frozen=True)
+class Counted:
+    """What a worker learns from one range: its lines, and its chunks as (start byte, lines before the
+    chunk within the range, records) with at most chunk_records records each (a compressed file is one
+    chunk: it cannot be entered part way)."""
+
+    lines: int
+    chunks: tuple[tuple[int, int, int], ...]
+
+
+def count(task: tuple[Range, int]) -> Counted:
+    """Map step: count one range's lines and records, cutting it every chunk_records records."""
+    rng, chunk_records = task
+    lines, chunks = 0, []
+    start, before, records = None, 0, 0
+    limit = None if compressed(rng.path) else chunk_records
+    # Per-line loop: finding line ends is the whole job, and readline does it in C.
+    for pos, line in _owned(rng):
+        if line.strip():
+            if records == limit:
+                chunks.append((start, before, records))
+                start, records = None, 0
+            if start is None:
+                start, before = pos, lines
+            records += 1
+        lines += 1
+    if records:
+        chunks.append((start, before, records))
+    return Counted(lines, tuple(chunks))
+
+
+def chunks(file_index: int, rngs: Sequence[Range], counted: Sequence[Counted], first_record: int) -> list[Chunk]:
+    """Driver side: one file's chunks from its ranges' counts (records numbered from first_record)."""
+    out, record, lines = [], first_record, 0
+    for rng, c in zip(rngs, counted):
+        bounds = [s for s, _, _ in c.chunks[1:]] + [rng.end]
+        for (start, before, n), end in zip(c.chunks, bounds):
+            out.append(Chunk(file_index, rng.path, record, n, payload=(start, end, lines + before + 1)))
+            record += n
+        lines += c.lines
+    return out
 
 
 def read(chunk: Chunk, columns: Columns) -> Iterator[Record]:
     """Worker side: each line of the chunk decoded, or the InputError that says why it cannot be."""
-    lines, numbers = chunk.payload
-    for raw, line_no in zip(lines, numbers):
-        try:
-            yield Record(chunk.path, line_no, line_no, parse_line(chunk.path, line_no, raw))
-        except InputError as e:
-            yield Record(chunk.path, line_no, line_no, e)
+    start, end, line_no = chunk.payload
+    rng = Range(chunk.path, 0, None) if compressed(chunk.path) else Range(chunk.path, start, end)
+    for _, raw in _owned(rng):
+        if raw.strip():
+            try:
+                yield Record(chunk.path, line_no, line_no, parse_line(chunk.path, line_no, raw))
+            except InputError as e:
+                yield Record(chunk.path, line_no, line_no, e)
+        line_no += 1
 
 
 def _why(e: BaseException) -> str:
