@@ -11,6 +11,7 @@ import click
 
 from packer import config as C
 from packer.errors import PackerError
+from packer.storage import is_url
 
 
 def _fail_cleanly(fn):
@@ -143,7 +144,8 @@ def main() -> None:
 
 @main.command()
 @click.argument("data", nargs=-1)
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Run folder, or an object store URL (s3://bucket/run: built locally, then committed there).")
 @mix_option
 @tokenize_options
 @plan_options
@@ -170,7 +172,11 @@ def pack(data, out, mix, workers, executor, baseline_batch, rehash, **kw):
                  executor=executor,
                  baseline_batch=baseline_batch, rehash=rehash)
     click.echo(summary(report))
-    click.echo(f"shards: {Path(out) / 'shards'}\nreport: {Path(out) / 'report.html'} (also .json, .md)")
+    if is_url(out):
+        click.echo(f"committed: {out.rstrip('/')}/shards (PackedShards('{out}') fetches it into the cache)\n"
+                   f"report: {out.rstrip('/')}/report.html (also .json, .md)")
+    else:
+        click.echo(f"shards: {Path(out) / 'shards'}\nreport: {Path(out) / 'report.html'} (also .json, .md)")
 
 
 @main.command("tokenize")
@@ -182,6 +188,9 @@ def pack(data, out, mix, workers, executor, baseline_batch, rehash, **kw):
 @quiet_option
 @_fail_cleanly
 def tokenize_cmd(data, out, mix, workers, **kw):
+    if is_url(out):
+        raise click.UsageError(f"--out {out}: the single-stage commands write local folders; `packer pack --out URL` "
+                               "builds a run and commits it to an object store")
     """Stage 1: DATA -> OUT/tokenized (Arrow)."""
     from packer.tokenization import tokenize
     from packer.tokenizer import load_tokenizer

@@ -13,7 +13,9 @@ from packer import report as R
 from packer.errors import ConfigError
 from packer.executors import Executor, resolve
 from packer.planner import plan_stage
+from packer.runstore import publish, staging
 from packer.shards import write_stage
+from packer.storage import is_url
 from packer.tokenization import as_spec, tokenize
 from packer.tokenizer import TokenizerInfo, load_tokenizer
 
@@ -28,9 +30,19 @@ def pack(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, *, tokenize
     inputs: paths, globs or URLs with optional per-source options ("a.parquet#weight=0.5"), InputSpecs,
     or Python data (a datasets.Dataset or an iterable of dicts); the inputs' weights become the plan's.
 
+    out may be an object store URL (s3://bucket/run): the stages run in a local staging folder and the
+    shards and reports are then published there, the shards manifest last (packer.runstore).
+
     Returns the report. A rerun with the same inputs and configs redoes nothing, except rebuilding a
     stage whose files are missing or changed in size (or, with rehash, in content).
     """
+    if is_url(str(out)):  # an object store: build in the local staging folder, then publish (commit last)
+        run = resolve(executor, workers)
+        local = staging(str(out))
+        report = pack(inputs, local, tokenizer=tokenizer, tokenize_config=tokenize_config, plan_config=plan_config,
+                      write_config=write_config, executor=run, baseline_batch=baseline_batch, rehash=rehash)
+        publish(local, str(out))
+        return report
     out = Path(out)
     specs = [as_spec(s, out / "inputs") for s in inputs]
     plan_config = with_weights(plan_config, specs)

@@ -21,6 +21,7 @@ from packer import format as fmt
 from packer.errors import REBUILD_HINT, FormatError
 from packer.manifest import MANIFEST, read_manifest, verify_files
 from packer.ranges import within
+from packer.runstore import cache_dir, local_run
 
 def _int(entry: dict, key: str, where: str, path: Path) -> int:
     v = entry.get(key) if isinstance(entry, dict) else None
@@ -105,12 +106,6 @@ def check_values(tokens: np.ndarray, mask: np.ndarray, vocab_size: int, path: st
         raise FormatError(path, f"{what} has loss_mask byte {int(mask.max())}, not 0 or 1", REBUILD_HINT)
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("PACKER_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "packer")
-    return Path(root)
-
-
 def check_files(folder: Path, manifest: dict) -> None:
     """Every file's size and sha256 against the manifest (one hashing pass); FormatError names the first bad one."""
     bad = verify_files(folder, manifest)
@@ -124,7 +119,7 @@ def verify_once(folder: Path, manifest: dict) -> None:
     stats = {n: (folder / n).stat() for n in sorted(manifest["files"])}
     stamp = {n: [st.st_size, st.st_mtime_ns] for n, st in stats.items()}
     key = hashlib.sha256(json.dumps([manifest.get("manifest_sha256"), stamp]).encode()).hexdigest()
-    marker = _cache_dir() / "verified" / key
+    marker = cache_dir() / "verified" / key
     if marker.is_file():
         return
     check_files(folder, manifest)
@@ -138,8 +133,9 @@ def verify_once(folder: Path, manifest: dict) -> None:
 
 
 def resolve(path: str | Path) -> Path:
-    """The shards folder: `path` itself, or `path/shards` for a run folder made by `packer pack`."""
-    p = Path(path)
+    """The shards folder: `path` itself, or `path/shards` for a run folder made by `packer pack`; a URL
+    (s3://...) is the local copy of the run committed there (packer.runstore.fetch)."""
+    p = local_run(path)
     if (p / MANIFEST).is_file() or not (p / "shards" / MANIFEST).is_file():
         return p
     return p / "shards"

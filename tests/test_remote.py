@@ -132,3 +132,88 @@ def test_a_store_without_its_package_says_what_to_install():
             expand("gs://b/x.parquet")
     else:
         pytest.skip("gcsfs is installed")
+
+
+# Run folders on the object store: --out s3://... commits with its manifest; readers fetch into the cache.
+
+def _packs(ds):
+    return [(ds[i]["input_ids"].tolist(), ds[i]["labels"].tolist()) for i in range(len(ds))]
+
+
+def test_out_s3_commits_a_run_that_packedshards_and_the_loader_open(s3, tmp_path, monkeypatch):
+    from packer.dataset import PackedShards
+    from packer.loader import PackedLoader
+
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "cache"))
+    s3.exists("runs") or s3.mkdir("runs")
+    data = write_jsonl(tmp_path / "d.jsonl", sft_records(300, seed=8, long_every=30))
+    wcfg = C.WriteConfig(shard_bytes=32 << 10)
+    pack([str(data)], tmp_path / "local", plan_config=PLAN, write_config=wcfg)
+    pack([str(data)], "s3://runs/r1", plan_config=PLAN, write_config=wcfg)
+    committed = json.loads(s3.cat_file("runs/r1/shards/manifest.json"))
+    assert sorted(committed["files"].items()) == hashes(tmp_path / "local"), "the same shards, committed"
+    assert s3.exists("runs/r1/report.json")
+    remote, local = PackedShards("s3://runs/r1"), PackedShards(tmp_path / "local")
+    assert str(remote.path).startswith(str(tmp_path / "cache")) and _packs(remote) == _packs(local)
+    batches = lambda p: [b["input_ids"].tolist() for b in PackedLoader(p, 2, seed=1)]
+    assert batches("s3://runs/r1") == batches(tmp_path / "local")
+
+
+def test_a_run_interrupted_before_its_manifest_is_invisible(s3, tmp_path, monkeypatch):
+    """Uploads that stop before the commit leave no run: not a new one, and not half of an older one."""
+    from packer import runstore
+    from packer.dataset import PackedShards
+    from packer.errors import FormatError
+
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "cache"))
+    s3.exists("runs") or s3.mkdir("runs")
+    a = write_jsonl(tmp_path / "a.jsonl", sft_records(200, seed=1))
+    b = write_jsonl(tmp_path / "b.jsonl", sft_records(260, seed=2))
+    pack([str(a)], "s3://runs/r2", plan_config=PLAN)
+    assert len(PackedShards("s3://runs/r2")) > 0
+    real = runstore.filesystem
+
+    class DiesBeforeCommit:  # the store as seen by a process that is killed just before the commit
+        def __init__(self, fs):
+            self.fs = fs
+
+        def __getattr__(self, name):
+            return getattr(self.fs, name)
+
+        def put_file(self, lpath, rpath, *args, **kw):
+            if str(rpath).endswith("shards/manifest.json"):
+                raise KeyboardInterrupt
+            return self.fs.put_file(lpath, rpath, *args, **kw)
+
+    monkeypatch.setattr(runstore, "filesystem", lambda url: (DiesBeforeCommit(real(url)[0]), real(url)[1]))
+    with pytest.raises(KeyboardInterrupt):
+        pack([str(b)], "s3://runs/r2", plan_config=PLAN)
+    monkeypatch.setattr(runstore, "filesystem", real)
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "cache2"))  # a reader with nothing cached
+    with pytest.raises(FormatError, match="holds no committed run"):
+        PackedShards("s3://runs/r2")
+    pack([str(b)], "s3://runs/r2", plan_config=PLAN)  # the rerun commits, and drops the older shards
+    names = {p.rsplit("/", 1)[-1] for p in s3.ls("runs/r2/shards", detail=False)}
+    assert names == set(json.loads(s3.cat_file("runs/r2/shards/manifest.json"))["files"]) | {"manifest.json"}
+    assert runstore.fetch("s3://runs/r2").is_dir()
+
+
+def test_a_damaged_or_hostile_remote_run_is_refused(s3, tmp_path, monkeypatch):
+    from packer.dataset import PackedShards
+    from packer.errors import FormatError
+
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "cache"))
+    s3.exists("runs") or s3.mkdir("runs")
+    pack([str(write_jsonl(tmp_path / "a.jsonl", sft_records(120, seed=3)))], "s3://runs/r3", plan_config=PLAN)
+    manifest = json.loads(s3.cat_file("runs/r3/shards/manifest.json"))
+    name = sorted(manifest["files"])[0]
+    body = bytearray(s3.cat_file(f"runs/r3/shards/{name}"))
+    body[-1] ^= 1
+    s3.pipe_file(f"runs/r3/shards/{name}", bytes(body))
+    with pytest.raises(FormatError, match=f"{name}: differs from the run's manifest"):
+        PackedShards("s3://runs/r3")
+    assert not list((tmp_path / "cache" / "runs").rglob(name)), "nothing unchecked is left in the cache"
+    manifest["files"]["../escape"] = manifest["files"].pop(name)
+    s3.pipe_file("runs/r3/shards/manifest.json", json.dumps(manifest).encode())
+    with pytest.raises(FormatError, match="not a plain file name"):
+        PackedShards("s3://runs/r3")

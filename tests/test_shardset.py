@@ -14,7 +14,8 @@ from packer import config as C
 from packer.errors import FormatError
 from packer.manifest import SEAL, seal
 from packer.pipeline import pack
-from packer.shardset import ShardSet, _cache_dir, check_lineage, check_manifest, resolve, verify_once
+from packer.runstore import cache_dir as _cache_dir
+from packer.shardset import ShardSet, check_lineage, check_manifest, resolve, verify_once
 
 from conftest import sft_records, write_jsonl
 
