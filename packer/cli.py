@@ -350,6 +350,22 @@ def inspect(path, index, tokenizer, color):
         click.echo(text)
 
 
+@main.command("export")
+@click.argument("run")
+@click.option("--format", "fmt", type=click.Choice(["megatron", "hf", "parquet"]), required=True,
+              help="megatron (.bin/.idx), hf (datasets save_to_disk, TRL's packed schema) or parquet (one row per pack).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="New folder for the export.")
+@click.option("--dtype", type=click.Choice(["uint16", "int32"]), default=None,
+              help="Token id type (megatron; default: the smallest that holds the vocabulary).")
+@_fail_cleanly
+def export_cmd(run, fmt, out, dtype):
+    """Export RUN's verified shards for another trainer (see packer.exports)."""
+    from packer.exports import export
+
+    summary = export(run, fmt, out, dtype=dtype)
+    click.echo(f"{fmt}: {summary['packs']:,} packs -> {out} ({', '.join(summary['files'])})")
+
+
 @main.command()
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("-n", "records", type=int, default=2000, show_default=True)

@@ -50,6 +50,8 @@ def test_readme_block_runs(made, monkeypatch, heading, line, code):
     exec(compile("\n" * (line - 1) + code, str(README), "exec"), scope)
     if heading.startswith("Use the shards"):
         assert scope["state"]["batches_yielded"] == 3 and scope["loss"].item() > 0
+    if heading.startswith("Export for other trainers"):
+        assert len(scope["row"]["input_ids"]) == scope["row"]["cu_seqlens"][-1] > 0
     if heading.startswith("Plan in Python"):
         assert scope["p"].num_packs == 2
     if heading.startswith("Read the shards"):
