@@ -158,9 +158,11 @@ def main() -> None:
               help="Batch size of the padded-to-longest baseline in the report.")
 @click.option("--rehash", is_flag=True,
               help="Check the sha256 of every file of the stages a rerun would skip, and rebuild damaged ones.")
+@click.option("--split", type=click.Choice(["train", "eval"]), default="train", show_default=True,
+              help="eval: every example exactly once (no weights, no drop), packs in order; load with PackedLoader(eval=True).")
 @quiet_option
 @_fail_cleanly
-def pack(data, out, mix, workers, executor, baseline_batch, rehash, **kw):
+def pack(data, out, mix, workers, executor, baseline_batch, rehash, split, **kw):
     """Run all stages: DATA -> OUT. DATA: JSON Lines, Parquet or Arrow files, save_to_disk folders, globs
     or URLs (s3://, gs://, hf://), each optionally PATH#query=F,response=F,format=sharegpt,weight=W."""
     from packer.pipeline import pack as run
@@ -170,7 +172,7 @@ def pack(data, out, mix, workers, executor, baseline_batch, rehash, **kw):
     report = run(_inputs(data, mix), out, tokenizer=kw["tokenizer"], tokenize_config=tcfg,
                  plan_config=_plan_config(kw, tcfg.kind), write_config=_write_config(kw), workers=workers,
                  executor=executor,
-                 baseline_batch=baseline_batch, rehash=rehash)
+                 baseline_batch=baseline_batch, rehash=rehash, split=split)
     click.echo(summary(report))
     if is_url(out):
         click.echo(f"committed: {out.rstrip('/')}/shards (PackedShards('{out}') fetches it into the cache)\n"

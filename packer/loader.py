@@ -81,6 +81,17 @@ def epoch_plan(costs: np.ndarray, batch_size: int, world_size: int, seed: int, e
     return out
 
 
+def eval_plan(num_packs: int, batch_size: int, world_size: int) -> np.ndarray:
+    """int64 [world_size, steps, batch_size] for evaluation: every pack exactly once, in order (step s,
+    rank r reads packs (s * world_size + r) * batch_size onward), -1 where the last step runs out, so
+    every rank runs the same number of steps and no pack is dropped or repeated."""
+    g = batch_size * world_size
+    steps = -(-num_packs // g)
+    flat = np.full(steps * g, -1, dtype=np.int64)
+    flat[:num_packs] = np.arange(num_packs)
+    return flat.reshape(steps, world_size, batch_size).transpose(1, 0, 2).copy()
+
+
 def imbalance(costs: np.ndarray, plan: np.ndarray) -> dict[str, float]:
     """How unequal the ranks' work is: per step (max / mean - 1, averaged and worst) and per epoch."""
     if plan.shape[1] == 0:
@@ -96,10 +107,13 @@ class _Batches(torch.utils.data.Dataset):
     """Map-style view of one epoch's batches for this rank: item i builds batch i."""
 
     def __init__(self, ds: PackedShards, plan: np.ndarray, global_loss: np.ndarray, flatten: bool, pad_id: int,
-                 pin_memory: bool = False, share_memory: bool = False, src: BatchSource | None = None):
+                 pin_memory: bool = False, share_memory: bool = False, src: BatchSource | None = None,
+                 filler: int | None = None):
         self.ds, self.plan, self.global_loss = ds, plan, global_loss
         self.flatten, self.pad_id, self.pin_memory, self.share_memory = flatten, pad_id, pin_memory, share_memory
         self._src = src
+        self.filler = filler
+        """Eval: the pack that stands in for an empty slot (-1) with no labels, or None (training)."""
 
     def __getstate__(self) -> dict:
         """Worker processes gather their own BatchSource from their own memory maps."""
@@ -111,10 +125,38 @@ class _Batches(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         if self._src is None:
             self._src = BatchSource.from_shards(self.ds.shards, self.ds.pack_len, vocab_size=self.ds.vocab_size)
-        batch = collate(self._src, self.plan[i], flatten=self.flatten, pad_id=self.pad_id,
+        packs = self.plan[i]
+        empty = packs < 0
+        if self.filler is not None:
+            packs = np.where(empty, self.filler, packs)
+        batch = collate(self._src, packs, flatten=self.flatten, pad_id=self.pad_id,
                         label_mode=self.ds.label_mode, pin_memory=self.pin_memory, share_memory=self.share_memory)
         batch["global_num_loss_tokens"] = int(self.global_loss[i])
+        if self.filler is not None:
+            _mark_eval(batch, self.ds, packs, empty, self.flatten)
         return batch
+
+
+def _mark_eval(batch: dict, ds: PackedShards, packs: np.ndarray, empty: np.ndarray, flatten: bool) -> None:
+    """Eval batches: stand-in packs lose their labels (zero loss, so ranks can run equal steps), and
+    `segment_example` says, per segment of cu_seqlens, which example it holds (-1: padding or stand-in)."""
+    seg_ex, tok_len = [], []
+    for p, e in zip(packs.tolist(), empty.tolist()):
+        v = ds.arrays(p)
+        n = int(v["seg_lens"].sum())
+        seg_ex.append(np.full(len(v["seg_lens"]), -1, np.int64) if e else v["example_index"].astype(np.int64))
+        if not flatten and n < ds.pack_len:
+            seg_ex.append(np.full(1, -1, np.int64))  # the row's padding segment
+        tok_len.append(n if flatten else ds.pack_len)
+    batch["segment_example"] = torch.from_numpy(np.concatenate(seg_ex)) if seg_ex else torch.zeros(0, dtype=torch.int64)
+    if empty.any():
+        batch["pack_index"][torch.from_numpy(empty)] = -1
+        labels = batch["labels"].view(-1)
+        starts = np.concatenate([[0], np.cumsum(tok_len)])
+        for r in np.flatnonzero(empty).tolist():
+            gone = int((labels[starts[r]:starts[r + 1]] != -100).sum())
+            labels[starts[r]:starts[r + 1]] = -100
+            batch["num_loss_tokens"] = int(batch["num_loss_tokens"]) - gone
 
 
 class _From(torch.utils.data.Sampler):
@@ -137,6 +179,11 @@ class PackedLoader(torch.utils.data.IterableDataset):
     communication because every rank's plan is deterministic), num_tokens (real tokens) and
     pack_index int64 [B] (which packs of the shards these are).
 
+    eval=True (evaluation): packs in order, never shuffled, dropped or repeated, every pack on exactly
+    one rank; the last step's empty slots hold a stand-in pack with no labels (pack_index -1), so every
+    rank runs the same number of steps; each batch also has segment_example int64 [K] (per segment of
+    cu_seqlens, its example_index; -1 for padding), for packer.loss.per_example_loss.
+
     Normalize a token-mean loss by global_num_loss_tokens (summed over the micro-batches of an
     optimizer step under gradient accumulation) and sum gradients across ranks.
 
@@ -151,9 +198,14 @@ class PackedLoader(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, path: str | Path, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 shuffle: bool = True, drop_last: bool = True, num_workers: int = 0, pin_memory: bool = False,
+                 shuffle: bool | None = None, drop_last: bool | None = None, num_workers: int = 0, pin_memory: bool = False,
                  flatten: bool = False, label_mode: str = "unshifted", pad_id: int | None = None,
-                 balance: str = "tokens", verify: bool = True, prefetch: int = 0):
+                 balance: str = "tokens", verify: bool = True, prefetch: int = 0, eval: bool = False):
+        if eval and (shuffle is True or drop_last is True):
+            raise ConfigError(f"eval=True never shuffles and never drops; drop shuffle={shuffle} / drop_last={drop_last} "
+                              "(the defaults become False)")
+        shuffle = (not eval) if shuffle is None else shuffle
+        drop_last = (not eval) if drop_last is None else drop_last
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ConfigError(f"need batch_size >= 1 and 0 <= rank < world_size; got batch_size={batch_size}, "
                               f"rank={rank}, world_size={world_size}")
@@ -169,7 +221,7 @@ class PackedLoader(torch.utils.data.IterableDataset):
         eos = self.dataset.manifest["tokenizer"].get("eos_id")
         # Padding is inert (its own segment, no labels), so its id only needs to be a valid one.
         self.pad_id = int(pad_id if pad_id is not None else eos if eos is not None else 0)
-        self.balance, self.prefetch = balance, prefetch
+        self.balance, self.prefetch, self.eval = balance, prefetch, eval
         self.costs = pack_costs(self.dataset, balance)
         self._loss = loss_counts(self.dataset)
         self.epoch = 0
@@ -183,8 +235,9 @@ class PackedLoader(torch.utils.data.IterableDataset):
 
     def _plan(self) -> np.ndarray:
         if self._plan_cache is None or self._plan_cache[0] != self.epoch:
-            self._plan_cache = (self.epoch, epoch_plan(self.costs, self.batch_size, self.world_size, self.seed,
-                                                       self.epoch, self.shuffle, self.drop_last))
+            self._plan_cache = (self.epoch, eval_plan(len(self.costs), self.batch_size, self.world_size) if self.eval
+                                else epoch_plan(self.costs, self.batch_size, self.world_size, self.seed,
+                                                self.epoch, self.shuffle, self.drop_last))
         return self._plan_cache[1]
 
     def set_epoch(self, epoch: int) -> None:
@@ -202,7 +255,8 @@ class PackedLoader(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         plan = self._plan()
         mine = plan[self.rank]
-        global_loss = self._loss[plan].sum(axis=(0, 2))
+        global_loss = np.where(plan >= 0, self._loss[np.maximum(plan, 0)], 0).sum(axis=(0, 2))
+        filler = int(np.argmin(self.costs)) if self.eval and len(self.costs) else None
         start = self._yielded
         # Inside a DataLoader worker (this loader as the dataset of torch's or torchdata's
         # StatefulDataLoader): worker w of W gives batches w, w + W, ..., which DataLoader reads back
@@ -217,7 +271,7 @@ class PackedLoader(torch.utils.data.IterableDataset):
                 self._src = BatchSource.from_shards(self.dataset.shards, self.dataset.pack_len,
                                                     keep=8 + self.prefetch, vocab_size=self.dataset.vocab_size)
             batches = _Batches(self.dataset, mine, global_loss, self.flatten, self.pad_id, self.pin_memory,
-                               share_memory=info is not None, src=self._src)
+                               share_memory=info is not None, src=self._src, filler=filler)
             todo = range(w + n_w * start, len(mine), n_w)
             make = batches.__getitem__
             source = in_background(make, todo, self.prefetch) if self.prefetch else map(make, todo)
@@ -231,7 +285,7 @@ class PackedLoader(torch.utils.data.IterableDataset):
             self._yielded = 0
             return
         # Workers build each batch in shared memory as one storage: one hand-over per batch, not seven.
-        batches = _Batches(self.dataset, mine, global_loss, self.flatten, self.pad_id, share_memory=True)
+        batches = _Batches(self.dataset, mine, global_loss, self.flatten, self.pad_id, share_memory=True, filler=filler)
         loader = torch.utils.data.DataLoader(
             batches, batch_size=None, sampler=_From(start, len(mine)), num_workers=self.num_workers,
             pin_memory=self.pin_memory, persistent_workers=False,
@@ -247,10 +301,10 @@ class PackedLoader(torch.utils.data.IterableDataset):
         return {"epoch": self.epoch, "batches_yielded": self._yielded, "seed": self.seed,
                 "batch_size": self.batch_size, "world_size": self.world_size, "rank": self.rank,
                 "num_packs": len(self.dataset), "shuffle": self.shuffle, "drop_last": self.drop_last,
-                "balance": self.balance}
+                "balance": self.balance, "eval": self.eval}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "batch_size", "world_size", "num_packs", "shuffle", "drop_last", "balance"):
+        for key in ("seed", "batch_size", "world_size", "num_packs", "shuffle", "drop_last", "balance", "eval"):
             mine = len(self.dataset) if key == "num_packs" else getattr(self, key)
             if key in state and state[key] != mine:
                 raise ConfigError(f"state was saved with {key}={state[key]}, this loader has {key}={mine}; "

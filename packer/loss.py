@@ -53,3 +53,51 @@ def example_mean_loss(logits: torch.Tensor, labels: torch.Tensor, cu_seqlens: to
     means = sums[labelled] / counts[labelled]
     n = labelled.sum() if num_examples is None else num_examples
     return means.sum() / n
+
+
+def per_example_loss(logits: torch.Tensor, labels: torch.Tensor, cu_seqlens: torch.Tensor,
+                     segment_example: torch.Tensor, *, label_mode: str = "unshifted"
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per example of an eval batch: (example_index int64 [E], summed token loss float64 [E], targets
+    int64 [E]), from the batch's segment_example (PackedLoader(eval=True)). An example split over several
+    segments or batches is summed under its one index: merge the parts with `mean_example_loss`."""
+    seg = torch.repeat_interleave(torch.arange(len(cu_seqlens) - 1, device=labels.device),
+                                  (cu_seqlens[1:] - cu_seqlens[:-1]).long(), output_size=labels.numel())
+    seg = (seg.view(labels.shape)[..., 1:] if label_mode == "unshifted" else seg.view(labels.shape)).reshape(-1)
+    flat_logits, flat_labels = _aligned(logits, labels, label_mode)
+    per_token = F.cross_entropy(flat_logits.float(), flat_labels, ignore_index=IGNORE, reduction="none").double()
+    has = (flat_labels != IGNORE).long()
+    ex = segment_example.to(labels.device)[seg]
+    keep = (ex >= 0) & (has > 0)
+    ids, where = torch.unique(ex[keep], return_inverse=True)
+    sums = torch.zeros(len(ids), dtype=torch.float64, device=labels.device).index_add(0, where, per_token[keep])
+    counts = torch.zeros(len(ids), dtype=torch.int64, device=labels.device).index_add(0, where, has[keep])
+    return ids, sums, counts
+
+
+def mean_example_loss(example_index: torch.Tensor, loss_sum: torch.Tensor, count: torch.Tensor,
+                      groups: torch.Tensor | None = None) -> dict:
+    """Merge per_example_loss parts (concatenated over batches, and over ranks after an all_gather):
+    {"loss": mean over examples of each example's token-mean loss, "examples": E, "token_loss": summed
+    loss / targets} and, with `groups` (a group per example index, such as its source:
+    `example_sources`), the same per group under "by_group"."""
+    ids, where = torch.unique(example_index, return_inverse=True)
+    sums = torch.zeros(len(ids), dtype=torch.float64).index_add(0, where, loss_sum.double().cpu())
+    counts = torch.zeros(len(ids), dtype=torch.int64).index_add(0, where, count.cpu())
+    means = sums / counts
+    out = {"loss": float(means.mean()) if len(ids) else float("nan"), "examples": len(ids),
+           "token_loss": float(sums.sum() / counts.sum()) if len(ids) else float("nan")}
+    if groups is not None:
+        g = groups[ids]
+        out["by_group"] = {int(k): {"loss": float(means[g == k].mean()), "examples": int((g == k).sum())}
+                           for k in torch.unique(g).tolist()}
+    return out
+
+
+def example_sources(manifest: dict) -> torch.Tensor:
+    """int64 [records]: the source (position among the run's inputs, as given) of every record number,
+    from a shards manifest (PackedShards(...).manifest): records are numbered file by file."""
+    inputs = manifest.get("inputs") or []
+    counts = torch.tensor([int(i.get("records", 0)) for i in inputs], dtype=torch.int64)
+    source = torch.tensor([int(i.get("source", 0)) for i in inputs], dtype=torch.int64)
+    return torch.repeat_interleave(source, counts)

@@ -24,7 +24,7 @@ def pack(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, *, tokenize
          tokenize_config: C.TokenizeConfig = C.TokenizeConfig(),
          plan_config: C.PlanConfig = C.PlanConfig(),
          write_config: C.WriteConfig = C.WriteConfig(), executor: Executor | str | None = None, workers: int = 0,
-         baseline_batch: int = 8, rehash: bool = False) -> dict:
+         baseline_batch: int = 8, rehash: bool = False, split: str = "train") -> dict:
     """Tokenize, plan and write `inputs` into `out` (tokenized/, plan/, shards/, report.json/.md/.html).
 
     inputs: paths, globs or URLs with optional per-source options ("a.parquet#weight=0.5"), InputSpecs,
@@ -33,14 +33,23 @@ def pack(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, *, tokenize
     out may be an object store URL (s3://bucket/run): the stages run in a local staging folder and the
     shards and reports are then published there, the shards manifest last (packer.runstore).
 
+    split="eval" packs an evaluation set: packs are written in plan order (no shuffle), and weights or
+    epochs other than 1 (repeats) and --overlong drop are refused, so every example is there exactly
+    once; read it with PackedLoader(..., eval=True).
+
     Returns the report. A rerun with the same inputs and configs redoes nothing, except rebuilding a
     stage whose files are missing or changed in size (or, with rehash, in content).
     """
+    if split not in ("train", "eval"):
+        raise ConfigError(f"split '{split}' is not one of train, eval")
+    if split == "eval":
+        write_config = _for_eval(inputs, plan_config, write_config)
     if is_url(str(out)):  # an object store: build in the local staging folder, then publish (commit last)
         run = resolve(executor, workers)
         local = staging(str(out))
         report = pack(inputs, local, tokenizer=tokenizer, tokenize_config=tokenize_config, plan_config=plan_config,
-                      write_config=write_config, executor=run, baseline_batch=baseline_batch, rehash=rehash)
+                      write_config=write_config, executor=run, baseline_batch=baseline_batch, rehash=rehash,
+                      split=split)
         publish(local, str(out))
         return report
     out = Path(out)
@@ -73,3 +82,14 @@ def with_weights(plan_config: C.PlanConfig, specs: Sequence[C.InputSpec]) -> C.P
     if plan_config.weights and plan_config.weights != weights:
         raise ConfigError("weights are given both on the inputs (#weight=) and in PlanConfig.weights; give them once")
     return replace(plan_config, weights=weights)
+
+
+def _for_eval(inputs: Sequence[Any], plan_config: C.PlanConfig, write_config: C.WriteConfig) -> C.WriteConfig:
+    """An eval set holds every example exactly once: no weights or epochs, nothing dropped, packs in order."""
+    weights = list(plan_config.weights) + [float(s.weight) for s in inputs if isinstance(s, C.InputSpec)] + \
+        [C.InputSpec.parse(str(s)).weight for s in inputs if isinstance(s, (str, Path))]
+    if any(w != 1.0 for w in weights):
+        raise ConfigError("split eval: weights or epochs other than 1 would repeat or leave out examples; drop them")
+    if plan_config.overlong == "drop":
+        raise ConfigError("split eval: --overlong drop leaves examples out of the eval set; use truncate or split")
+    return replace(write_config, shuffle=False)
