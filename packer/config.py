@@ -11,6 +11,7 @@ from packer.errors import ConfigError
 
 KINDS = ("sft", "chat", "text")
 OVERLONG = ("truncate", "drop", "split", "error")
+LAYOUTS = ("best-fit", "wrapped")
 CHAT_FORMATS = ("auto", "openai", "sharegpt")
 TRAIN_ROLES = ("system", "user", "assistant", "tool")
 PARTS = ("text", "reasoning", "tool_calls")
@@ -178,6 +179,11 @@ class PlanConfig:
     weights: tuple[float, ...] = ()
     """Per input source, the multiplier on its examples (see InputSpec.weight); () weighs every source 1.
     `pack` fills it from the inputs' weights."""
+    layout: str = "best-fit"
+    """best-fit: whole examples (or their over-long pieces) bin-packed by `algorithm`. wrapped (--kind text,
+    pretraining): documents concatenated in order and cut every pack_len tokens, so every pack but the
+    last is full; a document cut at a pack boundary continues in the next pack as its own segment
+    (positions restart, its first label is masked) and the report counts those tokens."""
     time_limit: float | None = None
     """The ortools planner's work budget in deterministic seconds (None: packer.solver.default_budget of
     the number of examples, 1 s + 10 us an example, at most 300): work is counted, not timed, so the
@@ -193,6 +199,17 @@ class PlanConfig:
         if any(not isinstance(w, (int, float)) or not 0 <= w < float("inf") for w in self.weights):
             raise ConfigError(f"weights {self.weights!r}: each must be a finite number >= 0")
         object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"layout '{self.layout}' is not one of {', '.join(LAYOUTS)}")
+        if self.layout == "wrapped":
+            given = [name for name, bad in (("algorithm", self.algorithm != "ortools"),
+                                            ("time_limit", self.time_limit is not None),
+                                            ("max_segments", self.max_segments is not None),
+                                            ("overlong", self.overlong != "split")) if bad]
+            if given:
+                raise ConfigError(f"layout wrapped cuts documents at every pack_len tokens, so {', '.join(given)} "
+                                  "would be ignored: drop " + ", ".join(f"--{g.replace('_', '-')}" for g in given) +
+                                  " (wrapped needs --overlong split, the text default)")
         if self.time_limit is not None and self.algorithm != "ortools":
             raise ConfigError(f"time_limit applies to the ortools planner only; {self.algorithm} would ignore it: "
                               "drop it (--time-limit) or choose --algorithm ortools")
@@ -241,5 +258,5 @@ def default_overlong(kind: str) -> str:
 
 __all__ = [
     "InputSpec", "TokenizeConfig", "PlanConfig", "WriteConfig", "to_dict", "digest",
-    "default_overlong", "configs_from_options", "KINDS", "OVERLONG",
+    "default_overlong", "configs_from_options", "KINDS", "OVERLONG", "LAYOUTS",
 ]

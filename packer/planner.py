@@ -206,10 +206,19 @@ def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, 
         _raise_overlong(tok_manifest, cols, lengths, config.pack_len)
     rows = mixture_rows(_sources_of(tok_manifest, cols["file_index"]), config.weights, config.seed,
                         len(tok_manifest.get("sources", [None])))
-    pieces, counts = cut_overlong(lengths[rows], prompt_len[rows], config.pack_len, config.overlong)
-    pieces[:, 0] = rows[pieces[:, 0]]  # back to tokenized rows (a repeated example names its row again)
-    p = plan(pieces[:, 2], config.pack_len, config.algorithm, seed=config.seed,
-             max_segments=config.max_segments, time_limit=config.time_limit)
+    if config.layout == "wrapped":
+        kind = tok_manifest["config"].get("kind")
+        if kind != "text":
+            raise ConfigError(f"layout wrapped is for --kind text (pretraining documents); this run is {kind}, whose "
+                              "examples would lose their prompt where a pack boundary cuts them: use best-fit")
+        pieces, counts = wrap(lengths[rows], config.pack_len)
+        pieces[:, 0] = rows[pieces[:, 0]]
+        p = wrapped_plan(pieces[:, 2], config.pack_len)
+    else:
+        pieces, counts = cut_overlong(lengths[rows], prompt_len[rows], config.pack_len, config.overlong)
+        pieces[:, 0] = rows[pieces[:, 0]]  # back to tokenized rows (a repeated example names its row again)
+        p = plan(pieces[:, 2], config.pack_len, config.algorithm, seed=config.seed,
+                 max_segments=config.max_segments, time_limit=config.time_limit)
     if len(pieces) == 0:  # before anything is committed: a run of no packs is an error, not a result
         names = ", ".join(i["path"] for i in tok_manifest["inputs"])
         raise InputError(names, None, None, f"none of its {len(lengths):,} examples is left to pack "
@@ -232,6 +241,41 @@ def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, 
         }  # no wall time: manifests are byte-identical on rerun; callers time the stage themselves
 
     return commit_stage(Path(out), build)
+
+
+def wrap(lengths: np.ndarray, pack_len: int) -> tuple[np.ndarray, dict[str, int]]:
+    """The wrapped layout's pieces: documents end to end in order, cut at every multiple of pack_len.
+    Returns pieces int64 [n, 3] (row, start, length), in stream order, and counts."""
+    lengths = np.asarray(lengths, np.int64)
+    begin = np.concatenate([[0], np.cumsum(lengths)])[:-1]
+    first = begin // pack_len
+    last = (begin + lengths - 1) // pack_len
+    n_pieces = np.where(lengths > 0, last - first + 1, 0)
+    row = np.repeat(np.arange(len(lengths), dtype=np.int64), n_pieces)
+    k = within(n_pieces)
+    pack = first[row] + k
+    lo = np.maximum(begin[row], pack * pack_len)
+    hi = np.minimum(begin[row] + lengths[row], (pack + 1) * pack_len)
+    pieces = np.stack([row, lo - begin[row], hi - lo], axis=1)
+    cont = pieces[:, 1] > 0
+    counts = {"overlong_examples": int((lengths > pack_len).sum()), "truncated_examples": 0, "truncated_tokens": 0,
+              "dropped_examples": 0, "dropped_tokens": 0, "split_examples": int((n_pieces > 1).sum()),
+              "split_dropped_pieces": 0, "wrapped_cut_documents": int((n_pieces > 1).sum()),
+              "wrapped_tokens_without_left_context": int(pieces[cont, 2].sum())}
+    return pieces, counts
+
+
+def wrapped_plan(piece_len: np.ndarray, pack_len: int) -> Plan:
+    """The packs of the wrapped layout: pieces in stream order, a new pack at every pack_len tokens."""
+    t0 = time.perf_counter()
+    ends = np.cumsum(piece_len)
+    starts = ends - piece_len
+    pack_of = starts // pack_len
+    num = int(pack_of[-1]) + 1 if len(pack_of) else 0
+    offsets = np.searchsorted(pack_of, np.arange(num + 1), side="left").astype(np.int64)
+    lb = lower_bound(piece_len, pack_len)
+    return Plan(np.arange(len(piece_len), dtype=np.int64), offsets, int(pack_len), lb, (num <= lb) or None,
+                "wrapped", time.perf_counter() - t0)
 
 
 def _sources_of(manifest: dict, file_index: np.ndarray) -> np.ndarray:

@@ -21,14 +21,15 @@ from packer.format import read_slice
 from packer.shardset import ShardSet, resolve
 
 FIELDS = [  # (key, label, format) for tables
-    ("algorithm", "algorithm", "{}"), ("pack_len", "pack length", "{:,}"), ("num_examples", "examples", "{:,}"),
+    ("layout", "layout", "{}"), ("algorithm", "algorithm", "{}"), ("pack_len", "pack length", "{:,}"), ("num_examples", "examples", "{:,}"),
     ("num_tokens", "tokens", "{:,}"), ("num_packs", "packs", "{:,}"), ("lower_bound_packs", "lower bound", "{:,}"),
     ("gap_to_bound", "gap to bound", "{:.2%}"), ("efficiency", "efficiency", "{:.2%}"),
     ("optimal", "proven optimal", "{}"), ("plan_budget", "planner budget (deterministic s)", "{}"),
     ("plan_seconds", "plan seconds", "{:.3f}"),
     ("max_segments_per_pack", "max examples/pack", "{}"),
     ("truncated_examples", "truncated examples", "{:,}"), ("truncated_tokens", "truncated tokens", "{:,}"),
-    ("dropped_examples", "dropped examples", "{:,}"), ("skipped_records", "skipped records", "{:,}"),
+    ("dropped_examples", "dropped examples", "{:,}"),
+    ("tokens_without_left_context", "tokens cut from their left context", "{:,}"), ("skipped_records", "skipped records", "{:,}"),
     ("waste_pad_to_pack", "waste, pad to pack", "{:.2%}"), ("waste_pad_to_longest", "waste, pad to longest", "{:.2%}"),
     ("speedup_tokens_vs_pad_to_pack", "speed-up (tokens) vs pad to pack", "{:.2f}x"),
     ("speedup_tokens_vs_pad_to_longest", "speed-up (tokens) vs pad to longest", "{:.2f}x"),
@@ -82,6 +83,11 @@ def compute(path: str | Path, seconds: dict[str, float] | None = None, baseline_
     report = {
         "pack_len": L, "algorithm": m["plan"]["algorithm"], "optimal": m["plan"]["optimal"],
         "plan_budget": m["plan"].get("time_limit"),
+        "layout": (m.get("config", {}).get("plan") or {}).get("layout", "best-fit"),
+        # Segments that continue an example cut before them (wrapped layout, --overlong split): their
+        # tokens are trained without the context the cut removed.
+        "tokens_without_left_context": int(_cat([s.segment_lengths[np.asarray(s.segment_start) > 0]
+                                                 for s in ds.shards]).sum()),
         "num_examples": int(len(np.unique(seg_example))), "num_segments": n, "num_tokens": tokens,
         "num_loss_tokens": loss_tokens, "num_packs": packs, "efficiency": tokens / max(1, packed_tokens),
         "lower_bound_packs": lb, "gap_to_bound": (packs - lb) / max(1, lb),
