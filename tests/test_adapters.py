@@ -100,3 +100,29 @@ def test_examples_train(run, script):
         pytest.importorskip("accelerate")
     losses = runpy.run_path(str(EXAMPLES / script))["main"]([str(run), "--steps", "8"])
     assert len(losses) == 8 and losses[-1] < losses[0]
+
+
+def test_lightning_checkpoint_resume_gives_the_uninterrupted_run(run, tmp_path):
+    """Trainer.fit to step 3, save a checkpoint, fit again from it to step 6: the same batches and losses as
+    one uninterrupted run to step 6 (Lightning saves and restores the data module's state_dict)."""
+    L = pytest.importorskip("lightning")
+    from packer.adapters.lightning import PackedDataModule
+
+    Module = runpy.run_path(str(EXAMPLES / "lightning_train.py"))["Module"]
+    vocab = int(PackedShards(run).manifest["tokenizer"]["vocab_size"])
+
+    def trainer(steps):
+        return L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+
+    torch.manual_seed(0)
+    whole = Module(vocab)
+    trainer(6).fit(whole, datamodule=PackedDataModule(str(run), 2, flatten=True))
+    torch.manual_seed(0)
+    first, t = Module(vocab), trainer(3)
+    t.fit(first, datamodule=PackedDataModule(str(run), 2, flatten=True))
+    t.save_checkpoint(tmp_path / "c.ckpt")
+    second = Module(vocab)
+    trainer(6).fit(second, datamodule=PackedDataModule(str(run), 2, flatten=True), ckpt_path=tmp_path / "c.ckpt")
+    assert first.packs + second.packs == whole.packs
+    assert first.losses + second.losses == pytest.approx(whole.losses, rel=1e-6)
