@@ -82,6 +82,8 @@ plan_options = _apply([
         click.option("--overlong", type=click.Choice(C.OVERLONG), default=None,
                      help="Over-long examples (default: truncate for sft/chat, split for text)."),
         click.option("--max-segments", type=int, default=None, help="Cap on examples per pack."),
+        click.option("--cp-size", type=int, default=1, show_default=True,
+                     help="Plan for context parallelism over N ranks: examples padded to multiples of 2N (pack length divisible by 2N)."),
         click.option("--layout", type=click.Choice(C.LAYOUTS), default="best-fit", show_default=True,
                      help="best-fit: whole examples bin-packed; wrapped (--kind text): documents end to end, cut every pack length."),
         click.option("--time-limit", type=float, default=None, help="Work budget of the ortools planner, in deterministic seconds (about wall seconds on 2 cores; the plan never depends on the clock). Default: 1 + 1e-5 per example, at most 300."),
@@ -119,7 +121,7 @@ def _plan_config(kw: dict, kind: str, weights: tuple[float, ...] = ()) -> C.Plan
     return C.PlanConfig(pack_len=kw["pack_len"], algorithm=kw["algorithm"],
                         overlong=kw["overlong"] or C.default_overlong(kind), seed=kw["seed"],
                         max_segments=kw["max_segments"], time_limit=kw["time_limit"], weights=weights,
-                        layout=kw["layout"])
+                        layout=kw["layout"], cp_size=kw["cp_size"])
 
 
 def _inputs(data: tuple, mix: str | None) -> list[C.InputSpec]:

@@ -179,6 +179,10 @@ class PlanConfig:
     weights: tuple[float, ...] = ()
     """Per input source, the multiplier on its examples (see InputSpec.weight); () weighs every source 1.
     `pack` fills it from the inputs' weights."""
+    cp_size: int = 1
+    """Context-parallel size N the packs are planned for: every example occupies its length rounded up to
+    a multiple of 2N (inert padding), so N ranks each hold a whole, balanced share of every pack
+    (PackedLoader(cp_rank=, cp_size=)); pack_len must be divisible by 2N. 1: no context parallelism."""
     layout: str = "best-fit"
     """best-fit: whole examples (or their over-long pieces) bin-packed by `algorithm`. wrapped (--kind text,
     pretraining): documents concatenated in order and cut every pack_len tokens, so every pack but the
@@ -199,13 +203,17 @@ class PlanConfig:
         if any(not isinstance(w, (int, float)) or not 0 <= w < float("inf") for w in self.weights):
             raise ConfigError(f"weights {self.weights!r}: each must be a finite number >= 0")
         object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+        from packer.context_parallel import check_cp_size
+
+        check_cp_size(self.pack_len, self.cp_size)
         if self.layout not in LAYOUTS:
             raise ConfigError(f"layout '{self.layout}' is not one of {', '.join(LAYOUTS)}")
         if self.layout == "wrapped":
             given = [name for name, bad in (("algorithm", self.algorithm != "ortools"),
                                             ("time_limit", self.time_limit is not None),
                                             ("max_segments", self.max_segments is not None),
-                                            ("overlong", self.overlong != "split")) if bad]
+                                            ("overlong", self.overlong != "split"),
+                                            ("cp_size", self.cp_size != 1)) if bad]
             if given:
                 raise ConfigError(f"layout wrapped cuts documents at every pack_len tokens, so {', '.join(given)} "
                                   "would be ignored: drop " + ", ".join(f"--{g.replace('_', '-')}" for g in given) +

@@ -20,6 +20,8 @@ from packer.collate import BatchSource, collate
 from packer.dataset import PackedShards
 from packer.errors import ConfigError
 from packer.prefetch import prefetch as in_background
+from packer.context_parallel import cp_indices, padded_lengths
+from packer.labels import make_labels, positions
 
 BALANCE = ("tokens", "attention")
 
@@ -137,6 +139,57 @@ class _Batches(torch.utils.data.Dataset):
         return batch
 
 
+def _check_cp(ds: PackedShards, cp_rank: int, cp_size: int, flatten: bool, num_workers: int, eval: bool) -> None:
+    planned = int((ds.manifest.get("config", {}).get("plan") or {}).get("cp_size", 1))
+    if not isinstance(cp_size, int) or cp_size < 1 or not 0 <= cp_rank < cp_size:
+        raise ConfigError(f"need cp_size >= 1 and 0 <= cp_rank < cp_size; got cp_rank={cp_rank}, cp_size={cp_size}")
+    if planned % cp_size:
+        divisors = [d for d in range(1, planned + 1) if planned % d == 0]
+        raise ConfigError(f"these shards were planned for cp_size {planned}; open them with a cp_size that divides it "
+                          f"({', '.join(map(str, divisors))}), or re-plan with --cp-size {cp_size}")
+    if not flatten:
+        raise ConfigError("cp_size > 1 gives THD batches (one flat row per rank, as TransformerEngine takes them): "
+                          "pass flatten=True")
+    if num_workers or eval:
+        raise ConfigError("cp_size > 1 builds batches in this process for now: drop num_workers (use prefetch) and eval")
+
+
+def cp_batch(ds: PackedShards, packs: np.ndarray, cp_rank: int, cp_size: int, pad_id: int, global_loss: int) -> dict:
+    """Rank cp_rank's share of a batch of packs, in THD layout: the packs' segments end to end, each padded to
+    a multiple of 2 x cp_size (inert: pad_id, no loss, positions continuing the segment's), then split by
+    packer.context_parallel.cp_indices. cu_seqlens (real lengths) and cu_seqlens_padded are the whole
+    batch's, as TransformerEngine's THD attention takes them."""
+    ids, mask, lens = [], [], []
+    for p in packs.tolist():
+        v = ds.arrays(p)
+        ids.append(v["tokens"].astype(np.int64))
+        mask.append(np.asarray(v["loss_mask"], np.uint8))
+        lens.append(np.asarray(v["seg_lens"], np.int64))
+    seg = np.concatenate(lens)
+    pad = padded_lengths(seg, cp_size)
+    cu = np.concatenate([[0], np.cumsum(seg)])
+    cu_pad = np.concatenate([[0], np.cumsum(pad)])
+    T = int(cu_pad[-1])
+    where = np.repeat(cu_pad[:-1] - cu[:-1], seg) + np.arange(int(cu[-1]))  # real token -> padded slot
+    tok = np.full(T, pad_id, np.int64)
+    msk = np.zeros(T, np.uint8)
+    tok[where] = np.concatenate(ids)
+    msk[where] = np.concatenate(mask)
+    labels = make_labels(tok, msk, cu_pad, ds.label_mode)
+    pos = positions(pad, cu_pad)
+    idx = cp_indices(cu_pad, cp_rank, cp_size)
+    lab = labels[idx]
+    return {
+        "input_ids": torch.from_numpy(tok[idx])[None], "labels": torch.from_numpy(lab)[None],
+        "position_ids": torch.from_numpy(pos[idx])[None],
+        "cu_seqlens": torch.from_numpy(cu.astype(np.int32)), "cu_seqlens_padded": torch.from_numpy(cu_pad.astype(np.int32)),
+        "max_seqlen": int(pad.max()) if len(pad) else 0, "seq_lens": torch.from_numpy(seg.astype(np.int32)),
+        "num_loss_tokens": int((lab != -100).sum()), "global_num_loss_tokens": global_loss,
+        "num_tokens": int(np.isin(idx, where).sum()), "pack_index": torch.from_numpy(packs.astype(np.int64)),
+        "cp_rank": cp_rank, "cp_size": cp_size,
+    }
+
+
 def _mark_eval(batch: dict, ds: PackedShards, packs: np.ndarray, empty: np.ndarray, flatten: bool) -> None:
     """Eval batches: stand-in packs lose their labels (zero loss, so ranks can run equal steps), and
     `segment_example` says, per segment of cu_seqlens, which example it holds (-1: padding or stand-in)."""
@@ -200,7 +253,8 @@ class PackedLoader(torch.utils.data.IterableDataset):
     def __init__(self, path: str | Path, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
                  shuffle: bool | None = None, drop_last: bool | None = None, num_workers: int = 0, pin_memory: bool = False,
                  flatten: bool = False, label_mode: str = "unshifted", pad_id: int | None = None,
-                 balance: str = "tokens", verify: bool = True, prefetch: int = 0, eval: bool = False):
+                 balance: str = "tokens", verify: bool = True, prefetch: int = 0, eval: bool = False,
+                 cp_rank: int = 0, cp_size: int = 1):
         if eval and (shuffle is True or drop_last is True):
             raise ConfigError(f"eval=True never shuffles and never drops; drop shuffle={shuffle} / drop_last={drop_last} "
                               "(the defaults become False)")
@@ -222,6 +276,9 @@ class PackedLoader(torch.utils.data.IterableDataset):
         # Padding is inert (its own segment, no labels), so its id only needs to be a valid one.
         self.pad_id = int(pad_id if pad_id is not None else eos if eos is not None else 0)
         self.balance, self.prefetch, self.eval = balance, prefetch, eval
+        self.cp_rank, self.cp_size = cp_rank, cp_size
+        if cp_size != 1 or cp_rank != 0:
+            _check_cp(self.dataset, cp_rank, cp_size, flatten, num_workers, eval)
         self.costs = pack_costs(self.dataset, balance)
         self._loss = loss_counts(self.dataset)
         self.epoch = 0
@@ -274,6 +331,10 @@ class PackedLoader(torch.utils.data.IterableDataset):
                                share_memory=info is not None, src=self._src, filler=filler)
             todo = range(w + n_w * start, len(mine), n_w)
             make = batches.__getitem__
+            if self.cp_size > 1:
+                def make(i: int, _b=batches) -> dict:
+                    return cp_batch(self.dataset, _b.plan[i], self.cp_rank, self.cp_size, self.pad_id,
+                                    int(_b.global_loss[i]))
             source = in_background(make, todo, self.prefetch) if self.prefetch else map(make, todo)
             try:
                 for batch in source:
@@ -298,7 +359,7 @@ class PackedLoader(torch.utils.data.IterableDataset):
 
     def state_dict(self) -> dict:
         """Where the loader stands: restoring it yields exactly the batches still to come."""
-        return {"epoch": self.epoch, "batches_yielded": self._yielded, "seed": self.seed,
+        return {"epoch": self.epoch, "batches_yielded": self._yielded, "seed": self.seed, "cp_size": self.cp_size,
                 "batch_size": self.batch_size, "world_size": self.world_size, "rank": self.rank,
                 "num_packs": len(self.dataset), "shuffle": self.shuffle, "drop_last": self.drop_last,
                 "balance": self.balance, "eval": self.eval}

@@ -20,6 +20,7 @@ import numpy as np
 from packer import binpack
 from packer import config as C
 from packer.bounds import lower_bound
+from packer.context_parallel import check_cp_size, padded_lengths
 from packer.errors import ConfigError, FormatError, InputError
 from packer.manifest import Manifest, commit_stage, current, read_manifest
 from packer.ranges import within
@@ -113,8 +114,12 @@ def _check_time_limit(algorithm: str, time_limit: float | None) -> None:
 
 
 def plan(lengths: np.ndarray, pack_len: int, algorithm: str = "ortools", *, seed: int = 0,
-         max_segments: int | None = None, time_limit: float | None = None) -> Plan:
+         max_segments: int | None = None, time_limit: float | None = None, cp_size: int = 1) -> Plan:
     """Pack items of the given lengths (each 1..pack_len) into as few packs as the algorithm can.
+
+    cp_size N > 1 plans for context parallelism: every item occupies its length rounded up to a multiple
+    of 2N (packer.context_parallel), so each of N ranks can hold a whole, balanced share of every pack;
+    pack_len must be divisible by 2N.
 
     Raises ValueError for lengths outside 1..pack_len (apply the over-long policy first) and
     ConfigError for an unknown algorithm.
@@ -130,6 +135,9 @@ def plan(lengths: np.ndarray, pack_len: int, algorithm: str = "ortools", *, seed
     if algorithm not in ALGORITHMS:
         raise ConfigError(f"unknown algorithm '{algorithm}'; choose one of {', '.join(ALGORITHMS)}")
     _check_time_limit(algorithm, time_limit)
+    if cp_size != 1:
+        check_cp_size(pack_len, cp_size)
+        lengths = padded_lengths(lengths, cp_size)  # what each item occupies in a CP pack
     if algorithm == "ortools" and time_limit is None:
         from packer.solver import default_budget
 
@@ -218,7 +226,8 @@ def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, 
         pieces, counts = cut_overlong(lengths[rows], prompt_len[rows], config.pack_len, config.overlong)
         pieces[:, 0] = rows[pieces[:, 0]]  # back to tokenized rows (a repeated example names its row again)
         p = plan(pieces[:, 2], config.pack_len, config.algorithm, seed=config.seed,
-                 max_segments=config.max_segments, time_limit=config.time_limit)
+                 max_segments=config.max_segments, time_limit=config.time_limit, cp_size=config.cp_size)
+        counts["cp_padding_tokens"] = int((padded_lengths(pieces[:, 2], config.cp_size) - pieces[:, 2]).sum())
     if len(pieces) == 0:  # before anything is committed: a run of no packs is an error, not a result
         names = ", ".join(i["path"] for i in tok_manifest["inputs"])
         raise InputError(names, None, None, f"none of its {len(lengths):,} examples is left to pack "

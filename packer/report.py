@@ -29,7 +29,8 @@ FIELDS = [  # (key, label, format) for tables
     ("max_segments_per_pack", "max examples/pack", "{}"),
     ("truncated_examples", "truncated examples", "{:,}"), ("truncated_tokens", "truncated tokens", "{:,}"),
     ("dropped_examples", "dropped examples", "{:,}"),
-    ("tokens_without_left_context", "tokens cut from their left context", "{:,}"), ("skipped_records", "skipped records", "{:,}"),
+    ("tokens_without_left_context", "tokens cut from their left context", "{:,}"),
+    ("cp_size", "context-parallel size planned for", "{}"), ("cp_padding_tokens", "context-parallel padding tokens", "{:,}"), ("skipped_records", "skipped records", "{:,}"),
     ("waste_pad_to_pack", "waste, pad to pack", "{:.2%}"), ("waste_pad_to_longest", "waste, pad to longest", "{:.2%}"),
     ("speedup_tokens_vs_pad_to_pack", "speed-up (tokens) vs pad to pack", "{:.2f}x"),
     ("speedup_tokens_vs_pad_to_longest", "speed-up (tokens) vs pad to longest", "{:.2f}x"),
@@ -84,6 +85,8 @@ def compute(path: str | Path, seconds: dict[str, float] | None = None, baseline_
         "pack_len": L, "algorithm": m["plan"]["algorithm"], "optimal": m["plan"]["optimal"],
         "plan_budget": m["plan"].get("time_limit"),
         "layout": (m.get("config", {}).get("plan") or {}).get("layout", "best-fit"),
+        "cp_size": (m.get("config", {}).get("plan") or {}).get("cp_size", 1),
+        "cp_padding_tokens": int(c.get("cp_padding_tokens", 0)),
         # Segments that continue an example cut before them (wrapped layout, --overlong split): their
         # tokens are trained without the context the cut removed.
         "tokens_without_left_context": int(_cat([s.segment_lengths[np.asarray(s.segment_start) > 0]
