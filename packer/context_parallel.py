@@ -33,7 +33,10 @@ def check_cp_size(pack_len: int, cp_size: int) -> None:
 
 
 def padded_lengths(lengths: np.ndarray, cp_size: int) -> np.ndarray:
-    """Each length rounded up to a multiple of 2 x cp_size (what a segment occupies in a CP pack)."""
+    """Each length rounded up to a multiple of 2 x cp_size (what a segment occupies in a CP pack); cp_size 1
+    (no context parallelism) leaves the lengths as they are."""
+    if cp_size == 1:
+        return np.asarray(lengths, np.int64)
     m = 2 * cp_size
     return -(-np.asarray(lengths, np.int64) // m) * m
 
@@ -44,6 +47,8 @@ def cp_indices(cu_seqlens_padded: np.ndarray, cp_rank: int, cp_size: int) -> np.
     if not 0 <= cp_rank < cp_size:
         raise ConfigError(f"cp_rank {cp_rank} is not in 0..{cp_size - 1}")
     cu = np.asarray(cu_seqlens_padded, np.int64)
+    if cp_size == 1:
+        return np.arange(int(cu[-1]), dtype=np.int64)
     lens = np.diff(cu)
     if np.any(lens % (2 * cp_size)):
         raise ConfigError(f"segments must be padded to multiples of 2 x cp_size = {2 * cp_size} (plan with cp_size)")

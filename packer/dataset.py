@@ -36,6 +36,8 @@ class PackedShards(ShardSet, torch.utils.data.Dataset):
         check_label_mode(label_mode)
         self.label_mode = label_mode
         super().__init__(path, verify=verify)
+        self.cp_size = int((self.manifest.get("config", {}).get("plan") or {}).get("cp_size", 1))
+        """The context-parallel size the packs were planned for (items then carry cu_seqlens_padded)."""
 
     def __getstate__(self) -> dict:
         """Worker processes reopen the memory maps instead of receiving copies of the data."""
@@ -50,7 +52,7 @@ class PackedShards(ShardSet, torch.utils.data.Dataset):
         ids = v["tokens"].astype(np.int64)
         seg = v["seg_lens"].astype(np.int64)
         cu = np.concatenate([[0], np.cumsum(seg)]).astype(np.int32)
-        return {
+        item = {
             "input_ids": torch.from_numpy(ids),
             "labels": torch.from_numpy(make_labels(ids, v["loss_mask"], cu, self.label_mode)),
             "position_ids": torch.from_numpy(positions(seg, cu)),
@@ -58,3 +60,7 @@ class PackedShards(ShardSet, torch.utils.data.Dataset):
             "max_seqlen": int(seg.max()) if len(seg) else 0,
             "example_index": torch.from_numpy(v["example_index"].astype(np.int64)),
         }
+        if self.cp_size > 1:  # planned for context parallelism: where each segment sits once padded
+            pad = -(-seg // (2 * self.cp_size)) * (2 * self.cp_size)
+            item["cu_seqlens_padded"] = torch.from_numpy(np.concatenate([[0], np.cumsum(pad)]).astype(np.int32))
+        return item

@@ -72,3 +72,21 @@ def test_cp_sizes_the_shards_were_not_planned_for_are_refused(run):
         PackedLoader(run, 2, cp_rank=0, cp_size=2)
     with pytest.raises(ConfigError, match="divisible by 2 x cp_size = 8"):
         C.PlanConfig(pack_len=500, cp_size=4)
+
+
+def test_items_carry_real_and_padded_cu_seqlens(run):
+    ds = PackedShards(run)
+    assert ds.cp_size == 4
+    it = ds[0]
+    real, padded = np.diff(it["cu_seqlens"].numpy()), np.diff(it["cu_seqlens_padded"].numpy())
+    assert np.all(padded % 8 == 0) and np.all(padded >= real) and np.all(padded - real < 8)
+    assert int(it["cu_seqlens_padded"][-1]) <= ds.pack_len
+
+
+def test_no_context_parallelism_costs_no_padding(tmp_path):
+    from packer.context_parallel import padded_lengths
+
+    assert np.array_equal(padded_lengths(np.array([1, 3, 5]), 1), [1, 3, 5])
+    report = pack([str(write_jsonl(tmp_path / "d.jsonl", sft_records(40, seed=1)))], tmp_path / "r",
+                  plan_config=C.PlanConfig(pack_len=512))
+    assert report["cp_size"] == 1 and report["cp_padding_tokens"] == 0
