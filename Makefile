@@ -10,7 +10,7 @@ DATA     ?=
 TOKENIZER ?= byte
 PACK_LEN ?= 2048
 KIND     ?= sft
-ALGORITHM ?= bfd
+ALGORITHM ?= ortools
 OUT      ?= build/packed
 ARGS     ?=
 
