@@ -147,9 +147,6 @@ def _check_cp(ds: PackedShards, cp_rank: int, cp_size: int, flatten: bool, num_w
         divisors = [d for d in range(1, planned + 1) if planned % d == 0]
         raise ConfigError(f"these shards were planned for cp_size {planned}; open them with a cp_size that divides it "
                           f"({', '.join(map(str, divisors))}), or re-plan with --cp-size {cp_size}")
-    if not flatten:
-        raise ConfigError("cp_size > 1 gives THD batches (one flat row per rank, as TransformerEngine takes them): "
-                          "pass flatten=True")
     if num_workers or eval:
         raise ConfigError("cp_size > 1 builds batches in this process for now: drop num_workers (use prefetch) and eval")
 
@@ -232,6 +229,9 @@ class PackedLoader(torch.utils.data.IterableDataset):
     communication because every rank's plan is deterministic), num_tokens (real tokens) and
     pack_index int64 [B] (which packs of the shards these are).
 
+    cp_rank, cp_size (context parallelism, packs planned with cp_size): this CP rank's load-balanced share
+    of each batch, flat (THD), with cu_seqlens and cu_seqlens_padded of the whole batch (see cp_batch).
+
     eval=True (evaluation): packs in order, never shuffled, dropped or repeated, every pack on exactly
     one rank; the last step's empty slots hold a stand-in pack with no labels (pack_index -1), so every
     rank runs the same number of steps; each batch also has segment_example int64 [K] (per segment of
@@ -252,12 +252,16 @@ class PackedLoader(torch.utils.data.IterableDataset):
 
     def __init__(self, path: str | Path, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
                  shuffle: bool | None = None, drop_last: bool | None = None, num_workers: int = 0, pin_memory: bool = False,
-                 flatten: bool = False, label_mode: str = "unshifted", pad_id: int | None = None,
+                 flatten: bool | None = None, label_mode: str = "unshifted", pad_id: int | None = None,
                  balance: str = "tokens", verify: bool = True, prefetch: int = 0, eval: bool = False,
                  cp_rank: int = 0, cp_size: int = 1):
         if eval and (shuffle is True or drop_last is True):
             raise ConfigError(f"eval=True never shuffles and never drops; drop shuffle={shuffle} / drop_last={drop_last} "
                               "(the defaults become False)")
+        if cp_size != 1 and flatten is False:
+            raise ConfigError("cp_size > 1 gives THD batches (one flat row per rank, as TransformerEngine takes them); "
+                              "drop flatten=False")
+        flatten = cp_size != 1 if flatten is None else flatten  # CP batches are THD: flat by default
         shuffle = (not eval) if shuffle is None else shuffle
         drop_last = (not eval) if drop_last is None else drop_last
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:

@@ -68,8 +68,9 @@ def test_cp_ranks_split_every_batch_into_whole_shares(run, cp_size):
 def test_cp_sizes_the_shards_were_not_planned_for_are_refused(run):
     with pytest.raises(ConfigError, match=r"planned for cp_size 4; open them with a cp_size that divides it \(1, 2, 4\)"):
         PackedLoader(run, 2, flatten=True, cp_rank=0, cp_size=3)
-    with pytest.raises(ConfigError, match="pass flatten=True"):
-        PackedLoader(run, 2, cp_rank=0, cp_size=2)
+    with pytest.raises(ConfigError, match="drop flatten=False"):
+        PackedLoader(run, 2, cp_rank=0, cp_size=2, flatten=False)
+    assert PackedLoader(run, 2, cp_rank=1, cp_size=2).flatten, "CP batches are THD without asking"
     with pytest.raises(ConfigError, match="divisible by 2 x cp_size = 8"):
         C.PlanConfig(pack_len=500, cp_size=4)
 
