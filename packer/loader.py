@@ -189,7 +189,8 @@ def cp_batch(ds: PackedShards, packs: np.ndarray, cp_rank: int, cp_size: int, pa
 
 def _mark_eval(batch: dict, ds: PackedShards, packs: np.ndarray, empty: np.ndarray, flatten: bool) -> None:
     """Eval batches: stand-in packs lose their labels (zero loss, so ranks can run equal steps), and
-    `segment_example` says, per segment of cu_seqlens, which example it holds (-1: padding or stand-in)."""
+    `example_index` says, per segment of cu_seqlens, which example it holds (-1: padding or stand-in), as
+    PackedShards items do."""
     seg_ex, tok_len = [], []
     for p, e in zip(packs.tolist(), empty.tolist()):
         v = ds.arrays(p)
@@ -198,7 +199,7 @@ def _mark_eval(batch: dict, ds: PackedShards, packs: np.ndarray, empty: np.ndarr
         if not flatten and n < ds.pack_len:
             seg_ex.append(np.full(1, -1, np.int64))  # the row's padding segment
         tok_len.append(n if flatten else ds.pack_len)
-    batch["segment_example"] = torch.from_numpy(np.concatenate(seg_ex)) if seg_ex else torch.zeros(0, dtype=torch.int64)
+    batch["example_index"] = torch.from_numpy(np.concatenate(seg_ex)) if seg_ex else torch.zeros(0, dtype=torch.int64)
     if empty.any():
         batch["pack_index"][torch.from_numpy(empty)] = -1
         labels = batch["labels"].view(-1)
@@ -234,8 +235,8 @@ class PackedLoader(torch.utils.data.IterableDataset):
 
     eval=True (evaluation): packs in order, never shuffled, dropped or repeated, every pack on exactly
     one rank; the last step's empty slots hold a stand-in pack with no labels (pack_index -1), so every
-    rank runs the same number of steps; each batch also has segment_example int64 [K] (per segment of
-    cu_seqlens, its example_index; -1 for padding), for packer.loss.per_example_loss.
+    rank runs the same number of steps; each batch also has example_index int64 [K] (per segment of
+    cu_seqlens, its record number; -1 for padding), for packer.loss.per_example_loss.
 
     Normalize a token-mean loss by global_num_loss_tokens (summed over the micro-batches of an
     optimizer step under gradient accumulation) and sum gradients across ranks.

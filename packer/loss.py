@@ -56,10 +56,10 @@ def example_mean_loss(logits: torch.Tensor, labels: torch.Tensor, cu_seqlens: to
 
 
 def per_example_loss(logits: torch.Tensor, labels: torch.Tensor, cu_seqlens: torch.Tensor,
-                     segment_example: torch.Tensor, *, label_mode: str = "unshifted"
+                     example_index: torch.Tensor, *, label_mode: str = "unshifted"
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per example of an eval batch: (example_index int64 [E], summed token loss float64 [E], targets
-    int64 [E]), from the batch's segment_example (PackedLoader(eval=True)). An example split over several
+    int64 [E]), from the batch's example_index (per segment; PackedLoader(eval=True)). An example split over several
     segments or batches is summed under its one index: merge the parts with `mean_example_loss`."""
     seg = torch.repeat_interleave(torch.arange(len(cu_seqlens) - 1, device=labels.device),
                                   (cu_seqlens[1:] - cu_seqlens[:-1]).long(), output_size=labels.numel())
@@ -67,7 +67,7 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor, cu_seqlens: tor
     flat_logits, flat_labels = _aligned(logits, labels, label_mode)
     per_token = F.cross_entropy(flat_logits.float(), flat_labels, ignore_index=IGNORE, reduction="none").double()
     has = (flat_labels != IGNORE).long()
-    ex = segment_example.to(labels.device)[seg]
+    ex = example_index.to(labels.device)[seg]
     keep = (ex >= 0) & (has > 0)
     ids, where = torch.unique(ex[keep], return_inverse=True)
     sums = torch.zeros(len(ids), dtype=torch.float64, device=labels.device).index_add(0, where, per_token[keep])

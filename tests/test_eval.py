@@ -51,8 +51,8 @@ def test_packed_eval_loss_equals_unpacked_per_example_average(run):
             steps.append(len(loader))
             for b in loader:
                 logits = model(b["input_ids"], b["position_ids"], b["cu_seqlens"], b["max_seqlen"])
-                parts.append(per_example_loss(logits, b["labels"], b["cu_seqlens"], b["segment_example"]))
-                seen += b["segment_example"][b["segment_example"] >= 0].tolist()
+                parts.append(per_example_loss(logits, b["labels"], b["cu_seqlens"], b["example_index"]))
+                seen += b["example_index"][b["example_index"] >= 0].tolist()
     assert steps[0] == steps[1], "every rank runs the same number of steps"
     meta, tables = open_tokenized(run / "tokenized")
     ids = np.concatenate([t.column("example_index").to_numpy() for t in tables])
