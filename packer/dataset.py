@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from packer.labels import check_label_mode, make_labels, positions
+from packer.context_parallel import padded_lengths
 from packer.shardset import ShardSet, check_values
 
 
@@ -36,8 +37,6 @@ class PackedShards(ShardSet, torch.utils.data.Dataset):
         check_label_mode(label_mode)
         self.label_mode = label_mode
         super().__init__(path, verify=verify)
-        self.cp_size = int((self.manifest.get("config", {}).get("plan") or {}).get("cp_size", 1))
-        """The context-parallel size the packs were planned for (items then carry cu_seqlens_padded)."""
 
     def __getstate__(self) -> dict:
         """Worker processes reopen the memory maps instead of receiving copies of the data."""
@@ -61,6 +60,6 @@ class PackedShards(ShardSet, torch.utils.data.Dataset):
             "example_index": torch.from_numpy(v["example_index"].astype(np.int64)),
         }
         if self.cp_size > 1:  # planned for context parallelism: where each segment sits once padded
-            pad = -(-seg // (2 * self.cp_size)) * (2 * self.cp_size)
+            pad = padded_lengths(seg, self.cp_size)
             item["cu_seqlens_padded"] = torch.from_numpy(np.concatenate([[0], np.cumsum(pad)]).astype(np.int32))
         return item

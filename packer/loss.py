@@ -22,6 +22,15 @@ def _aligned(logits: torch.Tensor, labels: torch.Tensor, label_mode: str) -> tup
     return logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
 
 
+def _target_segments(labels: torch.Tensor, cu_seqlens: torch.Tensor, label_mode: str) -> torch.Tensor:
+    """Per target of _aligned's flat labels, the segment of cu_seqlens it is charged to: the segment it
+    lies in (unshifted targets sit on the predicted token)."""
+    seg = torch.repeat_interleave(torch.arange(len(cu_seqlens) - 1, device=labels.device),
+                                  (cu_seqlens[1:] - cu_seqlens[:-1]).long(), output_size=labels.numel())
+    seg = seg.view(labels.shape)
+    return (seg[..., 1:] if label_mode == "unshifted" else seg).reshape(-1)
+
+
 def token_mean_loss(logits: torch.Tensor, labels: torch.Tensor, num_loss_tokens: int | torch.Tensor | None = None,
                     *, label_mode: str = "unshifted") -> torch.Tensor:
     """Sum of token cross-entropies / num_loss_tokens (default: the labelled tokens in this batch)."""
@@ -38,11 +47,7 @@ def example_mean_loss(logits: torch.Tensor, labels: torch.Tensor, cu_seqlens: to
     cu_seqlens: int32 over the flattened batch; segments without labels (padding) do not count.
     num_examples: the normalizer (default: labelled examples in this batch).
     """
-    seg = torch.repeat_interleave(torch.arange(len(cu_seqlens) - 1, device=labels.device),
-                                  (cu_seqlens[1:] - cu_seqlens[:-1]).long(), output_size=labels.numel())
-    seg = seg.view(labels.shape)
-    # Each target is charged to the segment it lies in: unshifted targets sit on the predicted token.
-    seg = (seg[..., 1:] if label_mode == "unshifted" else seg).reshape(-1)
+    seg = _target_segments(labels, cu_seqlens, label_mode)
     flat_logits, flat_labels = _aligned(logits, labels, label_mode)
     per_token = F.cross_entropy(flat_logits.float(), flat_labels, ignore_index=IGNORE, reduction="none")
     has = (flat_labels != IGNORE).to(per_token.dtype)
@@ -61,9 +66,7 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor, cu_seqlens: tor
     """Per example of an eval batch: (example_index int64 [E], summed token loss float64 [E], targets
     int64 [E]), from the batch's example_index (per segment; PackedLoader(eval=True)). An example split over several
     segments or batches is summed under its one index: merge the parts with `mean_example_loss`."""
-    seg = torch.repeat_interleave(torch.arange(len(cu_seqlens) - 1, device=labels.device),
-                                  (cu_seqlens[1:] - cu_seqlens[:-1]).long(), output_size=labels.numel())
-    seg = (seg.view(labels.shape)[..., 1:] if label_mode == "unshifted" else seg.view(labels.shape)).reshape(-1)
+    seg = _target_segments(labels, cu_seqlens, label_mode)
     flat_logits, flat_labels = _aligned(logits, labels, label_mode)
     per_token = F.cross_entropy(flat_logits.float(), flat_labels, ignore_index=IGNORE, reduction="none").double()
     has = (flat_labels != IGNORE).long()

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from packer.labels import make_labels, positions
 from packer.shardset import ShardSet
@@ -37,6 +38,11 @@ class ShardArrays:
         rest[starts] = False
         out[rest] = ends
         return out, np.concatenate([starts, [len(out)]]).astype(np.int64)
+
+
+def list_array(flat: np.ndarray, offsets: np.ndarray, value: pa.DataType) -> pa.Array:
+    """A list<value> Arrow array whose row k is flat[offsets[k]:offsets[k+1]]."""
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat, type=value))
 
 
 def shard_arrays(shards: ShardSet) -> Iterator[ShardArrays]:

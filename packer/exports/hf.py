@@ -19,12 +19,8 @@ import numpy as np
 import pyarrow as pa
 
 from packer.errors import ConfigError
-from packer.exports._packs import shard_arrays
+from packer.exports._packs import list_array, shard_arrays
 from packer.shardset import ShardSet
-
-
-def _lists(flat: np.ndarray, offsets: np.ndarray, value: pa.DataType) -> pa.Array:
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat, type=value))
 
 
 def write(shards: ShardSet, tmp: Path, dtype: str | None) -> dict:
@@ -37,11 +33,11 @@ def write(shards: ShardSet, tmp: Path, dtype: str | None) -> dict:
     tables = []
     for a in shard_arrays(shards):
         tables.append(pa.table({
-            "input_ids": _lists(a.tokens.astype(np.int32), a.pack_offsets, pa.int32()),
-            "seq_lengths": _lists(a.seg_lens.astype(np.int32), a.seg_offsets, pa.int32()),
-            "position_ids": _lists(a.positions.astype(np.int32), a.pack_offsets, pa.int32()),
-            "labels": _lists(a.labels.astype(np.int32), a.pack_offsets, pa.int32()),
-            "completion_mask": _lists(a.loss_mask, a.pack_offsets, pa.uint8()),
+            "input_ids": list_array(a.tokens.astype(np.int32), a.pack_offsets, pa.int32()),
+            "seq_lengths": list_array(a.seg_lens.astype(np.int32), a.seg_offsets, pa.int32()),
+            "position_ids": list_array(a.positions.astype(np.int32), a.pack_offsets, pa.int32()),
+            "labels": list_array(a.labels.astype(np.int32), a.pack_offsets, pa.int32()),
+            "completion_mask": list_array(a.loss_mask, a.pack_offsets, pa.uint8()),
         }))
     ds = datasets.Dataset(pa.concat_tables(tables))
     ds.save_to_disk(str(tmp))

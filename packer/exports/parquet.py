@@ -19,16 +19,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from packer.exports._packs import shard_arrays
+from packer.exports._packs import list_array, shard_arrays
 from packer.shardset import ShardSet
 
 SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())),
                     ("position_ids", pa.list_(pa.int32())), ("loss_mask", pa.list_(pa.uint8())),
                     ("cu_seqlens", pa.list_(pa.int32())), ("example_index", pa.list_(pa.int64()))])
-
-
-def _lists(flat: np.ndarray, offsets: np.ndarray, type_: pa.DataType) -> pa.Array:
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat, type=type_.value_type))
 
 
 def table(a) -> pa.Table:
@@ -37,7 +33,7 @@ def table(a) -> pa.Table:
     cols = [(a.tokens.astype(np.int32), a.pack_offsets), (a.labels.astype(np.int32), a.pack_offsets),
             (a.positions.astype(np.int32), a.pack_offsets), (a.loss_mask, a.pack_offsets), (cu, cu_off),
             (a.example_index.astype(np.int64), a.seg_offsets)]
-    return pa.Table.from_arrays([_lists(f, o, fld.type) for (f, o), fld in zip(cols, SCHEMA)], schema=SCHEMA)
+    return pa.Table.from_arrays([list_array(f, o, fld.type.value_type) for (f, o), fld in zip(cols, SCHEMA)], schema=SCHEMA)
 
 
 def write(shards: ShardSet, tmp: Path, dtype: str | None) -> dict:
