@@ -140,7 +140,7 @@ class _Batches(torch.utils.data.Dataset):
 
 
 def _check_cp(ds: PackedShards, cp_rank: int, cp_size: int, flatten: bool, num_workers: int, eval: bool) -> None:
-    planned = int((ds.manifest.get("config", {}).get("plan") or {}).get("cp_size", 1))
+    planned = ds.cp_size
     if not isinstance(cp_size, int) or cp_size < 1 or not 0 <= cp_rank < cp_size:
         raise ConfigError(f"need cp_size >= 1 and 0 <= cp_rank < cp_size; got cp_rank={cp_rank}, cp_size={cp_size}")
     if planned % cp_size:

@@ -84,8 +84,7 @@ def compute(path: str | Path, seconds: dict[str, float] | None = None, baseline_
     report = {
         "pack_len": L, "algorithm": m["plan"]["algorithm"], "optimal": m["plan"]["optimal"],
         "plan_budget": m["plan"].get("time_limit"),
-        "layout": (m.get("config", {}).get("plan") or {}).get("layout", "best-fit"),
-        "cp_size": (m.get("config", {}).get("plan") or {}).get("cp_size", 1),
+        "layout": ds.layout, "cp_size": ds.cp_size,
         "cp_padding_tokens": int(c.get("cp_padding_tokens", 0)),
         # Segments that continue an example cut before them (wrapped layout, --overlong split): their
         # tokens are trained without the context the cut removed.

@@ -161,6 +161,14 @@ class ShardSet:
                                       "run `packer pack` to build the shards")
         entries, self.pack_len, self.vocab_size = check_manifest(self.path, self.manifest)
         check_lineage(self.path, self.manifest)
+        config = self.manifest.get("config")
+        plan = config.get("plan") if isinstance(config, dict) and isinstance(config.get("plan"), dict) else {}
+        self.cp_size = plan.get("cp_size", 1)
+        """The context-parallel size the packs were planned for (1: none; older runs have no such key)."""
+        if not isinstance(self.cp_size, int) or isinstance(self.cp_size, bool) or self.cp_size < 1:
+            raise FormatError(str(self.path / MANIFEST), f"config.plan.cp_size is {self.cp_size!r}, not a whole number "
+                              ">= 1", REBUILD_HINT)
+        self.layout = str(plan.get("layout", "best-fit"))
         if verify:
             verify_once(self.path, self.manifest)
         self.shards: list[fmt.Shard] = []

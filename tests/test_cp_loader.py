@@ -91,3 +91,23 @@ def test_no_context_parallelism_costs_no_padding(tmp_path):
     report = pack([str(write_jsonl(tmp_path / "d.jsonl", sft_records(40, seed=1)))], tmp_path / "r",
                   plan_config=C.PlanConfig(pack_len=512))
     assert report["cp_size"] == 1 and report["cp_padding_tokens"] == 0
+
+
+@pytest.mark.parametrize("bad", ["4", 0, -2, True])
+def test_a_damaged_cp_size_in_the_manifest_is_refused(run, tmp_path, bad):
+    """Trust nothing on disk: cp_size read back from a (resealed) manifest must be a whole number >= 1."""
+    import json
+    import shutil
+
+    from packer.errors import FormatError
+    from packer.manifest import SEAL, seal
+
+    shards = tmp_path / "shards"
+    shutil.copytree(run / "shards", shards)
+    m = json.loads((shards / "manifest.json").read_text())
+    m["config"]["plan"]["cp_size"] = bad
+    m.pop(SEAL)
+    m[SEAL] = seal(m)
+    (shards / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(FormatError, match="config.plan.cp_size is"):
+        PackedShards(shards, verify=False)
