@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,17 +24,10 @@ from packer import config as C
 from packer.tokenization import tokenize
 from packer.tokenizer import load_tokenizer
 
+from bench_tokenize import best_of  # the same best-of-n timing (this script's folder is on sys.path)
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 REPEAT = 2
-
-
-def best_of(fn, n: int = 3) -> float:
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> None:
