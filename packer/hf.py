@@ -43,6 +43,7 @@ ATTENTION_LAYER_TYPES = frozenset({"full_attention", "sliding_attention"})
 
 _settings: dict = {"allow_unverified": False, "backend": "auto"}
 _checked: dict[int, object] = {}  # id(config) -> config: each model config is checked once
+_vocab_checked: dict[tuple[int, int, str], int] = {}  # (id(model), embeddings, run) -> largest token id
 
 
 class UnsupportedModelError(ConfigError):
@@ -214,16 +215,51 @@ def check_backend(model: torch.nn.Module, backend: str, training: bool = True) -
                                     f"cannot train on attention backend '{backend}': {why}")
 
 
+def check_vocab(model: torch.nn.Module, data) -> int:
+    """Refuse, before the first step, packs holding a token id the model has no embedding for.
+
+    data: a run or shards folder, PackedShards, or a PackedLoader. The largest token id in its shards (one
+    pass over the memory maps, done once per model and run) must be below the rows of the model's input
+    embeddings: an id past them is an index error on CPU and a device-side assert (or silently wrong
+    rows) on GPU, and means the run was tokenized for another model. Returns the largest id (-1: none).
+    """
+    from packer.dataset import PackedShards
+
+    ds = data if isinstance(data, PackedShards) else getattr(data, "dataset", None)
+    if not isinstance(ds, PackedShards):
+        ds = PackedShards(data)
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(emb, "num_embeddings", None) or getattr(getattr(model, "config", None), "vocab_size", None)
+    if not isinstance(rows, int):
+        raise ConfigError(f"cannot tell how many token ids {type(model).__name__} embeds (no input embeddings "
+                          "and no config.vocab_size); check the run's token ids against it yourself")
+    key = (id(model), rows, str(ds.path))
+    if key in _vocab_checked:
+        return _vocab_checked[key]
+    top = max((int(sh.tokens.max()) for sh in ds.shards if len(sh.tokens)), default=-1)
+    if top >= rows:
+        tok = ds.manifest.get("tokenizer", {})
+        raise ConfigError(f"{ds.path}: token id {top} is outside {type(model).__name__}'s {rows} embeddings; "
+                          f"the run was tokenized with '{tok.get('name', '?')}' (vocabulary {tok.get('vocab_size', '?')}): "
+                          "re-pack with the model's tokenizer, or train the model it was packed for")
+    _vocab_checked[key] = top
+    return top
+
+
 def use_packer_attention(model: torch.nn.Module, *, allow_unverified: bool = False,
-                         backend: str = "auto") -> torch.nn.Module:
+                         backend: str = "auto", data=None) -> torch.nn.Module:
     """Switch a loaded transformers model to Packer's attention (registers it first).
 
     Raises UnsupportedModelError before the first step when the model's family is refused or not
     verified (see `register`), or when `backend` cannot compute its attention on its device and dtype.
+    data (a run or shards folder, PackedShards or PackedLoader): also check once that every token id
+    of the run has an embedding in the model (`check_vocab`).
     """
     register(allow_unverified=allow_unverified, backend=backend)
     check_model(model)
     check_backend(model, backend)
+    if data is not None:
+        check_vocab(model, data)
     model.set_attn_implementation(NAME)
     return model
 

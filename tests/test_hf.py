@@ -306,3 +306,24 @@ def test_a_backend_that_cannot_compute_the_model_is_refused_before_the_first_ste
     with pytest.raises(ConfigError, match="unknown attention backend 'fast'"):
         use_packer_attention(make("eager"), backend="fast")
     register()
+
+
+def test_a_run_with_token_ids_past_the_embeddings_is_refused_before_the_first_step(tmp_path, byte_tok):
+    from conftest import sft_records, write_jsonl
+
+    from packer import config as C
+    from packer.errors import ConfigError
+    from packer.loader import PackedLoader
+    from packer.pipeline import pack
+
+    data = write_jsonl(tmp_path / "d.jsonl", sft_records(30))
+    pack([str(data)], tmp_path / "r", tokenizer=byte_tok, plan_config=C.PlanConfig(pack_len=256))
+    top = max(int(sh.tokens.max()) for sh in PackedLoader(tmp_path / "r", 1).dataset.shards)
+
+    def model(vocab: int):
+        return transformers.AutoModelForCausalLM.from_config(tiny_config("llama", vocab_size=vocab))
+
+    assert use_packer_attention(model(top + 1), data=tmp_path / "r") is not None  # every id has a row
+    assert hf.check_vocab(model(300), PackedLoader(tmp_path / "r", 2)) == top
+    with pytest.raises(ConfigError, match=f"token id {top} is outside LlamaForCausalLM's {top} embeddings"):
+        use_packer_attention(model(top), data=tmp_path / "r")
