@@ -87,6 +87,13 @@ def build_once(run: str | Path, build: Callable[[], None], committed: Callable[[
         time.sleep(poll)
 
 
+def in_use(run: str | Path, stale_seconds: float = 120.0) -> bool:
+    """Whether a live builder holds `run`'s lock (what `packer cache prune` must not pull from under it)."""
+    lock = Path(run).with_name(Path(run).name + ".lock")
+    holder = _holder(lock)
+    return holder is not None and not _stale(lock, holder, stale_seconds)
+
+
 def _acquire(lock: Path) -> bool:
     """Create the lock file exclusively (O_EXCL: atomic on local and NFSv3+ filesystems)."""
     lock.parent.mkdir(parents=True, exist_ok=True)

@@ -373,6 +373,48 @@ def export_cmd(run, fmt, out, dtype):
     click.echo(f"{fmt}: {summary['packs']:,} packs -> {out} ({', '.join(summary['files'])})")
 
 
+@main.group()
+def cache() -> None:
+    """The user's Packer cache (PACKER_CACHE, else XDG_CACHE_HOME/packer, else ~/.cache/packer)."""
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+@cache.command("info")
+def cache_info():
+    """Where the cache is and what each kind of entry holds."""
+    from packer.cache import KINDS, entries
+    from packer.runstore import cache_dir
+
+    found = entries()
+    click.echo(f"cache: {cache_dir()}")
+    for kind in KINDS:
+        mine = [e for e in found if e.kind == kind]
+        click.echo(f"  {kind:9} {len(mine):5} entries  {_mb(sum(e.bytes for e in mine)):>14}")
+
+
+@cache.command("prune")
+@click.option("--older-than", "days", type=click.FloatRange(min=0), default=7.0, show_default=True,
+              help="Remove entries not used for this many days (0: every entry not being built).")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(["staging", "runs", "files", "verified"]),
+              help="Only these kinds (repeatable; default: all).")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@_fail_cleanly
+def cache_prune(days, kinds, dry_run):
+    """Remove cache entries not used lately; entries a live builder holds are kept."""
+    from packer.cache import KINDS, prune
+
+    removed, busy = prune(days, tuple(kinds) or KINDS, dry_run=dry_run)
+    for e in removed:
+        click.echo(f"{'would remove' if dry_run else 'removed'} {e.kind}/{e.path.name} ({_mb(e.bytes)})")
+    for e in busy:
+        click.echo(f"kept {e.kind}/{e.path.name}: a builder holds its lock")
+    click.echo(f"{'would free' if dry_run else 'freed'} {_mb(sum(e.bytes for e in removed))} "
+               f"({len(removed)} entries)")
+
+
 @main.command()
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("-n", "records", type=int, default=2000, show_default=True)

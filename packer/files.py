@@ -1,7 +1,7 @@
 """`packed_dataset_from_files`: input files in, a packed dataset out, cached between runs.
 
 The run folder is named by the digest of the inputs' identities, the tokenizer and every setting,
-under `cache_dir`, and each stage skips itself when up to date, so a second call only memory-maps. In
+under `cache_dir` (default: the user's cache, CACHE/files: see packer.cache), and each stage skips itself when up to date, so a second call only memory-maps. In
 a multi-process launch (torchrun), LOCAL_RANK 0 on each node builds under a lock file while the other
 processes wait on the commit file (packer.buildlock), never inside a collective, then every rank maps it.
 """
@@ -17,12 +17,14 @@ from packer.buildlock import build_once
 from packer.executors import Executor
 from packer.manifest import MANIFEST
 from packer.pipeline import pack, with_weights
+from packer.cache import touch
+from packer.runstore import cache_dir as user_cache
 from packer.storage import expand, identity
 from packer.tokenizer import TokenizerInfo, load_tokenizer
 
 
 def packed_dataset_from_files(files: Sequence[str | C.InputSpec], tokenizer: str | TokenizerInfo, pack_len: int, *,
-                              cache_dir: str | Path = "~/.cache/packer", label_mode: str = "unshifted",
+                              cache_dir: str | Path | None = None, label_mode: str = "unshifted",
                               executor: Executor | str | None = None, workers: int = 0, wait_seconds: float = 3600,
                               **options) -> PackedShards:
     """Pack input files (JSON Lines, Parquet, Arrow, globs or URLs; each may name its own fields and weight:
@@ -46,7 +48,7 @@ def packed_dataset_from_files(files: Sequence[str | C.InputSpec], tokenizer: str
     key = C.digest({"inputs": [[C.to_dict(s), [identity(f) for f in expand(s.path)]] for s in specs],
                     "tokenizer": info.fingerprint,
                     "tokenize": C.to_dict(tcfg), "plan": C.to_dict(pcfg), "write": C.to_dict(wcfg)})
-    run = Path(cache_dir).expanduser() / key[:16]
+    run = (Path(cache_dir).expanduser() if cache_dir is not None else user_cache() / "files") / key[:16]
 
     def build() -> None:
         pack(specs, run, tokenizer=info, tokenize_config=tcfg, plan_config=pcfg, write_config=wcfg, executor=executor,
@@ -55,4 +57,5 @@ def packed_dataset_from_files(files: Sequence[str | C.InputSpec], tokenizer: str
     # The commit point is the shards' manifest plus the report, the last files pack writes.
     build_once(run, build, lambda: (run / "shards" / MANIFEST).is_file() and (run / "report.json").is_file(),
                timeout=wait_seconds)
+    touch(run)  # its last use, for `packer cache prune`
     return PackedShards(run, label_mode=label_mode)

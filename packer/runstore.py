@@ -91,6 +91,7 @@ def fetch(url: str) -> Path:
     files = _listing(url, raw)
     folder = cache_dir() / "runs" / hashlib.sha256(raw).hexdigest()[:16] / "shards"
     folder.mkdir(parents=True, exist_ok=True)
+    os.utime(folder.parent)  # its last use, for `packer cache prune`
     for name, meta in sorted(files.items()):
         dest = folder / name
         if dest.is_file() and dest.stat().st_size == meta["bytes"]:
