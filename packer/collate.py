@@ -15,7 +15,9 @@ flatten gives one row [1, total_tokens] with no padding at all (positions restar
 Why compiled: with numpy the batch costs one pass per output array plus temporaries (~75 us for
 [8, 4096]); the numba kernel reads each token and mask byte once and writes input_ids, labels and
 position_ids in the same loop: a [8, 4096] batch costs about twice a memcpy of its bytes (0.5-0.6
-of memcpy's throughput, benchmarks/bench_loader.py). Every array of a batch
+of memcpy's throughput, benchmarks/bench_loader.py). Besides the pass, a batch costs ~15-20 us whatever
+its size: two kernel calls (~1.3 us each: the shards are passed as one boxed structref), the buffer
+from the pool (one reference count per buffer), numpy views and six torch.from_numpy. Every array of a batch
 lives in one buffer, so pinning it, or handing it from a worker process, is one operation, not seven.
 The numpy definitions in `packer.labels` (make_labels, positions) are the reference the tests hold
 this kernel to.
@@ -23,13 +25,15 @@ this kernel to.
 
 from __future__ import annotations
 
+import sys
 import threading
-import weakref
 from dataclasses import dataclass, field
 
 import numba
 import numpy as np
 import torch
+from numba.core import types
+from numba.experimental import structref
 from numba.typed import List
 
 from packer.errors import REBUILD_HINT, FormatError
@@ -69,9 +73,24 @@ def _segment(tok, msk, ids, lab, pos, shifted):  # pragma: no cover - compiled
     return count, top, bits
 
 
+@structref.register
+class _ShardsType(types.StructRef):
+    def preprocess_fields(self, fields):
+        return tuple((name, types.unliteral(typ)) for name, typ in fields)
+
+
+class _Shards(structref.StructRefProxy):
+    """The kernel's view of the shards, boxed once per BatchSource: passing it costs ~1 us a call, where
+    passing its three typed Lists separately costs ~7 us (each is unboxed on every call)."""
+
+
+structref.define_proxy(_Shards, _ShardsType, ["tokens", "masks", "seg_lens", "pack_shard", "pack_tok", "pack_seg"])
+
+
 @numba.njit(cache=True, nogil=True)
-def _sizes(pack_shard, pack_tok, pack_seg, packs, row_len):  # pragma: no cover - compiled
+def _sizes(sh, packs, row_len):  # pragma: no cover - compiled
     """(T, K, real): token slots of the batch, a bound on its segments, and its real tokens."""
+    pack_shard, pack_tok, pack_seg = sh.pack_shard, sh.pack_tok, sh.pack_seg
     T = 0
     K = 0
     for r in range(len(packs)):
@@ -91,12 +110,13 @@ def _sizes(pack_shard, pack_tok, pack_seg, packs, row_len):  # pragma: no cover 
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill(tokens, masks, seg_lens, pack_shard, pack_tok, pack_seg, packs, row_len, pad_id, shifted,
-          buf, T, K):  # pragma: no cover - compiled
+def _fill(sh, packs, row_len, pad_id, shifted, buf, T, K):  # pragma: no cover - compiled
     """The whole batch into `buf` (int64, at least 3T + B + K + 1; layout in `collate`).
 
     Returns (k segments, labelled positions, longest segment, largest token id, OR of mask bytes).
     """
+    tokens, masks, seg_lens, pack_shard, pack_tok, pack_seg = (sh.tokens, sh.masks, sh.seg_lens, sh.pack_shard,
+                                                               sh.pack_tok, sh.pack_seg)
     B = len(packs)
     ids, lab, pos = buf[:T], buf[T:2 * T], buf[2 * T:3 * T]
     buf[3 * T:3 * T + B] = packs
@@ -140,34 +160,38 @@ def _fill(tokens, masks, seg_lens, pack_shard, pack_tok, pack_seg, packs, row_le
 
 
 class BufferPool:
-    """Batch buffers handed out again once no tensor of theirs is alive.
+    """Batch buffers handed out again once nothing can see them.
 
     Why: `for batch in loader` keeps the last batch alive while the next is built, and a fresh
     0.8 MB allocation then often comes from memory the allocator has just returned to the OS, so
-    every page faults and the batch costs 2-3x. A buffer is free when every view made from it
-    (tracked by weak references) is gone; nothing is reused while any tensor can still see it.
+    every page faults and the batch costs 2-3x. A buffer is free when nothing but the pool refers to
+    it: every numpy view of it refers to it (numpy keeps the buffer as the views' base), and every
+    tensor made from a view keeps that view alive, so a reference count of the pool's own is proof that
+    no tensor, view or copy-free export of the batch is alive. One count per buffer: no weak references
+    to make per batch, nor to clear when it is freed.
     """
 
     def __init__(self, keep: int = 8):
         self.keep = keep
-        self._entries: list[tuple[np.ndarray, list[weakref.ref]]] = []
+        self._buffers: list[np.ndarray] = []  # in use or free; the oldest first
         self._lock = threading.Lock()  # a prefetch thread and the caller may both build batches
+        probe = [np.empty(1, np.int64)]
+        self._free = sys.getrefcount(probe[0])  # a buffer only the list refers to, counted as `get` counts
 
     def get(self, n: int) -> np.ndarray:
-        """int64 [>= n], free for writing."""
+        """int64 [>= n], free for writing; it stays the pool's (up to `keep` buffers) to hand out again."""
         with self._lock:
-            for i, (buf, refs) in enumerate(self._entries):
-                if len(buf) >= n and all(r() is None for r in refs):
-                    del self._entries[i]
-                    return buf
-        return np.empty(max(n, 1), np.int64)
+            bufs = self._buffers
+            for i in range(len(bufs)):
+                # any view of the buffer (or a caller holding it) adds one to the list's own reference
+                if sys.getrefcount(bufs[i]) == self._free and len(bufs[i]) >= n:
+                    return bufs[i]
+            buf = np.empty(max(n, 1), np.int64)
+            bufs.append(buf)
+            if len(bufs) > self.keep:
+                bufs.pop(0)  # forgotten by the pool; it lives on as long as its views do
+            return buf
 
-    def track(self, buf: np.ndarray, views: list[np.ndarray]) -> None:
-        """Remember `buf` for reuse once all of `views` are gone."""
-        with self._lock:
-            self._entries.append((buf, [weakref.ref(v) for v in views]))
-            if len(self._entries) > self.keep:
-                self._entries.pop(0)
 
 
 @dataclass
@@ -188,6 +212,10 @@ class BatchSource:
     vocab_size: int = 2**32
     paths: tuple[str, ...] = ()
     pool: BufferPool = field(default_factory=BufferPool)
+    kernel: _Shards = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.kernel = _Shards(self.tokens, self.masks, self.seg_lens, self.pack_shard, self.pack_tok, self.pack_seg)
 
     @classmethod
     def from_shards(cls, shards: list, pack_len: int, keep: int = 8, vocab_size: int = 2**32) -> BatchSource:
@@ -249,7 +277,7 @@ def collate(src: BatchSource, packs: np.ndarray, *, flatten: bool = False, pad_i
     check_label_mode(label_mode)
     packs = np.ascontiguousarray(packs, dtype=np.int64)
     row_len = 0 if flatten else src.pack_len
-    T, K, real = _sizes(src.pack_shard, src.pack_tok, src.pack_seg, packs, row_len)
+    T, K, real = _sizes(src.kernel, packs, row_len)
     B = len(packs)
     n = 3 * T + B + K + 1
     if share_memory:
@@ -257,20 +285,16 @@ def collate(src: BatchSource, packs: np.ndarray, *, flatten: bool = False, pad_i
         buf = whole.numpy()
     else:
         buf = src.pool.get(n)
-    k, loss, longest, top, bits = _fill(src.tokens, src.masks, src.seg_lens, src.pack_shard, src.pack_tok,
-                                        src.pack_seg, packs, row_len, pad_id, label_mode == "shifted", buf, T, K)
+    k, loss, longest, top, bits = _fill(src.kernel, packs, row_len, pad_id, label_mode == "shifted", buf, T, K)
     if top >= src.vocab_size or bits > 1:
         _refuse_values(src, packs, top, bits)
     shape = (1, T) if flatten else (B, row_len)
     if pin_memory:  # one copy of the whole buffer into pinned memory
         whole = torch.from_numpy(buf[:n]).pin_memory()
-        if not share_memory:
-            src.pool.track(buf, [])  # copied: free again at once
     if pin_memory or share_memory:  # torch views of one storage
         tensors = _parts(whole, whole[3 * T + B:n].view(torch.int32), T, B, K, k, shape)
     else:
         views = _parts(buf, buf[3 * T + B:n].view(np.int32), T, B, K, k, shape)
-        src.pool.track(buf, views)
         # numpy slicing, then one torch.from_numpy each: half the cost of slicing torch tensors
         tensors = [torch.from_numpy(v) for v in views]
     ids, labels, pos, cu, seq, index = tensors

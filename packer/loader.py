@@ -19,6 +19,7 @@ import torch
 from packer.collate import BatchSource, collate
 from packer.dataset import PackedShards
 from packer.errors import ConfigError
+from packer.prefetch import Progress
 from packer.prefetch import prefetch as in_background
 from packer.context_parallel import cp_indices, padded_lengths
 from packer.labels import make_labels, positions
@@ -242,9 +243,12 @@ class PackedLoader(torch.utils.data.IterableDataset):
     optimizer step under gradient accumulation) and sum gradients across ranks.
 
     Where batches are built: num_workers=0 builds each batch in this process when asked (a compiled
-    pass, about twice a memcpy of the batch: packer.collate); prefetch=N builds up to N batches ahead in a background
-    thread, overlapping the training step; num_workers>0 uses torch DataLoader worker processes, whose
+    pass plus ~20 us of fixed cost: packer.collate); prefetch=N builds up to N batches ahead in a background
+    thread, overlapping the training step, and the training thread's next() is then a queue take that runs
+    no Python code (packer.prefetch); num_workers>0 uses torch DataLoader worker processes, whose
     hand-over of each batch costs far more than building it (benchmarks/bench_loader.py): prefer prefetch.
+    With prefetch, iter() starts the builder thread; an iterator dropped part way stops it, and the next
+    iter() goes on from where the dropped one stood.
 
     It is an IterableDataset with torchdata's state_dict/load_state_dict, so it can also be the
     dataset of a torch DataLoader or torchdata StatefulDataLoader (batch_size=None; its own
@@ -287,13 +291,15 @@ class PackedLoader(torch.utils.data.IterableDataset):
         self.costs = pack_costs(self.dataset, balance)
         self._loss = loss_counts(self.dataset)
         self.epoch = 0
-        self._yielded = 0  # batches of the current epoch handed to the caller
+        self._yielded = 0  # batches of the current epoch handed to the caller (counted here, or by _progress)
+        self._progress: Progress | None = None  # the prefetch builder of the epoch being read, if any
+        self._progress_start = 0
         self._plan_cache: tuple[int, np.ndarray] | None = None
         self._src: BatchSource | None = None
 
     def __getstate__(self) -> dict:
         """A copy sent to a DataLoader worker rebuilds its plan and batch source from the memory maps."""
-        return {**self.__dict__, "_src": None, "_plan_cache": None}
+        return {**self.__dict__, "_src": None, "_plan_cache": None, "_progress": None}
 
     def _plan(self) -> np.ndarray:
         if self._plan_cache is None or self._plan_cache[0] != self.epoch:
@@ -305,7 +311,7 @@ class PackedLoader(torch.utils.data.IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order to give; a new epoch starts from its first batch."""
         if epoch != self.epoch:
-            self.epoch, self._yielded = epoch, 0
+            self.epoch, self._yielded, self._progress = epoch, 0, None
 
     def __len__(self) -> int:
         return self._plan().shape[1]
@@ -315,11 +321,15 @@ class PackedLoader(torch.utils.data.IterableDataset):
         return imbalance(self.costs, self._plan())
 
     def __iter__(self) -> Iterator[dict]:
+        """This rank's batches of the current epoch, from where the loader stands (state_dict)."""
         plan = self._plan()
         mine = plan[self.rank]
         global_loss = np.where(plan >= 0, self._loss[np.maximum(plan, 0)], 0).sum(axis=(0, 2))
         filler = int(np.argmin(self.costs)) if self.eval and len(self.costs) else None
-        start = self._yielded
+        start = self._yielded = self._position()
+        if self._progress is not None:  # an earlier iterator left part way: it stops, this one goes on
+            self._progress.close()
+            self._progress = None
         # Inside a DataLoader worker (this loader as the dataset of torch's or torchdata's
         # StatefulDataLoader): worker w of W gives batches w, w + W, ..., which DataLoader reads back
         # in order; each worker's state counts its own batches.
@@ -328,43 +338,58 @@ class PackedLoader(torch.utils.data.IterableDataset):
         if info is not None and self.num_workers:
             raise ConfigError("this PackedLoader runs inside a DataLoader worker, which cannot start workers of its "
                               "own; give it num_workers=0 and let the outer DataLoader have the workers")
-        if self.num_workers == 0:  # no DataLoader machinery in the way: ~15 us a batch saved
-            if self._src is None:  # gathered once per loader (per process)
-                self._src = BatchSource.from_shards(self.dataset.shards, self.dataset.pack_len,
-                                                    keep=8 + self.prefetch, vocab_size=self.dataset.vocab_size)
-            batches = _Batches(self.dataset, mine, global_loss, self.flatten, self.pad_id, self.pin_memory,
-                               share_memory=info is not None, src=self._src, filler=filler)
-            todo = range(w + n_w * start, len(mine), n_w)
-            make = batches.__getitem__
-            if self.cp_size > 1:
-                def make(i: int, _b=batches) -> dict:
-                    return cp_batch(self.dataset, _b.plan[i], self.cp_rank, self.cp_size, self.pad_id,
-                                    int(_b.global_loss[i]))
-            source = in_background(make, todo, self.prefetch) if self.prefetch else map(make, todo)
-            try:
-                for batch in source:
-                    self._yielded += 1
-                    yield batch
-            finally:
-                if self.prefetch:
-                    source.close()  # stops the thread when the caller leaves the epoch early
-            self._yielded = 0
-            return
-        # Workers build each batch in shared memory as one storage: one hand-over per batch, not seven.
-        batches = _Batches(self.dataset, mine, global_loss, self.flatten, self.pad_id, share_memory=True, filler=filler)
-        loader = torch.utils.data.DataLoader(
-            batches, batch_size=None, sampler=_From(start, len(mine)), num_workers=self.num_workers,
-            pin_memory=self.pin_memory, persistent_workers=False,
-            # DataLoader draws worker seeds from this generator instead of torch's global RNG.
-            generator=torch.Generator().manual_seed(self.seed))
-        for batch in loader:
+        if self.num_workers:
+            # Workers build each batch in shared memory as one storage: one hand-over per batch, not seven.
+            batches = _Batches(self.dataset, mine, global_loss, self.flatten, self.pad_id, share_memory=True,
+                               filler=filler)
+            return self._counted(torch.utils.data.DataLoader(
+                batches, batch_size=None, sampler=_From(start, len(mine)), num_workers=self.num_workers,
+                pin_memory=self.pin_memory, persistent_workers=False,
+                # DataLoader draws worker seeds from this generator instead of torch's global RNG.
+                generator=torch.Generator().manual_seed(self.seed)))
+        # No DataLoader machinery in the way: ~15 us a batch saved.
+        if self._src is None:  # gathered once per loader (per process)
+            self._src = BatchSource.from_shards(self.dataset.shards, self.dataset.pack_len,
+                                                keep=8 + self.prefetch, vocab_size=self.dataset.vocab_size)
+        batches = _Batches(self.dataset, mine, global_loss, self.flatten, self.pad_id, self.pin_memory,
+                           share_memory=info is not None, src=self._src, filler=filler)
+        todo = range(w + n_w * start, len(mine), n_w)
+        make = batches.__getitem__
+        if self.cp_size > 1:
+            def make(i: int, _b=batches) -> dict:
+                return cp_batch(self.dataset, _b.plan[i], self.cp_rank, self.cp_size, self.pad_id,
+                                int(_b.global_loss[i]))
+        if not self.prefetch:
+            return self._counted(map(make, todo))
+        # The training thread's next() is then C calls only (packer.prefetch); the position is counted
+        # by the builder, and the epoch's end resets it.
+        def on_end() -> None:
+            if self._progress is progress:
+                self._epoch_done()
+
+        items, progress = in_background(make, todo, self.prefetch, on_end=on_end)
+        self._progress, self._progress_start = progress, start
+        return items
+
+    def _counted(self, source: Iterator[dict]) -> Iterator[dict]:
+        for batch in source:
             self._yielded += 1
             yield batch
-        self._yielded = 0  # the epoch is complete; iterating again repeats it unless set_epoch moves on
+        self._epoch_done()
+
+    def _epoch_done(self) -> None:
+        """The epoch is complete: iterating again repeats it unless set_epoch moves on."""
+        self._yielded, self._progress = 0, None
+
+    def _position(self) -> int:
+        """Batches of the current epoch handed to the caller."""
+        if self._progress is not None:
+            return self._progress_start + self._progress.taken()
+        return self._yielded
 
     def state_dict(self) -> dict:
         """Where the loader stands: restoring it yields exactly the batches still to come."""
-        return {"epoch": self.epoch, "batches_yielded": self._yielded, "seed": self.seed, "cp_size": self.cp_size,
+        return {"epoch": self.epoch, "batches_yielded": self._position(), "seed": self.seed, "cp_size": self.cp_size,
                 "batch_size": self.batch_size, "world_size": self.world_size, "rank": self.rank,
                 "num_packs": len(self.dataset), "shuffle": self.shuffle, "drop_last": self.drop_last,
                 "balance": self.balance, "eval": self.eval}
@@ -376,4 +401,4 @@ class PackedLoader(torch.utils.data.IterableDataset):
                 raise ConfigError(f"state was saved with {key}={state[key]}, this loader has {key}={mine}; "
                                   "resume with the same settings and shards")
         self.epoch = int(state["epoch"])
-        self._yielded = int(state["batches_yielded"])
+        self._yielded, self._progress = int(state["batches_yielded"]), None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -70,8 +72,13 @@ def test_prefetch_keeps_held_batches_intact_and_stops_its_thread(run):
     assert as_lists(held) == as_lists(PackedLoader(run, 3, seed=7))
     it = iter(ld)
     next(it)
-    it.close()  # leaving the epoch early
+    del it  # leaving the epoch early: the builder sees nobody reads its batches and stops
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while [t for t in threading.enumerate() if t.name == "packer-prefetch"] and time.monotonic() < deadline:
+        time.sleep(0.005)
     assert not [t for t in threading.enumerate() if t.name == "packer-prefetch"]
+    assert len(as_lists(ld)) == len(held) - 1, "a new iterator goes on from where the last one left"
     with pytest.raises(ConfigError, match="prefetch is a background thread"):
         PackedLoader(run, 3, prefetch=2, num_workers=2)
     with pytest.raises(ConfigError, match="number of batches to build ahead"):
