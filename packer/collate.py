@@ -16,7 +16,7 @@ Why compiled: with numpy the batch costs one pass per output array plus temporar
 [8, 4096]); the numba kernel reads each token and mask byte once and writes input_ids, labels and
 position_ids in the same loop: a [8, 4096] batch costs about twice a memcpy of its bytes (0.5-0.6
 of memcpy's throughput, benchmarks/bench_loader.py). Besides the pass, a batch costs ~15-20 us whatever
-its size: two kernel calls (~1.3 us each: the shards are passed as one boxed structref), the buffer
+its size: two kernel calls (~1 us each: the shards are passed as tables of addresses), the buffer
 from the pool (one reference count per buffer), numpy views and six torch.from_numpy. Every array of a batch
 lives in one buffer, so pinning it, or handing it from a worker process, is one operation, not seven.
 The numpy definitions in `packer.labels` (make_labels, positions) are the reference the tests hold
@@ -33,8 +33,7 @@ import numba
 import numpy as np
 import torch
 from numba.core import types
-from numba.experimental import structref
-from numba.typed import List
+from numba.extending import intrinsic
 
 from packer.errors import REBUILD_HINT, FormatError
 from packer.labels import IGNORE, check_label_mode
@@ -73,32 +72,31 @@ def _segment(tok, msk, ids, lab, pos, shifted):  # pragma: no cover - compiled
     return count, top, bits
 
 
-@structref.register
-class _ShardsType(types.StructRef):
-    def preprocess_fields(self, fields):
-        return tuple((name, types.unliteral(typ)) for name, typ in fields)
+_U8, _I32 = np.zeros(0, np.uint8), np.zeros(0, np.int32)  # element types of loss masks and segment lengths
 
 
-class _Shards(structref.StructRefProxy):
-    """The kernel's view of the shards, boxed once per BatchSource: passing it costs ~1 us a call, where
-    passing its three typed Lists separately costs ~7 us (each is unboxed on every call)."""
+@intrinsic
+def _pointer(typingctx, address, like):  # pragma: no cover - compiled
+    """A typed pointer (to elements of `like`'s dtype) from an address in the shard table."""
+    sig = types.CPointer(like.dtype)(types.int64, like)
 
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
 
-structref.define_proxy(_Shards, _ShardsType, ["tokens", "masks", "seg_lens", "pack_shard", "pack_tok", "pack_seg"])
+    return sig, codegen
 
 
 @numba.njit(cache=True, nogil=True)
-def _sizes(sh, packs, row_len):  # pragma: no cover - compiled
+def _sizes(pack_table, packs, row_len):  # pragma: no cover - compiled
     """(T, K, real): token slots of the batch, a bound on its segments, and its real tokens."""
-    pack_shard, pack_tok, pack_seg = sh.pack_shard, sh.pack_tok, sh.pack_seg
     T = 0
     K = 0
     for r in range(len(packs)):
         p = packs[r]
-        if p < 0 or p >= len(pack_shard):
+        if p < 0 or p >= len(pack_table):
             raise IndexError("pack index out of range")
-        K += pack_seg[p, 1] - pack_seg[p, 0]
-        n = pack_tok[p, 1] - pack_tok[p, 0]
+        K += pack_table[p, 4] - pack_table[p, 3]
+        n = pack_table[p, 2] - pack_table[p, 1]
         if row_len > 0 and n > row_len:
             raise IndexError("a pack is longer than the row length")
         T += n
@@ -110,13 +108,11 @@ def _sizes(sh, packs, row_len):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill(sh, packs, row_len, pad_id, shifted, buf, T, K):  # pragma: no cover - compiled
+def _fill(shard_table, token_like, pack_table, packs, row_len, pad_id, shifted, buf, T, K):  # pragma: no cover
     """The whole batch into `buf` (int64, at least 3T + B + K + 1; layout in `collate`).
 
     Returns (k segments, labelled positions, longest segment, largest token id, OR of mask bytes).
     """
-    tokens, masks, seg_lens, pack_shard, pack_tok, pack_seg = (sh.tokens, sh.masks, sh.seg_lens, sh.pack_shard,
-                                                               sh.pack_tok, sh.pack_seg)
     B = len(packs)
     ids, lab, pos = buf[:T], buf[T:2 * T], buf[2 * T:3 * T]
     buf[3 * T:3 * T + B] = packs
@@ -128,11 +124,14 @@ def _fill(sh, packs, row_len, pad_id, shifted, buf, T, K):  # pragma: no cover -
     bits = np.int64(0)
     for r in range(B):
         p = packs[r]
-        s = pack_shard[p]
-        tok, msk, sl = tokens[s], masks[s], seg_lens[s]
-        a = pack_tok[p, 0]
+        s = pack_table[p, 0]
+        n_tok = shard_table[s, 1]
+        tok = numba.carray(_pointer(shard_table[s, 0], token_like), n_tok)
+        msk = numba.carray(_pointer(shard_table[s, 2], _U8), n_tok)
+        sl = numba.carray(_pointer(shard_table[s, 3], _I32), shard_table[s, 4])
+        a = pack_table[p, 1]
         row_start = o
-        for q in range(pack_seg[p, 0], pack_seg[p, 1]):
+        for q in range(pack_table[p, 3], pack_table[p, 4]):
             n = np.int64(sl[q])
             c, t, b = _segment(tok[a:a + n], msk[a:a + n], ids[o:o + n], lab[o:o + n], pos[o:o + n], shifted)
             loss += c
@@ -200,11 +199,19 @@ class BatchSource:
 
     pack_shard int64 [P]: the shard of each global pack; pack_tok int64 [P, 2]: its token range in
     that shard; pack_seg int64 [P, 2]: its segment range there.
+
+    The kernel gets the shards as a table of addresses (shard_table int64 [S, 5]: tokens' address and
+    count, the loss mask's address, segment lengths' address and count) and the packs as one table
+    (pack_table int64 [P, 5]: shard, token range, segment range). Why not numba typed Lists of the
+    arrays: building them compiles list code in every process (~1.1 s before the first batch, in every
+    DataLoader worker too) and unboxing them costs ~2.5 us a call each. The addresses stay valid
+    because this object holds the arrays; the ranges were checked against the shards' sizes when they
+    were opened (packer.format.check_shard).
     """
 
-    tokens: List
-    masks: List
-    seg_lens: List
+    tokens: list[np.ndarray]
+    masks: list[np.ndarray]
+    seg_lens: list[np.ndarray]
     pack_shard: np.ndarray
     pack_tok: np.ndarray
     pack_seg: np.ndarray
@@ -212,10 +219,25 @@ class BatchSource:
     vocab_size: int = 2**32
     paths: tuple[str, ...] = ()
     pool: BufferPool = field(default_factory=BufferPool)
-    kernel: _Shards = field(init=False, repr=False)
+    shard_table: np.ndarray = field(init=False, repr=False)
+    pack_table: np.ndarray = field(init=False, repr=False)
+    token_like: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.kernel = _Shards(self.tokens, self.masks, self.seg_lens, self.pack_shard, self.pack_tok, self.pack_seg)
+        for i, (t, m, sl) in enumerate(zip(self.tokens, self.masks, self.seg_lens)):
+            if (t.dtype not in (np.uint16, np.uint32) or m.dtype != np.uint8 or sl.dtype != np.int32 or len(m) != len(t)
+                    or not (t.flags.c_contiguous and m.flags.c_contiguous and sl.flags.c_contiguous)):
+                raise FormatError(self.paths[i] if self.paths else f"shard {i}", "token, mask or segment arrays of the "
+                                  "wrong type, length or layout", REBUILD_HINT)
+        dtypes = {t.dtype for t in self.tokens}
+        if len(dtypes) > 1:
+            raise FormatError(self.paths[0] if self.paths else "shards", "shards mix token widths", REBUILD_HINT)
+        self.token_like = np.zeros(0, dtypes.pop() if dtypes else np.uint16)
+        self.shard_table = np.array([[t.ctypes.data, len(t), m.ctypes.data, sl.ctypes.data, len(sl)]
+                                     for t, m, sl in zip(self.tokens, self.masks, self.seg_lens)],
+                                    np.int64).reshape(-1, 5)
+        self.pack_table = np.ascontiguousarray(np.column_stack([self.pack_shard, self.pack_tok, self.pack_seg]),
+                                               np.int64).reshape(-1, 5)
 
     @classmethod
     def from_shards(cls, shards: list, pack_len: int, keep: int = 8, vocab_size: int = 2**32) -> BatchSource:
@@ -231,9 +253,9 @@ class BatchSource:
             return np.concatenate([np.stack([o[:-1], o[1:]], axis=1) for o in offsets]).astype(np.int64)
 
         return cls(
-            tokens=List([s.tokens for s in nonempty]) if nonempty else List.empty_list(numba.uint16[::1]),
-            masks=List([s.loss_mask for s in nonempty]) if nonempty else List.empty_list(numba.uint8[::1]),
-            seg_lens=List([s.segment_lengths for s in nonempty]) if nonempty else List.empty_list(numba.int32[::1]),
+            tokens=[s.tokens for s in nonempty],
+            masks=[s.loss_mask for s in nonempty],
+            seg_lens=[s.segment_lengths for s in nonempty],
             pack_shard=np.repeat(np.arange(len(nonempty), dtype=np.int64), [s.num_packs for s in nonempty]),
             pack_tok=ranges([s.pack_token_offsets for s in nonempty]),
             pack_seg=ranges([s.pack_segment_offsets for s in nonempty]),
@@ -277,7 +299,7 @@ def collate(src: BatchSource, packs: np.ndarray, *, flatten: bool = False, pad_i
     check_label_mode(label_mode)
     packs = np.ascontiguousarray(packs, dtype=np.int64)
     row_len = 0 if flatten else src.pack_len
-    T, K, real = _sizes(src.kernel, packs, row_len)
+    T, K, real = _sizes(src.pack_table, packs, row_len)
     B = len(packs)
     n = 3 * T + B + K + 1
     if share_memory:
@@ -285,7 +307,8 @@ def collate(src: BatchSource, packs: np.ndarray, *, flatten: bool = False, pad_i
         buf = whole.numpy()
     else:
         buf = src.pool.get(n)
-    k, loss, longest, top, bits = _fill(src.kernel, packs, row_len, pad_id, label_mode == "shifted", buf, T, K)
+    k, loss, longest, top, bits = _fill(src.shard_table, src.token_like, src.pack_table, packs, row_len, pad_id,
+                                        label_mode == "shifted", buf, T, K)
     if top >= src.vocab_size or bits > 1:
         _refuse_values(src, packs, top, bits)
     shape = (1, T) if flatten else (B, row_len)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from packer.collate import BatchSource, collate
+from packer.errors import FormatError
 from packer.labels import IGNORE, make_labels, positions
 from packer.format import Shard
 
@@ -132,3 +133,14 @@ def test_bad_pack_index_and_label_mode(source):
         collate(source, np.array([-1]))
     with pytest.raises(Exception, match="label_mode 'x'"):
         collate(source, np.arange(2), label_mode="x")
+
+
+def test_arrays_the_kernel_cannot_address_are_refused():
+    rng = np.random.default_rng(1)
+    good = make_shard(rng, 64, 4, np.uint16)
+    BatchSource.from_shards([good], 64)
+    for field, bad in (("tokens", good.tokens.astype(np.float32)), ("tokens", np.repeat(good.tokens, 2)[::2]),
+                       ("loss_mask", good.loss_mask[:-1])):
+        shard = Shard(**{**{k: getattr(good, k) for k in good.__dataclass_fields__}, field: bad})
+        with pytest.raises(FormatError, match="wrong type, length or layout"):
+            BatchSource.from_shards([shard], 64)
