@@ -192,17 +192,13 @@ class BufferPool:
             return buf
 
 
-
 @dataclass
 class BatchSource:
     """What the kernel reads, gathered once per process: per-shard arrays and per-pack offsets.
 
-    pack_shard int64 [P]: the shard of each global pack; pack_tok int64 [P, 2]: its token range in
-    that shard; pack_seg int64 [P, 2]: its segment range there.
-
-    The kernel gets the shards as a table of addresses (shard_table int64 [S, 5]: tokens' address and
-    count, the loss mask's address, segment lengths' address and count) and the packs as one table
-    (pack_table int64 [P, 5]: shard, token range, segment range). Why not numba typed Lists of the
+    pack_table int64 [P, 5], per global pack: its shard, its token range [a, b) in that shard and its
+    segment range [a, b) there. The kernel gets the shards as a table of addresses (shard_table int64
+    [S, 5]: tokens' address and count, the loss mask's address, segment lengths' address and count). Why not numba typed Lists of the
     arrays: building them compiles list code in every process (~1.1 s before the first batch, in every
     DataLoader worker too) and unboxing them costs ~2.5 us a call each. The addresses stay valid
     because this object holds the arrays; the ranges were checked against the shards' sizes when they
@@ -212,15 +208,12 @@ class BatchSource:
     tokens: list[np.ndarray]
     masks: list[np.ndarray]
     seg_lens: list[np.ndarray]
-    pack_shard: np.ndarray
-    pack_tok: np.ndarray
-    pack_seg: np.ndarray
+    pack_table: np.ndarray
     pack_len: int
     vocab_size: int = 2**32
     paths: tuple[str, ...] = ()
     pool: BufferPool = field(default_factory=BufferPool)
     shard_table: np.ndarray = field(init=False, repr=False)
-    pack_table: np.ndarray = field(init=False, repr=False)
     token_like: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -236,8 +229,7 @@ class BatchSource:
         self.shard_table = np.array([[t.ctypes.data, len(t), m.ctypes.data, sl.ctypes.data, len(sl)]
                                      for t, m, sl in zip(self.tokens, self.masks, self.seg_lens)],
                                     np.int64).reshape(-1, 5)
-        self.pack_table = np.ascontiguousarray(np.column_stack([self.pack_shard, self.pack_tok, self.pack_seg]),
-                                               np.int64).reshape(-1, 5)
+        self.pack_table = np.ascontiguousarray(self.pack_table, np.int64).reshape(-1, 5)
 
     @classmethod
     def from_shards(cls, shards: list, pack_len: int, keep: int = 8, vocab_size: int = 2**32) -> BatchSource:
@@ -256,9 +248,9 @@ class BatchSource:
             tokens=[s.tokens for s in nonempty],
             masks=[s.loss_mask for s in nonempty],
             seg_lens=[s.segment_lengths for s in nonempty],
-            pack_shard=np.repeat(np.arange(len(nonempty), dtype=np.int64), [s.num_packs for s in nonempty]),
-            pack_tok=ranges([s.pack_token_offsets for s in nonempty]),
-            pack_seg=ranges([s.pack_segment_offsets for s in nonempty]),
+            pack_table=np.column_stack([
+                np.repeat(np.arange(len(nonempty), dtype=np.int64), [s.num_packs for s in nonempty]),
+                ranges([s.pack_token_offsets for s in nonempty]), ranges([s.pack_segment_offsets for s in nonempty])]),
             pack_len=pack_len,
             vocab_size=vocab_size,
             paths=tuple(s.path for s in nonempty),
@@ -269,8 +261,7 @@ class BatchSource:
 def _refuse_values(src: BatchSource, packs: np.ndarray, top: int, bits: int) -> None:
     """Name the first pack of the batch whose tokens or mask bytes are out of range."""
     for p in packs.tolist():
-        shard = int(src.pack_shard[p])
-        a, b = src.pack_tok[p]
+        shard, a, b = (int(x) for x in src.pack_table[p, :3])
         check_values(src.tokens[shard][a:b], src.masks[shard][a:b], src.vocab_size,
                      src.paths[shard] if src.paths else f"shard {shard}", p)
     raise FormatError(src.paths[0] if src.paths else "shards", f"token id {top} or mask bits {bits} out of range",

@@ -291,9 +291,8 @@ class PackedLoader(torch.utils.data.IterableDataset):
         self.costs = pack_costs(self.dataset, balance)
         self._loss = loss_counts(self.dataset)
         self.epoch = 0
-        self._yielded = 0  # batches of the current epoch handed to the caller (counted here, or by _progress)
+        self._yielded = 0  # batches of the current epoch handed to the caller (with prefetch: before _progress's)
         self._progress: Progress | None = None  # the prefetch builder of the epoch being read, if any
-        self._progress_start = 0
         self._plan_cache: tuple[int, np.ndarray] | None = None
         self._src: BatchSource | None = None
 
@@ -368,7 +367,7 @@ class PackedLoader(torch.utils.data.IterableDataset):
                 self._epoch_done()
 
         items, progress = in_background(make, todo, self.prefetch, on_end=on_end)
-        self._progress, self._progress_start = progress, start
+        self._progress = progress
         return items
 
     def _counted(self, source: Iterator[dict]) -> Iterator[dict]:
@@ -384,7 +383,7 @@ class PackedLoader(torch.utils.data.IterableDataset):
     def _position(self) -> int:
         """Batches of the current epoch handed to the caller."""
         if self._progress is not None:
-            return self._progress_start + self._progress.taken()
+            return self._yielded + self._progress.taken()
         return self._yielded
 
     def state_dict(self) -> dict:

@@ -47,6 +47,21 @@ def test_resume_mid_epoch_gives_exactly_the_rest(run, workers, ahead):
     assert as_lists(head) + rest == full
 
 
+@pytest.mark.parametrize("ahead", [0, 2])
+def test_a_resumed_loader_saves_its_place_again(run, ahead):
+    full = as_lists(PackedLoader(run, 4, seed=3))
+    a = PackedLoader(run, 4, seed=3, prefetch=ahead)
+    a.load_state_dict({**a.state_dict(), "batches_yielded": 2})
+    it = iter(a)
+    middle = [next(it), next(it)]
+    state = a.state_dict()
+    assert state["batches_yielded"] == 4, "counted from where it resumed, not from the epoch's start"
+    del it
+    b = PackedLoader(run, 4, seed=3, prefetch=ahead)
+    b.load_state_dict(state)
+    assert full[:2] + as_lists(middle) + as_lists(b) == full
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_inside_torchdata_stateful_dataloader(run, workers):
     stateful = pytest.importorskip("torchdata.stateful_dataloader")
