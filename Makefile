@@ -59,7 +59,7 @@ bench: $(BIN)/.installed
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
 
 # Every causal-LM family of the installed transformers, packed vs unpacked: docs/MODELS.md and
-# packer/families.py (what use_packer_attention consults). Outside CI: ~15 minutes on 2 cores.
+# packer/train/hf/families.py (what use_packer_attention consults). Outside CI: ~15 minutes on 2 cores.
 models: $(BIN)/.installed
 	$(BIN)/python benchmarks/model_matrix.py
 

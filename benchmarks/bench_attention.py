@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 import packer
-from packer.model import ModelConfig, PackedLlama
+from packer.train.model import ModelConfig, PackedLlama
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 PACK_LEN, BATCH, N_EXAMPLES, VOCAB = 2048, 8, 48, 50257
@@ -31,8 +31,8 @@ WINDOW = 128  # gpt-oss's window; most GSM8K examples are longer
 def gsm8k_lengths() -> np.ndarray:
     gsm, gpt2 = SHARED / "gsm8k" / "train.jsonl", SHARED / "gpt2"
     if gsm.is_file() and gpt2.is_dir():
-        from packer.templates import ALPACA
-        from packer.tokenizer import load_tokenizer
+        from packer.build.templates import ALPACA
+        from packer.build.tokenizer import load_tokenizer
 
         tok = load_tokenizer(str(gpt2)).build()
         recs = [json.loads(x) for x in gsm.read_text().splitlines()[:N_EXAMPLES]]
@@ -51,7 +51,7 @@ def hf_model(attn: str, window: int | None = None):
     """A small transformers Llama, or with `window` a Mistral (the same model plus a sliding window)."""
     import transformers
 
-    from packer.hf import register
+    from packer.train.hf.integration import register
 
     register()
     size = dict(vocab_size=VOCAB, hidden_size=256, intermediate_size=688, num_hidden_layers=4,

@@ -28,13 +28,13 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from packer import config as C
-from packer.loader import PackedLoader
+from packer.core import config as C
+from packer.train.loader import PackedLoader
 from packer.pipeline import pack
-from packer.planner import plan_stage
-from packer.shards import write_stage
-from packer.tokenization import tokenize
-from packer.tokenizer import load_tokenizer
+from packer.build.plan import plan_stage
+from packer.build.write import write_stage
+from packer.build.tokenize import tokenize
+from packer.build.tokenizer import load_tokenizer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 B, L = 8, 4096

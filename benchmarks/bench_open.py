@@ -20,9 +20,9 @@ import numpy as np
 
 
 def build(folder: Path, packs: int) -> None:
-    from packer import format as fmt
-    from packer.manifest import commit_stage
-    from packer.format import FOLDER_FORMAT as FORMAT, FOLDER_VERSION as VERSION, shard_name
+    from packer.core.formats import shards as fmt
+    from packer.core.manifest import commit_stage
+    from packer.core.formats.shards import FOLDER_FORMAT as FORMAT, FOLDER_VERSION as VERSION, shard_name
 
     rng = np.random.default_rng(0)
     per_pack = rng.integers(1, 5, packs)
@@ -63,8 +63,8 @@ def timed(fn, rounds: int = 5) -> float:
 def main() -> None:
     import os
 
-    from packer import format as fmt
-    from packer.dataset import PackedShards
+    from packer.core.formats import shards as fmt
+    from packer.train.reader import PackedShards
 
     packs = 2_000_000
     with tempfile.TemporaryDirectory() as d:

@@ -9,7 +9,7 @@
 
     python benchmarks/bench_plan.py [--constants]
 
---constants prints only the measurements behind packer/solver.py's constants: the subset sum's cost
+--constants prints only the measurements behind packer/build/planners/ortools.py's constants: the subset sum's cost
 per call, step and cell (a least-squares fit; the budget charges these, so plans never depend on the
 clock), and CP-SAT merges of the g emptiest BFD packs for g = 2..10 (how often one pack is saved,
 items in the model, deterministic and wall seconds).
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 import packer
-from packer.bounds import lower_bound
+from packer.build.planners.bounds import lower_bound
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -87,10 +87,10 @@ def gsm8k() -> None:
         return
     import tempfile
 
-    from packer import config as C
-    from packer.planner import _column
-    from packer.tokenization import open_tokenized, tokenize
-    from packer.tokenizer import load_tokenizer
+    from packer.core import config as C
+    from packer.build.plan import _column
+    from packer.build.tokenize import open_tokenized, tokenize
+    from packer.build.tokenizer import load_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenize([C.InputSpec(str(gsm), "question", "answer")], Path(tmp) / "t", C.TokenizeConfig(),
@@ -107,8 +107,7 @@ def gsm8k() -> None:
 
 
 def constants() -> None:
-    from packer import solver as S
-
+    from packer.build.planners import ortools as S
     print("\n## subset-sum cost (the refill's budget): least-squares fit over rooms 64..32768")
     rng = np.random.default_rng(0)
     rows, times = [], []

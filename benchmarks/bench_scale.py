@@ -38,7 +38,7 @@ def records(tmp: Path) -> tuple[list[dict], str, dict]:
     if gsm.is_file() and gpt2.is_dir():
         return [json.loads(x) for x in gsm.read_text().splitlines()], str(gpt2), {"query_field": "question",
                                                                                   "response_field": "answer"}
-    from packer.sample import write_sample
+    from packer.build.demo_data import write_sample
 
     path = write_sample(tmp / "s.jsonl", 2000, 0)
     return [json.loads(x) for x in Path(path).read_text().splitlines()], "byte", {}
@@ -75,7 +75,7 @@ def child(args: argparse.Namespace) -> None:
     """One run, in this process: print a JSON line of its figures."""
     import resource
 
-    from packer import config as C
+    from packer.core import config as C
     from packer.pipeline import pack
 
     fields = json.loads(args.fields)

@@ -20,9 +20,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from packer import config as C
-from packer.tokenization import tokenize
-from packer.tokenizer import load_tokenizer
+from packer.core import config as C
+from packer.build.tokenize import tokenize
+from packer.build.tokenizer import load_tokenizer
 
 from bench_tokenize import best_of  # the same best-of-n timing (this script's folder is on sys.path)
 
@@ -52,7 +52,7 @@ def main() -> None:
     else:
         import random
 
-        from packer.sample import record
+        from packer.build.demo_data import record
 
         rng = random.Random(0)
         records, info, name = [record(rng) for _ in range(5000)], load_tokenizer("byte"), "built-in sample, byte"

@@ -16,14 +16,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from packer import config as C
+from packer.core import config as C
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from packer import sources
-from packer.templates import ALPACA
-from packer.tokenization import tokenize
-from packer.tokenizer import load_tokenizer
+from packer.build import sources
+from packer.build.templates import ALPACA
+from packer.build.tokenize import tokenize
+from packer.build.tokenizer import load_tokenizer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 REPEAT = 4  # records x4 so each timing is well above timer noise
@@ -46,7 +46,7 @@ def main() -> None:
         records = [{"query": r["question"], "response": r["answer"]} for r in map(json.loads, lines)]
         tok_spec, name = str(gpt2), "GSM8K train, GPT-2"
     else:
-        from packer.sample import record
+        from packer.build.demo_data import record
         import random
 
         rng = random.Random(0)

@@ -11,7 +11,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 $PY -m pytest -q tests/test_attention.py -k "backend" -p no:cacheprovider 2>&1 | tail -15
 $PY - <<'PY'
 import time, torch
-from packer.attention import BACKENDS, unavailable, varlen_attention
+from packer.train.attention import BACKENDS, unavailable, varlen_attention
 torch.manual_seed(0)
 dev, dt = "cuda", torch.bfloat16
 lens = torch.randint(64, 1024, (64,))
@@ -31,7 +31,7 @@ def padded():
     o.sum().backward()
 base = bench(padded)
 print(f"padded SDPA fwd+bwd: {base*1e3:.2f} ms ({T} real tokens, {B*S} padded)")
-from packer.attention import SUPPORTS, Variant, unsupported
+from packer.train.attention import SUPPORTS, Variant, unsupported
 g = torch.randn(T, H, D, device=dev, dtype=torch.float32)
 for variant in ({}, {"window": 256}, {"softcap": 30.0}, {"window": 256, "softcap": 30.0}):
     qf, kf, vf = (t.detach().float().requires_grad_(True) for t in (q, k, v))

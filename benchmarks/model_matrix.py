@@ -1,9 +1,9 @@
 """Which transformers causal-LM families train packed exactly as unpacked? (`make models`)
 
 For every architecture in the installed transformers' causal-LM mapping: a tiny random config
-(packer.hf_verify.tiny_config: windows of 8 tokens, soft-caps of 2, examples of 2-31 tokens), then
+(packer.train.hf.verify.tiny_config: windows of 8 tokens, soft-caps of 2, examples of 2-31 tokens), then
 logits, loss and gradients packed (attn "packer") vs one example at a time (attn "eager"), fp32 on CPU.
-Writes docs/MODELS.md (the table, with the reason for every refusal) and packer/families.py (what
+Writes docs/MODELS.md (the table, with the reason for every refusal) and packer/train/hf/families.py (what
 `use_packer_attention` consults before the first step).
 
     python benchmarks/model_matrix.py [--only llama,gemma2] [--timeout 120]
@@ -30,8 +30,8 @@ def _one(model_type: str, queue) -> None:
     import torch
     import transformers
 
-    import packer.hf as hf
-    from packer.hf_verify import tiny_config, verify
+    import packer.train.hf.integration as hf
+    from packer.train.hf.verify import tiny_config, verify
 
     hf.FAMILIES = {}  # judge every family afresh, not by the previous matrix
     hf.register(allow_unverified=True)
@@ -212,7 +212,7 @@ def main() -> None:
     import transformers
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    import packer.hf_verify  # noqa: F401
+    import packer.train.hf.verify  # noqa: F401
 
     kinds = [k for k in sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) if not args.only or k in args.only.split(",")]
     results = {}

@@ -14,8 +14,8 @@ import torch
 from accelerate import Accelerator
 
 from packer.adapters.accelerate import batch_to, loader
-from packer.loss import token_mean_loss
-from packer.model import ModelConfig, PackedLlama
+from packer.train.loss import token_mean_loss
+from packer.train.model import ModelConfig, PackedLlama
 
 
 def main(argv: list[str] | None = None) -> list[float]:

@@ -14,8 +14,8 @@ import lightning as L
 import torch
 
 from packer.adapters.lightning import PackedDataModule
-from packer.loss import token_mean_loss
-from packer.model import ModelConfig, PackedLlama
+from packer.train.loss import token_mean_loss
+from packer.train.model import ModelConfig, PackedLlama
 
 
 class Module(L.LightningModule):

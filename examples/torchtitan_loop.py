@@ -13,8 +13,8 @@ import argparse
 import torch
 
 from packer.adapters.torchtitan import TitanLoader
-from packer.loss import token_mean_loss
-from packer.model import ModelConfig, PackedLlama
+from packer.train.loss import token_mean_loss
+from packer.train.model import ModelConfig, PackedLlama
 
 
 def main(argv: list[str] | None = None) -> list[float]:

@@ -25,38 +25,38 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "plan": "packer.planner", "Plan": "packer.planner", "ALGORITHMS": "packer.planner",
+    "plan": "packer.build.plan", "Plan": "packer.build.plan", "ALGORITHMS": "packer.build.plan",
     "pack": "packer.pipeline",
-    "tokenize": "packer.tokenization", "plan_stage": "packer.planner", "write_stage": "packer.shards",
-    "PackedShards": "packer.dataset",
-    "PackedLoader": "packer.loader",
-    "pack_dataset": "packer.inmemory",
-    "packed_dataset_from_files": "packer.files",
-    "load_tokenizer": "packer.tokenizer", "TokenizerInfo": "packer.tokenizer",
-    "ShardSet": "packer.shardset", "Manifest": "packer.manifest",
-    "InputSpec": "packer.config", "TokenizeConfig": "packer.config", "PlanConfig": "packer.config",
-    "WriteConfig": "packer.config",
-    "PackerError": "packer.errors", "InputError": "packer.errors", "FormatError": "packer.errors",
-    "ConfigError": "packer.errors",
+    "tokenize": "packer.build.tokenize", "plan_stage": "packer.build.plan", "write_stage": "packer.build.write",
+    "PackedShards": "packer.train.reader",
+    "PackedLoader": "packer.train.loader",
+    "pack_dataset": "packer.from_examples",
+    "packed_dataset_from_files": "packer.from_files",
+    "load_tokenizer": "packer.build.tokenizer", "TokenizerInfo": "packer.build.tokenizer",
+    "ShardSet": "packer.core.shardset", "Manifest": "packer.core.manifest",
+    "InputSpec": "packer.core.config", "TokenizeConfig": "packer.core.config", "PlanConfig": "packer.core.config",
+    "WriteConfig": "packer.core.config",
+    "PackerError": "packer.core.errors", "InputError": "packer.core.errors", "FormatError": "packer.core.errors",
+    "ConfigError": "packer.core.errors",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
 if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names load on first use
-    from packer.config import InputSpec, PlanConfig, TokenizeConfig, WriteConfig
-    from packer.dataset import PackedShards
-    from packer.errors import ConfigError, FormatError, InputError, PackerError
-    from packer.files import packed_dataset_from_files
-    from packer.inmemory import pack_dataset
-    from packer.loader import PackedLoader
+    from packer.core.config import InputSpec, PlanConfig, TokenizeConfig, WriteConfig
+    from packer.train.reader import PackedShards
+    from packer.core.errors import ConfigError, FormatError, InputError, PackerError
+    from packer.from_files import packed_dataset_from_files
+    from packer.from_examples import pack_dataset
+    from packer.train.loader import PackedLoader
     from packer.pipeline import pack
-    from packer.planner import ALGORITHMS, Plan, plan, plan_stage
-    from packer.shards import write_stage
-    from packer.tokenization import tokenize
-    from packer.manifest import Manifest
-    from packer.shardset import ShardSet
-    from packer.tokenizer import TokenizerInfo, load_tokenizer
+    from packer.build.plan import ALGORITHMS, Plan, plan, plan_stage
+    from packer.build.write import write_stage
+    from packer.build.tokenize import tokenize
+    from packer.core.manifest import Manifest
+    from packer.core.shardset import ShardSet
+    from packer.build.tokenizer import TokenizerInfo, load_tokenizer
 
 
 def __dir__() -> list[str]:

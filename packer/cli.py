@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from packer import config as C
-from packer.errors import PackerError
-from packer.storage import is_url
+from packer.core import config as C
+from packer.core.errors import PackerError
+from packer.core.storage import is_url
 
 
 def _fail_cleanly(fn):
@@ -78,7 +78,7 @@ tokenize_options = _apply([
 plan_options = _apply([
         click.option("--pack-len", type=int, required=True, help="Tokens per pack."),
         click.option("--algorithm", default="ortools", show_default=True,
-                     help="ortools (fewest packs within a work budget), bfd, ffd, nextfit (see packer.planner.ALGORITHMS)."),
+                     help="ortools (fewest packs within a work budget), bfd, ffd, nextfit (see packer.build.plan.ALGORITHMS)."),
         click.option("--overlong", type=click.Choice(C.OVERLONG), default=None,
                      help="Over-long examples (default: truncate for sft/chat, split for text)."),
         click.option("--max-segments", type=int, default=None, help="Cap on examples per pack."),
@@ -99,8 +99,7 @@ write_options = _apply([
 
 def quiet_option(fn):
     def set_quiet(ctx, param, value):
-        from packer import progress
-
+        from packer.core import progress
         progress.ENABLED = not value
         return value
 
@@ -126,7 +125,7 @@ def _plan_config(kw: dict, kind: str, weights: tuple[float, ...] = ()) -> C.Plan
 
 def _inputs(data: tuple, mix: str | None) -> list[C.InputSpec]:
     """DATA arguments and/or a mixture file's sources, in that order; at least one."""
-    from packer.mixture import read_mixture
+    from packer.build.mixture import read_mixture
 
     specs = [C.InputSpec.parse(d) for d in data] + (read_mixture(mix) if mix else [])
     if not specs:
@@ -171,7 +170,7 @@ def pack(data, out, mix, workers, executor, baseline_batch, rehash, split, **kw)
     """Run all stages: DATA -> OUT. DATA: JSON Lines, Parquet or Arrow files, save_to_disk folders, globs
     or URLs (s3://, gs://, hf://), each optionally PATH#query=F,response=F,format=sharegpt,weight=W."""
     from packer.pipeline import pack as run
-    from packer.report import summary
+    from packer.build.report import summary
 
     tcfg = _tokenize_config(kw)
     report = run(_inputs(data, mix), out, tokenizer=kw["tokenizer"], tokenize_config=tcfg,
@@ -199,8 +198,8 @@ def tokenize_cmd(data, out, mix, workers, **kw):
         raise click.UsageError(f"--out {out}: the single-stage commands write local folders; `packer pack --out URL` "
                                "builds a run and commits it to an object store")
     """Stage 1: DATA -> OUT/tokenized (Arrow)."""
-    from packer.tokenization import tokenize
-    from packer.tokenizer import load_tokenizer
+    from packer.build.tokenize import tokenize
+    from packer.build.tokenizer import load_tokenizer
 
     tcfg = _tokenize_config(kw)
     info = load_tokenizer(kw["tokenizer"], tcfg.eos_token, tcfg.add_bos)
@@ -222,9 +221,9 @@ def tokenize_cmd(data, out, mix, workers, **kw):
 @_fail_cleanly
 def plan_cmd(run, weights, **kw):
     """Stage 2: RUN/tokenized -> RUN/plan."""
-    from packer.manifest import read_manifest
-    from packer.planner import plan_stage
-    from packer.tokenization import FORMAT, VERSION
+    from packer.core.manifest import read_manifest
+    from packer.build.plan import plan_stage
+    from packer.build.tokenize import FORMAT, VERSION
 
     tok = read_manifest(Path(run) / "tokenized", FORMAT, VERSION, "run `packer tokenize` first")
     w: tuple[float, ...] = ()
@@ -248,8 +247,8 @@ def plan_cmd(run, weights, **kw):
 @_fail_cleanly
 def write_cmd(run, workers, **kw):
     """Stage 3: RUN/tokenized + RUN/plan -> RUN/shards (and RUN/report.json)."""
-    from packer import report as R
-    from packer.shards import write_stage
+    from packer.build import report as R
+    from packer.build.write import write_stage
 
     write_stage(Path(run) / "tokenized", Path(run) / "plan", Path(run) / "shards", _write_config(kw),
                 workers=workers)
@@ -265,8 +264,7 @@ def write_cmd(run, workers, **kw):
 @_fail_cleanly
 def report(run, baseline_batch):
     """Re-render RUN's report (json, md, html) from its shards, keeping the recorded stage times."""
-    from packer import report as R
-
+    from packer.build import report as R
     old = Path(run) / "report.json"
     seconds = R.load(old)["seconds"] if old.is_file() else None
     rep = R.compute(run, seconds, baseline_batch)
@@ -282,8 +280,8 @@ def report(run, baseline_batch):
 @_fail_cleanly
 def compare(runs, fmt, out):
     """Side-by-side table of the reports of several runs."""
-    from packer import report as R
-    from packer.errors import FormatError
+    from packer.build import report as R
+    from packer.core.errors import FormatError
 
     reports = []
     for r in runs:
@@ -304,7 +302,7 @@ def verify(path):
     """Check the structure, every shard's sha256 against the manifest, and every token and mask value."""
     import numpy as np
 
-    from packer.shardset import ShardSet, check_files, check_values
+    from packer.core.shardset import ShardSet, check_files, check_values
 
     ds = ShardSet(path, verify=False)  # structure: checked on every open
     check_files(ds.path, ds.manifest)  # always hashed here, whatever the verified-marker says
@@ -327,9 +325,9 @@ def inspect(path, index, tokenizer, color):
 
     import numpy as np
 
-    from packer.errors import ConfigError
-    from packer.shardset import ShardSet
-    from packer.tokenizer import load_tokenizer
+    from packer.core.errors import ConfigError
+    from packer.core.shardset import ShardSet
+    from packer.build.tokenizer import load_tokenizer
 
     ds = ShardSet(path, verify=False)
     if not 0 <= index < len(ds):
@@ -385,8 +383,8 @@ def _mb(n: int) -> str:
 @cache.command("info")
 def cache_info():
     """Where the cache is and what each kind of entry holds."""
-    from packer.cache import KINDS, entries
-    from packer.runstore import cache_dir
+    from packer.core.cache import KINDS, entries
+    from packer.core.runstore import cache_dir
 
     found = entries()
     click.echo(f"cache: {cache_dir()}")
@@ -404,7 +402,7 @@ def cache_info():
 @_fail_cleanly
 def cache_prune(days, kinds, dry_run):
     """Remove cache entries not used lately; entries a live builder holds are kept."""
-    from packer.cache import KINDS, prune
+    from packer.core.cache import KINDS, prune
 
     removed, busy = prune(days, tuple(kinds) or KINDS, dry_run=dry_run)
     for e in removed:
@@ -421,7 +419,7 @@ def cache_prune(days, kinds, dry_run):
 @click.option("--seed", type=int, default=0, show_default=True)
 def sample(out, records, seed):
     """Write a small synthetic sft data set (fields query, response) to OUT."""
-    from packer.sample import write_sample
+    from packer.build.demo_data import write_sample
 
     click.echo(f"sample: {write_sample(out, records, seed)}")
 

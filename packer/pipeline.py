@@ -8,16 +8,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from packer import config as C
-from packer import report as R
-from packer.errors import ConfigError
-from packer.executors import Executor, resolve
-from packer.planner import plan_stage
-from packer.runstore import publish, staging
-from packer.shards import write_stage
-from packer.storage import is_url
-from packer.tokenization import as_spec, tokenize
-from packer.tokenizer import TokenizerInfo, load_tokenizer
+from packer.core import config as C
+from packer.build import report as R
+from packer.core.errors import ConfigError
+from packer.core.executors import Executor, resolve
+from packer.build.plan import plan_stage
+from packer.core.runstore import publish, staging
+from packer.build.write import write_stage
+from packer.core.storage import is_url
+from packer.build.tokenize import as_spec, tokenize
+from packer.build.tokenizer import TokenizerInfo, load_tokenizer
 
 
 def pack(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, *, tokenizer: str | TokenizerInfo = "byte",
@@ -31,7 +31,7 @@ def pack(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, *, tokenize
     or Python data (a datasets.Dataset or an iterable of dicts); the inputs' weights become the plan's.
 
     out may be an object store URL (s3://bucket/run): the stages run in a local staging folder and the
-    shards and reports are then published there, the shards manifest last (packer.runstore).
+    shards and reports are then published there, the shards manifest last (packer.core.runstore).
 
     split="eval" packs an evaluation set: packs are written in plan order (no shuffle), and weights or
     epochs other than 1 (repeats) and --overlong drop are refused, so every example is there exactly

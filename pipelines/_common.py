@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from packer import config as C
+from packer.core import config as C
 from packer.pipeline import pack
-from packer.report import summary
+from packer.build.report import summary
 
 
 def run_stages(inputs: list[str], out: str, tokenizer: str, tcfg: C.TokenizeConfig, pcfg: C.PlanConfig,

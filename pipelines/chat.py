@@ -6,7 +6,7 @@ chat template (else ChatML), loss on assistant turns only, truncate over-long.
 
 from __future__ import annotations
 
-from packer import config as C
+from packer.core import config as C
 from pipelines._common import arguments, run_stages
 
 

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from packer import config as C
+from packer.core import config as C
 from pipelines._common import arguments, run_stages
 
 

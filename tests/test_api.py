@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import packer
-from packer import config as C
-from packer.errors import ConfigError
+from packer.core import config as C
+from packer.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,9 +6,9 @@ import json
 
 from click.testing import CliRunner
 
-from packer import config as C
+from packer.core import config as C
 from packer.cli import main
-from packer.dataset import PackedShards
+from packer.train.reader import PackedShards
 
 from conftest import sft_records, write_jsonl
 

@@ -22,7 +22,7 @@ def test_import_contracts_are_kept():
 
 
 def test_building_shards_imports_no_torch():
-    code = ("import sys, packer.pipeline, packer.cli, packer.report, packer.shardset; "
+    code = ("import sys, packer.pipeline, packer.cli, packer.build.report, packer.core.shardset; "
             "print(sorted(m for m in ('torch', 'numba') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

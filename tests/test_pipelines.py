@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from packer.dataset import PackedShards
+from packer.train.reader import PackedShards
 
 from conftest import write_jsonl
 

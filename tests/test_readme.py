@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from packer import config as C
+from packer.core import config as C
 from packer.pipeline import pack
-from packer.sample import write_sample
+from packer.build.demo_data import write_sample
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

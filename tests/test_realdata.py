@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from packer import config as C
-from packer.dataset import PackedShards
+from packer.core import config as C
+from packer.train.reader import PackedShards
 from packer.pipeline import pack
-from packer.templates import ALPACA
-from packer.tokenizer import load_tokenizer
+from packer.build.templates import ALPACA
+from packer.build.tokenizer import load_tokenizer
 
 from conftest import SHARED
 
@@ -46,8 +46,8 @@ def test_gsm8k_2048_round_trip(tmp_path):
 
 @pytest.fixture(scope="module")
 def gsm8k_lengths(tmp_path_factory):
-    from packer.planner import _column
-    from packer.tokenization import open_tokenized, tokenize
+    from packer.build.plan import _column
+    from packer.build.tokenize import open_tokenized, tokenize
 
     out = tmp_path_factory.mktemp("gsm") / "t"
     tokenize([C.InputSpec(str(GSM8K), "question", "answer")], out, C.TokenizeConfig(), tokenizer=load_tokenizer(str(GPT2)))

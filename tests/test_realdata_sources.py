@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from packer import config as C
+from packer.core import config as C
 from packer.pipeline import pack
-from packer.tokenization import open_tokenized, tokenize
-from packer.tokenizer import load_tokenizer
+from packer.build.tokenize import open_tokenized, tokenize
+from packer.build.tokenizer import load_tokenizer
 
 from conftest import SHARED
 

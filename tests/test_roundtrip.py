@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from packer import config as C
-from packer.dataset import PackedShards
+from packer.core import config as C
+from packer.train.reader import PackedShards
 from packer.pipeline import pack
-from packer.templates import ALPACA
+from packer.build.templates import ALPACA
 
 from conftest import sft_records, write_jsonl
 
@@ -111,8 +111,7 @@ def test_rerun_skips_completed_stages_and_redoes_changed_ones(tmp_path, byte_tok
 
 
 def test_interrupted_stage_leaves_nothing_that_looks_complete(tmp_path, byte_tok, monkeypatch):
-    from packer import shards
-
+    from packer.build import write as shards
     data = write_jsonl(tmp_path / "d.jsonl", sft_records(50))
 
     def boom(task):
@@ -164,7 +163,7 @@ def test_overlong_policies_are_counted(tmp_path, byte_tok, policy):
 
 
 def test_overlong_error_names_file_and_line(tmp_path, byte_tok):
-    from packer.errors import InputError
+    from packer.core.errors import InputError
 
     data = write_jsonl(tmp_path / "d.jsonl", [{"query": "q", "response": "ok"}, {"query": "q", "response": "z" * 99}])
     with pytest.raises(InputError, match=r"d\.jsonl:2: example has 10\d tokens, more than --pack-len 64"):

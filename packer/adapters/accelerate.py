@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from packer.errors import ConfigError
-from packer.loader import PackedLoader
+from packer.core.errors import ConfigError
+from packer.train.loader import PackedLoader
 
 
 def loader(accelerator: Any, path: str, batch_size: int, **kwargs: Any) -> PackedLoader:

@@ -12,7 +12,7 @@ from typing import Any
 
 import lightning as L
 
-from packer.loader import PackedLoader
+from packer.train.loader import PackedLoader
 
 
 class PackedDataModule(L.LightningDataModule):

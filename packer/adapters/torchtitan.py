@@ -6,7 +6,7 @@ the token ids [B, S] and `labels` [B, S] already shifted (labels[:, i] is the ta
 rank (its ParallelAwareDataloader stores `{"dp_rank_R": state}`). TitanLoader gives exactly that from a
 PackedLoader built with label_mode="shifted", plus what packed training needs beside the tokens:
 `position_ids` restarting at every document and `cu_seqlens` for varlen attention (pass them to a
-model whose attention is packer.attention.varlen_attention, or build a document mask from them).
+model whose attention is packer.train.attention.varlen_attention, or build a document mask from them).
 
 torchtitan itself pins versions the rest of the dev install cannot hold (datasets < 4.8), so this
 contract is tested without it: the tests check the batch shapes, the shifted labels against
@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from packer.errors import ConfigError
-from packer.loader import PackedLoader
+from packer.core.errors import ConfigError
+from packer.train.loader import PackedLoader
 
 
 class TitanLoader:

@@ -20,9 +20,9 @@ import os
 import shutil
 from pathlib import Path
 
-from packer.errors import ConfigError
+from packer.core.errors import ConfigError
 from packer.exports import hf, megatron, parquet
-from packer.shardset import ShardSet
+from packer.core.shardset import ShardSet
 
 FORMATS = {"megatron": megatron, "hf": hf, "parquet": parquet}
 DTYPES = ("uint16", "int32", "int64")

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from packer.labels import make_labels, positions
-from packer.shardset import ShardSet
+from packer.core.labels import make_labels, positions
+from packer.core.shardset import ShardSet
 
 
 @dataclass

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from packer.errors import ConfigError
+from packer.core.errors import ConfigError
 from packer.exports._packs import list_array, shard_arrays
-from packer.shardset import ShardSet
+from packer.core.shardset import ShardSet
 
 
 def write(shards: ShardSet, tmp: Path, dtype: str | None) -> dict:

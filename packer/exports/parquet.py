@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from packer.exports._packs import list_array, shard_arrays
-from packer.shardset import ShardSet
+from packer.core.shardset import ShardSet
 
 SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())),
                     ("position_ids", pa.list_(pa.int32())), ("loss_mask", pa.list_(pa.uint8())),
@@ -38,7 +38,7 @@ def table(a) -> pa.Table:
 
 def write(shards: ShardSet, tmp: Path, dtype: str | None) -> dict:
     if dtype not in (None, "int32"):
-        from packer.errors import ConfigError
+        from packer.core.errors import ConfigError
 
         raise ConfigError(f"the parquet export stores ids as int32; --dtype {dtype} does not apply to it")
     rows = 0

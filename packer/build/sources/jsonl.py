@@ -1,0 +1,214 @@
+"""JSON Lines input (plain, .gz or .zst; local or a URL): byte ranges read where they are tokenized.
+
+The driver learns only each file's size and cuts it into RANGE_BYTES byte ranges (a compressed file,
+which cannot be entered part way, is one range). Workers count the records of their range (`count`,
+a map step) and say where every chunk_records-th record starts; from those counts alone the driver
+numbers the records and cuts the chunks, and each chunk is read again by the worker that tokenizes
+it (`read`). No line passes through the driver. A range owns the lines that start inside it, so
+every line is read by exactly one chunk. A record's location is its 1-based line.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO
+
+from packer.core.errors import InputError
+from packer.build.sources.base import Chunk, Columns, Record
+from packer.core.storage import open_input
+
+
+def decompressed(raw: IO[bytes], path: str) -> IO[bytes]:
+    """The bytes of a JSON Lines file as stored in `raw`, decompressed by the path's suffix (.gz, .zst)."""
+    if str(path).endswith(".gz"):
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if str(path).endswith(".zst"):
+        return io.BufferedReader(_CheckedZstd(raw), 1 << 20)
+    return raw
+
+
+class _CheckedZstd(io.RawIOBase):
+    """A .zst file decompressed as a stream that raises EOFError when the data ends inside a frame.
+
+    zstandard's stream_reader ends quietly at a truncated frame, which would drop the records after
+    the cut without a word; here every frame must be complete, and frames may follow each other.
+    """
+
+    def __init__(self, raw: IO[bytes]):
+        import zstandard  # imported here: only .zst inputs need it
+
+        self._zstd = zstandard
+        self._file = raw
+        self._dec = zstandard.ZstdDecompressor().decompressobj()
+        self._started = False  # whether the current frame has received any bytes
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._buf:
+            block = self._file.read(1 << 20)
+            if not block:
+                if self._started and not self._dec.eof:
+                    raise EOFError("the zstd stream ends inside a frame (truncated)")
+                return 0
+            while block:
+                if self._dec.eof:  # the next frame starts here
+                    self._dec = self._zstd.ZstdDecompressor().decompressobj()
+                self._started = True
+                self._buf += self._dec.decompress(block)
+                block = self._dec.unused_data if self._dec.eof else b""
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+RANGE_BYTES = 32 * 2**20  # bytes of an uncompressed file one counting task reads
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bytes [start, end) of one file (end None: to the end, for compressed files)."""
+
+    path: str
+    start: int
+    end: int | None
+
+
+def compressed(path: str) -> bool:
+    return str(path).endswith((".gz", ".zst"))
+
+
+def ranges(path: str, size: int, range_bytes: int | None = None) -> list[Range]:
+    """A file's counting ranges, from its size alone (driver side); range_bytes defaults to RANGE_BYTES."""
+    range_bytes = range_bytes or RANGE_BYTES
+    if compressed(path) or size <= range_bytes:
+        return [Range(str(path), 0, None)]
+    return [Range(str(path), a, min(a + range_bytes, size)) for a in range(0, size, range_bytes)]
+
+
+def _owned(rng: Range) -> Iterator[tuple[int, bytes]]:
+    """(byte position, line) of every line that starts inside the range; a compressed stream's positions
+    are offsets into its decompressed bytes. Damaged compression is an InputError naming the line."""
+    line_no = 0
+    with open_input(rng.path) as raw:
+        try:
+            if compressed(rng.path):
+                f, pos = decompressed(raw, rng.path), 0
+            else:
+                f, pos = raw, rng.start
+                if rng.start:  # the line that started before the range belongs to the range before
+                    raw.seek(rng.start - 1)
+                    if raw.read(1) != b"\n":
+                        pos += len(raw.readline())
+            while rng.end is None or pos < rng.end:
+                line = f.readline()
+                if not line:
+                    break
+                yield pos, line
+                pos += len(line)
+                line_no += 1
+        except (EOFError, OSError) as e:  # truncated or damaged compression: never a quiet short read
+            raise InputError(rng.path, line_no + 1, None, f"cannot be decompressed ({_why(e)})",
+                             "the file is truncated or damaged; re-download or re-compress it "
+                             "(--skip-bad does not skip damaged compression)") from None
+        except Exception as e:
+            if type(e).__name__ == "ZstdError":
+                raise InputError(rng.path, line_no + 1, None, f"cannot be decompressed ({_why(e)})",
+                                 "the file is truncated or damaged; re-download or re-compress it") from None
+            raise
+
+
+@dataclass(frozen=True)
+class Counted:
+    """What a worker learns from one range: its lines, and its chunks as (start byte, lines before the
+    chunk within the range, records) with at most chunk_records records each (a compressed file is one
+    chunk: it cannot be entered part way)."""
+
+    lines: int
+    chunks: tuple[tuple[int, int, int], ...]
+
+
+def count(task: tuple[Range, int]) -> Counted:
+    """Map step: count one range's lines and records, cutting it every chunk_records records."""
+    rng, chunk_records = task
+    lines, chunks = 0, []
+    start, before, records = None, 0, 0
+    limit = None if compressed(rng.path) else chunk_records
+    # Per-line loop: finding line ends is the whole job, and readline does it in C.
+    for pos, line in _owned(rng):
+        if line.strip():
+            if records == limit:
+                chunks.append((start, before, records))
+                start, records = None, 0
+            if start is None:
+                start, before = pos, lines
+            records += 1
+        lines += 1
+    if records:
+        chunks.append((start, before, records))
+    return Counted(lines, tuple(chunks))
+
+
+def chunks(file_index: int, rngs: Sequence[Range], counted: Sequence[Counted], first_record: int) -> list[Chunk]:
+    """Driver side: one file's chunks from its ranges' counts (records numbered from first_record)."""
+    out, record, lines = [], first_record, 0
+    for rng, c in zip(rngs, counted):
+        bounds = [s for s, _, _ in c.chunks[1:]] + [rng.end]
+        for (start, before, n), end in zip(c.chunks, bounds):
+            out.append(Chunk(file_index, rng.path, record, n, payload=(start, end, lines + before + 1)))
+            record += n
+        lines += c.lines
+    return out
+
+
+def read(chunk: Chunk, columns: Columns) -> Iterator[Record]:
+    """Worker side: each line of the chunk decoded, or the InputError that says why it cannot be."""
+    start, end, line_no = chunk.payload
+    rng = Range(chunk.path, 0, None) if compressed(chunk.path) else Range(chunk.path, start, end)
+    for _, raw in _owned(rng):
+        if raw.strip():
+            try:
+                yield Record(chunk.path, line_no, line_no, parse_line(chunk.path, line_no, raw))
+            except InputError as e:
+                yield Record(chunk.path, line_no, line_no, e)
+        line_no += 1
+
+
+def _why(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def parse_line(path: str, line_no: int, raw: bytes) -> dict:
+    """Decode one JSON object, or raise an InputError naming file and line."""
+    try:
+        obj = json.loads(raw)  # bytes: json decodes UTF-8 itself, one pass fewer
+    except UnicodeDecodeError as e:
+        raise InputError(path, line_no, None, f"is not valid UTF-8 ({e.reason} at byte {e.start})",
+                         "re-encode the file as UTF-8 or pass --skip-bad") from None
+    except json.JSONDecodeError as e:
+        raise InputError(path, line_no, None, f"malformed JSON: {e.msg} at column {e.colno}",
+                         "fix the line or pass --skip-bad") from None
+    except RecursionError:
+        raise InputError(path, line_no, None, "malformed JSON: nested too deeply to read",
+                         "fix the line or pass --skip-bad") from None
+    if b"\\ud" in raw or b"\\uD" in raw:  # escaped surrogates: a lone one is text no tokenizer can take
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(path, line_no, None, "holds a lone UTF-16 surrogate escape (\\ud800-\\udfff), "
+                             "which is not text", "fix the line or pass --skip-bad") from None
+    if not isinstance(obj, dict):
+        raise InputError(path, line_no, None, f"expected a JSON object, got {type(obj).__name__}",
+                         "each line must be one object")
+    return obj

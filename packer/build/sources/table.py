@@ -1,0 +1,141 @@
+"""Columnar input: Parquet files (one chunk per row group), Arrow IPC files or streams (runs of record
+batches), and `datasets` save_to_disk folders (their data-*.arrow streams, in state.json's order).
+
+Only the columns the run needs are read (the chat's messages and tools, or the sft/text fields), and
+the schema is checked before any work: a missing column names the file and the columns it has. A
+record's location is "FILE: row group G, row R" (Parquet) or "FILE: row R" (Arrow), and the row of
+the file (0-based) is its stored lineage. Local files are memory-mapped; URLs are read in ranges, so
+a worker fetches only its row group's column chunks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+
+import pyarrow as pa
+
+from packer.core.errors import InputError
+from packer.build.sources.base import Chunk, Columns, Record
+from packer.core.storage import is_url, local_path, open_input
+
+HINT = "name the column with --query-field, --response-field, --messages-field or --text-field (or PATH#query=COLUMN)"
+READ_ROWS = 1024  # rows turned into Python dicts at a time: a row group's dicts never all exist at once
+
+
+def _parquet(path: str):
+    import pyarrow.parquet as pq
+
+    # Read, not mapped: a map would keep every page it touched in this process's RSS.
+    src = pa.OSFile(local_path(path), "r") if not is_url(path) else open_input(path)
+    try:
+        return pq.ParquetFile(src)
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(path, None, None, f"is not a readable Parquet file ({_why(e)})",
+                         "re-export the file, or check its suffix") from None
+
+
+def _check(path: str, names: list[str], columns: Columns) -> None:
+    missing = [c for c in columns.required if c not in names]
+    if columns.any_of and not any(c in names for c in columns.any_of):
+        missing.append(" or ".join(columns.any_of))
+    if missing:
+        raise InputError(path, None, missing[0], f"missing (columns: {', '.join(names) or 'none'})", HINT)
+
+
+def _arrow_parts(path: str) -> list[str]:
+    """The IPC files of an input: itself, or a save_to_disk folder's data files in its state.json order."""
+    p = Path(local_path(path))
+    if not is_url(path) and p.is_dir():
+        if (p / "dataset_dict.json").is_file():
+            splits = json.loads((p / "dataset_dict.json").read_text()).get("splits", [])
+            raise InputError(path, None, None, f"is a DatasetDict with splits {', '.join(splits)}",
+                             f"pass one split's folder, e.g. {p / (splits[0] if splits else 'train')}")
+        try:
+            files = [d["filename"] for d in json.loads((p / "state.json").read_text())["_data_files"]]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise InputError(str(p / "state.json"), None, None, f"unreadable ({_why(e)})",
+                             "save the dataset again with save_to_disk") from None
+        return [str(p / f) for f in files]
+    return [path]
+
+
+def _ipc_reader(part: str):
+    """An Arrow IPC reader over a file or a stream (datasets writes streams), and whether it is a file."""
+    src = pa.memory_map(local_path(part), "r") if not is_url(part) else open_input(part)
+    try:
+        return pa.ipc.open_file(src), True
+    except pa.ArrowInvalid:
+        src.seek(0)
+        try:
+            return pa.ipc.open_stream(src), False
+        except (pa.ArrowException, OSError) as e:
+            raise InputError(part, None, None, f"is not a readable Arrow IPC file or stream ({_why(e)})",
+                             "re-export the file, or check its suffix") from None
+
+
+def _ipc_batches(part: str) -> Iterator[pa.RecordBatch]:
+    reader, is_file = _ipc_reader(part)
+    if is_file:
+        for i in range(reader.num_record_batches):
+            yield reader.get_batch(i)
+    else:
+        yield from reader
+
+
+def scan(path: str, file_index: int, first_record: int, chunk_records: int, columns: Columns) -> Iterator[Chunk]:
+    """Chunks of one table input, from its metadata: Parquet row groups, or runs of Arrow record batches
+    of about chunk_records rows. Raises InputError for a missing column before any chunk is yielded."""
+    record = first_record
+    if str(path).lower().endswith(".parquet"):
+        meta = _parquet(path)
+        _check(path, meta.schema_arrow.names, columns)
+        row = 0
+        for g in range(meta.metadata.num_row_groups):
+            n = meta.metadata.row_group(g).num_rows
+            if n:
+                yield Chunk(file_index, path, record, n, payload=("parquet", g, row))
+            record, row = record + n, row + n
+        return
+    for part in _arrow_parts(path):
+        reader, _ = _ipc_reader(part)
+        _check(part, reader.schema.names, columns)
+        start, rows, row = 0, 0, 0
+        # Per-batch loop over metadata only (the batches are zero-copy views of the map).
+        for i, batch in enumerate(_ipc_batches(part)):
+            rows += batch.num_rows
+            if rows >= chunk_records:
+                yield Chunk(file_index, path, record, rows, payload=("arrow", part, start, i + 1 - start, row))
+                record, row, start, rows = record + rows, row + rows, i + 1, 0
+        if rows:
+            yield Chunk(file_index, path, record, rows, payload=("arrow", part, start, None, row))
+            record += rows
+
+
+def read(chunk: Chunk, columns: Columns) -> Iterator[Record]:
+    """Worker side: the chunk's rows as dicts of the needed columns, READ_ROWS at a time."""
+    kind = chunk.payload[0]
+    if kind == "parquet":
+        _, g, row = chunk.payload
+        pf = _parquet(chunk.path)
+        batches = pf.iter_batches(batch_size=READ_ROWS, row_groups=[g], columns=columns.select(pf.schema_arrow.names),
+                                  use_threads=False)
+        where = f"{chunk.path}: row group {g}, row "
+    else:
+        _, part, start, count, row = chunk.payload
+        reader, _ = _ipc_reader(part)
+        cols = columns.select(reader.schema.names)
+        batches = (b.select(cols) for b in islice(_ipc_batches(part), start, None if count is None else start + count))
+        where = f"{part}: row "
+    in_chunk = 0
+    for batch in batches:
+        for obj in batch.to_pylist():  # per-record: rendering is per record by nature
+            at = in_chunk if kind == "parquet" else row + in_chunk
+            yield Record(f"{where}{at}", None, row + in_chunk, obj)
+            in_chunk += 1
+
+
+def _why(e: BaseException) -> str:
+    return (str(e).splitlines()[0] if str(e) else type(e).__name__)[:160]

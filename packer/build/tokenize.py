@@ -1,0 +1,513 @@
+"""Stage 1, tokenize: any source (packer.build.sources) -> Arrow files of token ids, loss masks and lineage.
+
+A map over chunks of records (JSON Lines lines, a Parquet row group, Arrow record batches): each chunk
+is read by its worker, rendered into spans, batch-encoded by the Rust tokenizer and written as
+`chunk-NNNNN.arrow` on its own, so any executor can run the chunks.
+
+One Arrow row per example (Arrow IPC file, no compression):
+
+    example_index int64       record number among all records of all inputs (0-based)
+    file_index    int32       position of the file among the input files (globs expanded)
+    line          int64       where the record is in its file: the 1-based line (JSON Lines) or the
+                              0-based row (Parquet, Arrow)
+    length        int32       tokens in the example
+    prompt_len    int32       tokens before the first trained-on token
+    input_ids     list<uint32>
+    loss_mask     list<uint8> 1 where the token is a training target
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from itertools import chain
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from packer.core import config as C
+from packer.core.errors import FormatError, InputError
+from packer.core.executors import Executor, resolve
+from packer.build import sources
+from packer.build.sources import Chunk, Columns
+from packer.core.storage import expand, identity
+from packer.core.manifest import Manifest, commit_stage, current
+from packer.core.progress import progress
+from packer.build.templates import make_renderer
+from packer.build.tokenizer import TokenizerInfo
+
+ENCODE_BATCH = 1024  # texts per tokenizer call: enough for its thread pool, ~20 MB of Encoding objects
+FORMAT = "packer-tokenized"
+VERSION = 3  # 2: manifests carry manifest_sha256; 3: sources, input identities (size, sha256 or ETag), line = row for tables
+
+SCHEMA = pa.schema([
+    ("example_index", pa.int64()),
+    ("file_index", pa.int32()),
+    ("line", pa.int64()),
+    ("length", pa.int32()),
+    ("prompt_len", pa.int32()),
+    ("input_ids", pa.list_(pa.uint32())),
+    ("loss_mask", pa.list_(pa.uint8())),
+])
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a worker needs to tokenize any chunk (picklable: sent once per worker)."""
+
+    tokenizer: TokenizerInfo
+    config: C.TokenizeConfig
+    inputs: tuple[C.InputSpec, ...]
+    file_source: tuple[int, ...]
+    """Per input file (globs expanded), the index of the input it came from."""
+    out: str
+
+
+@dataclass
+class ChunkResult:
+    index: int
+    file_index: int
+    records: int
+    examples: int
+    tokens: int
+    loss_tokens: int
+    skipped: dict[str, int] = field(default_factory=dict)
+    first_errors: list[str] = field(default_factory=list)
+
+
+_JOB: Job | None = None
+_RENDERERS: dict[int, object] = {}
+
+
+def _init_worker(job: Job) -> None:
+    global _JOB
+    _JOB = job
+    _RENDERERS.clear()
+
+
+def _fields(spec: C.InputSpec, cfg: C.TokenizeConfig) -> dict[str, str]:
+    return {name: getattr(spec, name) or getattr(cfg, name)
+            for name in ("query_field", "response_field", "messages_field", "text_field", "tools_field")}
+
+
+def columns(spec: C.InputSpec, cfg: C.TokenizeConfig) -> Columns:
+    """The record fields a table input must (or may) have, for the run's kind."""
+    f = _fields(spec, cfg)
+    if cfg.kind == "sft":
+        return Columns(required=(f["query_field"], f["response_field"]))
+    if cfg.kind == "text":
+        return Columns(required=(f["text_field"],))
+    fmt = spec.chat_format or cfg.chat_format
+    optional = (f["tools_field"], "system")  # ShareGPT exports keep the system prompt in its own column
+    if fmt == "openai" or f["messages_field"] != "messages":
+        return Columns(required=(f["messages_field"],), optional=optional)
+    return Columns(any_of=(f["messages_field"], "conversations"), optional=optional)
+
+
+def _renderer(source: int):
+    if source not in _RENDERERS:
+        job = _JOB
+        assert job is not None  # set by _init_worker before any chunk runs
+        spec, cfg = job.inputs[source], job.config
+        _RENDERERS[source] = make_renderer(cfg.kind, cfg.template, _fields(spec, cfg), job.tokenizer.chat_template,
+                                           job.tokenizer.special, chat_format=spec.chat_format or cfg.chat_format,
+                                           train_on=cfg.train_on, tools_field=_fields(spec, cfg)["tools_field"],
+                                           weight_field=cfg.weight_field)
+    return _RENDERERS[source]
+
+
+def _error_reason(e: InputError) -> str:
+    """A short, countable reason for the manifest's skip counts."""
+    if e.field is None:
+        return "malformed JSON" if "JSON" in e.reason else e.reason.split(" (")[0]
+    field = re.sub(r"\[\d+\]", "", e.field)  # messages[3].role -> messages.role: one count for all turns
+    return f"{field}: {e.reason.split(' (')[0]}"
+
+
+def tokenize_chunk(chunk: Chunk) -> ChunkResult:
+    """Map step: one chunk of records -> one Arrow file (one record batch per chunk_records records).
+    Pure: output bytes depend on the chunk only. Memory is bounded by chunk_records records."""
+    job = _JOB
+    assert job is not None  # set by _init_worker
+    source = job.file_source[chunk.file_index]
+    render = _renderer(source)
+    cols = columns(job.inputs[source], job.config)
+    skipped: Counter[str] = Counter()
+    errors: list[str] = []
+    counts = Counter()
+    with pa.OSFile(str(Path(job.out) / chunk_name(chunk.index)), "wb") as sink, \
+            pa.ipc.new_file(sink, SCHEMA) as writer:
+        batch: list = []
+        number = chunk.first_record
+        for record in sources.read(chunk, cols):
+            batch.append((number, record))
+            number += 1
+            if len(batch) == job.config.chunk_records:
+                _encode_batch(job, chunk.file_index, render, batch, writer, skipped, errors, counts)
+                batch = []
+        if batch or not counts["records"]:
+            _encode_batch(job, chunk.file_index, render, batch, writer, skipped, errors, counts)
+    if counts["records"] != chunk.records:  # the file changed between scan and read
+        raise InputError(chunk.path, None, None, f"gave {counts['records']} records where its metadata said "
+                         f"{chunk.records}", "the input changed while it was read; run again")
+    pa.default_memory_pool().release_unused()  # hand the chunk's buffers back: memory stays one chunk
+    return ChunkResult(chunk.index, chunk.file_index, counts["records"], counts["examples"], counts["tokens"],
+                       counts["loss_tokens"], dict(skipped), errors)
+
+
+def _encode_batch(job: Job, file_index: int, render, batch: list, writer, skipped: Counter, errors: list[str],
+                  counts: Counter) -> None:
+    """Render, encode and write one batch of (record number, Record) as one record batch."""
+    tok = job.tokenizer.build()
+    texts: list[str] = []
+    span_loss: list[bool] = []
+    spans_per_example: list[int] = []
+    keep_number: list[int] = []
+    keep_position: list[int] = []
+    # Per-record loop: JSON decoding and template rendering are per-record by nature; the token-level
+    # work below is whole-array.
+    for number, rec in batch:
+        try:
+            if isinstance(rec.value, InputError):
+                raise rec.value
+            spans = render(rec.value, rec.where, rec.line)
+        except InputError as e:
+            if not job.config.skip_bad:
+                raise
+            skipped[_error_reason(e)] += 1
+            if len(errors) < 5:
+                errors.append(str(e))
+            continue
+        keep_number.append(number)
+        keep_position.append(rec.position)
+        spans_per_example.append(len(spans))
+        for text, loss in spans:
+            texts.append(text)
+            span_loss.append(loss)
+    n = len(keep_number)
+    info = job.tokenizer
+    if info.spans_concatenate:
+        ids, loss, lengths = _encode_spans(tok, texts, span_loss, spans_per_example)
+    else:
+        ids, loss, lengths = _encode_joined(tok, texts, span_loss, spans_per_example)
+    # Special tokens are added as ids, never as text: BOS (no loss) first, EOS (loss) last.
+    starts = np.concatenate([[0], np.cumsum(lengths)])[:-1].astype(np.int64)
+    if info.add_bos and info.bos_id is not None:
+        # No double BOS: a template that writes {{ bos_token }} already put it in the text.
+        first_span = np.concatenate([[0], np.cumsum(spans_per_example)])[:-1].astype(np.int64)
+        bos_text = info.special.get("bos_token") or None
+        needs = np.array([not (bos_text and texts[k].startswith(bos_text)) for k in first_span], dtype=bool) \
+            if n else np.zeros(0, bool)
+        at = starts[needs]
+        ids = np.insert(ids, at, info.bos_id)
+        loss = np.insert(loss, at, 0)
+        lengths = lengths + needs
+        starts = starts + np.cumsum(needs) - needs  # each example moves by the BOS ids before it
+    ends = starts + lengths
+    if appends_eos(job.config, info):
+        # EOS is trained on when the example ends in trained-on text (a response, an assistant turn).
+        last_span = np.cumsum(spans_per_example) - 1
+        eos_loss = np.asarray(span_loss, dtype=np.uint8)[last_span] if n else np.zeros(0, np.uint8)
+        ids = np.insert(ids, ends, info.eos_id)
+        loss = np.insert(loss, ends, eos_loss)
+        lengths = lengths + 1
+    table = examples_table(np.asarray(keep_number, np.int64), np.full(n, file_index, np.int32),
+                           np.asarray(keep_position, np.int64), lengths, ids, loss)
+    writer.write_table(table)
+    counts.update(records=len(batch), examples=n, tokens=int(lengths.sum()), loss_tokens=int(loss.sum()))
+
+
+def examples_table(example_index: np.ndarray, file_index: np.ndarray, line: np.ndarray, lengths: np.ndarray,
+                   ids: np.ndarray, loss: np.ndarray) -> pa.Table:
+    """The stage-1 table (SCHEMA, see the module docstring) of N examples: per example its record
+    number int64 [N], input file int32 [N], line int64 [N] and length [N]; flat ids [T] and loss mask
+    [T] (0/1), T = lengths.sum(). prompt_len is derived here. The one place that builds this format."""
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    loss = np.asarray(loss, dtype=np.uint8)
+    return pa.table({
+        "example_index": pa.array(np.asarray(example_index, np.int64), pa.int64()),
+        "file_index": pa.array(np.asarray(file_index, np.int32), pa.int32()),
+        "line": pa.array(np.asarray(line, np.int64), pa.int64()),
+        "length": pa.array(np.asarray(lengths).astype(np.int32), pa.int32()),
+        "prompt_len": pa.array(_first_true(loss, offsets).astype(np.int32), pa.int32()),
+        "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.asarray(ids).astype(np.uint32))),
+        "loss_mask": pa.ListArray.from_arrays(pa.array(offsets), pa.array(loss)),
+    }, schema=SCHEMA)
+
+
+def write_chunk(table: pa.Table, dest: str | Path | pa.NativeFile) -> None:
+    """Write one chunk (Arrow IPC file format, uncompressed, so readers memory-map it) to a path or stream."""
+    if isinstance(dest, pa.NativeFile):
+        with pa.ipc.new_file(dest, SCHEMA) as writer:
+            writer.write_table(table)
+        return
+    with pa.OSFile(str(dest), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
+        writer.write_table(table)
+
+
+def _encode_spans(tok, texts: list[str], span_loss: list[bool], spans_per_example: list[int]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Encode every span on its own (one batch call) and concatenate: the loss mask follows the
+    span boundaries exactly. Returns flat ids uint32, flat loss uint8 and per-example lengths."""
+    n = len(spans_per_example)
+    ids_parts, len_parts = [np.zeros(0, np.uint32)], [np.zeros(0, np.int64)]
+    # Encoding objects hold ~100 bytes a token (ids, offsets, masks): encode ENCODE_BATCH spans at a
+    # time and keep only their ids, so a chunk's peak is one sub-batch of them, not the whole chunk.
+    for a in range(0, len(texts), ENCODE_BATCH):
+        encodings = tok.encode_batch_fast(texts[a:a + ENCODE_BATCH], add_special_tokens=False)
+        span_len = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
+        # Streaming the ids straight into one array is ~2x faster than materializing per-span lists.
+        ids_parts.append(np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.uint32,
+                                     count=int(span_len.sum())))
+        len_parts.append(span_len)
+        del encodings
+    ids, span_len = np.concatenate(ids_parts), np.concatenate(len_parts)
+    loss = np.repeat(np.asarray(span_loss, dtype=np.uint8), span_len)
+    ex_of_span = np.repeat(np.arange(n), spans_per_example)
+    lengths = np.bincount(ex_of_span, weights=span_len, minlength=n).astype(np.int64)
+    return ids, loss, lengths
+
+
+def _encode_batches(tok, texts: list[str]):
+    """tok.encode_batch over ENCODE_BATCH texts at a time, yielding encodings (see _encode_spans)."""
+    for a in range(0, len(texts), ENCODE_BATCH):
+        yield from tok.encode_batch(texts[a:a + ENCODE_BATCH], add_special_tokens=False)
+
+
+def _encode_joined(tok, texts: list[str], span_loss: list[bool], spans_per_example: list[int]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Encode each example's joined text once; a token is trained on when its first character lies
+    in a trained-on span (a token straddling prompt and answer counts as prompt)."""
+    bounds = np.concatenate([[0], np.cumsum(spans_per_example)]).astype(np.int64)
+    joined = ["".join(texts[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    ids_parts, loss_parts, lengths = [], [], []
+    flags = np.asarray(span_loss, dtype=np.uint8)
+    # Per-example loop: only tokenizers that cannot encode spans separately come here.
+    for e, a, b in zip(_encode_batches(tok, joined), bounds[:-1], bounds[1:]):
+        ends = np.cumsum([len(t) for t in texts[a:b]])
+        starts = np.fromiter((o[0] for o in e.offsets), dtype=np.int64, count=len(e.ids))
+        span = np.minimum(np.searchsorted(ends, starts, side="right"), b - a - 1)
+        ids_parts.append(np.asarray(e.ids, dtype=np.uint32))
+        loss_parts.append(flags[a + span])
+        lengths.append(len(e.ids))
+    if not ids_parts:
+        return np.zeros(0, np.uint32), np.zeros(0, np.uint8), np.zeros(0, np.int64)
+    return np.concatenate(ids_parts), np.concatenate(loss_parts), np.asarray(lengths, np.int64)
+
+
+def _first_true(mask: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Per example, the index (within the example) of its first 1 in `mask`; its length when none."""
+    n = len(offsets) - 1
+    lengths = np.diff(offsets)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    pos = np.flatnonzero(mask)
+    first = np.searchsorted(pos, offsets[:-1])
+    found = first < len(pos)
+    cand = np.where(found, pos[np.minimum(first, len(pos) - 1)], offsets[1:])
+    within = np.minimum(cand, offsets[1:]) - offsets[:-1]
+    return np.where(within < lengths, within, lengths)
+
+
+def chunk_name(index: int) -> str:
+    return f"chunk-{index:05d}.arrow"
+
+
+def tokenize(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, config: C.TokenizeConfig, *,
+             tokenizer: TokenizerInfo, executor: Executor | str | None = None, workers: int = 0,
+             rehash: bool = False) -> Manifest:
+    """Stage 1: tokenize `inputs` into the folder `out`; returns its manifest (and does nothing when it is
+    up to date).
+
+    inputs: paths, globs, folders or URLs, optionally with per-source options ("a.parquet#query=q",
+    see InputSpec.parse), InputSpecs, or Python data (a datasets.Dataset / IterableDataset or any
+    iterable of dicts), which is first written to `out`'s sibling folder `inputs/` (content-addressed).
+    """
+    out = Path(out)
+    run = resolve(executor, workers)
+    specs = [as_spec(s, out.parent / "inputs") for s in inputs]
+    files, file_source = [], []
+    for i, spec in enumerate(specs):  # every source is resolved and reached before any work
+        for f in expand(spec.path):
+            files.append(f)
+            file_source.append(i)
+    input_meta = [dict(identity(f), source=k) for f, k in zip(files, file_source)]
+    cols = [columns(specs[k], config) for k in file_source]
+    lineage = {
+        "stage": "tokenize", "version": VERSION, "config": C.to_dict(config),
+        "sources": [s.reading() for s in specs], "inputs": input_meta,
+        "tokenizer": tokenizer.fingerprint, "eos_id": tokenizer.eos_id,
+        "template_text": _template_text(config.template),
+    }
+    digest = C.digest(lineage)
+    existing = current(out, FORMAT, VERSION, digest, rehash=rehash)
+    if existing is not None:
+        return existing
+
+    def build(tmp: Path) -> dict:
+        job = Job(tokenizer, config, tuple(specs), tuple(file_source), str(tmp))
+        # Workers count the JSON Lines ranges; the driver sees sizes and counts, never the records.
+        chunks = sources.scan(files, config.chunk_records, cols, lambda fn, items: run.map(fn, items),
+                              sizes=[m["size"] for m in input_meta])
+        results = list(progress(run.map(tokenize_chunk, chunks, _init_worker, (job,)),
+                                "tokenize", total=len(chunks), unit="chunk"))
+        skipped: Counter[str] = Counter()
+        per_file: list[Counter[str]] = [Counter(records=0, examples=0, tokens=0, loss_tokens=0, skipped=0)
+                                        for _ in files]
+        for r in results:
+            skipped.update(r.skipped)
+            per_file[r.file_index].update(records=r.records, examples=r.examples, tokens=r.tokens,
+                                          loss_tokens=r.loss_tokens, skipped=sum(r.skipped.values()))
+        _refuse_silent_loss(files, results, config)
+        return {
+            "format": FORMAT, "version": VERSION, "digest": digest,
+            "config": C.to_dict(config),
+            # No weights here: the plan stage applies them, so a changed weight never re-tokenizes.
+            "sources": [dict(s.reading(), files=[j for j, k in enumerate(file_source) if k == i])
+                        for i, s in enumerate(specs)],
+            "inputs": [dict(m, **{k: int(v) for k, v in c.items()}) for m, c in zip(input_meta, per_file)],
+            "tokenizer": {"name": tokenizer.name, "fingerprint": tokenizer.fingerprint,
+                          "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
+                          "bos_id": tokenizer.bos_id, "add_bos": tokenizer.add_bos},
+            "chunks": [{"file": chunk_name(r.index), "examples": r.examples, "tokens": r.tokens}
+                       for r in results],
+            "counts": {
+                "records": sum(r.records for r in results),
+                "examples": sum(r.examples for r in results),
+                "tokens": sum(r.tokens for r in results),
+                "loss_tokens": sum(r.loss_tokens for r in results),
+                "skipped": sum(skipped.values()),
+                "skipped_by_reason": dict(sorted(skipped.items())),
+            },
+            "first_skipped": [e for r in results for e in r.first_errors][:10],
+        }
+
+    return commit_stage(out, build)
+
+
+def as_spec(source: str | C.InputSpec | Any, spill_dir: Path) -> C.InputSpec:
+    """An InputSpec for a path string, an InputSpec, or Python data (written to spill_dir first)."""
+    if isinstance(source, C.InputSpec):
+        return source
+    if isinstance(source, (str, Path)):
+        return C.InputSpec.parse(str(source))
+    from packer.build.sources.python import spill
+
+    return C.InputSpec(spill(source, spill_dir))
+
+
+def _refuse_silent_loss(files: list[str], results: list[ChunkResult], config: C.TokenizeConfig) -> None:
+    """Before anything is committed: no examples at all, or more skipped records than --max-bad allows,
+    is an error naming the file (and the first bad line), never a short run that looks complete."""
+    records = sum(r.records for r in results)
+    bad = sum(sum(r.skipped.values()) for r in results)
+    first = next((e for r in results for e in r.first_errors), "")
+    names = ", ".join(files)
+    if records == 0:
+        raise InputError(names, None, None, "holds no records (empty, or only blank lines)",
+                         "check the path given as DATA")
+    if bad > C.bad_limit(config.max_bad, records):
+        raise InputError(names, None, None, f"{bad:,} of {records:,} records are bad, over --max-bad "
+                         f"{config.max_bad} (first: {first})", "fix the data, or raise --max-bad")
+    if sum(r.examples for r in results) == 0:
+        raise InputError(names, None, None, f"none of its {records:,} records gave an example (first: {first})",
+                         "check the field names and --kind")
+
+
+def _template_text(template: str) -> str | None:
+    """A template file's contents take part in the digest, so editing it re-runs the stage."""
+    p = Path(template)
+    return p.read_text(encoding="utf-8") if template not in ("auto", "alpaca", "chatml", "none",
+                                                              "tokenizer") and p.is_file() else None
+
+
+def open_tokenized(folder: str | Path, *, maps: list | None = None) -> tuple[dict, list[pa.Table]]:
+    """The manifest and the memory-mapped Arrow tables (zero-copy) of a tokenize stage folder, each
+    checked for its schema and structure (offsets inside their buffers) before use.
+
+    maps: when given, the files are mapped with Python's mmap and the maps appended to it, so the
+    caller can drop the pages it has read (mmap.madvise) and keep its memory flat.
+    """
+    import mmap
+
+    manifest, hint = _listed(folder)
+    tables = []
+    for c in manifest["chunks"]:
+        path = Path(folder) / c["file"]
+        try:
+            if maps is None:  # the map stays open as long as the table's buffers refer to it
+                source = pa.memory_map(str(path), "r")
+            else:
+                with open(path, "rb") as f:
+                    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                # Random access: no read-ahead or fault-around (16 pages mapped per touched page).
+                mm.madvise(mmap.MADV_RANDOM)
+                maps.append(mm)
+                source = pa.BufferReader(pa.py_buffer(mm))
+        except OSError as e:
+            raise FormatError(str(path), f"unreadable tokenized chunk ({str(e).splitlines()[0][:120]})", hint) from None
+        tables.append(_checked_table(path, source, c, hint))
+    return manifest, tables
+
+
+def _listed(folder: str | Path) -> tuple[dict, str]:
+    """A tokenize stage's sealed manifest, its 'chunks' checked to name chunk-00000.arrow, ... in order."""
+    from packer.core.manifest import read_manifest
+
+    folder = Path(folder)
+    hint = "run `packer tokenize` (or `packer pack`) again"
+    manifest = read_manifest(folder, FORMAT, VERSION, hint)
+    chunks = manifest.get("chunks")
+    if not isinstance(chunks, list) or not all(isinstance(c, dict) and isinstance(c.get("file"), str)
+                                               and c["file"] == chunk_name(i) for i, c in enumerate(chunks)):
+        raise FormatError(str(folder / "manifest.json"), "'chunks' does not list chunk-00000.arrow, ... in order",
+                          hint)
+    return manifest, hint
+
+
+def _checked_table(path: Path, source, entry: dict, hint: str) -> pa.Table:
+    """One chunk read from `source`, checked for the schema, Arrow's structure and the manifest's row count."""
+    try:
+        table = pa.ipc.open_file(source).read_all()
+        if not table.schema.equals(SCHEMA):
+            raise ValueError(f"schema {table.schema.names} is not the tokenized schema")
+        table.validate()
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise FormatError(str(path), f"unreadable tokenized chunk ({str(e).splitlines()[0][:120]})", hint) from None
+    if table.num_rows != entry.get("examples"):
+        raise FormatError(str(path), f"{table.num_rows} rows, manifest.json records {entry.get('examples')}", hint)
+    return table
+
+
+def read_columns(folder: str | Path, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The per-example columns `names` (not the token lists) of a tokenize stage folder, as int64 arrays.
+
+    Each chunk is read (not mapped), checked as open_tokenized checks it, and dropped before the next:
+    mapping would fault whole page-cache folios into this process for a few bytes a row (~40 MB at
+    150k examples on Linux 6.18), so memory would grow with the data.
+    """
+    manifest, hint = _listed(folder)
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for c in manifest["chunks"]:
+        path = Path(folder) / c["file"]
+        try:
+            with pa.OSFile(str(path), "r") as f:
+                table = _checked_table(path, f, c, hint)
+        except OSError as e:
+            raise FormatError(str(path), f"unreadable tokenized chunk ({str(e).splitlines()[0][:120]})", hint) from None
+        for n in names:
+            parts[n].append(table.column(n).to_numpy().astype(np.int64))
+        del table
+        pa.default_memory_pool().release_unused()  # one chunk's buffers at a time, not the pool's high-water
+    return {n: np.concatenate(p) if p else np.zeros(0, np.int64) for n, p in parts.items()}
+
+
+def appends_eos(config: C.TokenizeConfig, info: TokenizerInfo) -> bool:
+    """EOS ends every example, except chats rendered by a Jinja chat template (the tokenizer's or a
+    file): the template ends each turn itself, as the model was trained."""
+    builtin = config.template == "chatml" or (config.template == "auto" and info.chat_template is None)
+    return config.kind != "chat" or builtin

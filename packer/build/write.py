@@ -1,0 +1,289 @@
+"""Stage 3, write: tokenized examples + plan -> shard files and the dataset manifest.
+
+A map over shards: each task gathers its packs' tokens from the memory-mapped Arrow chunks with
+whole-array indexing and writes one file through packer.core.formats.shards. The manifest, written last,
+lists every shard with its counts and sha256; it is the commit point of the whole run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from packer.core import config as C
+from packer.core.formats import shards as fmt
+from packer.core.errors import FormatError
+from packer.core.executors import Executor, resolve
+from packer.core.manifest import Manifest, commit_stage, current, read_manifest
+from packer.core.progress import progress
+from packer.core.ranges import concat_ranges
+
+BLOCK_TOKENS = 1 << 16  # tokens gathered at a time: 320 KB of buffers (uint32 ids + mask, then the token dtype)
+FORMAT, VERSION = fmt.FOLDER_FORMAT, fmt.FOLDER_VERSION
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard to write: its pieces (row, start, length) in output order and its packs' sizes."""
+
+    index: int
+    out: str
+    pieces: np.ndarray
+    """int64 [S, 3]"""
+    segments_per_pack: np.ndarray
+    """int64 [P]"""
+    pack_len: int
+    code: int
+    vocab_size: int
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    file: str
+    packs: int
+    segments: int
+    tokens: int
+    loss_tokens: int
+    bytes: int
+
+
+def _batch_layout(ids: pa.ListArray, mask: pa.ListArray, mm, folder: str) -> tuple[np.ndarray, int, int]:
+    """One record batch's row offsets (int64 [rows + 1], copied out of the map) and the byte positions in
+    its file of input_ids' and loss_mask's element 0, each checked to lie inside the file."""
+    base, size = pa.py_buffer(mm).address, len(mm)
+    hint = "the tokenized stage is damaged; delete it and re-run `packer pack`"
+    at = []
+    for col in (ids, mask):
+        values = col.values.to_numpy(zero_copy_only=True)
+        pos = values.ctypes.data - base
+        if not 0 <= pos <= size - values.nbytes:
+            raise FormatError(folder, "a token column lies outside its chunk file", hint)
+        at.append(pos)
+    off = ids.offsets.to_numpy().astype(np.int64)  # rows + 1 entries, validated by open_tokenized
+    if not np.array_equal(off, mask.offsets.to_numpy()):
+        raise FormatError(folder, "input_ids and loss_mask differ in length", hint)
+    return off, at[0], at[1]
+
+
+class _Source:
+    """The tokenized chunks, read piece by piece with pread: memory stays at one block, whatever the data.
+
+    The Arrow files are memory-mapped only to take their metadata (each row's offset, each column's
+    position in its file): reading the tokens through the map would fault whole page-cache folios into
+    this process (measured ~350 KB per 200-token piece on Linux 6.18, 100 MB a block at 20x GSM8K),
+    so every piece is read with os.preadv into the block's buffer instead, from the page cache.
+    """
+
+    def __init__(self, folder: str):
+        import mmap
+
+        from packer.build.tokenize import open_tokenized
+
+        maps: list[mmap.mmap] = []
+        manifest, tables = open_tokenized(folder, maps=maps)
+        paths = [str(Path(folder) / c["file"]) for c in manifest["chunks"]]
+        self._fds = [os.open(p, os.O_RDONLY) for p in paths]
+        self._path = dict(zip(self._fds, paths))
+        self.offsets: list[np.ndarray] = []  # per record batch: int64 [rows + 1], element offsets
+        self.fd: list[int] = []  # per record batch: its chunk file
+        self.ids_at: list[int] = []  # per record batch: byte position in the file of input_ids' element 0
+        self.mask_at: list[int] = []  # likewise for loss_mask
+        self._copy_metadata(tables, maps, folder)
+        del tables  # no view of a map may outlive it: close() below refuses otherwise
+        for mm in maps:  # the metadata is copied out: drop the mapped pages, close the maps
+            mm.madvise(mmap.MADV_DONTNEED)
+            mm.close()
+
+    def _copy_metadata(self, tables: list[pa.Table], maps: list, folder: str) -> None:
+        """Per record batch: row offsets, file, byte positions of its columns; and every row's example."""
+        rows, examples = [0], []
+        for t, mm, fd in zip(tables, maps, self._fds):
+            for ids, mask, index in zip(t.column("input_ids").chunks, t.column("loss_mask").chunks,
+                                        t.column("example_index").chunks):
+                off, ids_at, mask_at = _batch_layout(ids, mask, mm, folder)
+                self.offsets.append(off)
+                self.ids_at.append(ids_at)
+                self.mask_at.append(mask_at)
+                self.fd.append(fd)
+                rows.append(rows[-1] + len(ids))
+                examples.append(index.to_numpy().copy())
+        self.row_starts = np.asarray(rows, dtype=np.int64)
+        self.example_index = np.concatenate(examples) if examples else np.zeros(0, np.int64)
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+    def gather(self, pieces: np.ndarray, code: int, which: str = "both") -> tuple[np.ndarray, np.ndarray]:
+        """Tokens and loss mask of the pieces (int64 [S, 3]: row, start, length), concatenated in the
+        given order (which: "tokens" or "mask" reads only that one; the other comes back empty)."""
+        row, start, length = pieces[:, 0], pieces[:, 1], pieces[:, 2]
+        total = int(length.sum())
+        out_start = np.cumsum(length) - length
+        batch = np.searchsorted(self.row_starts, row, side="right") - 1
+        elem = np.empty(len(pieces), dtype=np.int64)  # each piece's first element in its batch's values
+        fd = np.empty(len(pieces), dtype=np.int64)
+        ids_at = np.empty(len(pieces), dtype=np.int64)
+        mask_at = np.empty(len(pieces), dtype=np.int64)
+        by_batch = np.argsort(batch, kind="stable")
+        # One step per record batch touched (at most a few hundred a block), each whole-array.
+        for sel in np.split(by_batch, np.flatnonzero(np.diff(batch[by_batch])) + 1):
+            if len(sel):
+                c = int(batch[sel[0]])
+                elem[sel] = self.offsets[c][row[sel] - self.row_starts[c]] + start[sel]
+                fd[sel], ids_at[sel], mask_at[sel] = self.fd[c], self.ids_at[c], self.mask_at[c]
+        ids = np.empty(total if which != "mask" else 0, dtype=np.uint32)
+        mask = np.empty(total if which != "tokens" else 0, dtype=np.uint8)
+        order = np.lexsort((elem, fd))  # file order: sequential reads where pieces are neighbours
+        jobs = []
+        if which != "mask":
+            jobs.append((memoryview(ids.view(np.uint8)), ids_at + elem * 4, 4))
+        if which != "tokens":
+            jobs.append((memoryview(mask), mask_at + elem, 1))
+        for buf, pos, size in jobs:
+            args = zip(fd[order].tolist(), pos[order].tolist(), out_start[order].tolist(), length[order].tolist())
+            # One pread per piece (a few hundred a block, ~1 us each): see the class docstring for why not the map.
+            for f, p, o, n in args:
+                if os.preadv(f, [buf[o * size:(o + n) * size]], p) != n * size:
+                    raise FormatError(self._path[f], "the chunk ended before a piece of the plan",
+                                      "the tokenized stage is damaged; delete it and re-run `packer pack`")
+        if which != "mask" and fmt.TOKEN_DTYPES[code] != ids.dtype:
+            ids = ids.astype(fmt.TOKEN_DTYPES[code])
+        return ids, mask
+
+
+_SOURCE: _Source | None = None
+
+
+def _init_worker(folder: str) -> None:
+    global _SOURCE
+    _SOURCE = _Source(folder)
+
+
+def write_one(task: ShardTask) -> ShardResult:
+    """Map step: gather and write one shard file."""
+    src = _SOURCE
+    assert src is not None  # set by _init_worker
+    seg_len = task.pieces[:, 2]
+    cum = np.cumsum(seg_len)
+    # Blocks of about BLOCK_TOKENS: the shard is gathered and written a block at a time, tokens then
+    # mask, and the pages read are dropped after each block, so memory stays flat as the data grows.
+    cuts = np.unique(np.concatenate([[0], np.searchsorted(cum, np.arange(BLOCK_TOKENS, int(cum[-1]) if len(cum)
+                                                                                   else 0, BLOCK_TOKENS)), [len(cum)]]))
+    loss = [0]
+
+    def blocks(which: str):
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            tokens, mask = src.gather(task.pieces[a:b], task.code, which)
+            if which == "tokens" and tokens.size and int(tokens.max()) >= task.vocab_size:
+                raise FormatError(task.out, f"token id {int(tokens.max())} is not below the tokenizer's vocabulary "
+                                  f"size {task.vocab_size}", "the tokenized stage is damaged; delete it and re-run "
+                                  "`packer pack`")  # never write what a reader would refuse
+            if which == "mask":
+                loss[0] += int(mask.sum(dtype=np.int64))
+            yield tokens if which == "tokens" else mask
+
+    seg_off = np.concatenate([[0], np.cumsum(task.segments_per_pack)])
+    tok_off = np.concatenate([[0], cum])[seg_off]
+    name = fmt.shard_name(task.index)
+    total = int(cum[-1]) if len(cum) else 0
+    size = fmt.write_shard(
+        Path(task.out) / name, pack_len=task.pack_len, code=task.code, tokens=blocks("tokens"),
+        loss_mask=blocks("mask"), num_tokens=total, pack_token_offsets=tok_off, pack_segment_offsets=seg_off,
+        segment_lengths=seg_len, segment_example=src.example_index[task.pieces[:, 0]],
+        segment_start=task.pieces[:, 1])
+    return ShardResult(name, len(task.segments_per_pack), len(seg_len), total, loss[0], size)
+
+
+def _split_shards(pack_bytes: np.ndarray, limit: int) -> np.ndarray:
+    """Greedy shard boundaries (pack indices, with 0 and P) keeping each shard under `limit` bytes."""
+    cs = np.cumsum(pack_bytes)
+    bounds = [0]
+    # One iteration per shard.
+    while bounds[-1] < len(pack_bytes):
+        i = bounds[-1]
+        base = cs[i - 1] if i else 0
+        j = int(np.searchsorted(cs, base + limit, side="right"))
+        bounds.append(max(j, i + 1))
+    return np.asarray(bounds, dtype=np.int64)
+
+
+def _check_pieces(tokenized: Path, pieces: np.ndarray, tok_manifest: dict) -> None:
+    """Every piece of the plan lies inside its tokenized example (the gather never reads out of bounds)."""
+    from packer.build.tokenize import open_tokenized
+
+    _, tables = open_tokenized(tokenized)
+    lengths = np.concatenate([t.column("length").to_numpy() for t in tables]).astype(np.int64) if tables \
+        else np.zeros(0, np.int64)
+    if len(pieces) and (int(pieces[:, 0].max()) >= len(lengths) or
+                        bool(np.any(pieces[:, 1] + pieces[:, 2] > lengths[np.minimum(pieces[:, 0], len(lengths) - 1)]))):
+        raise FormatError(str(tokenized), "the plan names tokens these tokenized chunks do not have",
+                          "the plan and tokenized stages do not belong together; re-run `packer pack`")
+
+
+def write_stage(tokenized: str | Path, plan_dir: str | Path, out: str | Path, config: C.WriteConfig,
+                *, executor: Executor | str | None = None, workers: int = 0, rehash: bool = False) -> Manifest:
+    """Stage 3: write the shards of `plan_dir` into the folder `out`; returns the dataset manifest."""
+    from packer.build.plan import read_plan
+
+    run = resolve(executor, workers)
+    from packer.build.tokenize import FORMAT as TOK_FORMAT, VERSION as TOK_VERSION
+
+    tok_manifest = read_manifest(Path(tokenized), TOK_FORMAT, TOK_VERSION, "run `packer pack` again")
+    plan_manifest, pieces, order, offsets = read_plan(plan_dir)
+    digest = C.digest({"stage": "write", "version": VERSION, "format_version": fmt.VERSION,
+                       "config": C.to_dict(config), "tokenized": tok_manifest["digest"],
+                       "plan": plan_manifest["digest"]})
+    existing = current(Path(out), FORMAT, VERSION, digest, rehash=rehash)
+    if existing is not None:
+        return existing
+    pack_len = plan_manifest["config"]["pack_len"]
+    code = fmt.token_dtype_code(tok_manifest["tokenizer"]["vocab_size"])
+    _check_pieces(Path(tokenized), pieces, tok_manifest)
+    num_packs = len(offsets) - 1
+    perm = (np.random.default_rng(config.seed).permutation(num_packs) if config.shuffle
+            else np.arange(num_packs))
+    sizes = np.diff(offsets)[perm]
+    seq = pieces[order[concat_ranges(offsets[:-1][perm], sizes)]]  # pieces in output order
+    seg_off = np.concatenate([[0], np.cumsum(sizes)])
+    pack_tokens = np.add.reduceat(seq[:, 2], seg_off[:-1]) if num_packs else np.zeros(0, np.int64)
+    pack_bytes = fmt.pack_bytes(code, pack_tokens, sizes)
+    bounds = _split_shards(pack_bytes, config.shard_bytes - fmt.SHARD_OVERHEAD)
+
+    def build(tmp: Path) -> dict:
+        vocab = int(tok_manifest["tokenizer"]["vocab_size"])
+        tasks = (ShardTask(i, str(tmp), seq[seg_off[a]:seg_off[b]], sizes[a:b], pack_len, code, vocab)
+                 for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])))
+        results = list(progress(run.map(write_one, tasks, _init_worker, (str(tokenized),)),
+                                "write", total=len(bounds) - 1, unit="shard"))
+        tokens = sum(r.tokens for r in results)
+        return {
+            "format": FORMAT, "version": VERSION, "shard_format_version": fmt.VERSION, "digest": digest,
+            "pack_len": pack_len, "token_dtype": str(fmt.TOKEN_DTYPES[code].name),
+            "tokenizer": tok_manifest["tokenizer"], "inputs": tok_manifest["inputs"],
+            "sources": [dict(src, weight=w) for src, w in zip(
+                tok_manifest.get("sources", []),
+                plan_manifest["config"].get("weights") or [1.0] * len(tok_manifest.get("sources", [])))],
+            "config": {"tokenize": tok_manifest["config"], "plan": plan_manifest["config"],
+                       "write": C.to_dict(config)},
+            "lineage": {"tokenized": tok_manifest["digest"], "plan": plan_manifest["digest"]},
+            "plan": plan_manifest["plan"],
+            "counts": {
+                "packs": num_packs, "segments": len(seq), "tokens": tokens,
+                "loss_tokens": sum(r.loss_tokens for r in results),
+                "efficiency": tokens / max(1, num_packs * pack_len),
+                "records": tok_manifest["counts"]["records"],
+                "skipped_records": tok_manifest["counts"]["skipped"],
+                "skipped_by_reason": tok_manifest["counts"]["skipped_by_reason"],
+                **{k: v for k, v in plan_manifest["counts"].items() if k not in ("packs", "tokens")},
+            },
+            "shards": [{"file": r.file, "packs": r.packs, "segments": r.segments, "tokens": r.tokens,
+                        "bytes": r.bytes} for r in results],
+        }
+
+    return commit_stage(Path(out), build)

@@ -1,0 +1,270 @@
+"""Frozen configuration of each stage; a config's digest is part of every output's lineage."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+from packer.core.errors import ConfigError
+
+KINDS = ("sft", "chat", "text")
+OVERLONG = ("truncate", "drop", "split", "error")
+LAYOUTS = ("best-fit", "wrapped")
+CHAT_FORMATS = ("auto", "openai", "sharegpt")
+TRAIN_ROLES = ("system", "user", "assistant", "tool")
+PARTS = ("text", "reasoning", "tool_calls")
+
+
+def train_on(text: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(roles, parts) of a train_on value: "assistant" (the default), "assistant,tool", or "text,tool_calls"
+    (assistant turns without their reasoning): roles from TRAIN_ROLES and parts from PARTS; parts alone
+    imply assistant turns, and no parts means every part."""
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    bad = [t for t in items if t not in TRAIN_ROLES + PARTS]
+    if bad or not items:
+        raise ConfigError(f"train_on '{text}': '{bad[0] if bad else ''}' is not a role "
+                          f"({', '.join(TRAIN_ROLES)}) or an assistant part ({', '.join(PARTS)})")
+    roles = {t for t in items if t in TRAIN_ROLES}
+    parts = {t for t in items if t in PARTS}
+    if parts:
+        roles.add("assistant")
+    return frozenset(roles), frozenset(parts or PARTS)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input (a file, a glob, a folder or a URL), the field names its records use, its chat format and
+    its weight in the mixture (each source may name them differently)."""
+
+    path: str
+    """A .jsonl(.gz/.zst), .parquet or .arrow file, a save_to_disk folder, a glob, or an s3://, gs://, hf:// URL."""
+    query_field: str | None = None
+    """sft: field holding the prompt; None takes TokenizeConfig.query_field."""
+    response_field: str | None = None
+    """sft: field holding the answer; None takes TokenizeConfig.response_field."""
+    messages_field: str | None = None
+    """chat: field holding the list of messages."""
+    text_field: str | None = None
+    """text: field holding the document."""
+    tools_field: str | None = None
+    """chat: field holding the record's tool schemas."""
+    chat_format: str | None = None
+    """chat: openai, sharegpt or auto; None takes TokenizeConfig.chat_format."""
+    weight: float = 1.0
+    """Multiplier on this source's examples in the mixture: 0.5 keeps a seeded half, 2 repeats every
+    example twice, 2.5 twice plus a seeded half. Applied by the plan stage (never re-tokenizes)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.weight, (int, float)) or not self.weight >= 0 or self.weight == float("inf"):
+            raise ConfigError(f"input '{self.path}': weight {self.weight!r} must be a finite number >= 0")
+
+    @classmethod
+    def parse(cls, spec: str) -> "InputSpec":
+        """Parse ``path`` or ``path#query=question,response=answer,weight=0.5`` (the CLI form):
+        field names (query, response, messages, text, tools), format=openai|sharegpt|auto, and
+        weight=W or epochs=N (an integer weight)."""
+        path, _, opts = spec.partition("#")
+        kwargs: dict = {}
+        fields = {f.name for f in dataclasses.fields(cls)}
+        for item in filter(None, opts.split(",")):
+            key, eq, value = (t.strip() for t in item.partition("="))
+            if eq and key in ("weight", "epochs"):
+                try:
+                    number = float(value) if key == "weight" else int(value)
+                except ValueError:
+                    raise ConfigError(f"input '{spec}': {key} '{value}' is not a{'' if key == 'weight' else 'n integer'} "
+                                      "number") from None
+                if "weight" in kwargs:
+                    raise ConfigError(f"input '{spec}': give weight or epochs, once")
+                kwargs["weight"] = number
+            elif eq and key in ("format", "chat_format"):
+                kwargs["chat_format"] = value
+            elif eq and f"{key}_field" in fields:
+                kwargs[f"{key}_field"] = value
+            else:
+                raise ConfigError(
+                    f"input '{spec}': cannot read '{item}'; use PATH#query=F,response=F,weight=W "
+                    "(keys: query, response, messages, text, tools, format, weight, epochs)"
+                )
+        if not path:
+            raise ConfigError(f"input '{spec}' names no source")
+        return cls(path=path, **kwargs)
+
+    def reading(self) -> dict:
+        """What decides how the source is read and tokenized (all but the weight, which the plan applies)."""
+        d = dataclasses.asdict(self)
+        d.pop("weight")
+        return d
+
+
+def bad_limit(max_bad: str, records: int) -> int:
+    """The number of records --max-bad allows to be skipped out of `records`."""
+    text = str(max_bad).strip()
+    try:
+        if text.endswith("%"):
+            share = float(text[:-1]) / 100
+            if not 0 <= share <= 1:
+                raise ValueError
+            return int(share * records)
+        count = int(text)
+        if count < 0:
+            raise ValueError
+        return count
+    except ValueError:
+        raise ConfigError(f"max_bad '{max_bad}' is neither a share like '1%' nor a count like '50'") from None
+
+
+@dataclass(frozen=True)
+class TokenizeConfig:
+    """Stage 1: how records become token ids and loss masks."""
+
+    kind: str = "sft"
+    """Record kind: 'sft' (query + response), 'chat' (messages) or 'text' (documents)."""
+    template: str = "auto"
+    """Prompt template: a built-in name (alpaca, chatml, none, tokenizer) or a template file; 'auto'
+    is alpaca for sft, the tokenizer's chat template (else chatml) for chat, none for text."""
+    query_field: str = "query"
+    response_field: str = "response"
+    messages_field: str = "messages"
+    text_field: str = "text"
+    tools_field: str = "tools"
+    """chat: the record field holding its tool schemas (passed to the chat template as `tools`)."""
+    chat_format: str = "auto"
+    """chat: openai (messages), sharegpt (conversations with from/value) or auto (by the record's fields)."""
+    train_on: str = "assistant"
+    """chat: which turns carry the loss: roles (system, user, assistant, tool) and, within assistant turns,
+    parts (text, reasoning, tool_calls); "text,tool_calls" trains assistant turns without their reasoning."""
+    weight_field: str = "weight"
+    """chat: a message's 0/1 field that overrides train_on for that turn (OpenAI's fine-tuning format)."""
+    eos_token: str | None = None
+    """Overrides the EOS token found in tokenizer_config.json."""
+    add_bos: bool | None = None
+    """Prepend BOS to every example; None follows tokenizer_config.json's add_bos_token."""
+    skip_bad: bool = False
+    """Skip and count malformed records instead of stopping at the first one."""
+    max_bad: str = "1%"
+    """With skip_bad, the most records that may be skipped before the run fails: a share ('1%') of all
+    records or a count ('50'). A damaged or truncated compressed file is never skipped."""
+    chunk_records: int = 8192
+    """Records per map task: the unit of parallelism and the bound on memory."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"kind '{self.kind}' is not one of {', '.join(KINDS)}")
+        if self.chunk_records < 1:
+            raise ConfigError("chunk_records must be at least 1")
+        bad_limit(self.max_bad, 1)  # refuses a malformed value now, not after tokenizing
+        if self.chat_format not in CHAT_FORMATS:
+            raise ConfigError(f"chat_format '{self.chat_format}' is not one of {', '.join(CHAT_FORMATS)}")
+        train_on(self.train_on)
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """Stage 2: how examples are cut to the pack length and assigned to packs."""
+
+    pack_len: int = 2048
+    """Tokens per pack (the training sequence length)."""
+    algorithm: str = "ortools"
+    """Packing algorithm: see packer.build.plan.ALGORITHMS. The default searches for the fewest packs
+    within a deterministic budget that grows with the data; bfd is the fast one-pass heuristic."""
+    overlong: str = "truncate"
+    """What to do with an example longer than pack_len: truncate (keep the prompt, cut the end),
+    drop, split (into pack_len pieces, each its own segment) or error."""
+    seed: int = 0
+    max_segments: int | None = None
+    """Cap on examples per pack (some kernels and CUDA graphs need one)."""
+    weights: tuple[float, ...] = ()
+    """Per input source, the multiplier on its examples (see InputSpec.weight); () weighs every source 1.
+    `pack` fills it from the inputs' weights."""
+    cp_size: int = 1
+    """Context-parallel size N the packs are planned for: every example occupies its length rounded up to
+    a multiple of 2N (inert padding), so N ranks each hold a whole, balanced share of every pack
+    (PackedLoader(cp_rank=, cp_size=)); pack_len must be divisible by 2N. 1: no context parallelism."""
+    layout: str = "best-fit"
+    """best-fit: whole examples (or their over-long pieces) bin-packed by `algorithm`. wrapped (--kind text,
+    pretraining): documents concatenated in order and cut every pack_len tokens, so every pack but the
+    last is full; a document cut at a pack boundary continues in the next pack as its own segment
+    (positions restart, its first label is masked) and the report counts those tokens."""
+    time_limit: float | None = None
+    """The ortools planner's work budget in deterministic seconds (None: packer.build.planners.ortools.default_budget of
+    the number of examples, 1 s + 10 us an example, at most 300): work is counted, not timed, so the
+    same lengths and seed give the same plan on any machine, loaded or not."""
+
+    def __post_init__(self) -> None:
+        if self.pack_len < 1:
+            raise ConfigError(f"pack_len must be positive, got {self.pack_len}")
+        if self.overlong not in OVERLONG:
+            raise ConfigError(f"overlong '{self.overlong}' is not one of {', '.join(OVERLONG)}")
+        if self.max_segments is not None and self.max_segments < 1:
+            raise ConfigError("max_segments must be at least 1")
+        if any(not isinstance(w, (int, float)) or not 0 <= w < float("inf") for w in self.weights):
+            raise ConfigError(f"weights {self.weights!r}: each must be a finite number >= 0")
+        object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+        from packer.core.context_parallel import check_cp_size
+
+        check_cp_size(self.pack_len, self.cp_size)
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"layout '{self.layout}' is not one of {', '.join(LAYOUTS)}")
+        if self.layout == "wrapped":
+            given = [name for name, bad in (("algorithm", self.algorithm != "ortools"),
+                                            ("time_limit", self.time_limit is not None),
+                                            ("max_segments", self.max_segments is not None),
+                                            ("overlong", self.overlong != "split"),
+                                            ("cp_size", self.cp_size != 1)) if bad]
+            if given:
+                raise ConfigError(f"layout wrapped cuts documents at every pack_len tokens, so {', '.join(given)} "
+                                  "would be ignored: drop " + ", ".join(f"--{g.replace('_', '-')}" for g in given) +
+                                  " (wrapped needs --overlong split, the text default)")
+        if self.time_limit is not None and self.algorithm != "ortools":
+            raise ConfigError(f"time_limit applies to the ortools planner only; {self.algorithm} would ignore it: "
+                              "drop it (--time-limit) or choose --algorithm ortools")
+
+
+@dataclass(frozen=True)
+class WriteConfig:
+    """Stage 3: how packs are laid out in shard files."""
+
+    shard_bytes: int = 256 * 2**20
+    """Upper bound on a shard file's size, kept exactly; only a single pack too large for it alone gets
+    a shard of its own that exceeds it."""
+    shuffle: bool = True
+    """Write packs in a seeded random order, so that a sequential reader sees a mix."""
+    seed: int = 0
+
+
+def to_dict(cfg: object) -> dict:
+    """A config as plain JSON-able data."""
+    return dataclasses.asdict(cfg)  # type: ignore[arg-type]
+
+
+def digest(data: object) -> str:
+    """sha256 of canonical JSON: the identity of a config (plus whatever lineage is folded in)."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def configs_from_options(where: str, options: dict, *classes: type) -> list:
+    """One config per class from flat keyword options named as the configs' fields (a field several
+    configs share, such as seed, goes to each). An unknown name is a ConfigError listing the valid ones:
+    every entry point takes the same names, and none is silently ignored."""
+    fields = {c: {f.name for f in dataclasses.fields(c)} for c in classes}
+    valid = sorted(set().union(*fields.values()))
+    for name in options:
+        if name not in valid:
+            raise ConfigError(f"{where}: unknown option '{name}'; the options are the fields of "
+                              f"{', '.join(c.__name__ for c in classes)}: {', '.join(valid)}")
+    return [c(**{k: v for k, v in options.items() if k in fields[c]}) for c in classes]
+
+
+def default_overlong(kind: str) -> str:
+    """Text documents are split; sft and chat examples are truncated, keeping the prompt."""
+    return "split" if kind == "text" else "truncate"
+
+
+__all__ = [
+    "InputSpec", "TokenizeConfig", "PlanConfig", "WriteConfig", "to_dict", "digest",
+    "default_overlong", "configs_from_options", "KINDS", "OVERLONG", "LAYOUTS",
+]

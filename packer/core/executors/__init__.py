@@ -1,0 +1,61 @@
+"""Executors: what runs a stage's map steps. Stages take one as `executor=` (or `workers=N`, short for
+the local one), so the same stage code runs in this process, on local processes or on a cluster.
+
+The protocol is one method; an executor must yield the results in item order, so a stage's output
+never depends on which executor ran it or how many workers it had::
+
+    executor.map(fn, items, initializer=None, initargs=()) -> Iterator[fn(item) for item in items]
+
+`initializer(*initargs)` runs once in each process that calls fn (the stage's per-process setup).
+Executors import no stage; stages import only this protocol and `resolve`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol, TypeVar
+
+from packer.core.errors import ConfigError
+from packer.core.executors.local import LocalExecutor
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Executor(Protocol):
+    def map(self, fn: Callable[[T], R], items: Iterable[T], initializer: Callable[..., Any] | None = None,
+            initargs: tuple = ()) -> Iterator[R]:
+        """fn over items, results in item order."""
+        ...
+
+
+NAMES = ("local", "ray")
+
+
+def resolve(executor: Executor | str | None, workers: int = 0) -> Executor:
+    """The executor a stage runs on: the one given (or named: "local", "ray"), else the local one with
+    `workers` processes."""
+    if isinstance(executor, str):
+        if executor == "local":
+            executor = None
+        elif executor == "ray":
+            if workers:
+                raise ConfigError("workers= is for the local executor; Ray uses the cluster's CPUs (drop --workers)")
+            from packer.core.executors.ray import RayExecutor
+
+            return RayExecutor()
+        else:
+            raise ConfigError(f"unknown executor '{executor}'; choose one of {', '.join(NAMES)}")
+    if executor is not None and workers:
+        raise ConfigError("pass executor= or workers=, not both (workers=N is short for LocalExecutor(N))")
+    if executor is None:
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+            raise ConfigError(f"workers must be a whole number >= 0; got {workers!r}")
+        return LocalExecutor(workers)
+    if not callable(getattr(executor, "map", None)):
+        raise ConfigError(f"{type(executor).__name__} is not an executor: it has no map(fn, items, initializer, "
+                          "initargs) method")
+    return executor
+
+
+__all__ = ["Executor", "LocalExecutor", "NAMES", "resolve"]

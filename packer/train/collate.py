@@ -1,0 +1,325 @@
+"""Build one batch from pack indices: a compiled single pass from the memory maps into one buffer.
+
+A padded batch of 2 packs at pack_len 6 (segments a a a | b b in row 0, c c c c in row 1)::
+
+    input_ids     a a a b b P        P = pad_id
+                  c c c c P P
+    position_ids  0 1 2 0 1 0        padding is its own segment per row, so the batch flattened to
+                  0 1 2 3 0 1        [B * pack_len] is valid varlen input as it is:
+    cu_seqlens    [0, 3, 5, 6, 10, 12]   (int32, over the flattened rows)
+    labels        -100 on padding, on every segment's first token (unshifted) or last (shifted),
+                  and wherever the pack has no loss
+
+flatten gives one row [1, total_tokens] with no padding at all (positions restart per example).
+
+Why compiled: with numpy the batch costs one pass per output array plus temporaries (~75 us for
+[8, 4096]); the numba kernel reads each token and mask byte once and writes input_ids, labels and
+position_ids in the same loop: a [8, 4096] batch costs about twice a memcpy of its bytes (0.5-0.6
+of memcpy's throughput, benchmarks/bench_loader.py). Besides the pass, a batch costs ~15-20 us whatever
+its size: two kernel calls (~1 us each: the shards are passed as tables of addresses), the buffer
+from the pool (one reference count per buffer), numpy views and six torch.from_numpy. Every array of a batch
+lives in one buffer, so pinning it, or handing it from a worker process, is one operation, not seven.
+The numpy definitions in `packer.core.labels` (make_labels, positions) are the reference the tests hold
+this kernel to.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+import torch
+from numba.core import types
+from numba.extending import intrinsic
+
+from packer.core.errors import REBUILD_HINT, FormatError
+from packer.core.labels import IGNORE, check_label_mode
+from packer.core.shardset import check_values
+
+
+@numba.njit(cache=True, nogil=True)
+def _segment(tok, msk, ids, lab, pos, shifted):  # pragma: no cover - compiled
+    """One segment: ids = tokens, positions 0..n-1, labels per mode; returns (labelled positions,
+    largest token id, OR of the mask bytes): the caller checks ids against the vocabulary and mask
+    bytes against {0, 1} once per batch, in the same pass as the copy."""
+    n = len(tok)
+    if n == 0:
+        return 0, np.int64(0), np.int64(0)
+    top = np.int64(0)
+    bits = np.int64(0)
+    for j in range(n):
+        t = np.int64(tok[j])
+        ids[j] = t
+        pos[j] = j
+        top = max(top, t)
+        bits |= np.int64(msk[j])
+    count = 0
+    if shifted:  # lab[j] = tok[j+1] where mask[j+1], the last token predicts nothing
+        for j in range(n - 1):
+            m = np.int64(msk[j + 1])
+            lab[j] = m * (np.int64(tok[j + 1]) - IGNORE) + IGNORE
+            count += m
+        lab[n - 1] = IGNORE
+    else:  # lab[j] = tok[j] where mask[j], never on the first token
+        for j in range(1, n):
+            m = np.int64(msk[j])
+            lab[j] = m * (np.int64(tok[j]) - IGNORE) + IGNORE
+            count += m
+        lab[0] = IGNORE
+    return count, top, bits
+
+
+_U8, _I32 = np.zeros(0, np.uint8), np.zeros(0, np.int32)  # element types of loss masks and segment lengths
+
+
+@intrinsic
+def _pointer(typingctx, address, like):  # pragma: no cover - compiled
+    """A typed pointer (to elements of `like`'s dtype) from an address in the shard table."""
+    sig = types.CPointer(like.dtype)(types.int64, like)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+    return sig, codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def _sizes(pack_table, packs, row_len):  # pragma: no cover - compiled
+    """(T, K, real): token slots of the batch, a bound on its segments, and its real tokens."""
+    T = 0
+    K = 0
+    for r in range(len(packs)):
+        p = packs[r]
+        if p < 0 or p >= len(pack_table):
+            raise IndexError("pack index out of range")
+        K += pack_table[p, 4] - pack_table[p, 3]
+        n = pack_table[p, 2] - pack_table[p, 1]
+        if row_len > 0 and n > row_len:
+            raise IndexError("a pack is longer than the row length")
+        T += n
+    real = T
+    if row_len > 0:
+        K += len(packs)  # at most one padding segment per row
+        T = len(packs) * row_len
+    return T, K, real
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill(shard_table, token_like, pack_table, packs, row_len, pad_id, shifted, buf, T, K):  # pragma: no cover
+    """The whole batch into `buf` (int64, at least 3T + B + K + 1; layout in `collate`).
+
+    Returns (k segments, labelled positions, longest segment, largest token id, OR of mask bytes).
+    """
+    B = len(packs)
+    ids, lab, pos = buf[:T], buf[T:2 * T], buf[2 * T:3 * T]
+    buf[3 * T:3 * T + B] = packs
+    tail = buf[3 * T + B:3 * T + B + K + 1].view(np.int32)  # cu_seqlens [K+1], then seq_lens [K]
+    cu, seq = tail[:K + 1], tail[K + 1:2 * K + 1]
+    cu[0] = 0
+    k, o, loss, longest = 0, 0, 0, 0
+    top = np.int64(0)
+    bits = np.int64(0)
+    for r in range(B):
+        p = packs[r]
+        s = pack_table[p, 0]
+        n_tok = shard_table[s, 1]
+        tok = numba.carray(_pointer(shard_table[s, 0], token_like), n_tok)
+        msk = numba.carray(_pointer(shard_table[s, 2], _U8), n_tok)
+        sl = numba.carray(_pointer(shard_table[s, 3], _I32), shard_table[s, 4])
+        a = pack_table[p, 1]
+        row_start = o
+        for q in range(pack_table[p, 3], pack_table[p, 4]):
+            n = np.int64(sl[q])
+            c, t, b = _segment(tok[a:a + n], msk[a:a + n], ids[o:o + n], lab[o:o + n], pos[o:o + n], shifted)
+            loss += c
+            top = max(top, t)
+            bits |= b
+            a += n
+            o += n
+            seq[k] = n
+            k += 1
+            cu[k] = o
+            longest = max(longest, n)
+        n = row_start + row_len - o
+        if n > 0:  # padding: its own segment, never labelled
+            ids[o:o + n] = pad_id
+            lab[o:o + n] = IGNORE
+            p_row = pos[o:o + n]
+            for j in range(n):
+                p_row[j] = j
+            o += n
+            seq[k] = n
+            k += 1
+            cu[k] = o
+            longest = max(longest, n)
+    return k, loss, longest, top, bits
+
+
+class BufferPool:
+    """Batch buffers handed out again once nothing can see them.
+
+    Why: `for batch in loader` keeps the last batch alive while the next is built, and a fresh
+    0.8 MB allocation then often comes from memory the allocator has just returned to the OS, so
+    every page faults and the batch costs 2-3x. A buffer is free when nothing but the pool refers to
+    it: every numpy view of it refers to it (numpy keeps the buffer as the views' base), and every
+    tensor made from a view keeps that view alive, so a reference count of the pool's own is proof that
+    no tensor, view or copy-free export of the batch is alive. One count per buffer: no weak references
+    to make per batch, nor to clear when it is freed.
+    """
+
+    def __init__(self, keep: int = 8):
+        self.keep = keep
+        self._buffers: list[np.ndarray] = []  # in use or free; the oldest first
+        self._lock = threading.Lock()  # a prefetch thread and the caller may both build batches
+        probe = [np.empty(1, np.int64)]
+        self._free = sys.getrefcount(probe[0])  # a buffer only the list refers to, counted as `get` counts
+
+    def get(self, n: int) -> np.ndarray:
+        """int64 [>= n], free for writing; it stays the pool's (up to `keep` buffers) to hand out again."""
+        with self._lock:
+            bufs = self._buffers
+            for i in range(len(bufs)):
+                # any view of the buffer (or a caller holding it) adds one to the list's own reference
+                if sys.getrefcount(bufs[i]) == self._free and len(bufs[i]) >= n:
+                    return bufs[i]
+            buf = np.empty(max(n, 1), np.int64)
+            bufs.append(buf)
+            if len(bufs) > self.keep:
+                bufs.pop(0)  # forgotten by the pool; it lives on as long as its views do
+            return buf
+
+
+@dataclass
+class BatchSource:
+    """What the kernel reads, gathered once per process: per-shard arrays and per-pack offsets.
+
+    pack_table int64 [P, 5], per global pack: its shard, its token range [a, b) in that shard and its
+    segment range [a, b) there. The kernel gets the shards as a table of addresses (shard_table int64
+    [S, 5]: tokens' address and count, the loss mask's address, segment lengths' address and count). Why not numba typed Lists of the
+    arrays: building them compiles list code in every process (~1.1 s before the first batch, in every
+    DataLoader worker too) and unboxing them costs ~2.5 us a call each. The addresses stay valid
+    because this object holds the arrays; the ranges were checked against the shards' sizes when they
+    were opened (packer.core.formats.shards.check_shard).
+    """
+
+    tokens: list[np.ndarray]
+    masks: list[np.ndarray]
+    seg_lens: list[np.ndarray]
+    pack_table: np.ndarray
+    pack_len: int
+    vocab_size: int = 2**32
+    paths: tuple[str, ...] = ()
+    pool: BufferPool = field(default_factory=BufferPool)
+    shard_table: np.ndarray = field(init=False, repr=False)
+    token_like: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for i, (t, m, sl) in enumerate(zip(self.tokens, self.masks, self.seg_lens)):
+            if (t.dtype not in (np.uint16, np.uint32) or m.dtype != np.uint8 or sl.dtype != np.int32 or len(m) != len(t)
+                    or not (t.flags.c_contiguous and m.flags.c_contiguous and sl.flags.c_contiguous)):
+                raise FormatError(self.paths[i] if self.paths else f"shard {i}", "token, mask or segment arrays of the "
+                                  "wrong type, length or layout", REBUILD_HINT)
+        dtypes = {t.dtype for t in self.tokens}
+        if len(dtypes) > 1:
+            raise FormatError(self.paths[0] if self.paths else "shards", "shards mix token widths", REBUILD_HINT)
+        self.token_like = np.zeros(0, dtypes.pop() if dtypes else np.uint16)
+        self.shard_table = np.array([[t.ctypes.data, len(t), m.ctypes.data, sl.ctypes.data, len(sl)]
+                                     for t, m, sl in zip(self.tokens, self.masks, self.seg_lens)],
+                                    np.int64).reshape(-1, 5)
+        self.pack_table = np.ascontiguousarray(self.pack_table, np.int64).reshape(-1, 5)
+
+    @classmethod
+    def from_shards(cls, shards: list, pack_len: int, keep: int = 8, vocab_size: int = 2**32) -> BatchSource:
+        """From the shards' memory maps (no copies of tokens or masks); `keep` buffers are pooled.
+
+        The shards must have passed packer.core.formats.shards.check_shard: the kernel follows their offsets.
+        """
+        nonempty = [s for s in shards if s.num_packs]
+
+        def ranges(offsets: list[np.ndarray]) -> np.ndarray:
+            if not offsets:
+                return np.zeros((0, 2), np.int64)
+            return np.concatenate([np.stack([o[:-1], o[1:]], axis=1) for o in offsets]).astype(np.int64)
+
+        return cls(
+            tokens=[s.tokens for s in nonempty],
+            masks=[s.loss_mask for s in nonempty],
+            seg_lens=[s.segment_lengths for s in nonempty],
+            pack_table=np.column_stack([
+                np.repeat(np.arange(len(nonempty), dtype=np.int64), [s.num_packs for s in nonempty]),
+                ranges([s.pack_token_offsets for s in nonempty]), ranges([s.pack_segment_offsets for s in nonempty])]),
+            pack_len=pack_len,
+            vocab_size=vocab_size,
+            paths=tuple(s.path for s in nonempty),
+            pool=BufferPool(keep),
+        )
+
+
+def _refuse_values(src: BatchSource, packs: np.ndarray, top: int, bits: int) -> None:
+    """Name the first pack of the batch whose tokens or mask bytes are out of range."""
+    for p in packs.tolist():
+        shard, a, b = (int(x) for x in src.pack_table[p, :3])
+        check_values(src.tokens[shard][a:b], src.masks[shard][a:b], src.vocab_size,
+                     src.paths[shard] if src.paths else f"shard {shard}", p)
+    raise FormatError(src.paths[0] if src.paths else "shards", f"token id {top} or mask bits {bits} out of range",
+                      REBUILD_HINT)
+
+
+def _parts(whole, tail, T: int, B: int, K: int, k: int, shape: tuple[int, int]) -> list:
+    """ids, labels, positions, cu_seqlens, seq_lens, pack_index as views of the batch buffer `whole`
+    (numpy or torch alike); `tail` is its int32 view after pack_index."""
+    return [whole[:T].reshape(shape), whole[T:2 * T].reshape(shape), whole[2 * T:3 * T].reshape(shape),
+            tail[:k + 1], tail[K + 1:K + 1 + k], whole[3 * T:3 * T + B]]
+
+
+def collate(src: BatchSource, packs: np.ndarray, *, flatten: bool = False, pad_id: int = 0,
+            label_mode: str = "unshifted", pin_memory: bool = False, share_memory: bool = False) -> dict:
+    """One batch of the packs `packs` (int64 [B], global pack indices).
+
+    Returns input_ids, labels, position_ids int64 [B, pack_len] (or [1, T] with flatten), cu_seqlens
+    int32 [K+1], seq_lens int32 [K], max_seqlen, num_loss_tokens, num_tokens (real tokens) and
+    pack_index int64 [B]. All tensors are views of one buffer:
+    ``[ids T | labels T | positions T | pack_index B | int32: cu_seqlens, seq_lens]``.
+
+    pin_memory: the buffer is copied once into pinned memory. share_memory: the batch is built in
+    shared memory as one torch storage, so a DataLoader worker hands it over without a copy.
+    """
+    check_label_mode(label_mode)
+    packs = np.ascontiguousarray(packs, dtype=np.int64)
+    row_len = 0 if flatten else src.pack_len
+    T, K, real = _sizes(src.pack_table, packs, row_len)
+    B = len(packs)
+    n = 3 * T + B + K + 1
+    if share_memory:
+        whole = torch.empty(n, dtype=torch.int64).share_memory_()
+        buf = whole.numpy()
+    else:
+        buf = src.pool.get(n)
+    k, loss, longest, top, bits = _fill(src.shard_table, src.token_like, src.pack_table, packs, row_len, pad_id,
+                                        label_mode == "shifted", buf, T, K)
+    if top >= src.vocab_size or bits > 1:
+        _refuse_values(src, packs, top, bits)
+    shape = (1, T) if flatten else (B, row_len)
+    if pin_memory:  # one copy of the whole buffer into pinned memory
+        whole = torch.from_numpy(buf[:n]).pin_memory()
+    if pin_memory or share_memory:  # torch views of one storage
+        tensors = _parts(whole, whole[3 * T + B:n].view(torch.int32), T, B, K, k, shape)
+    else:
+        views = _parts(buf, buf[3 * T + B:n].view(np.int32), T, B, K, k, shape)
+        # numpy slicing, then one torch.from_numpy each: half the cost of slicing torch tensors
+        tensors = [torch.from_numpy(v) for v in views]
+    ids, labels, pos, cu, seq, index = tensors
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "position_ids": pos,
+        "cu_seqlens": cu,
+        "seq_lens": seq,
+        "max_seqlen": int(longest),
+        "num_loss_tokens": int(loss),
+        "num_tokens": int(real),
+        "pack_index": index,
+    }

@@ -1,0 +1,403 @@
+"""`PackedLoader`: batches of packs for a training loop, deterministic, rank-aware and resumable.
+
+Epoch order is a pure function of (seed, epoch). Each step takes batch_size x world_size packs;
+within the step they are dealt to ranks in a snake order of decreasing cost (tokens, or attention
+cost = sum of squared segment lengths), mirrored on odd steps, so every rank gets batch_size packs
+and nearly the same work in every step and over the epoch.
+
+Batches are built by `packer.train.collate` (its docstring draws the padded and flat layouts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from packer.train.collate import BatchSource, collate
+from packer.train.reader import PackedShards
+from packer.core.errors import ConfigError
+from packer.train.prefetch import Progress
+from packer.train.prefetch import prefetch as in_background
+from packer.core.context_parallel import cp_indices, padded_lengths
+from packer.core.labels import make_labels, positions
+
+BALANCE = ("tokens", "attention")
+
+
+def pack_costs(ds: PackedShards, balance: str) -> np.ndarray:
+    """float64 [P]: the work of each pack: its tokens, or its attention cost (sum of squared lengths)."""
+    if balance not in BALANCE:
+        raise ConfigError(f"balance '{balance}' is not one of {', '.join(BALANCE)}")
+    parts = []
+    for sh in ds.shards:
+        if balance == "tokens":
+            parts.append(np.diff(sh.pack_token_offsets).astype(np.float64))
+        else:
+            sq = sh.segment_lengths.astype(np.float64) ** 2
+            parts.append(np.add.reduceat(sq, sh.pack_segment_offsets[:-1]) if sh.num_packs else sq[:0])
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def loss_counts(ds: PackedShards) -> np.ndarray:
+    """int64 [P]: positions with a label in each pack (the same for both label modes).
+
+    Reads every loss-mask byte once (summed in place: no int64 copy of the mask).
+    """
+    parts = []
+    for sh in ds.shards:
+        if not sh.num_packs:
+            continue
+        seg_start = np.concatenate([[0], np.cumsum(sh.segment_lengths[:-1], dtype=np.int64)])
+        per_seg_first = sh.loss_mask[seg_start]
+        total = np.add.reduceat(sh.loss_mask, sh.pack_token_offsets[:-1], dtype=np.int64)
+        firsts = np.add.reduceat(per_seg_first, sh.pack_segment_offsets[:-1], dtype=np.int64)
+        parts.append(total - firsts)
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def epoch_plan(costs: np.ndarray, batch_size: int, world_size: int, seed: int, epoch: int,
+               shuffle: bool = True, drop_last: bool = True) -> np.ndarray:
+    """int64 [world_size, steps, batch_size]: the packs every rank reads at every step of an epoch.
+
+    drop_last=False completes the last step by repeating packs from the start of the epoch order
+    (as torch's DistributedSampler does), so every rank runs the same number of steps.
+    """
+    n = len(costs)
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    g = batch_size * world_size
+    steps = n // g if drop_last else -(-n // g)
+    if steps == 0:
+        return np.zeros((world_size, 0, batch_size), np.int64)
+    packs = np.resize(order, steps * g).reshape(steps, g)
+    by_cost = np.argsort(-costs[packs], axis=1, kind="stable")
+    packs = np.take_along_axis(packs, by_cost, axis=1)
+    j = np.arange(g)
+    lap, pos = j // world_size, j % world_size
+    rank = np.where(lap % 2 == 0, pos, world_size - 1 - pos)  # snake: 0..W-1, W-1..0, ...
+    # Odd steps mirror the ranks, so the rank dealt the heaviest pack first does not get it every step.
+    ranks = np.where((np.arange(steps) % 2 == 1)[:, None], world_size - 1 - rank[None, :], rank[None, :])
+    out = np.empty((world_size, steps, batch_size), np.int64)
+    out[ranks, np.arange(steps)[:, None], lap[None, :]] = packs
+    return out
+
+
+def eval_plan(num_packs: int, batch_size: int, world_size: int) -> np.ndarray:
+    """int64 [world_size, steps, batch_size] for evaluation: every pack exactly once, in order (step s,
+    rank r reads packs (s * world_size + r) * batch_size onward), -1 where the last step runs out, so
+    every rank runs the same number of steps and no pack is dropped or repeated."""
+    g = batch_size * world_size
+    steps = -(-num_packs // g)
+    flat = np.full(steps * g, -1, dtype=np.int64)
+    flat[:num_packs] = np.arange(num_packs)
+    return flat.reshape(steps, world_size, batch_size).transpose(1, 0, 2).copy()
+
+
+def imbalance(costs: np.ndarray, plan: np.ndarray) -> dict[str, float]:
+    """How unequal the ranks' work is: per step (max / mean - 1, averaged and worst) and per epoch."""
+    if plan.shape[1] == 0:
+        return {"step_mean": 0.0, "step_max": 0.0, "epoch": 0.0}
+    load = costs[plan].sum(axis=2)  # [W, steps]
+    per_step = load.max(axis=0) / load.mean(axis=0) - 1
+    total = load.sum(axis=1)
+    return {"step_mean": float(per_step.mean()), "step_max": float(per_step.max()),
+            "epoch": float(total.max() / total.mean() - 1)}
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Map-style view of one epoch's batches for this rank: item i builds batch i."""
+
+    def __init__(self, ds: PackedShards, plan: np.ndarray, global_loss: np.ndarray, flatten: bool, pad_id: int,
+                 pin_memory: bool = False, share_memory: bool = False, src: BatchSource | None = None,
+                 filler: int | None = None):
+        self.ds, self.plan, self.global_loss = ds, plan, global_loss
+        self.flatten, self.pad_id, self.pin_memory, self.share_memory = flatten, pad_id, pin_memory, share_memory
+        self._src = src
+        self.filler = filler
+        """Eval: the pack that stands in for an empty slot (-1) with no labels, or None (training)."""
+
+    def __getstate__(self) -> dict:
+        """Worker processes gather their own BatchSource from their own memory maps."""
+        return {**self.__dict__, "_src": None}
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, i: int) -> dict:
+        if self._src is None:
+            self._src = BatchSource.from_shards(self.ds.shards, self.ds.pack_len, vocab_size=self.ds.vocab_size)
+        packs = self.plan[i]
+        empty = packs < 0
+        if self.filler is not None:
+            packs = np.where(empty, self.filler, packs)
+        batch = collate(self._src, packs, flatten=self.flatten, pad_id=self.pad_id,
+                        label_mode=self.ds.label_mode, pin_memory=self.pin_memory, share_memory=self.share_memory)
+        batch["global_num_loss_tokens"] = int(self.global_loss[i])
+        if self.filler is not None:
+            _mark_eval(batch, self.ds, packs, empty, self.flatten)
+        return batch
+
+
+def _check_cp(ds: PackedShards, cp_rank: int, cp_size: int, flatten: bool, num_workers: int, eval: bool) -> None:
+    planned = ds.cp_size
+    if not isinstance(cp_size, int) or cp_size < 1 or not 0 <= cp_rank < cp_size:
+        raise ConfigError(f"need cp_size >= 1 and 0 <= cp_rank < cp_size; got cp_rank={cp_rank}, cp_size={cp_size}")
+    if planned % cp_size:
+        divisors = [d for d in range(1, planned + 1) if planned % d == 0]
+        raise ConfigError(f"these shards were planned for cp_size {planned}; open them with a cp_size that divides it "
+                          f"({', '.join(map(str, divisors))}), or re-plan with --cp-size {cp_size}")
+    if num_workers or eval:
+        raise ConfigError("cp_size > 1 builds batches in this process for now: drop num_workers (use prefetch) and eval")
+
+
+def cp_batch(ds: PackedShards, packs: np.ndarray, cp_rank: int, cp_size: int, pad_id: int, global_loss: int) -> dict:
+    """Rank cp_rank's share of a batch of packs, in THD layout: the packs' segments end to end, each padded to
+    a multiple of 2 x cp_size (inert: pad_id, no loss, positions continuing the segment's), then split by
+    packer.core.context_parallel.cp_indices. cu_seqlens (real lengths) and cu_seqlens_padded are the whole
+    batch's, as TransformerEngine's THD attention takes them."""
+    ids, mask, lens = [], [], []
+    for p in packs.tolist():
+        v = ds.arrays(p)
+        ids.append(v["tokens"].astype(np.int64))
+        mask.append(np.asarray(v["loss_mask"], np.uint8))
+        lens.append(np.asarray(v["seg_lens"], np.int64))
+    seg = np.concatenate(lens)
+    pad = padded_lengths(seg, cp_size)
+    cu = np.concatenate([[0], np.cumsum(seg)])
+    cu_pad = np.concatenate([[0], np.cumsum(pad)])
+    T = int(cu_pad[-1])
+    where = np.repeat(cu_pad[:-1] - cu[:-1], seg) + np.arange(int(cu[-1]))  # real token -> padded slot
+    tok = np.full(T, pad_id, np.int64)
+    msk = np.zeros(T, np.uint8)
+    tok[where] = np.concatenate(ids)
+    msk[where] = np.concatenate(mask)
+    labels = make_labels(tok, msk, cu_pad, ds.label_mode)
+    pos = positions(pad, cu_pad)
+    idx = cp_indices(cu_pad, cp_rank, cp_size)
+    lab = labels[idx]
+    return {
+        "input_ids": torch.from_numpy(tok[idx])[None], "labels": torch.from_numpy(lab)[None],
+        "position_ids": torch.from_numpy(pos[idx])[None],
+        "cu_seqlens": torch.from_numpy(cu.astype(np.int32)), "cu_seqlens_padded": torch.from_numpy(cu_pad.astype(np.int32)),
+        "max_seqlen": int(pad.max()) if len(pad) else 0, "seq_lens": torch.from_numpy(seg.astype(np.int32)),
+        "num_loss_tokens": int((lab != -100).sum()), "global_num_loss_tokens": global_loss,
+        "num_tokens": int(np.isin(idx, where).sum()), "pack_index": torch.from_numpy(packs.astype(np.int64)),
+        "cp_rank": cp_rank, "cp_size": cp_size,
+    }
+
+
+def _mark_eval(batch: dict, ds: PackedShards, packs: np.ndarray, empty: np.ndarray, flatten: bool) -> None:
+    """Eval batches: stand-in packs lose their labels (zero loss, so ranks can run equal steps), and
+    `example_index` says, per segment of cu_seqlens, which example it holds (-1: padding or stand-in), as
+    PackedShards items do."""
+    seg_ex, tok_len = [], []
+    for p, e in zip(packs.tolist(), empty.tolist()):
+        v = ds.arrays(p)
+        n = int(v["seg_lens"].sum())
+        seg_ex.append(np.full(len(v["seg_lens"]), -1, np.int64) if e else v["example_index"].astype(np.int64))
+        if not flatten and n < ds.pack_len:
+            seg_ex.append(np.full(1, -1, np.int64))  # the row's padding segment
+        tok_len.append(n if flatten else ds.pack_len)
+    batch["example_index"] = torch.from_numpy(np.concatenate(seg_ex)) if seg_ex else torch.zeros(0, dtype=torch.int64)
+    if empty.any():
+        batch["pack_index"][torch.from_numpy(empty)] = -1
+        labels = batch["labels"].view(-1)
+        starts = np.concatenate([[0], np.cumsum(tok_len)])
+        for r in np.flatnonzero(empty).tolist():
+            gone = int((labels[starts[r]:starts[r + 1]] != -100).sum())
+            labels[starts[r]:starts[r + 1]] = -100
+            batch["num_loss_tokens"] = int(batch["num_loss_tokens"]) - gone
+
+
+class _From(torch.utils.data.Sampler):
+    def __init__(self, start: int, stop: int):
+        self.start, self.stop = start, stop
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+class PackedLoader(torch.utils.data.IterableDataset):
+    """Batches of packs from a shards (or run) folder, as dicts of torch tensors.
+
+    Each batch: input_ids, labels, position_ids ([B, pack_len], or [1, total] with flatten=True),
+    cu_seqlens int32 [K+1], seq_lens int32 [K], max_seqlen, num_loss_tokens (this rank's labelled
+    positions), global_num_loss_tokens (summed over all ranks for this step, known without any
+    communication because every rank's plan is deterministic), num_tokens (real tokens) and
+    pack_index int64 [B] (which packs of the shards these are).
+
+    cp_rank, cp_size (context parallelism, packs planned with cp_size): this CP rank's load-balanced share
+    of each batch, flat (THD), with cu_seqlens and cu_seqlens_padded of the whole batch (see cp_batch).
+
+    eval=True (evaluation): packs in order, never shuffled, dropped or repeated, every pack on exactly
+    one rank; the last step's empty slots hold a stand-in pack with no labels (pack_index -1), so every
+    rank runs the same number of steps; each batch also has example_index int64 [K] (per segment of
+    cu_seqlens, its record number; -1 for padding), for packer.train.loss.per_example_loss.
+
+    Normalize a token-mean loss by global_num_loss_tokens (summed over the micro-batches of an
+    optimizer step under gradient accumulation) and sum gradients across ranks.
+
+    Where batches are built: num_workers=0 builds each batch in this process when asked (a compiled
+    pass plus ~20 us of fixed cost: packer.train.collate); prefetch=N builds up to N batches ahead in a background
+    thread, overlapping the training step, and the training thread's next() is then a queue take that runs
+    no Python code (packer.train.prefetch); num_workers>0 uses torch DataLoader worker processes, whose
+    hand-over of each batch costs far more than building it (benchmarks/bench_loader.py): prefer prefetch.
+    With prefetch, iter() starts the builder thread; an iterator dropped part way stops it, and the next
+    iter() goes on from where the dropped one stood.
+
+    It is an IterableDataset with torchdata's state_dict/load_state_dict, so it can also be the
+    dataset of a torch DataLoader or torchdata StatefulDataLoader (batch_size=None; its own
+    num_workers=0): worker w of W then builds batches w, w + W, ... of this rank's epoch.
+    """
+
+    def __init__(self, path: str | Path, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 shuffle: bool | None = None, drop_last: bool | None = None, num_workers: int = 0, pin_memory: bool = False,
+                 flatten: bool | None = None, label_mode: str = "unshifted", pad_id: int | None = None,
+                 balance: str = "tokens", verify: bool = True, prefetch: int = 0, eval: bool = False,
+                 cp_rank: int = 0, cp_size: int = 1):
+        if eval and (shuffle is True or drop_last is True):
+            raise ConfigError(f"eval=True never shuffles and never drops; drop shuffle={shuffle} / drop_last={drop_last} "
+                              "(the defaults become False)")
+        if cp_size != 1 and flatten is False:
+            raise ConfigError("cp_size > 1 gives THD batches (one flat row per rank, as TransformerEngine takes them); "
+                              "drop flatten=False")
+        flatten = cp_size != 1 if flatten is None else flatten  # CP batches are THD: flat by default
+        shuffle = (not eval) if shuffle is None else shuffle
+        drop_last = (not eval) if drop_last is None else drop_last
+        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise ConfigError(f"need batch_size >= 1 and 0 <= rank < world_size; got batch_size={batch_size}, "
+                              f"rank={rank}, world_size={world_size}")
+        if prefetch < 0:
+            raise ConfigError(f"prefetch={prefetch}: give the number of batches to build ahead (0 for none)")
+        if prefetch and num_workers:
+            raise ConfigError(f"prefetch={prefetch} with num_workers={num_workers}: prefetch is a background thread "
+                              "for num_workers=0 (worker processes prefetch on their own); set one of them to 0")
+        self.dataset = PackedShards(path, label_mode=label_mode, verify=verify)
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
+        self.num_workers, self.pin_memory, self.flatten = num_workers, pin_memory, flatten
+        eos = self.dataset.manifest["tokenizer"].get("eos_id")
+        # Padding is inert (its own segment, no labels), so its id only needs to be a valid one.
+        self.pad_id = int(pad_id if pad_id is not None else eos if eos is not None else 0)
+        self.balance, self.prefetch, self.eval = balance, prefetch, eval
+        self.cp_rank, self.cp_size = cp_rank, cp_size
+        if cp_size != 1 or cp_rank != 0:
+            _check_cp(self.dataset, cp_rank, cp_size, flatten, num_workers, eval)
+        self.costs = pack_costs(self.dataset, balance)
+        self._loss = loss_counts(self.dataset)
+        self.epoch = 0
+        self._yielded = 0  # batches of the current epoch handed to the caller (with prefetch: before _progress's)
+        self._progress: Progress | None = None  # the prefetch builder of the epoch being read, if any
+        self._plan_cache: tuple[int, np.ndarray] | None = None
+        self._src: BatchSource | None = None
+
+    def __getstate__(self) -> dict:
+        """A copy sent to a DataLoader worker rebuilds its plan and batch source from the memory maps."""
+        return {**self.__dict__, "_src": None, "_plan_cache": None, "_progress": None}
+
+    def _plan(self) -> np.ndarray:
+        if self._plan_cache is None or self._plan_cache[0] != self.epoch:
+            self._plan_cache = (self.epoch, eval_plan(len(self.costs), self.batch_size, self.world_size) if self.eval
+                                else epoch_plan(self.costs, self.batch_size, self.world_size, self.seed,
+                                                self.epoch, self.shuffle, self.drop_last))
+        return self._plan_cache[1]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order to give; a new epoch starts from its first batch."""
+        if epoch != self.epoch:
+            self.epoch, self._yielded, self._progress = epoch, 0, None
+
+    def __len__(self) -> int:
+        return self._plan().shape[1]
+
+    def imbalance(self) -> dict[str, float]:
+        """Work imbalance across ranks for the current epoch, by the balance cost."""
+        return imbalance(self.costs, self._plan())
+
+    def __iter__(self) -> Iterator[dict]:
+        """This rank's batches of the current epoch, from where the loader stands (state_dict)."""
+        plan = self._plan()
+        mine = plan[self.rank]
+        global_loss = np.where(plan >= 0, self._loss[np.maximum(plan, 0)], 0).sum(axis=(0, 2))
+        filler = int(np.argmin(self.costs)) if self.eval and len(self.costs) else None
+        start = self._yielded = self._position()
+        if self._progress is not None:  # an earlier iterator left part way: it stops, this one goes on
+            self._progress.close()
+            self._progress = None
+        # Inside a DataLoader worker (this loader as the dataset of torch's or torchdata's
+        # StatefulDataLoader): worker w of W gives batches w, w + W, ..., which DataLoader reads back
+        # in order; each worker's state counts its own batches.
+        info = torch.utils.data.get_worker_info()
+        w, n_w = (info.id, info.num_workers) if info else (0, 1)
+        if info is not None and self.num_workers:
+            raise ConfigError("this PackedLoader runs inside a DataLoader worker, which cannot start workers of its "
+                              "own; give it num_workers=0 and let the outer DataLoader have the workers")
+        if self.num_workers:
+            # Workers build each batch in shared memory as one storage: one hand-over per batch, not seven.
+            batches = _Batches(self.dataset, mine, global_loss, self.flatten, self.pad_id, share_memory=True,
+                               filler=filler)
+            return self._counted(torch.utils.data.DataLoader(
+                batches, batch_size=None, sampler=_From(start, len(mine)), num_workers=self.num_workers,
+                pin_memory=self.pin_memory, persistent_workers=False,
+                # DataLoader draws worker seeds from this generator instead of torch's global RNG.
+                generator=torch.Generator().manual_seed(self.seed)))
+        # No DataLoader machinery in the way: ~15 us a batch saved.
+        if self._src is None:  # gathered once per loader (per process)
+            self._src = BatchSource.from_shards(self.dataset.shards, self.dataset.pack_len,
+                                                keep=8 + self.prefetch, vocab_size=self.dataset.vocab_size)
+        batches = _Batches(self.dataset, mine, global_loss, self.flatten, self.pad_id, self.pin_memory,
+                           share_memory=info is not None, src=self._src, filler=filler)
+        todo = range(w + n_w * start, len(mine), n_w)
+        make = batches.__getitem__
+        if self.cp_size > 1:
+            def make(i: int, _b=batches) -> dict:
+                return cp_batch(self.dataset, _b.plan[i], self.cp_rank, self.cp_size, self.pad_id,
+                                int(_b.global_loss[i]))
+        if not self.prefetch:
+            return self._counted(map(make, todo))
+        # The training thread's next() is then C calls only (packer.train.prefetch); the position is counted
+        # by the builder, and the epoch's end resets it.
+        def on_end() -> None:
+            if self._progress is progress:
+                self._epoch_done()
+
+        items, progress = in_background(make, todo, self.prefetch, on_end=on_end)
+        self._progress = progress
+        return items
+
+    def _counted(self, source: Iterator[dict]) -> Iterator[dict]:
+        for batch in source:
+            self._yielded += 1
+            yield batch
+        self._epoch_done()
+
+    def _epoch_done(self) -> None:
+        """The epoch is complete: iterating again repeats it unless set_epoch moves on."""
+        self._yielded, self._progress = 0, None
+
+    def _position(self) -> int:
+        """Batches of the current epoch handed to the caller."""
+        if self._progress is not None:
+            return self._yielded + self._progress.taken()
+        return self._yielded
+
+    def state_dict(self) -> dict:
+        """Where the loader stands: restoring it yields exactly the batches still to come."""
+        return {"epoch": self.epoch, "batches_yielded": self._position(), "seed": self.seed, "cp_size": self.cp_size,
+                "batch_size": self.batch_size, "world_size": self.world_size, "rank": self.rank,
+                "num_packs": len(self.dataset), "shuffle": self.shuffle, "drop_last": self.drop_last,
+                "balance": self.balance, "eval": self.eval}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("seed", "batch_size", "world_size", "num_packs", "shuffle", "drop_last", "balance", "eval"):
+            mine = len(self.dataset) if key == "num_packs" else getattr(self, key)
+            if key in state and state[key] != mine:
+                raise ConfigError(f"state was saved with {key}={state[key]}, this loader has {key}={mine}; "
+                                  "resume with the same settings and shards")
+        self.epoch = int(state["epoch"])
+        self._yielded, self._progress = int(state["batches_yielded"]), None

@@ -1,0 +1,77 @@
+"""Reports are computed from the shards: check their numbers against the shard files directly."""
+
+from __future__ import annotations
+
+
+import numpy as np
+from click.testing import CliRunner
+
+from packer.core import config as C
+from packer.core.formats import shards as fmt
+from packer.build.planners.bounds import lower_bound
+from packer.cli import main
+from packer.pipeline import pack
+from packer.build.report import compare_table, load
+
+from conftest import sft_records, write_jsonl
+
+
+def test_report_numbers_match_the_shards(tmp_path, byte_tok):
+    a = write_jsonl(tmp_path / "a.jsonl", sft_records(120, seed=1, long_every=25))
+    b = write_jsonl(tmp_path / "b.jsonl", sft_records(60, seed=2) + [{"query": "q"}])
+    report = pack([str(a), str(b)], tmp_path / "r", tokenizer=byte_tok, plan_config=C.PlanConfig(pack_len=384),
+                  tokenize_config=C.TokenizeConfig(skip_bad=True), baseline_batch=4)
+    shards = [fmt.open_shard(p) for p in sorted((tmp_path / "r" / "shards").glob("*.bin"))]
+    seg = np.concatenate([s.segment_lengths for s in shards]).astype(np.int64)
+    ex = np.concatenate([s.segment_example for s in shards])
+    packs = sum(s.num_packs for s in shards)
+    assert report["num_packs"] == packs and report["num_tokens"] == seg.sum()
+    assert report["num_loss_tokens"] == sum(int(s.loss_mask.sum()) for s in shards)
+    assert report["efficiency"] == seg.sum() / (packs * 384)
+    l1 = -(-int(seg.sum()) // 384)
+    big = seg[seg > 384 // 2]  # Martello-Toth L2 at threshold 0 on these lengths: items over half never share
+    assert report["lower_bound_packs"] == lower_bound(seg, 384) and l1 <= report["lower_bound_packs"] <= packs
+    assert report["lower_bound_packs"] >= len(big)
+    assert report["max_segments_per_pack"] == max(int(np.diff(s.pack_segment_offsets).max()) for s in shards)
+    assert report["skipped_records"] == 1 and report["records"] == 181
+    # baselines recomputed here from the segment lengths in data order
+    in_order = seg[np.argsort(ex, kind="stable")]
+    longest = sum(max(in_order[i:i + 4]) * len(in_order[i:i + 4]) for i in range(0, len(in_order), 4))
+    assert np.isclose(report["waste_pad_to_longest"], 1 - seg.sum() / longest)
+    assert np.isclose(report["speedup_tokens_vs_pad_to_pack"], len(seg) * 384 / (packs * 384))
+    assert np.isclose(report["speedup_attention_vs_pad_to_longest"],
+                      sum(max(in_order[i:i + 4]) ** 2 * len(in_order[i:i + 4]) for i in range(0, len(in_order), 4))
+                      / float((seg.astype(float) ** 2).sum()))
+    # per file: the tokens each file lost to the over-long policy add up to the run's
+    fa, fb = report["per_file"]
+    assert fa["examples"] + fb["examples"] == report["num_examples"] == 180
+    assert fa["lost_tokens"] + fb["lost_tokens"] == report["truncated_tokens"] + report["dropped_tokens"]
+    assert fa["lost_tokens"] > fb["lost_tokens"], "file a has the long responses"
+    assert fb["skipped"] == 1
+    assert sum(report["histograms"]["pack_fill_percent"]) == packs
+    for name in ("report.json", "report.md", "report.html"):
+        assert (tmp_path / "r" / name).is_file()
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4
+
+
+def test_report_and_compare_commands(tmp_path, byte_tok):
+    data = write_jsonl(tmp_path / "d.jsonl", sft_records(80))
+    runner = CliRunner()
+    for algo in ("nextfit", "bfd"):
+        r = runner.invoke(main, ["pack", str(data), "--out", str(tmp_path / algo), "--pack-len", "512",
+                                 "--algorithm", algo, "--quiet"])
+        assert r.exit_code == 0, r.output
+    before = load(tmp_path / "bfd")
+    (tmp_path / "bfd" / "report.json").unlink()
+    assert runner.invoke(main, ["report", str(tmp_path / "bfd")]).exit_code == 0
+    after = load(tmp_path / "bfd")
+    assert {k: v for k, v in after.items() if k not in ("seconds", "plan_seconds")} == \
+        {k: v for k, v in before.items() if k not in ("seconds", "plan_seconds")}
+    r = runner.invoke(main, ["compare", str(tmp_path / "nextfit"), str(tmp_path / "bfd"), "--format", "markdown"])
+    assert r.exit_code == 0
+    assert "| metric | nextfit | bfd |" in r.output and "| packs |" in r.output
+    text = compare_table([("a", before), ("b", before)])
+    assert "gap to bound" in text
+    r = runner.invoke(main, ["compare", str(tmp_path / "nope")])
+    assert r.exit_code == 2  # click: path does not exist

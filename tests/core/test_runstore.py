@@ -1,0 +1,219 @@
+"""Remote inputs for real: a local S3-compatible server (moto in server mode, started here) serves
+Parquet and compressed JSON Lines, read through s3fs exactly as a bucket would be; plus hf:// path
+handling (the Hub cannot be reached from here, so only its parsing and its offline error are tested)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from packer.core import config as C
+from packer.core.errors import InputError
+from packer.pipeline import pack
+from packer.core.storage import expand, hf_parts, identity
+from packer.build.tokenize import tokenize
+
+from conftest import sft_records, write_jsonl
+
+pytestmark = pytest.mark.slow
+PLAN = C.PlanConfig(pack_len=512)
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on a free localhost port, the AWS variables pointing at it, and an fsspec handle."""
+    moto_server = pytest.importorskip("moto.server")
+    s3fs = pytest.importorskip("s3fs")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("data")
+    yield fs
+    server.stop()
+    s3fs.S3FileSystem.clear_instance_cache()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def hashes(run):
+    return sorted(json.loads((run / "shards" / "manifest.json").read_text())["files"].items())
+
+
+def test_s3_parquet_and_jsonl_gz_give_the_local_shards(s3, tmp_path):
+    records = sft_records(400, seed=4, long_every=30)
+    for i in range(2):
+        pq.write_table(pa.Table.from_pylist(records[i * 200:(i + 1) * 200]), tmp_path / f"p{i}.parquet",
+                       row_group_size=64)
+        s3.put(str(tmp_path / f"p{i}.parquet"), f"data/parquet/p{i}.parquet")
+    with gzip.open(tmp_path / "d.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    s3.put(str(tmp_path / "d.jsonl.gz"), "data/d.jsonl.gz")
+    local = write_jsonl(tmp_path / "d.jsonl", records)
+    pack([str(local)], tmp_path / "local", plan_config=PLAN)
+    pack(["s3://data/parquet/*.parquet"], tmp_path / "s3pq", plan_config=PLAN, workers=2)
+    pack(["s3://data/d.jsonl.gz"], tmp_path / "s3gz", plan_config=PLAN)
+    assert hashes(tmp_path / "s3pq") == hashes(tmp_path / "local") == hashes(tmp_path / "s3gz")
+    m = json.loads((tmp_path / "s3pq" / "tokenized" / "manifest.json").read_text())
+    assert [i["path"] for i in m["inputs"]] == ["s3://data/parquet/p0.parquet", "s3://data/parquet/p1.parquet"]
+    assert all(len(i["etag"]) == 32 and i["size"] > 0 for i in m["inputs"]), "the object's ETag is its identity"
+
+
+def test_a_changed_object_is_read_again(s3, tmp_path, byte_tok):
+    pq.write_table(pa.table({"query": ["a", "b"], "response": ["x", "y"]}), tmp_path / "v1.parquet")
+    pq.write_table(pa.table({"query": ["a", "b", "c"], "response": ["x", "y", "z"]}), tmp_path / "v2.parquet")
+    s3.put(str(tmp_path / "v1.parquet"), "data/v.parquet")
+    a = tokenize(["s3://data/v.parquet"], tmp_path / "tok", C.TokenizeConfig(), tokenizer=byte_tok)
+    assert tokenize(["s3://data/v.parquet"], tmp_path / "tok", C.TokenizeConfig(), tokenizer=byte_tok) == a
+    s3.put(str(tmp_path / "v2.parquet"), "data/v.parquet")
+    b = tokenize(["s3://data/v.parquet"], tmp_path / "tok", C.TokenizeConfig(), tokenizer=byte_tok)
+    assert b["digest"] != a["digest"] and b["counts"]["records"] == 3
+
+
+def test_missing_objects_and_buckets_fail_before_any_work(s3, tmp_path, byte_tok):
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    with pytest.raises(InputError, match=rf"s3://data/nope\.parquet: not found \(tried endpoint {endpoint}"):
+        tokenize(["s3://data/nope.parquet"], tmp_path / "tok", C.TokenizeConfig(), tokenizer=byte_tok)
+    with pytest.raises(InputError, match=r"s3://no-bucket/\*\.parquet: (not found|unreachable)"):
+        tokenize(["s3://no-bucket/*.parquet"], tmp_path / "tok", C.TokenizeConfig(), tokenizer=byte_tok)
+    with pytest.raises(InputError, match=r"s3://data/none-\*\.parquet: matches no files"):
+        tokenize(["s3://data/none-*.parquet"], tmp_path / "tok", C.TokenizeConfig(), tokenizer=byte_tok)
+    assert not (tmp_path / "tok").exists()
+
+
+def test_an_unreachable_endpoint_names_what_was_tried(s3, tmp_path, monkeypatch):
+    import s3fs
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        with pytest.raises(InputError, match=r"s3://data/x\.parquet: unreachable \(tried endpoint http://127\.0\.0\.1:9 "
+                                             r"with credentials from AWS_ACCESS_KEY_ID\)"):
+            identity("s3://data/x.parquet")
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_hf_urls_parse_and_fail_offline_with_what_was_tried(monkeypatch):
+    assert hf_parts("hf://datasets/openai/gsm8k@refs%2Fconvert%2Fparquet/main/train-0.parquet") == {
+        "repo_type": "dataset", "repo_id": "openai/gsm8k", "revision": "refs/convert/parquet",
+        "path": "main/train-0.parquet"}
+    assert hf_parts("hf://org/model/config.json") == {"repo_type": "model", "repo_id": "org/model",
+                                                      "revision": "main", "path": "config.json"}
+    with pytest.raises(InputError, match="is not an hf:// URL"):
+        hf_parts("hf://only-one-part")
+    pytest.importorskip("huggingface_hub")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(InputError, match=r"hf://datasets/org/name/\*\.parquet: unreachable \(tried the Hugging Face "
+                                         r"Hub, HF_HUB_OFFLINE is set\).*private or gated datasets need HF_TOKEN"):
+        expand("hf://datasets/org/name/*.parquet")
+
+
+def test_a_store_without_its_package_says_what_to_install():
+    pytest.importorskip("fsspec")
+    try:
+        import gcsfs  # noqa: F401
+    except ImportError:
+        with pytest.raises(InputError, match=r"gs://b/x\.parquet: cannot open gs:// URLs .*; pip install gcsfs"):
+            expand("gs://b/x.parquet")
+    else:
+        pytest.skip("gcsfs is installed")
+
+
+# Run folders on the object store: --out s3://... commits with its manifest; readers fetch into the cache.
+
+def _packs(ds):
+    return [(ds[i]["input_ids"].tolist(), ds[i]["labels"].tolist()) for i in range(len(ds))]
+
+
+def test_out_s3_commits_a_run_that_packedshards_and_the_loader_open(s3, tmp_path, monkeypatch):
+    from packer.train.reader import PackedShards
+    from packer.train.loader import PackedLoader
+
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "cache"))
+    s3.exists("runs") or s3.mkdir("runs")
+    data = write_jsonl(tmp_path / "d.jsonl", sft_records(300, seed=8, long_every=30))
+    wcfg = C.WriteConfig(shard_bytes=32 << 10)
+    pack([str(data)], tmp_path / "local", plan_config=PLAN, write_config=wcfg)
+    pack([str(data)], "s3://runs/r1", plan_config=PLAN, write_config=wcfg)
+    committed = json.loads(s3.cat_file("runs/r1/shards/manifest.json"))
+    assert sorted(committed["files"].items()) == hashes(tmp_path / "local"), "the same shards, committed"
+    assert s3.exists("runs/r1/report.json")
+    remote, local = PackedShards("s3://runs/r1"), PackedShards(tmp_path / "local")
+    assert str(remote.path).startswith(str(tmp_path / "cache")) and _packs(remote) == _packs(local)
+    batches = lambda p: [b["input_ids"].tolist() for b in PackedLoader(p, 2, seed=1)]
+    assert batches("s3://runs/r1") == batches(tmp_path / "local")
+
+
+def test_a_run_interrupted_before_its_manifest_is_invisible(s3, tmp_path, monkeypatch):
+    """Uploads that stop before the commit leave no run: not a new one, and not half of an older one."""
+    from packer.core import runstore
+    from packer.train.reader import PackedShards
+    from packer.core.errors import FormatError
+
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "cache"))
+    s3.exists("runs") or s3.mkdir("runs")
+    a = write_jsonl(tmp_path / "a.jsonl", sft_records(200, seed=1))
+    b = write_jsonl(tmp_path / "b.jsonl", sft_records(260, seed=2))
+    pack([str(a)], "s3://runs/r2", plan_config=PLAN)
+    assert len(PackedShards("s3://runs/r2")) > 0
+    real = runstore.filesystem
+
+    class DiesBeforeCommit:  # the store as seen by a process that is killed just before the commit
+        def __init__(self, fs):
+            self.fs = fs
+
+        def __getattr__(self, name):
+            return getattr(self.fs, name)
+
+        def put_file(self, lpath, rpath, *args, **kw):
+            if str(rpath).endswith("shards/manifest.json"):
+                raise KeyboardInterrupt
+            return self.fs.put_file(lpath, rpath, *args, **kw)
+
+    monkeypatch.setattr(runstore, "filesystem", lambda url: (DiesBeforeCommit(real(url)[0]), real(url)[1]))
+    with pytest.raises(KeyboardInterrupt):
+        pack([str(b)], "s3://runs/r2", plan_config=PLAN)
+    monkeypatch.setattr(runstore, "filesystem", real)
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "cache2"))  # a reader with nothing cached
+    with pytest.raises(FormatError, match="holds no committed run"):
+        PackedShards("s3://runs/r2")
+    pack([str(b)], "s3://runs/r2", plan_config=PLAN)  # the rerun commits, and drops the older shards
+    names = {p.rsplit("/", 1)[-1] for p in s3.ls("runs/r2/shards", detail=False)}
+    assert names == set(json.loads(s3.cat_file("runs/r2/shards/manifest.json"))["files"]) | {"manifest.json"}
+    assert runstore.fetch("s3://runs/r2").is_dir()
+
+
+def test_a_damaged_or_hostile_remote_run_is_refused(s3, tmp_path, monkeypatch):
+    from packer.train.reader import PackedShards
+    from packer.core.errors import FormatError
+
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "cache"))
+    s3.exists("runs") or s3.mkdir("runs")
+    pack([str(write_jsonl(tmp_path / "a.jsonl", sft_records(120, seed=3)))], "s3://runs/r3", plan_config=PLAN)
+    manifest = json.loads(s3.cat_file("runs/r3/shards/manifest.json"))
+    name = sorted(manifest["files"])[0]
+    body = bytearray(s3.cat_file(f"runs/r3/shards/{name}"))
+    body[-1] ^= 1
+    s3.pipe_file(f"runs/r3/shards/{name}", bytes(body))
+    with pytest.raises(FormatError, match=f"{name}: differs from the run's manifest"):
+        PackedShards("s3://runs/r3")
+    assert not list((tmp_path / "cache" / "runs").rglob(name)), "nothing unchecked is left in the cache"
+    manifest["files"]["../escape"] = manifest["files"].pop(name)
+    s3.pipe_file("runs/r3/shards/manifest.json", json.dumps(manifest).encode())
+    with pytest.raises(FormatError, match="not a plain file name"):
+        PackedShards("s3://runs/r3")

@@ -1,0 +1,223 @@
+"""PackedLoader: resume, ranks, determinism, padded vs flattened, and damaged shards."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from packer.core import config as C
+from packer.core.errors import ConfigError, FormatError
+from packer.train.loader import PackedLoader, epoch_plan, imbalance
+from packer.pipeline import pack
+
+from conftest import sft_records, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, byte_tok):
+    tmp = tmp_path_factory.mktemp("loader")
+    data = write_jsonl(tmp / "d.jsonl", sft_records(400, seed=5))
+    pack([str(data)], tmp / "r", tokenizer=byte_tok, plan_config=C.PlanConfig(pack_len=256),
+         write_config=C.WriteConfig(shard_bytes=30_000))
+    return tmp / "r"
+
+
+def as_lists(batches):
+    return [{k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in b.items()} for b in batches]
+
+
+@pytest.mark.parametrize(("workers", "ahead"), [(0, 0), (2, 0), (0, 3)])
+def test_resume_mid_epoch_gives_exactly_the_rest(run, workers, ahead):
+    full = as_lists(PackedLoader(run, 4, seed=3))
+    assert len(full) >= 5
+    assert as_lists(PackedLoader(run, 4, seed=3, num_workers=workers, prefetch=ahead)) == full
+    a = PackedLoader(run, 4, seed=3, num_workers=workers, prefetch=ahead)
+    it = iter(a)
+    head = [next(it) for _ in range(3)]
+    state = a.state_dict()  # the prefetch thread has built batches past these: they are not counted
+    del it
+    b = PackedLoader(run, 4, seed=3, num_workers=workers, prefetch=ahead)
+    b.load_state_dict(state)
+    rest = as_lists(b)
+    assert as_lists(head) + rest == full
+
+
+@pytest.mark.parametrize("ahead", [0, 2])
+def test_a_resumed_loader_saves_its_place_again(run, ahead):
+    full = as_lists(PackedLoader(run, 4, seed=3))
+    a = PackedLoader(run, 4, seed=3, prefetch=ahead)
+    a.load_state_dict({**a.state_dict(), "batches_yielded": 2})
+    it = iter(a)
+    middle = [next(it), next(it)]
+    state = a.state_dict()
+    assert state["batches_yielded"] == 4, "counted from where it resumed, not from the epoch's start"
+    del it
+    b = PackedLoader(run, 4, seed=3, prefetch=ahead)
+    b.load_state_dict(state)
+    assert full[:2] + as_lists(middle) + as_lists(b) == full
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_inside_torchdata_stateful_dataloader(run, workers):
+    stateful = pytest.importorskip("torchdata.stateful_dataloader")
+    full = as_lists(PackedLoader(run, 4, seed=3))
+
+    def outer():
+        return stateful.StatefulDataLoader(PackedLoader(run, 4, seed=3), batch_size=None, num_workers=workers)
+
+    assert as_lists(outer()) == full, "worker w gives batches w, w + W, ...: read back in order"
+    a = outer()
+    it = iter(a)
+    head = [next(it) for _ in range(3)]
+    state = a.state_dict()
+    del it
+    b = outer()
+    b.load_state_dict(state)
+    assert as_lists(head) + as_lists(b) == full
+
+
+def test_prefetch_keeps_held_batches_intact_and_stops_its_thread(run):
+    ld = PackedLoader(run, 3, seed=7, prefetch=2)
+    held = list(ld)  # every batch of the epoch alive at once while the thread ran ahead
+    assert as_lists(held) == as_lists(PackedLoader(run, 3, seed=7))
+    it = iter(ld)
+    next(it)
+    del it  # leaving the epoch early: the builder sees nobody reads its batches and stops
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while [t for t in threading.enumerate() if t.name == "packer-prefetch"] and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert not [t for t in threading.enumerate() if t.name == "packer-prefetch"]
+    assert len(as_lists(ld)) == len(held) - 1, "a new iterator goes on from where the last one left"
+    with pytest.raises(ConfigError, match="prefetch is a background thread"):
+        PackedLoader(run, 3, prefetch=2, num_workers=2)
+    with pytest.raises(ConfigError, match="number of batches to build ahead"):
+        PackedLoader(run, 3, prefetch=-1)
+
+
+def test_resume_across_epochs_and_mismatched_state(run):
+    a = PackedLoader(run, 4, seed=1)
+    a.set_epoch(2)
+    it = iter(a)
+    next(it)
+    state = a.state_dict()
+    b = PackedLoader(run, 4, seed=1)
+    b.load_state_dict(state)
+    ref = PackedLoader(run, 4, seed=1)
+    ref.set_epoch(2)
+    assert as_lists(b) == as_lists(ref)[1:]
+    with pytest.raises(ConfigError, match="state was saved with batch_size=4, this loader has batch_size=8"):
+        PackedLoader(run, 8, seed=1).load_state_dict(state)
+
+
+def test_ranks_disjoint_covering_and_equal_steps(run):
+    for drop_last in (True, False):
+        loaders = [PackedLoader(run, 3, rank=r, world_size=4, seed=0, drop_last=drop_last) for r in range(4)]
+        plan = epoch_plan(loaders[0].costs, 3, 4, 0, 0, True, drop_last)
+        steps = {len(ld) for ld in loaders}
+        assert len(steps) == 1, "every rank runs the same number of steps"
+        n = len(loaders[0].dataset)
+        if drop_last:
+            flat = plan.reshape(-1)
+            assert len(set(flat.tolist())) == len(flat) == (n // 12) * 12, "disjoint"
+        else:
+            assert set(plan.reshape(-1).tolist()) == set(range(n)), "covering"
+    # the batches each rank yields are the packs of its plan, token for token
+    ld = PackedLoader(run, 3, rank=2, world_size=4, seed=0, shuffle=False)
+    plan = epoch_plan(ld.costs, 3, 4, 0, 0, False, True)
+    first = next(iter(ld))
+    want = [ld.dataset[int(i)]["input_ids"].tolist() for i in plan[2, 0]]
+    got = [row[: len(w)].tolist() for row, w in zip(first["input_ids"], want)]
+    assert got == want
+
+
+def test_global_loss_tokens_sum_over_ranks(run):
+    loaders = [PackedLoader(run, 2, rank=r, world_size=3, seed=4) for r in range(3)]
+    firsts = [next(iter(ld)) for ld in loaders]
+    total = sum(b["num_loss_tokens"] for b in firsts)
+    assert all(b["global_num_loss_tokens"] == total for b in firsts)
+
+
+def test_order_depends_only_on_seed_and_epoch(run):
+    def first_ids(seed, epoch):
+        ld = PackedLoader(run, 2, seed=seed)
+        ld.set_epoch(epoch)
+        return [b["input_ids"].tolist() for b in ld]
+
+    assert first_ids(0, 0) == first_ids(0, 0)
+    assert first_ids(0, 0) != first_ids(0, 1)
+    assert first_ids(0, 0) != first_ids(1, 0)
+    state = torch.random.get_rng_state()
+    np_state = np.random.get_state()[1].copy()
+    first_ids(0, 3)
+    assert torch.equal(state, torch.random.get_rng_state()), "no global RNG is touched"
+    assert np.array_equal(np_state, np.random.get_state()[1])
+
+
+def test_set_epoch_on_a_used_loader_gives_that_epochs_order(run):
+    """The epoch plan is cached: set_epoch must replace it, on a loader that has already run an epoch."""
+    def ids(ld):
+        return [b["input_ids"].tolist() for b in ld]
+
+    ld = PackedLoader(run, 2, seed=0)
+    epoch0 = ids(ld)
+    ld.set_epoch(1)
+    fresh = PackedLoader(run, 2, seed=0)
+    fresh.set_epoch(1)
+    assert ids(ld) == ids(fresh) != epoch0
+    ld.set_epoch(0)
+    assert ids(ld) == epoch0
+
+
+@pytest.mark.parametrize("mode", ["unshifted", "shifted"])
+def test_padded_and_flat_agree_and_padding_is_inert(run, mode):
+    padded = PackedLoader(run, 3, seed=2, label_mode=mode)
+    flat = PackedLoader(run, 3, seed=2, label_mode=mode, flatten=True)
+    ds, L = padded.dataset, padded.dataset.pack_len
+    for p, f in zip(padded, flat):
+        assert p["pack_index"].tolist() == f["pack_index"].tolist()
+        B = p["input_ids"].shape[0]
+        assert p["input_ids"].shape == (B, L) and f["input_ids"].shape == (1, f["num_tokens"])
+        cu = p["cu_seqlens"].tolist()
+        assert cu[-1] == B * L and set(range(0, B * L + 1, L)) <= set(cu), "rows end on segment boundaries"
+        assert f["cu_seqlens"].tolist()[-1] == f["num_tokens"]
+        fi = 0
+        for r, i in enumerate(p["pack_index"].tolist()):
+            item = ds[i]
+            n = len(item["input_ids"])
+            for key in ("input_ids", "labels", "position_ids"):
+                assert p[key][r, :n].tolist() == item[key].tolist() == f[key][0, fi:fi + n].tolist(), key
+            assert (p["labels"][r, n:] == -100).all(), "padding never has a label"
+            assert (p["input_ids"][r, n:] == padded.pad_id).all()
+            fi += n
+        assert p["num_loss_tokens"] == f["num_loss_tokens"] == int((p["labels"] != -100).sum())
+
+
+def test_imbalance_is_small_and_reported(run):
+    ld = PackedLoader(run, 2, world_size=4)
+    imb = ld.imbalance()
+    assert set(imb) == {"step_mean", "step_max", "epoch"} and 0 <= imb["epoch"] < 0.05
+    costs = np.array([10.0, 1, 1, 1, 1, 1, 1, 10])
+    plan = epoch_plan(costs, 2, 2, 0, 0, shuffle=False)
+    # step 0 holds 10,1,1,1 and step 1 holds 1,1,1,10: the heavy pack goes to a different rank each time
+    assert [costs[plan[r]].sum(axis=1).tolist() for r in range(2)] == [[11.0, 2.0], [2.0, 11.0]]
+    assert imbalance(costs, plan)["epoch"] == 0 and imbalance(costs, plan)["step_max"] > 0
+
+
+def test_damaged_shard_errors_name_the_file(tmp_path, byte_tok):
+    data = write_jsonl(tmp_path / "d.jsonl", sft_records(40))
+    pack([str(data)], tmp_path / "r", tokenizer=byte_tok, plan_config=C.PlanConfig(pack_len=256))
+    shard = next((tmp_path / "r" / "shards").glob("*.bin"))
+    raw = bytearray(shard.read_bytes())
+    raw[200] ^= 1
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(FormatError, match=r"shard-00000\.bin: checksum differs"):
+        PackedLoader(tmp_path / "r", 2)
+    shard.write_bytes(bytes(raw[:-10]))
+    with pytest.raises(FormatError, match=r"shard-00000\.bin: truncated"):
+        PackedLoader(tmp_path / "r", 2, verify=False)
