@@ -88,14 +88,14 @@ def gsm8k() -> None:
     import tempfile
 
     from packer.core import config as C
-    from packer.build.plan import _column
-    from packer.build.tokenize import open_tokenized, tokenize
+    from packer.build.tokenize import tokenize
+    from packer.core.formats.tokenized import read_columns
     from packer.build.tokenizer import load_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenize([C.InputSpec(str(gsm), "question", "answer")], Path(tmp) / "t", C.TokenizeConfig(),
                  tokenizer=load_tokenizer(str(gpt2)))
-        lengths = _column(open_tokenized(Path(tmp) / "t")[1], "length")
+        lengths = read_columns(Path(tmp) / "t", ["length"])["length"]
     print(f"{'pack_len':>8} {'bound':>6} " + " ".join(f"{a:>20}" for a in packer.ALGORITHMS))
     for L in (1024, 2048, 4096):
         cells = []

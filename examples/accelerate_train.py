@@ -14,7 +14,7 @@ import torch
 from accelerate import Accelerator
 
 from packer.adapters.accelerate import batch_to, loader
-from packer.train.loss import token_mean_loss
+from packer.loss import token_mean_loss
 from packer.train.model import ModelConfig, PackedLlama
 
 

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 
 from packer.adapters.lightning import PackedDataModule
-from packer.train.loss import token_mean_loss
+from packer.loss import token_mean_loss
 from packer.train.model import ModelConfig, PackedLlama
 
 

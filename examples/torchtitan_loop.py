@@ -13,7 +13,7 @@ import argparse
 import torch
 
 from packer.adapters.torchtitan import TitanLoader
-from packer.train.loss import token_mean_loss
+from packer.loss import token_mean_loss
 from packer.train.model import ModelConfig, PackedLlama
 
 

@@ -12,7 +12,7 @@ import argparse
 import torch
 
 from packer import PackedLoader
-from packer.train.loss import token_mean_loss
+from packer.loss import token_mean_loss
 from packer.train.model import ModelConfig, PackedLlama
 
 

@@ -1,20 +1,18 @@
 """Packer: offline packing of LLM training data into verified, memory-mapped shards.
 
-Layers, highest first; a module imports only from its own layer or below (the import-linter
-contracts in pyproject.toml, run by `make test`, fail on any import that points up)::
+The tree shows the layers; a module imports only from its own layer or below, and build, train and
+exports never import each other (the import-linter contracts in pyproject.toml, run by `make test`)::
 
-    entry      cli; files, inmemory, hf_verify; pipeline
-    runtime    loader > collate, prefetch > dataset                 torch lives on this side only
-    model      loss, hf > model > attention, families
-    stage 3    report > shards, plots                               reads shards through shardset
-    stage 2    planner > solver > binpack, bounds
-    stage 1    tokenization > sources/ (jsonl, table, python), templates, tokenizer, sample
-               , mixture > chats, storage
-    core       shardset > format, manifest, labels > config > errors, ranges, progress, executor
+    entry      cli, pipeline (pack), from_files, from_examples; adapters/ (Lightning, accelerate,
+               torchtitan); the short paths hf, attention, loss (re-exports of packer.train)
+    build/     sources -> tokenize -> plan (planners/) -> write -> report        no torch
+    train/     reader, loader, collate, attention/, loss, model, hf/           torch lives here only
+    exports/   one module per export format                                      no torch
+    core/      errors, config, formats/ (one module per on-disk format), manifest, storage,
+               runstore, cache, buildlock, executors/                            no torch
 
-Building shards (pipeline and everything below it) never imports torch or numba, and the runtime
-and model never import a stage (they read what stages wrote through shardset and format).
-Public names are imported lazily, so `import packer` imports no torch either.
+Data flows one way: source -> Arrow -> plan -> shards -> loader -> model. Public names load lazily,
+so `import packer` imports no torch.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "plan": "packer.build.plan", "Plan": "packer.build.plan", "ALGORITHMS": "packer.build.plan",
+    "plan": "packer.build.planners", "Plan": "packer.build.planners", "ALGORITHMS": "packer.build.planners",
     "pack": "packer.pipeline",
     "tokenize": "packer.build.tokenize", "plan_stage": "packer.build.plan", "write_stage": "packer.build.write",
     "PackedShards": "packer.train.reader",
@@ -33,7 +31,7 @@ _EXPORTS = {
     "pack_dataset": "packer.from_examples",
     "packed_dataset_from_files": "packer.from_files",
     "load_tokenizer": "packer.build.tokenizer", "TokenizerInfo": "packer.build.tokenizer",
-    "ShardSet": "packer.core.shardset", "Manifest": "packer.core.manifest",
+    "ShardSet": "packer.core.formats.shards", "Manifest": "packer.core.manifest",
     "InputSpec": "packer.core.config", "TokenizeConfig": "packer.core.config", "PlanConfig": "packer.core.config",
     "WriteConfig": "packer.core.config",
     "PackerError": "packer.core.errors", "InputError": "packer.core.errors", "FormatError": "packer.core.errors",
@@ -51,11 +49,12 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names load
     from packer.from_examples import pack_dataset
     from packer.train.loader import PackedLoader
     from packer.pipeline import pack
-    from packer.build.plan import ALGORITHMS, Plan, plan, plan_stage
+    from packer.build.plan import plan_stage
+    from packer.build.planners import ALGORITHMS, Plan, plan
     from packer.build.write import write_stage
     from packer.build.tokenize import tokenize
     from packer.core.manifest import Manifest
-    from packer.core.shardset import ShardSet
+    from packer.core.formats.shards import ShardSet
     from packer.build.tokenizer import TokenizerInfo, load_tokenizer
 
 

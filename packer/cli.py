@@ -9,8 +9,12 @@ from pathlib import Path
 
 import click
 
+from packer.build.planners import ALGORITHMS
 from packer.core import config as C
+from packer.core.cache import ENTRY_KINDS
 from packer.core.errors import PackerError
+from packer.core.executors import EXECUTORS
+from packer.exports import FORMATS
 from packer.core.storage import is_url
 
 
@@ -77,8 +81,9 @@ tokenize_options = _apply([
 
 plan_options = _apply([
         click.option("--pack-len", type=int, required=True, help="Tokens per pack."),
-        click.option("--algorithm", default="ortools", show_default=True,
-                     help="ortools (fewest packs within a work budget), bfd, ffd, nextfit (see packer.build.plan.ALGORITHMS)."),
+        click.option("--algorithm", type=click.Choice(list(ALGORITHMS)), default="ortools", show_default=True,
+                     help="ortools: the fewest packs within a work budget; bfd, ffd: one-pass heuristics; nextfit: the "
+                          "baseline (packer.build.planners)."),
         click.option("--overlong", type=click.Choice(C.OVERLONG), default=None,
                      help="Over-long examples (default: truncate for sft/chat, split for text)."),
         click.option("--max-segments", type=int, default=None, help="Cap on examples per pack."),
@@ -156,7 +161,7 @@ def main() -> None:
 @write_options
 @click.option("--workers", type=int, default=0, show_default=True,
               help="Worker processes for the map steps (0: in this process, tokenizer on all cores).")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+@click.option("--executor", type=click.Choice(list(EXECUTORS)), default="local", show_default=True,
               help="Where the map steps run: this machine, or a Ray cluster (RAY_ADDRESS, else a local one).")
 @click.option("--baseline-batch", type=int, default=8, show_default=True,
               help="Batch size of the padded-to-longest baseline in the report.")
@@ -223,7 +228,7 @@ def plan_cmd(run, weights, **kw):
     """Stage 2: RUN/tokenized -> RUN/plan."""
     from packer.core.manifest import read_manifest
     from packer.build.plan import plan_stage
-    from packer.build.tokenize import FORMAT, VERSION
+    from packer.core.formats.tokenized import FORMAT, VERSION
 
     tok = read_manifest(Path(run) / "tokenized", FORMAT, VERSION, "run `packer tokenize` first")
     w: tuple[float, ...] = ()
@@ -302,7 +307,7 @@ def verify(path):
     """Check the structure, every shard's sha256 against the manifest, and every token and mask value."""
     import numpy as np
 
-    from packer.core.shardset import ShardSet, check_files, check_values
+    from packer.core.formats.shards import ShardSet, check_files, check_values
 
     ds = ShardSet(path, verify=False)  # structure: checked on every open
     check_files(ds.path, ds.manifest)  # always hashed here, whatever the verified-marker says
@@ -326,7 +331,7 @@ def inspect(path, index, tokenizer, color):
     import numpy as np
 
     from packer.core.errors import ConfigError
-    from packer.core.shardset import ShardSet
+    from packer.core.formats.shards import ShardSet
     from packer.build.tokenizer import load_tokenizer
 
     ds = ShardSet(path, verify=False)
@@ -357,7 +362,7 @@ def inspect(path, index, tokenizer, color):
 
 @main.command("export")
 @click.argument("run")
-@click.option("--format", "fmt", type=click.Choice(["megatron", "hf", "parquet"]), required=True,
+@click.option("--format", "fmt", type=click.Choice(list(FORMATS)), required=True,
               help="megatron (.bin/.idx), hf (datasets save_to_disk, TRL's packed schema) or parquet (one row per pack).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="New folder for the export.")
 @click.option("--dtype", type=click.Choice(["uint16", "int32"]), default=None,
@@ -383,12 +388,12 @@ def _mb(n: int) -> str:
 @cache.command("info")
 def cache_info():
     """Where the cache is and what each kind of entry holds."""
-    from packer.core.cache import KINDS, entries
-    from packer.core.runstore import cache_dir
+    from packer.core.cache import entries
+    from packer.core.cache import cache_dir
 
     found = entries()
     click.echo(f"cache: {cache_dir()}")
-    for kind in KINDS:
+    for kind in ENTRY_KINDS:
         mine = [e for e in found if e.kind == kind]
         click.echo(f"  {kind:9} {len(mine):5} entries  {_mb(sum(e.bytes for e in mine)):>14}")
 
@@ -396,15 +401,15 @@ def cache_info():
 @cache.command("prune")
 @click.option("--older-than", "days", type=click.FloatRange(min=0), default=7.0, show_default=True,
               help="Remove entries not used for this many days (0: every entry not being built).")
-@click.option("--kind", "kinds", multiple=True, type=click.Choice(["staging", "runs", "files", "verified"]),
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(ENTRY_KINDS),
               help="Only these kinds (repeatable; default: all).")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 @_fail_cleanly
 def cache_prune(days, kinds, dry_run):
     """Remove cache entries not used lately; entries a live builder holds are kept."""
-    from packer.core.cache import KINDS, prune
+    from packer.core.cache import prune
 
-    removed, busy = prune(days, tuple(kinds) or KINDS, dry_run=dry_run)
+    removed, busy = prune(days, tuple(kinds) or ENTRY_KINDS, dry_run=dry_run)
     for e in removed:
         click.echo(f"{'would remove' if dry_run else 'removed'} {e.kind}/{e.path.name} ({_mb(e.bytes)})")
     for e in busy:

@@ -24,7 +24,7 @@ from packer.core.errors import ConfigError, InputError
 from packer.core.manifest import commit_stage, current
 from packer.build.plan import plan_stage
 from packer.build.write import write_stage
-from packer.build.tokenize import FORMAT, VERSION, chunk_name, examples_table, write_chunk
+from packer.core.formats.tokenized import FORMAT, VERSION, chunk_name, examples_table, write_chunk
 
 SOURCE = "examples"  # how in-memory input is named in errors and manifests
 

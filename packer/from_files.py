@@ -18,7 +18,7 @@ from packer.core.executors import Executor
 from packer.core.manifest import MANIFEST
 from packer.pipeline import pack, with_weights
 from packer.core.cache import touch
-from packer.core.runstore import cache_dir as user_cache
+from packer.core.cache import cache_dir as user_cache
 from packer.core.storage import expand, identity
 from packer.build.tokenizer import TokenizerInfo, load_tokenizer
 

@@ -61,3 +61,28 @@ def test_stages_share_one_signature_shape():
         assert positional == inputs + ["out", "config"], fn.__name__
         assert "rehash" in _keywords(fn)
         assert sig.return_annotation in ("Manifest", packer.Manifest), fn.__name__
+
+
+def test_short_paths_are_the_real_objects():
+    """The documented short paths (packer.hf, packer.attention, packer.loss) re-export packer.train's
+    objects themselves, so a monkeypatch or an isinstance check sees one object, and list every name."""
+    import packer.attention
+    import packer.hf
+    import packer.loss
+    from packer.train import attention, loss
+    from packer.train.hf import integration, verify
+
+    for short, homes in ((packer.hf, (integration, verify)), (packer.attention, (attention,)), (packer.loss, (loss,))):
+        assert short.__all__, short.__name__
+        for name in short.__all__:
+            assert any(getattr(h, name, None) is getattr(short, name) for h in homes), f"{short.__name__}.{name}"
+    docs = (ROOT / "docs" / "API.md").read_text()
+    for short in (packer.hf, packer.attention, packer.loss):
+        assert f"`{short.__name__}`" in docs
+        for name in short.__all__:
+            assert f"`{name}" in docs, f"{short.__name__}.{name} is not in docs/API.md"
+
+
+def test_shardset_refuses_a_url_and_says_where_urls_go():
+    with pytest.raises(ConfigError, match="PackedShards"):
+        packer.ShardSet("s3://bucket/run")

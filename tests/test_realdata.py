@@ -46,12 +46,12 @@ def test_gsm8k_2048_round_trip(tmp_path):
 
 @pytest.fixture(scope="module")
 def gsm8k_lengths(tmp_path_factory):
-    from packer.build.plan import _column
-    from packer.build.tokenize import open_tokenized, tokenize
+    from packer.build.tokenize import tokenize
+    from packer.core.formats.tokenized import read_columns
 
     out = tmp_path_factory.mktemp("gsm") / "t"
     tokenize([C.InputSpec(str(GSM8K), "question", "answer")], out, C.TokenizeConfig(), tokenizer=load_tokenizer(str(GPT2)))
-    return _column(open_tokenized(out)[1], "length")
+    return read_columns(out, ["length"])["length"]
 
 
 @pytest.mark.parametrize("pack_len,bfd_packs,nextfit_packs", [(1024, 1352, 1471), (2048, 670, 696), (4096, 333, 340)])

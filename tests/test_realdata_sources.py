@@ -13,7 +13,8 @@ import pytest
 
 from packer.core import config as C
 from packer.pipeline import pack
-from packer.build.tokenize import open_tokenized, tokenize
+from packer.build.tokenize import tokenize
+from packer.core.formats.tokenized import open_tokenized
 from packer.build.tokenizer import load_tokenizer
 
 from conftest import SHARED

@@ -1,157 +1,25 @@
-"""Stage 2, plan: example lengths -> which examples share each pack.
+"""Stage 2, plan: the tokenized examples' lengths -> which tokens of which examples share each pack.
 
-`plan()` is the pure planner over an int array. `plan_stage()` applies the over-long policy to
-the tokenized examples (pieces), plans the pieces and writes the plan folder:
-
-    pieces.npy   int64 [n, 3]   (row, start, length): tokens [start, start+length) of tokenized row
-    order.npy    int64 [n]      piece indices, pack by pack
-    offsets.npy  int64 [P + 1]  pack p holds order[offsets[p]:offsets[p+1]]
+`plan_stage()` applies the mixture weights and the over-long policy to the tokenized examples (giving
+pieces), plans the pieces with an algorithm of packer.build.planners (or the wrapped layout) and
+writes the plan folder (packer.core.formats.plan).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from packer.build.planners import fit_decreasing as binpack
-from packer.core import config as C
+from packer.build.planners import Plan, plan
 from packer.build.planners.bounds import lower_bound
-from packer.core.context_parallel import check_cp_size, padded_lengths
+from packer.core import config as C
+from packer.core.context_parallel import padded_lengths
+from packer.core.formats.plan import FORMAT, VERSION, write_plan
 from packer.core.errors import ConfigError, FormatError, InputError
 from packer.core.manifest import Manifest, commit_stage, current, read_manifest
 from packer.core.ranges import within
-
-FORMAT = "packer-plan"
-VERSION = 3  # 2: manifests carry manifest_sha256; 3: mixture weights (a row may repeat), deterministic solver
-
-Algorithm = Callable[..., "tuple[np.ndarray, np.ndarray, bool | None]"]
-
-
-def _heuristic(fn: Callable[..., binpack.Packing]) -> Algorithm:
-    def run(lengths: np.ndarray, pack_len: int, *, seed: int, max_segments: int | None,
-            time_limit: float | None) -> tuple[np.ndarray, np.ndarray, bool | None]:
-        order, offsets = fn(lengths, pack_len, max_segments)
-        return order, offsets, None
-
-    run.__doc__ = fn.__doc__
-    return run
-
-
-def _lazy_ortools(lengths: np.ndarray, pack_len: int, **kw) -> tuple[np.ndarray, np.ndarray, bool | None]:
-    """See packer.build.planners.ortools (imported on use: OR-Tools is heavy to import)."""
-    from packer.build.planners.ortools import ortools_plan
-
-    return ortools_plan(lengths, pack_len, **kw)
-
-
-ALGORITHMS: dict[str, Algorithm] = {
-    # nextfit: input order, one open pack; the baseline (what streaming packers do).
-    "nextfit": _heuristic(binpack.nextfit),
-    # ffd: sorted, oldest pack that fits; within a fraction of a percent of bfd, slightly faster.
-    "ffd": _heuristic(binpack.ffd),
-    # bfd: sorted, tightest pack that fits; the usual choice, 10M items in under a second.
-    "bfd": _heuristic(binpack.bfd),
-    # ortools (the default): bfd, then exact subset-sum refill and CP-SAT; reaches the lower bound on
-    # real SFT data in well under a second up to ~1e5 items; slower per item, bounded by a deterministic
-    # work budget that grows with the number of items (packer.build.planners.ortools.default_budget).
-    "ortools": _lazy_ortools,
-}
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A packing of items into packs of at most `pack_len` tokens.
-
-    Example, lengths [3, 4, 1] at pack_len 4 with bfd::
-
-        order   = [1, 0, 2]      pack 0: item 1 (4 tokens); pack 1: items 0, 2 (3 + 1 tokens)
-        offsets = [0, 1, 3]
-    """
-
-    order: np.ndarray
-    """int64 [n]: item indices, pack by pack."""
-    offsets: np.ndarray
-    """int64 [num_packs + 1]: pack p holds order[offsets[p]:offsets[p+1]]."""
-    pack_len: int
-    lower_bound: int
-    """max(L1, L2): no plan can use fewer packs."""
-    optimal: bool | None
-    """True when proven optimal (the plan meets the lower bound), None when not proven: no algorithm
-    here can prove a plan above the bound optimal, so there is no False."""
-    algorithm: str
-    seconds: float
-    time_limit: float | None = None
-
-    @property
-    def num_packs(self) -> int:
-        return len(self.offsets) - 1
-
-    @property
-    def gap(self) -> float:
-        """(packs - lower_bound) / lower_bound: the most this plan can be above the optimum."""
-        return (self.num_packs - self.lower_bound) / max(1, self.lower_bound)
-
-    def packs(self) -> list[np.ndarray]:
-        """The item indices of each pack (for inspection; the arrays are the fast path)."""
-        return [self.order[a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:])]
-
-    def pack_tokens(self, lengths: np.ndarray) -> np.ndarray:
-        """int64 [num_packs]: tokens in each pack."""
-        return np.add.reduceat(np.asarray(lengths, np.int64)[self.order], self.offsets[:-1]) \
-            if len(self.order) else np.zeros(0, np.int64)
-
-
-def _check_time_limit(algorithm: str, time_limit: float | None) -> None:
-    if time_limit is not None and algorithm != "ortools":
-        raise ConfigError(f"time_limit applies to the ortools planner only; {algorithm} would ignore it: drop "
-                          "it or choose algorithm 'ortools'")
-    if time_limit is not None and not time_limit >= 0:
-        raise ConfigError(f"time_limit must be a number of seconds >= 0 or None; got {time_limit!r}")
-
-
-def plan(lengths: np.ndarray, pack_len: int, algorithm: str = "ortools", *, seed: int = 0,
-         max_segments: int | None = None, time_limit: float | None = None, cp_size: int = 1) -> Plan:
-    """Pack items of the given lengths (each 1..pack_len) into as few packs as the algorithm can.
-
-    cp_size N > 1 plans for context parallelism: every item occupies its length rounded up to a multiple
-    of 2N (packer.core.context_parallel), so each of N ranks can hold a whole, balanced share of every pack;
-    pack_len must be divisible by 2N.
-
-    Raises ValueError for lengths outside 1..pack_len (apply the over-long policy first) and
-    ConfigError for an unknown algorithm.
-    """
-    lengths = np.asarray(lengths)
-    if lengths.ndim != 1 or (lengths.size and not np.issubdtype(lengths.dtype, np.integer)):
-        raise ValueError("lengths must be a 1-D integer array")
-    lengths = lengths.astype(np.int64, copy=False)
-    if lengths.size and (lengths.min() < 1 or lengths.max() > pack_len):
-        bad = int(np.flatnonzero((lengths < 1) | (lengths > pack_len))[0])
-        raise ValueError(f"lengths must be in 1..{pack_len}; item {bad} has length {int(lengths[bad])} "
-                         "(apply an over-long policy first: truncate, drop or split)")
-    if algorithm not in ALGORITHMS:
-        raise ConfigError(f"unknown algorithm '{algorithm}'; choose one of {', '.join(ALGORITHMS)}")
-    _check_time_limit(algorithm, time_limit)
-    if cp_size != 1:
-        check_cp_size(pack_len, cp_size)
-        lengths = padded_lengths(lengths, cp_size)  # what each item occupies in a CP pack
-    if algorithm == "ortools" and time_limit is None:
-        from packer.build.planners.ortools import default_budget
-
-        time_limit = default_budget(len(lengths))  # stated in the plan, so the report says what was spent
-    t0 = time.perf_counter()
-    order, offsets, optimal = ALGORITHMS[algorithm](
-        lengths, pack_len, seed=seed, max_segments=max_segments, time_limit=time_limit)
-    seconds = time.perf_counter() - t0
-    lb = lower_bound(lengths, pack_len)
-    if max_segments is not None and len(lengths):
-        lb = max(lb, -(-len(lengths) // max_segments))
-    if optimal is None and len(offsets) - 1 == lb:
-        optimal = True  # meeting the lower bound proves it
-    return Plan(order, offsets, int(pack_len), lb, optimal, algorithm, seconds, time_limit)
 
 
 def cut_overlong(lengths: np.ndarray, prompt_len: np.ndarray, pack_len: int, policy: str
@@ -199,7 +67,7 @@ def cut_overlong(lengths: np.ndarray, prompt_len: np.ndarray, pack_len: int, pol
 
 def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, rehash: bool = False) -> Manifest:
     """Stage 2: plan the tokenized folder `tokenized` into the folder `out`; returns its manifest."""
-    from packer.build.tokenize import FORMAT as TOK_FORMAT, VERSION as TOK_VERSION, read_columns
+    from packer.core.formats.tokenized import FORMAT as TOK_FORMAT, VERSION as TOK_VERSION, read_columns
 
     tok_manifest = read_manifest(Path(tokenized), TOK_FORMAT, TOK_VERSION,
                                  "run `packer tokenize` (or `packer pack`) again")
@@ -235,9 +103,7 @@ def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, 
                          "raise --pack-len" + ("" if config.overlong == "split" else " or pass --overlong split"))
 
     def build(tmp: Path) -> dict:
-        np.save(tmp / "pieces.npy", pieces)
-        np.save(tmp / "order.npy", p.order)
-        np.save(tmp / "offsets.npy", p.offsets)
+        write_plan(tmp, pieces, p.order, p.offsets)
         tokens = int(pieces[:, 2].sum())
         return {
             "format": FORMAT, "version": VERSION, "digest": digest, "config": C.to_dict(config),
@@ -324,35 +190,6 @@ def mixture_rows(source: np.ndarray, weights: tuple[float, ...], seed: int, sour
             rng = np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, s, 0x6D6978]))
             count[idx[rng.choice(len(idx), k, replace=False)]] += 1
     return np.repeat(np.arange(n, dtype=np.int64), count)
-
-
-def read_plan(folder: str | Path) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
-    """(manifest, pieces, order, offsets) of a plan folder."""
-    folder = Path(folder)
-    hint = "run `packer plan` (or `packer pack`) again"
-    manifest = read_manifest(folder, FORMAT, VERSION, hint)
-    arrays = []
-    for name in ("pieces.npy", "order.npy", "offsets.npy"):
-        try:
-            arrays.append(np.load(folder / name, allow_pickle=False))
-        except (OSError, ValueError, EOFError) as e:
-            raise FormatError(str(folder / name), f"unreadable ({str(e).splitlines()[0][:100]})", hint) from None
-    pieces, order, offsets = arrays
-    n = len(pieces)
-    ok = (pieces.dtype == np.int64 and pieces.ndim == 2 and pieces.shape[1] == 3 and order.dtype == np.int64
-          and order.ndim == 1 and offsets.dtype == np.int64 and offsets.ndim == 1 and len(offsets) >= 1
-          and offsets[0] == 0 and offsets[-1] == len(order) and bool(np.all(np.diff(offsets) >= 0))
-          and (len(order) == 0 or (int(order.min()) >= 0 and int(order.max()) < n))
-          and (n == 0 or (int(pieces.min()) >= 0 and int(pieces[:, 2].min()) > 0)))
-    if not ok:
-        raise FormatError(str(folder), "pieces.npy, order.npy and offsets.npy do not form a plan "
-                          "(shapes, dtypes or ranges)", hint)
-    return manifest, pieces, order, offsets
-
-
-def _column(tables: list, name: str) -> np.ndarray:
-    parts = [t.column(name).to_numpy() for t in tables]
-    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
 def _raise_overlong(manifest: dict, cols: dict, lengths: np.ndarray, pack_len: int) -> None:

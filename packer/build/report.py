@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from packer.build.planners.bounds import lower_bound
-from packer.core.formats.shards import read_slice
-from packer.core.shardset import ShardSet, resolve
+from packer.core.formats.shards import ShardSet, read_slice, resolve
 
 FIELDS = [  # (key, label, format) for tables
     ("layout", "layout", "{}"), ("algorithm", "algorithm", "{}"), ("pack_len", "pack length", "{:,}"), ("num_examples", "examples", "{:,}"),
@@ -47,7 +46,7 @@ def _tokenized_lengths(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
     """(example_index, file_index, length) of every tokenized example, when the run kept them."""
     if not (run / "tokenized" / "manifest.json").is_file():
         return None
-    from packer.build.tokenize import read_columns
+    from packer.core.formats.tokenized import read_columns
 
     cols = read_columns(run / "tokenized", ("example_index", "file_index", "length"))
     return cols["example_index"], cols["file_index"], cols["length"]

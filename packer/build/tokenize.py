@@ -1,19 +1,8 @@
-"""Stage 1, tokenize: any source (packer.build.sources) -> Arrow files of token ids, loss masks and lineage.
+"""Stage 1, tokenize: any source (packer.build.sources) -> tokenized Arrow chunks (packer.core.formats.tokenized).
 
 A map over chunks of records (JSON Lines lines, a Parquet row group, Arrow record batches): each chunk
 is read by its worker, rendered into spans, batch-encoded by the Rust tokenizer and written as
 `chunk-NNNNN.arrow` on its own, so any executor can run the chunks.
-
-One Arrow row per example (Arrow IPC file, no compression):
-
-    example_index int64       record number among all records of all inputs (0-based)
-    file_index    int32       position of the file among the input files (globs expanded)
-    line          int64       where the record is in its file: the 1-based line (JSON Lines) or the
-                              0-based row (Parquet, Arrow)
-    length        int32       tokens in the example
-    prompt_len    int32       tokens before the first trained-on token
-    input_ids     list<uint32>
-    loss_mask     list<uint8> 1 where the token is a training target
 """
 
 from __future__ import annotations
@@ -30,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from packer.core import config as C
-from packer.core.errors import FormatError, InputError
+from packer.core.errors import ConfigError, InputError
 from packer.core.executors import Executor, resolve
 from packer.build import sources
 from packer.build.sources import Chunk, Columns
@@ -39,20 +28,9 @@ from packer.core.manifest import Manifest, commit_stage, current
 from packer.core.progress import progress
 from packer.build.templates import make_renderer
 from packer.build.tokenizer import TokenizerInfo
+from packer.core.formats.tokenized import FORMAT, SCHEMA, VERSION, chunk_name, examples_table
 
 ENCODE_BATCH = 1024  # texts per tokenizer call: enough for its thread pool, ~20 MB of Encoding objects
-FORMAT = "packer-tokenized"
-VERSION = 3  # 2: manifests carry manifest_sha256; 3: sources, input identities (size, sha256 or ETag), line = row for tables
-
-SCHEMA = pa.schema([
-    ("example_index", pa.int64()),
-    ("file_index", pa.int32()),
-    ("line", pa.int64()),
-    ("length", pa.int32()),
-    ("prompt_len", pa.int32()),
-    ("input_ids", pa.list_(pa.uint32())),
-    ("loss_mask", pa.list_(pa.uint8())),
-])
 
 
 @dataclass(frozen=True)
@@ -108,10 +86,17 @@ def columns(spec: C.InputSpec, cfg: C.TokenizeConfig) -> Columns:
     return Columns(any_of=(f["messages_field"], "conversations"), optional=optional)
 
 
+def _job() -> Job:
+    """This process's job, set by _init_worker: an executor runs the initializer before any map step."""
+    if _JOB is None:
+        raise ConfigError("the executor ran tokenize_chunk without its initializer: an executor must call "
+                          "initializer(*initargs) in each process before fn (see packer.core.executors)")
+    return _JOB
+
+
 def _renderer(source: int):
     if source not in _RENDERERS:
-        job = _JOB
-        assert job is not None  # set by _init_worker before any chunk runs
+        job = _job()
         spec, cfg = job.inputs[source], job.config
         _RENDERERS[source] = make_renderer(cfg.kind, cfg.template, _fields(spec, cfg), job.tokenizer.chat_template,
                                            job.tokenizer.special, chat_format=spec.chat_format or cfg.chat_format,
@@ -131,8 +116,7 @@ def _error_reason(e: InputError) -> str:
 def tokenize_chunk(chunk: Chunk) -> ChunkResult:
     """Map step: one chunk of records -> one Arrow file (one record batch per chunk_records records).
     Pure: output bytes depend on the chunk only. Memory is bounded by chunk_records records."""
-    job = _JOB
-    assert job is not None  # set by _init_worker
+    job = _job()
     source = job.file_source[chunk.file_index]
     render = _renderer(source)
     cols = columns(job.inputs[source], job.config)
@@ -221,34 +205,6 @@ def _encode_batch(job: Job, file_index: int, render, batch: list, writer, skippe
     counts.update(records=len(batch), examples=n, tokens=int(lengths.sum()), loss_tokens=int(loss.sum()))
 
 
-def examples_table(example_index: np.ndarray, file_index: np.ndarray, line: np.ndarray, lengths: np.ndarray,
-                   ids: np.ndarray, loss: np.ndarray) -> pa.Table:
-    """The stage-1 table (SCHEMA, see the module docstring) of N examples: per example its record
-    number int64 [N], input file int32 [N], line int64 [N] and length [N]; flat ids [T] and loss mask
-    [T] (0/1), T = lengths.sum(). prompt_len is derived here. The one place that builds this format."""
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    loss = np.asarray(loss, dtype=np.uint8)
-    return pa.table({
-        "example_index": pa.array(np.asarray(example_index, np.int64), pa.int64()),
-        "file_index": pa.array(np.asarray(file_index, np.int32), pa.int32()),
-        "line": pa.array(np.asarray(line, np.int64), pa.int64()),
-        "length": pa.array(np.asarray(lengths).astype(np.int32), pa.int32()),
-        "prompt_len": pa.array(_first_true(loss, offsets).astype(np.int32), pa.int32()),
-        "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.asarray(ids).astype(np.uint32))),
-        "loss_mask": pa.ListArray.from_arrays(pa.array(offsets), pa.array(loss)),
-    }, schema=SCHEMA)
-
-
-def write_chunk(table: pa.Table, dest: str | Path | pa.NativeFile) -> None:
-    """Write one chunk (Arrow IPC file format, uncompressed, so readers memory-map it) to a path or stream."""
-    if isinstance(dest, pa.NativeFile):
-        with pa.ipc.new_file(dest, SCHEMA) as writer:
-            writer.write_table(table)
-        return
-    with pa.OSFile(str(dest), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
-        writer.write_table(table)
-
-
 def _encode_spans(tok, texts: list[str], span_loss: list[bool], spans_per_example: list[int]
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Encode every span on its own (one batch call) and concatenate: the loss mask follows the
@@ -297,24 +253,6 @@ def _encode_joined(tok, texts: list[str], span_loss: list[bool], spans_per_examp
     if not ids_parts:
         return np.zeros(0, np.uint32), np.zeros(0, np.uint8), np.zeros(0, np.int64)
     return np.concatenate(ids_parts), np.concatenate(loss_parts), np.asarray(lengths, np.int64)
-
-
-def _first_true(mask: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Per example, the index (within the example) of its first 1 in `mask`; its length when none."""
-    n = len(offsets) - 1
-    lengths = np.diff(offsets)
-    if n == 0:
-        return np.zeros(0, np.int64)
-    pos = np.flatnonzero(mask)
-    first = np.searchsorted(pos, offsets[:-1])
-    found = first < len(pos)
-    cand = np.where(found, pos[np.minimum(first, len(pos) - 1)], offsets[1:])
-    within = np.minimum(cand, offsets[1:]) - offsets[:-1]
-    return np.where(within < lengths, within, lengths)
-
-
-def chunk_name(index: int) -> str:
-    return f"chunk-{index:05d}.arrow"
 
 
 def tokenize(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, config: C.TokenizeConfig, *,
@@ -423,87 +361,6 @@ def _template_text(template: str) -> str | None:
     p = Path(template)
     return p.read_text(encoding="utf-8") if template not in ("auto", "alpaca", "chatml", "none",
                                                               "tokenizer") and p.is_file() else None
-
-
-def open_tokenized(folder: str | Path, *, maps: list | None = None) -> tuple[dict, list[pa.Table]]:
-    """The manifest and the memory-mapped Arrow tables (zero-copy) of a tokenize stage folder, each
-    checked for its schema and structure (offsets inside their buffers) before use.
-
-    maps: when given, the files are mapped with Python's mmap and the maps appended to it, so the
-    caller can drop the pages it has read (mmap.madvise) and keep its memory flat.
-    """
-    import mmap
-
-    manifest, hint = _listed(folder)
-    tables = []
-    for c in manifest["chunks"]:
-        path = Path(folder) / c["file"]
-        try:
-            if maps is None:  # the map stays open as long as the table's buffers refer to it
-                source = pa.memory_map(str(path), "r")
-            else:
-                with open(path, "rb") as f:
-                    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-                # Random access: no read-ahead or fault-around (16 pages mapped per touched page).
-                mm.madvise(mmap.MADV_RANDOM)
-                maps.append(mm)
-                source = pa.BufferReader(pa.py_buffer(mm))
-        except OSError as e:
-            raise FormatError(str(path), f"unreadable tokenized chunk ({str(e).splitlines()[0][:120]})", hint) from None
-        tables.append(_checked_table(path, source, c, hint))
-    return manifest, tables
-
-
-def _listed(folder: str | Path) -> tuple[dict, str]:
-    """A tokenize stage's sealed manifest, its 'chunks' checked to name chunk-00000.arrow, ... in order."""
-    from packer.core.manifest import read_manifest
-
-    folder = Path(folder)
-    hint = "run `packer tokenize` (or `packer pack`) again"
-    manifest = read_manifest(folder, FORMAT, VERSION, hint)
-    chunks = manifest.get("chunks")
-    if not isinstance(chunks, list) or not all(isinstance(c, dict) and isinstance(c.get("file"), str)
-                                               and c["file"] == chunk_name(i) for i, c in enumerate(chunks)):
-        raise FormatError(str(folder / "manifest.json"), "'chunks' does not list chunk-00000.arrow, ... in order",
-                          hint)
-    return manifest, hint
-
-
-def _checked_table(path: Path, source, entry: dict, hint: str) -> pa.Table:
-    """One chunk read from `source`, checked for the schema, Arrow's structure and the manifest's row count."""
-    try:
-        table = pa.ipc.open_file(source).read_all()
-        if not table.schema.equals(SCHEMA):
-            raise ValueError(f"schema {table.schema.names} is not the tokenized schema")
-        table.validate()
-    except (pa.ArrowException, OSError, ValueError) as e:
-        raise FormatError(str(path), f"unreadable tokenized chunk ({str(e).splitlines()[0][:120]})", hint) from None
-    if table.num_rows != entry.get("examples"):
-        raise FormatError(str(path), f"{table.num_rows} rows, manifest.json records {entry.get('examples')}", hint)
-    return table
-
-
-def read_columns(folder: str | Path, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """The per-example columns `names` (not the token lists) of a tokenize stage folder, as int64 arrays.
-
-    Each chunk is read (not mapped), checked as open_tokenized checks it, and dropped before the next:
-    mapping would fault whole page-cache folios into this process for a few bytes a row (~40 MB at
-    150k examples on Linux 6.18), so memory would grow with the data.
-    """
-    manifest, hint = _listed(folder)
-    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for c in manifest["chunks"]:
-        path = Path(folder) / c["file"]
-        try:
-            with pa.OSFile(str(path), "r") as f:
-                table = _checked_table(path, f, c, hint)
-        except OSError as e:
-            raise FormatError(str(path), f"unreadable tokenized chunk ({str(e).splitlines()[0][:120]})", hint) from None
-        for n in names:
-            parts[n].append(table.column(n).to_numpy().astype(np.int64))
-        del table
-        pa.default_memory_pool().release_unused()  # one chunk's buffers at a time, not the pool's high-water
-    return {n: np.concatenate(p) if p else np.zeros(0, np.int64) for n, p in parts.items()}
 
 
 def appends_eos(config: C.TokenizeConfig, info: TokenizerInfo) -> bool:

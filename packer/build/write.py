@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from packer.core import config as C
 from packer.core.formats import shards as fmt
-from packer.core.errors import FormatError
+from packer.core.errors import ConfigError, FormatError
 from packer.core.executors import Executor, resolve
 from packer.core.manifest import Manifest, commit_stage, current, read_manifest
 from packer.core.progress import progress
@@ -81,7 +81,7 @@ class _Source:
     def __init__(self, folder: str):
         import mmap
 
-        from packer.build.tokenize import open_tokenized
+        from packer.core.formats.tokenized import open_tokenized
 
         maps: list[mmap.mmap] = []
         manifest, tables = open_tokenized(folder, maps=maps)
@@ -168,7 +168,9 @@ def _init_worker(folder: str) -> None:
 def write_one(task: ShardTask) -> ShardResult:
     """Map step: gather and write one shard file."""
     src = _SOURCE
-    assert src is not None  # set by _init_worker
+    if src is None:
+        raise ConfigError("the executor ran write_one without its initializer: an executor must call "
+                          "initializer(*initargs) in each process before fn (see packer.core.executors)")
     seg_len = task.pieces[:, 2]
     cum = np.cumsum(seg_len)
     # Blocks of about BLOCK_TOKENS: the shard is gathered and written a block at a time, tokens then
@@ -215,7 +217,7 @@ def _split_shards(pack_bytes: np.ndarray, limit: int) -> np.ndarray:
 
 def _check_pieces(tokenized: Path, pieces: np.ndarray, tok_manifest: dict) -> None:
     """Every piece of the plan lies inside its tokenized example (the gather never reads out of bounds)."""
-    from packer.build.tokenize import open_tokenized
+    from packer.core.formats.tokenized import open_tokenized
 
     _, tables = open_tokenized(tokenized)
     lengths = np.concatenate([t.column("length").to_numpy() for t in tables]).astype(np.int64) if tables \
@@ -229,10 +231,10 @@ def _check_pieces(tokenized: Path, pieces: np.ndarray, tok_manifest: dict) -> No
 def write_stage(tokenized: str | Path, plan_dir: str | Path, out: str | Path, config: C.WriteConfig,
                 *, executor: Executor | str | None = None, workers: int = 0, rehash: bool = False) -> Manifest:
     """Stage 3: write the shards of `plan_dir` into the folder `out`; returns the dataset manifest."""
-    from packer.build.plan import read_plan
+    from packer.core.formats.plan import read_plan
 
     run = resolve(executor, workers)
-    from packer.build.tokenize import FORMAT as TOK_FORMAT, VERSION as TOK_VERSION
+    from packer.core.formats.tokenized import FORMAT as TOK_FORMAT, VERSION as TOK_VERSION
 
     tok_manifest = read_manifest(Path(tokenized), TOK_FORMAT, TOK_VERSION, "run `packer pack` again")
     plan_manifest, pieces, order, offsets = read_plan(plan_dir)

@@ -20,9 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packer.core.buildlock import in_use
-from packer.core.runstore import cache_dir
 
-KINDS = ("staging", "runs", "files", "verified")
+ENTRY_KINDS = ("staging", "runs", "files", "verified")
+
+
+def cache_dir() -> Path:
+    """The user's Packer cache: PACKER_CACHE, else XDG_CACHE_HOME/packer, else ~/.cache/packer."""
+    root = os.environ.get("PACKER_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "packer")
+    return Path(root)
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,7 @@ def entries(root: Path | None = None) -> list[Entry]:
     """Every entry of the cache, by kind then name (locks and temporary files belong to their entry)."""
     root = cache_dir() if root is None else root
     found = []
-    for kind in KINDS:
+    for kind in ENTRY_KINDS:
         folder = root / kind
         if not folder.is_dir():
             continue
@@ -62,15 +68,15 @@ def entries(root: Path | None = None) -> list[Entry]:
     return found
 
 
-def prune(older_than_days: float = 0.0, kinds: tuple[str, ...] = KINDS, *, dry_run: bool = False,
+def prune(older_than_days: float = 0.0, kinds: tuple[str, ...] = ENTRY_KINDS, *, dry_run: bool = False,
           root: Path | None = None) -> tuple[list[Entry], list[Entry]]:
     """Remove the entries of `kinds` not used for `older_than_days` days; returns (removed, kept in use).
 
     dry_run: only say what would go.
     """
-    unknown = sorted(set(kinds) - set(KINDS))
+    unknown = sorted(set(kinds) - set(ENTRY_KINDS))
     if unknown:
-        raise ValueError(f"unknown cache kind(s) {', '.join(unknown)}; choose from {', '.join(KINDS)}")
+        raise ValueError(f"unknown cache kind(s) {', '.join(unknown)}; choose from {', '.join(ENTRY_KINDS)}")
     if older_than_days < 0:
         raise ValueError(f"older_than_days must be >= 0, got {older_than_days}")
     cutoff = time.time() - older_than_days * 86400
@@ -101,4 +107,4 @@ def touch(path: Path) -> None:
         pass
 
 
-__all__ = ["KINDS", "Entry", "entries", "prune", "touch"]
+__all__ = ["ENTRY_KINDS", "Entry", "cache_dir", "entries", "prune", "touch"]

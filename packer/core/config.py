@@ -168,7 +168,7 @@ class PlanConfig:
     pack_len: int = 2048
     """Tokens per pack (the training sequence length)."""
     algorithm: str = "ortools"
-    """Packing algorithm: see packer.build.plan.ALGORITHMS. The default searches for the fewest packs
+    """Packing algorithm: see packer.build.planners.ALGORITHMS. The default searches for the fewest packs
     within a deterministic budget that grows with the data; bfd is the fast one-pass heuristic."""
     overlong: str = "truncate"
     """What to do with an example longer than pack_len: truncate (keep the prompt, cut the end),

@@ -21,6 +21,7 @@ import os
 import re
 from pathlib import Path
 
+from packer.core.cache import cache_dir
 from packer.core.errors import FormatError
 from packer.core.manifest import MANIFEST, sha256_file
 from packer.core.storage import filesystem, is_url, unreachable
@@ -29,13 +30,6 @@ COMMIT = f"shards/{MANIFEST}"
 PRODUCTS = ("report.json", "report.md", "report.html")
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 HINT = "run `packer pack ... --out URL` again to publish a complete run"
-
-
-def cache_dir() -> Path:
-    """The user's Packer cache: PACKER_CACHE, else XDG_CACHE_HOME/packer, else ~/.cache/packer."""
-    root = os.environ.get("PACKER_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "packer")
-    return Path(root)
 
 
 def _key(text: str) -> str:
@@ -140,4 +134,4 @@ def local_run(path: str | Path) -> Path:
     return Path(path)
 
 
-__all__ = ["COMMIT", "cache_dir", "staging", "publish", "fetch", "local_run"]
+__all__ = ["COMMIT", "staging", "publish", "fetch", "local_run"]

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from packer.core.errors import ConfigError
 from packer.exports import hf, megatron, parquet
-from packer.core.shardset import ShardSet
+from packer.core.formats.shards import ShardSet
+from packer.core.runstore import local_run
 
 FORMATS = {"megatron": megatron, "hf": hf, "parquet": parquet}
 DTYPES = ("uint16", "int32", "int64")
@@ -41,7 +42,7 @@ def export(run: str | Path, fmt: str, out: str | Path, *, dtype: str | None = No
     out = Path(out)
     if out.exists():
         raise ConfigError(f"{out} already exists; remove it or choose another --out (an export never overwrites)")
-    shards = ShardSet(run, verify=True)
+    shards = ShardSet(local_run(run), verify=True)  # a URL: the committed run, fetched into the cache
     if dtype == "uint16" and shards.vocab_size > 2**16:
         raise ConfigError(f"--dtype uint16 holds ids up to 65,535, but the run's vocabulary has "
                           f"{shards.vocab_size:,} ids; choose --dtype int32")

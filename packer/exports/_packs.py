@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from packer.core.labels import make_labels, positions
-from packer.core.shardset import ShardSet
+from packer.core.formats.shards import ShardSet
 
 
 @dataclass

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from packer.core.errors import ConfigError
 from packer.exports._packs import list_array, shard_arrays
-from packer.core.shardset import ShardSet
+from packer.core.formats.shards import ShardSet
 
 
 def write(shards: ShardSet, tmp: Path, dtype: str | None) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from packer.exports._packs import shard_arrays
-from packer.core.shardset import ShardSet
+from packer.core.formats.shards import ShardSet
 
 HEADER = b"MMIDIDX\x00\x00"
 CODES = {np.dtype(np.uint8): 1, np.dtype(np.int32): 4, np.dtype(np.int64): 5, np.dtype(np.uint16): 8}

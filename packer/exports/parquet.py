@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from packer.exports._packs import list_array, shard_arrays
-from packer.core.shardset import ShardSet
+from packer.core.formats.shards import ShardSet
 
 SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())),
                     ("position_ids", pa.list_(pa.int32())), ("loss_mask", pa.list_(pa.uint8())),

@@ -37,7 +37,7 @@ from numba.extending import intrinsic
 
 from packer.core.errors import REBUILD_HINT, FormatError
 from packer.core.labels import IGNORE, check_label_mode
-from packer.core.shardset import check_values
+from packer.core.formats.shards import check_values
 
 
 @numba.njit(cache=True, nogil=True)

@@ -7,7 +7,7 @@ Pack i with segments of lengths [3, 2] (tokens a b c | d e) and loss on b c e gi
     cu_seqlens    [0, 3, 5]                      int32, segment boundaries
     labels        -100 b    c    -100 e          label_mode="unshifted" (packer.core.labels has "shifted")
 
-The folder is opened and checked by packer.core.shardset.ShardSet; labels and positions come from
+The folder is opened and checked by packer.core.formats.shards.ShardSet; labels and positions come from
 packer.core.labels. This module only turns a pack into tensors.
 """
 
@@ -20,7 +20,8 @@ import torch
 
 from packer.core.labels import check_label_mode, make_labels, positions
 from packer.core.context_parallel import padded_lengths
-from packer.core.shardset import ShardSet, check_values
+from packer.core.formats.shards import ShardSet, check_values
+from packer.core.runstore import local_run
 
 
 class PackedShards(ShardSet, torch.utils.data.Dataset):
@@ -36,7 +37,7 @@ class PackedShards(ShardSet, torch.utils.data.Dataset):
         file's sha256 once per run with verify=True, the default)."""
         check_label_mode(label_mode)
         self.label_mode = label_mode
-        super().__init__(path, verify=verify)
+        super().__init__(local_run(path), verify=verify)  # a URL: the committed run, fetched into the cache
 
     def __getstate__(self) -> dict:
         """Worker processes reopen the memory maps instead of receiving copies of the data."""

@@ -11,7 +11,8 @@ import pytest
 from packer.core import config as C
 from packer.core.errors import ConfigError, InputError
 from packer.build.templates import make_renderer
-from packer.build.tokenize import open_tokenized, tokenize
+from packer.build.tokenize import tokenize
+from packer.core.formats.tokenized import open_tokenized
 
 from conftest import write_jsonl
 

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 import packer
 from packer.build.planners.bounds import l1_bound, l2_bound, lower_bound
 from packer.core.errors import ConfigError
-from packer.build.plan import ALGORITHMS, cut_overlong
+from packer.build.plan import cut_overlong
+from packer.build.planners import ALGORITHMS
 
 
 def reference(lengths: list[int], pack_len: int, best: bool, max_segments: int | None = None) -> list[list[int]]:

@@ -13,7 +13,8 @@ import zstandard
 from packer.core import config as C
 from packer.core.config import InputSpec
 from packer.core.errors import ConfigError, InputError
-from packer.build.tokenize import open_tokenized, tokenize
+from packer.build.tokenize import tokenize
+from packer.core.formats.tokenized import open_tokenized
 
 from conftest import write_jsonl
 

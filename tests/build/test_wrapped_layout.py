@@ -14,7 +14,7 @@ from packer.train.reader import PackedShards
 from packer.core.errors import ConfigError
 from packer.pipeline import pack
 from packer.build.plan import wrap, wrapped_plan
-from packer.build.tokenize import open_tokenized
+from packer.core.formats.tokenized import open_tokenized
 
 from conftest import write_jsonl
 

@@ -14,7 +14,7 @@ from packer.train.loader import PackedLoader, eval_plan
 from packer.train.loss import example_sources, mean_example_loss, per_example_loss
 from packer.train.model import ModelConfig, PackedLlama
 from packer.pipeline import pack
-from packer.build.tokenize import open_tokenized
+from packer.core.formats.tokenized import open_tokenized
 
 from conftest import sft_records, write_jsonl
 from hypothesis import given, settings, strategies as st

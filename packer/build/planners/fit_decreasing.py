@@ -1,8 +1,8 @@
-"""Bin packing over integer lengths: next-fit, first-fit-decreasing, best-fit-decreasing. No I/O.
+"""First-fit and best-fit decreasing: the one-pass heuristics over integer lengths. No I/O.
 
-Each function takes lengths (int array, each in 1..pack_len) and returns (order, offsets): pack p
-holds items order[offsets[p]:offsets[p+1]], in the order they were placed. Packs are numbered in
-the order they were opened.
+Each function takes lengths (int array, each in 1..pack_len) and returns a Packing (order, offsets;
+packer.build.planners.base). Trade-off: within a fraction of a percent of the optimum on real SFT data
+and 10M items in under a second, but no proof; ffd is slightly faster, bfd slightly tighter.
 
 FFD and BFD are the exact textbook algorithms with fixed ties: items are taken in a stable
 descending sort (equal lengths keep input order); first fit takes the oldest pack with room; best
@@ -18,29 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-Packing = tuple[np.ndarray, np.ndarray]
-
-
-def nextfit(lengths: np.ndarray, pack_len: int, max_segments: int | None = None) -> Packing:
-    """Fill packs in input order; open a new one when the next item does not fit.
-
-    The baseline the reports compare against (what naive streaming packers do). O(n) memory;
-    one binary search per pack, not per item.
-    """
-    n = len(lengths)
-    cs = np.cumsum(lengths, dtype=np.int64)
-    starts = []
-    i = 0
-    # One iteration per pack (about n / mean items per pack); each is a binary search.
-    while i < n:
-        base = cs[i - 1] if i else 0
-        j = int(np.searchsorted(cs, base + pack_len, side="right"))
-        if max_segments is not None:
-            j = min(j, i + max_segments)
-        starts.append(i)
-        i = j
-    starts.append(n)
-    return np.arange(n, dtype=np.int64), np.asarray(starts, dtype=np.int64)
+from packer.build.planners.base import Packing
 
 
 def _classes(lengths: np.ndarray, pack_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

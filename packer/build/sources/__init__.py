@@ -3,6 +3,12 @@
     scan(files, chunk_records, columns, map_fn) -> list[Chunk]     (driver; counting runs in map_fn)
     read(chunk, columns) -> Iterator[Record]                       (worker)
 
+Every source module has the same three functions (SOURCES is the registry)::
+
+    claims(path) -> bool                                            does this source read the path
+    scan([(file_index, path)], chunk_records, columns, map_fn, size) -> {file_index: [Chunk]}
+    read(chunk, columns) -> Iterator[Record]
+
 Chunks come from what is cheap to learn: a table's metadata (Parquet row groups, Arrow record
 batches; the schema is checked before any work) or, for JSON Lines, the counts that workers take of
 byte ranges. `read` yields a chunk's records as dicts, or the InputError that says why a record is
@@ -17,50 +23,43 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from packer.build.sources import jsonl, table
 from packer.build.sources.base import Chunk, Columns, Record
-from packer.core.storage import is_table_folder, is_url, local_path, size_of
+from packer.core.storage import size_of
 
-READERS = {"jsonl": jsonl, "table": table}
+# The family: a path is read by the first source that claims it (jsonl claims every path, so it comes
+# last). A new input format is one module with claims, scan and read, and one line here.
+SOURCES = {"table": table, "jsonl": jsonl}
+
+MapFn = Callable[[Callable[[Any], Any], list], Iterable]
 
 
 def kind_of(path: str) -> str:
-    """The reader of a file, by its suffix (a save_to_disk folder is a table)."""
-    name = str(path).lower()
-    if name.endswith((".parquet", ".arrow", ".feather", ".ipc")):
-        return "table"
-    if not is_url(path) and Path(local_path(path)).is_dir() and is_table_folder(Path(local_path(path))):
-        return "table"
-    return "jsonl"
-
-
-MapFn = Callable[[Callable[[Any], Any], list], Iterable]
+    """The name of the source that reads `path`."""
+    return next(name for name, source in SOURCES.items() if source.claims(path))
 
 
 def scan(files: Sequence[str], chunk_records: int, columns: Sequence[Columns], map_fn: MapFn | None = None,
          sizes: Sequence[int] | None = None) -> list[Chunk]:
     """Every file's chunks, in order, numbered; columns[i] is what file i's records must hold.
 
-    map_fn(fn, items) runs the JSON Lines counting step (an executor's map; None: in this process);
+    map_fn(fn, items) runs a source's counting step (an executor's map; None: in this process);
     sizes[i] is file i's size in bytes when already known (else it is asked of the storage)."""
-    counted_files = [i for i, f in enumerate(files) if kind_of(f) == "jsonl"]
-    rngs = {i: jsonl.ranges(files[i], sizes[i] if sizes is not None else size_of(files[i])) for i in counted_files}
-    tasks = [(r, chunk_records) for i in counted_files for r in rngs[i]]
-    results = iter(list((map_fn or _serial)(jsonl.count, tasks)) if tasks else [])
-    counted = {i: [next(results) for _ in rngs[i]] for i in counted_files}
+    kinds = [kind_of(f) for f in files]
+    found: dict[int, list[Chunk]] = {}
+    for name, source in SOURCES.items():
+        mine = [(i, f) for i, f in enumerate(files) if kinds[i] == name]
+        if mine:
+            found.update(source.scan(mine, chunk_records, columns, map_fn or _serial,
+                                     lambda i: sizes[i] if sizes is not None else size_of(files[i])))
     out: list[Chunk] = []
     record = 0
-    for file_index, path in enumerate(files):
-        if file_index in counted:
-            found = jsonl.chunks(file_index, rngs[file_index], counted[file_index], record)
-        else:
-            found = list(table.scan(path, file_index, record, chunk_records, columns[file_index]))
-        for chunk in found:
-            out.append(replace(chunk, index=len(out)))
-            record = chunk.first_record + chunk.records
+    for file_index in range(len(files)):
+        for chunk in found[file_index]:
+            out.append(replace(chunk, index=len(out), first_record=record))
+            record += chunk.records
     return out
 
 
@@ -70,7 +69,7 @@ def _serial(fn: Callable[[Any], Any], items: list) -> Iterable:
 
 def read(chunk: Chunk, columns: Columns) -> Iterator[Record]:
     """The records of a chunk (worker side)."""
-    return READERS[kind_of(chunk.path)].read(chunk, columns)
+    return SOURCES[kind_of(chunk.path)].read(chunk, columns)
 
 
-__all__ = ["Chunk", "Columns", "Record", "READERS", "kind_of", "scan", "read"]
+__all__ = ["Chunk", "Columns", "Record", "SOURCES", "kind_of", "scan", "read"]

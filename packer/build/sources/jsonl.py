@@ -13,7 +13,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -158,6 +158,21 @@ def count(task: tuple[Range, int]) -> Counted:
     if records:
         chunks.append((start, before, records))
     return Counted(lines, tuple(chunks))
+
+
+def claims(path: str) -> bool:
+    """Every file no other source claims: .jsonl, .json, .jsonl.gz, .jsonl.zst and anything else."""
+    return True
+
+
+def scan(files: Sequence[tuple[int, str]], chunk_records: int, columns: Sequence[Columns], map_fn: Callable,
+         size: Callable[[int], int]) -> dict[int, list[Chunk]]:
+    """Driver side: each file's chunks (records numbered from 0 within the file). The driver learns only
+    the sizes and cuts ranges; one map step (map_fn, an executor's map) counts every file's ranges."""
+    rngs = {i: ranges(path, size(i)) for i, path in files}
+    tasks = [(r, chunk_records) for i, _ in files for r in rngs[i]]
+    results = iter(list(map_fn(count, tasks)) if tasks else [])
+    return {i: chunks(i, rngs[i], [next(results) for _ in rngs[i]], 0) for i, _ in files}
 
 
 def chunks(file_index: int, rngs: Sequence[Range], counted: Sequence[Counted], first_record: int) -> list[Chunk]:

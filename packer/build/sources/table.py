@@ -11,7 +11,7 @@ a worker fetches only its row group's column chunks.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from packer.core.errors import InputError
 from packer.build.sources.base import Chunk, Columns, Record
-from packer.core.storage import is_url, local_path, open_input
+from packer.core.storage import is_table_folder, is_url, local_path, open_input
 
 HINT = "name the column with --query-field, --response-field, --messages-field or --text-field (or PATH#query=COLUMN)"
 READ_ROWS = 1024  # rows turned into Python dicts at a time: a row group's dicts never all exist at once
@@ -85,7 +85,24 @@ def _ipc_batches(part: str) -> Iterator[pa.RecordBatch]:
         yield from reader
 
 
-def scan(path: str, file_index: int, first_record: int, chunk_records: int, columns: Columns) -> Iterator[Chunk]:
+SUFFIXES = (".parquet", ".arrow", ".feather", ".ipc")
+
+
+def claims(path: str) -> bool:
+    """Parquet and Arrow files by suffix, and local `datasets` save_to_disk folders."""
+    if str(path).lower().endswith(SUFFIXES):
+        return True
+    return not is_url(path) and Path(local_path(path)).is_dir() and is_table_folder(Path(local_path(path)))
+
+
+def scan(files: Sequence[tuple[int, str]], chunk_records: int, columns: Sequence[Columns], map_fn: Callable,
+         size: Callable[[int], int]) -> dict[int, list[Chunk]]:
+    """Driver side: each file's chunks from its metadata alone (records numbered from 0 within the file);
+    nothing to count, so map_fn and size are not used."""
+    return {i: list(scan_file(path, i, 0, chunk_records, columns[i])) for i, path in files}
+
+
+def scan_file(path: str, file_index: int, first_record: int, chunk_records: int, columns: Columns) -> Iterator[Chunk]:
     """Chunks of one table input, from its metadata: Parquet row groups, or runs of Arrow record batches
     of about chunk_records rows. Raises InputError for a missing column before any chunk is yielded."""
     record = first_record

@@ -29,33 +29,40 @@ class Executor(Protocol):
         ...
 
 
-NAMES = ("local", "ray")
+def _local(workers: int) -> Executor:
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+        raise ConfigError(f"workers must be a whole number >= 0; got {workers!r}")
+    return LocalExecutor(workers)
+
+
+def _ray(workers: int) -> Executor:
+    if workers:
+        raise ConfigError("workers= is for the local executor; Ray uses the cluster's CPUs (drop --workers)")
+    from packer.core.executors.ray import RayExecutor  # imported on use: ray is an optional extra
+
+    return RayExecutor()
+
+
+# The family, by the name --executor takes: a factory of `workers`. A new executor is one module and one line.
+EXECUTORS: dict[str, Callable[[int], Executor]] = {"local": _local, "ray": _ray}
+NAMES = tuple(EXECUTORS)
 
 
 def resolve(executor: Executor | str | None, workers: int = 0) -> Executor:
     """The executor a stage runs on: the one given (or named: "local", "ray"), else the local one with
     `workers` processes."""
     if isinstance(executor, str):
-        if executor == "local":
-            executor = None
-        elif executor == "ray":
-            if workers:
-                raise ConfigError("workers= is for the local executor; Ray uses the cluster's CPUs (drop --workers)")
-            from packer.core.executors.ray import RayExecutor
-
-            return RayExecutor()
-        else:
+        if executor not in EXECUTORS:
             raise ConfigError(f"unknown executor '{executor}'; choose one of {', '.join(NAMES)}")
+        return EXECUTORS[executor](workers)
     if executor is not None and workers:
         raise ConfigError("pass executor= or workers=, not both (workers=N is short for LocalExecutor(N))")
     if executor is None:
-        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
-            raise ConfigError(f"workers must be a whole number >= 0; got {workers!r}")
-        return LocalExecutor(workers)
+        return _local(workers)
     if not callable(getattr(executor, "map", None)):
         raise ConfigError(f"{type(executor).__name__} is not an executor: it has no map(fn, items, initializer, "
                           "initargs) method")
     return executor
 
 
-__all__ = ["Executor", "LocalExecutor", "NAMES", "resolve"]
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "NAMES", "resolve"]

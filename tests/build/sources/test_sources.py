@@ -16,7 +16,8 @@ from packer.core import config as C
 from packer.core.errors import InputError
 from packer.build.sources import Columns
 from packer.pipeline import pack
-from packer.build.tokenize import open_tokenized, tokenize
+from packer.build.tokenize import tokenize
+from packer.core.formats.tokenized import open_tokenized
 
 from conftest import sft_records, write_jsonl
 

@@ -151,7 +151,7 @@ def test_pack_bytes_and_overhead_are_exact(packs, code):
 
 def test_check_values_bounds_and_messages():
     """Ids up to vocab_size - 1 and mask bytes 0/1 pass; anything else names the pack (or the shard)."""
-    from packer.core.shardset import check_values
+    from packer.core.formats.shards import check_values
 
     check_values(np.array([0, 8], np.uint16), np.array([0, 1], np.uint8), 9, "f.bin", 0)
     check_values(np.zeros(0, np.uint16), np.zeros(0, np.uint8), 1, "f.bin", 0)

@@ -14,8 +14,8 @@ from packer.core import config as C
 from packer.core.errors import FormatError
 from packer.core.manifest import SEAL, seal
 from packer.pipeline import pack
-from packer.core.runstore import cache_dir as _cache_dir
-from packer.core.shardset import ShardSet, check_lineage, check_manifest, resolve, verify_once
+from packer.core.cache import cache_dir as _cache_dir
+from packer.core.formats.shards import ShardSet, check_lineage, check_manifest, resolve, verify_once
 
 from conftest import sft_records, write_jsonl
 
@@ -183,7 +183,7 @@ def test_shardset_verifies_by_default(run, tmp_path):
 
 
 def test_verify_once_hashes_once_per_run_and_again_after_a_change(run, tmp_path, monkeypatch):
-    import packer.core.shardset as S
+    import packer.core.formats.shards as S
 
     monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "cache"))
     assert _cache_dir() == tmp_path / "cache"

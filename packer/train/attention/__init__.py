@@ -40,169 +40,18 @@ picks the fastest backend that runs every requested variant.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from packer.core.errors import ConfigError
+from packer.train.attention import flash, flex, sdpa, torch_varlen
+from packer.train.attention.base import Variant
 
-
-@dataclass(frozen=True)
-class Variant:
-    """The attention variant one call asks for (see the module docstring); all None is plain attention."""
-
-    window: int | None = None
-    softcap: float | None = None
-    sinks: torch.Tensor | None = None
-
-    def names(self) -> list[str]:
-        """The variants in use, by name."""
-        return [n for n in ("window", "softcap", "sinks") if getattr(self, n) is not None]
-
-
-def _band(n: int, causal: bool, window: int | None, device) -> torch.Tensor | None:
-    """(n, n) bool mask of allowed (query, key) pairs within one sequence, or None for plain causal/full."""
-    if window is None or (causal and window >= n):  # a window as long as the sequence changes nothing
-        return None
-    i = torch.arange(n, device=device)
-    d = i[:, None] - i[None, :]
-    return (d >= 0) & (d < window)
-
-
-def _explicit(qs, ks, vs, causal, scale, variant: Variant):
-    """Scores computed explicitly: (B, H, n, D) inputs, softcap and sinks applied as transformers' eager does."""
-    n, d = qs.shape[-2], qs.shape[-1]
-    rep = qs.shape[1] // ks.shape[1]
-    if rep > 1:
-        ks, vs = ks.repeat_interleave(rep, 1), vs.repeat_interleave(rep, 1)
-    s = torch.matmul(qs, ks.transpose(-1, -2)) * (scale if scale is not None else d ** -0.5)
-    if variant.softcap is not None:
-        s = torch.tanh(s / variant.softcap) * variant.softcap
-    allowed = _band(n, causal, variant.window, qs.device)
-    if allowed is None and causal:
-        allowed = torch.ones(n, n, dtype=torch.bool, device=qs.device).tril()
-    if allowed is not None:
-        s = s.masked_fill(~allowed, float("-inf"))
-    acc = torch.float32 if s.dtype in (torch.float16, torch.bfloat16) else s.dtype  # softmax never below fp32
-    if variant.sinks is not None:
-        sink = variant.sinks.to(s.dtype).reshape(1, -1, 1, 1).expand(s.shape[0], -1, n, 1)
-        s = torch.cat([s, sink], -1)
-        s = s - s.max(-1, keepdim=True).values
-        p = torch.softmax(s, -1, dtype=acc)[..., :-1]
-    else:
-        p = torch.softmax(s, -1, dtype=acc)
-    return torch.matmul(p.to(vs.dtype), vs)
-
-
-def _sdpa(q, k, v, cu_seqlens, max_seqlen, causal, scale, variant: Variant):
-    """Per-sequence SDPA; sequences of equal length go through one batched call."""
-    cu = cu_seqlens.tolist()
-    lens = [b - a for a, b in zip(cu[:-1], cu[1:])]
-    groups: dict[int, list[int]] = {}
-    for i, n in enumerate(lens):
-        if n:
-            groups.setdefault(n, []).append(i)
-    gqa = q.shape[1] != k.shape[1]
-    explicit = variant.softcap is not None or variant.sinks is not None
-    pieces, rows = [], []
-    # One SDPA call per distinct length (at most the number of sequences).
-    for n, seqs in groups.items():
-        if len(seqs) == 1:
-            a = cu[seqs[0]]
-            idx = None
-            qs, ks, vs = (t[a:a + n].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
-        else:
-            starts = torch.tensor([cu[i] for i in seqs], device=q.device)
-            idx = (starts[:, None] + torch.arange(n, device=q.device)[None, :]).reshape(-1)
-            qs, ks, vs = (t[idx].view(len(seqs), n, t.shape[1], t.shape[2]).transpose(1, 2) for t in (q, k, v))
-        if explicit:
-            out = _explicit(qs, ks, vs, causal, scale, variant)
-        else:
-            band = _band(n, causal, variant.window, q.device)
-            if band is None:
-                out = F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal, scale=scale, enable_gqa=gqa)
-            else:
-                out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=band, scale=scale, enable_gqa=gqa)
-        pieces.append(out.transpose(1, 2).reshape(-1, q.shape[1], v.shape[2]))
-        rows.append(idx if idx is not None else torch.arange(cu[seqs[0]], cu[seqs[0]] + n, device=q.device))
-    if not pieces:
-        return q.new_zeros(0, q.shape[1], v.shape[2])
-    order = torch.cat(rows)
-    out = torch.cat(pieces)
-    if len(pieces) == 1 and len(order) == q.shape[0]:
-        return out
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(len(order), device=order.device)
-    return out[inverse]
-
-
-def _flex(q, k, v, cu_seqlens, max_seqlen, causal, scale, variant: Variant):
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    total = q.shape[0]
-    doc = torch.repeat_interleave(torch.arange(len(cu_seqlens) - 1, device=q.device),
-                                  (cu_seqlens[1:] - cu_seqlens[:-1]).long(), output_size=total)
-    window = variant.window
-
-    def mask(b, h, qi, ki):
-        same = doc[qi] == doc[ki]
-        if causal:
-            same = same & (qi >= ki)
-        if window is not None:
-            same = same & (qi - ki < window)
-        return same
-
-    score_mod = None
-    if variant.softcap is not None:
-        cap = variant.softcap
-
-        def score_mod(score, b, h, qi, ki):
-            return torch.tanh(score / cap) * cap
-
-    block = create_block_mask(mask, None, None, total, total, device=q.device)
-    out = flex_attention(*(t.transpose(0, 1).unsqueeze(0) for t in (q, k, v)), score_mod=score_mod,
-                         block_mask=block, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
-    return out.squeeze(0).transpose(0, 1)
-
-
-def _window_size(causal: bool, variant: Variant) -> tuple[int, int]:
-    """flash-attn's (left, right): a query attends keys i - left .. i + right; -1 is unbounded."""
-    left = variant.window - 1 if variant.window is not None else -1
-    return (left, 0) if causal else (left, -1)
-
-
-def _flash_attn(q, k, v, cu_seqlens, max_seqlen, causal, scale, variant: Variant):
-    from flash_attn import flash_attn_varlen_func
-
-    cu = cu_seqlens.to(torch.int32)
-    return flash_attn_varlen_func(q, k, v, cu, cu, max_seqlen, max_seqlen, softmax_scale=scale, causal=causal,
-                                  window_size=_window_size(causal, variant),
-                                  softcap=variant.softcap if variant.softcap is not None else 0.0)
-
-
-def _torch_varlen(q, k, v, cu_seqlens, max_seqlen, causal, scale, variant: Variant):
-    from torch.nn.attention.varlen import varlen_attn
-
-    cu = cu_seqlens.to(torch.int32)
-    return varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, scale=scale,
-                       window_size=_window_size(causal, variant), enable_gqa=q.shape[1] != k.shape[1])
-
-
-BACKENDS: dict[str, Callable] = {
-    "flash_attn": _flash_attn,
-    "torch_varlen": _torch_varlen,
-    "flex": _flex,
-    "sdpa": _sdpa,
-}
-
+# The family, fastest first (the order `auto` tries); a new backend is one module and one line here.
+_MODULES = {"flash_attn": flash, "torch_varlen": torch_varlen, "flex": flex, "sdpa": sdpa}
+BACKENDS: dict[str, Callable] = {name: m.attention for name, m in _MODULES.items()}
 # Which variants each backend computes exactly; anything else is refused, never approximated.
-SUPPORTS: dict[str, frozenset[str]] = {
-    "flash_attn": frozenset({"window", "softcap"}),
-    "torch_varlen": frozenset({"window"}),
-    "flex": frozenset({"window", "softcap"}),
-    "sdpa": frozenset({"window", "softcap", "sinks"}),
-}
+SUPPORTS: dict[str, frozenset[str]] = {name: m.SUPPORTS for name, m in _MODULES.items()}
 
 
 def unsupported(backend: str, variant: Variant) -> str | None:
@@ -217,29 +66,9 @@ def unsupported(backend: str, variant: Variant) -> str | None:
 
 def unavailable(backend: str, q: torch.Tensor, training: bool) -> str | None:
     """Why `backend` cannot run these tensors here, or None when it can."""
-    if backend == "flash_attn":
-        try:
-            import flash_attn  # noqa: F401
-        except ImportError:
-            return "flash-attn is not installed (pip install 'packer[flash]')"
-        if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
-            return "flash-attn needs CUDA tensors in fp16 or bf16"
-        return None
-    if backend == "torch_varlen":
-        try:
-            from torch.nn.attention import varlen  # noqa: F401  (a plain `import torch...` would shadow torch)
-        except ImportError:
-            return f"torch {torch.__version__} has no torch.nn.attention.varlen"
-        if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
-            return "torch varlen_attn needs CUDA tensors in fp16 or bf16"
-        return None
-    if backend == "flex":
-        if training and not q.is_cuda:
-            return "FlexAttention has no backward pass on CPU in this torch; use sdpa for training"
-        return None
-    if backend == "sdpa":
-        return None
-    raise ConfigError(f"unknown attention backend '{backend}'; choose auto or one of {', '.join(BACKENDS)}")
+    if backend not in _MODULES:
+        raise ConfigError(f"unknown attention backend '{backend}'; choose auto or one of {', '.join(BACKENDS)}")
+    return _MODULES[backend].unavailable(q, training)
 
 
 def pick_backend(q: torch.Tensor, training: bool, variant: Variant = Variant()) -> str:
