@@ -81,3 +81,9 @@ def test_inspect_marks_the_trained_tokens(tmp_path):
     assert "<|im_start|>user\nq0<|im_end|>\n<|im_start|>assistant\n[[a0<|im_end|>\n<|endoftext|>]]" in r.output
     bad = CliRunner().invoke(main, ["inspect", str(tmp_path / "run"), "--pack", "7"])
     assert bad.exit_code != 0 and "--pack 7: the run has packs 0..0" in bad.output
+
+
+def test_an_odd_pack_length_packs(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"query": f"q{i}", "response": "r" * i} for i in range(1, 40)])
+    r = CliRunner().invoke(main, ["pack", str(data), "--out", str(tmp_path / "o"), "--pack-len", "1001", "--quiet"])
+    assert r.exit_code == 0, r.output

@@ -128,3 +128,24 @@ def test_pack_dataset_output_feeds_the_loader_without_an_eos_id(tmp_path):
     batches = list(packer.PackedLoader(tmp_path / "run", 2, drop_last=False))
     assert batches and all(int(b["input_ids"][b["labels"] == -100].min()) >= 0 for b in batches)
     assert sum(b["num_tokens"] for b in batches) >= sum(len(e["input_ids"]) for e in exs)
+
+
+@pytest.mark.parametrize("pack_len", [5, 13, 25, 1001])
+def test_odd_pack_lengths_pack_without_context_parallelism(pack_len):
+    """Only context parallelism needs pack lengths divisible by 2 x cp_size; at cp_size 1 any length packs
+    (other projects' packing tests use 5, 13 and 25), every token exactly once and no pack over the length."""
+    lengths = [1, 2, 3, 4, 5, 3, 2, 5, 1]
+    exs = [{"input_ids": [10 * i + j + 1 for j in range(n)]} for i, n in enumerate(lengths)]
+    ds = packer.pack_dataset(exs, pack_len, overlong="drop")
+    got = sorted(t for i in range(len(ds)) for t in ds[i]["input_ids"].tolist())
+    assert got == sorted(t for e in exs for t in e["input_ids"]) and all(len(ds[i]["input_ids"]) <= pack_len
+                                                                         for i in range(len(ds)))
+
+
+def test_odd_pack_length_with_context_parallelism_is_still_refused():
+    from packer.core.config import PlanConfig
+    from packer.core.errors import ConfigError
+
+    PlanConfig(pack_len=1001)  # no CP: fine
+    with pytest.raises(ConfigError, match="not divisible by 2 x cp_size = 4"):
+        PlanConfig(pack_len=1001, cp_size=2)

@@ -23,10 +23,11 @@ from packer.core.errors import ConfigError
 
 
 def check_cp_size(pack_len: int, cp_size: int) -> None:
-    """A pack length every CP rank can split: divisible by 2 x cp_size."""
-    if not isinstance(cp_size, int) or cp_size < 1:
+    """A pack length every CP rank can split: divisible by 2 x cp_size. cp_size 1 (no context parallelism)
+    takes any pack length."""
+    if not isinstance(cp_size, int) or isinstance(cp_size, bool) or cp_size < 1:
         raise ConfigError(f"cp_size must be a whole number >= 1; got {cp_size!r}")
-    if pack_len % (2 * cp_size):
+    if cp_size > 1 and pack_len % (2 * cp_size):
         up = -(-pack_len // (2 * cp_size)) * 2 * cp_size
         raise ConfigError(f"pack length {pack_len} is not divisible by 2 x cp_size = {2 * cp_size}; pass a pack length "
                           f"that is (e.g. --pack-len {up}) or another --cp-size")
