@@ -331,10 +331,12 @@ def check_files(folder: Path, manifest: dict) -> None:
 
 
 def verify_once(folder: Path, manifest: dict) -> None:
-    """sha256 of every file against the manifest, skipped when this exact run (manifest seal, every file's
-    size and mtime) was verified before on this machine."""
+    """sha256 of every file against the manifest, skipped when these very files were verified before on this
+    machine: the marker is keyed by the manifest's seal and, per file, what git's index keys a file by
+    (device, inode, size, mtime, ctime). A copy (new inodes, even with the mtimes kept) or a file
+    rewritten in place (its ctime moves, even when the mtime is put back) is hashed again."""
     stats = {n: (folder / n).stat() for n in sorted(manifest["files"])}
-    stamp = {n: [st.st_size, st.st_mtime_ns] for n, st in stats.items()}
+    stamp = {n: [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns] for n, st in stats.items()}
     key = hashlib.sha256(json.dumps([manifest.get("manifest_sha256"), stamp]).encode()).hexdigest()
     marker = cache_dir() / "verified" / key
     if marker.is_file():

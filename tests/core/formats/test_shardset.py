@@ -218,3 +218,47 @@ def test_cache_dir_follows_packer_cache_then_xdg(monkeypatch, tmp_path):
 def test_resolve_takes_a_run_or_a_shards_folder(run, tmp_path):
     assert resolve(run) == run / "shards" and resolve(run / "shards") == run / "shards"
     assert resolve(tmp_path) == tmp_path
+
+
+def _flip_a_token_keeping_mtime(shard: Path, vocab: int) -> None:
+    """Change one token id in place (to another id inside the vocabulary, so the id check cannot see it),
+    same size, and put the mtime back as a careful editor or a restore tool would."""
+    st = shard.stat()
+    data = bytearray(shard.read_bytes())
+    at = 64  # the tokens array starts right after the 64-byte header
+    old = int.from_bytes(data[at:at + 2], "little")
+    new = old - 1 if old > 1 else old + 1
+    assert new < vocab
+    data[at:at + 2] = new.to_bytes(2, "little")
+    with open(shard, "r+b") as f:  # in place: the inode stays the same
+        f.write(data)
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert shard.stat().st_mtime_ns == st.st_mtime_ns and shard.stat().st_size == st.st_size
+
+
+def test_the_verified_marker_does_not_vouch_for_a_copy(run, tmp_path, monkeypatch):
+    """A copied run keeps sizes and mtimes (cp -p, rsync -t, shutil.copytree), so a marker keyed by them
+    would skip hashing the copy: one edited token would reach the batches. Keyed as git's index keys files
+    (device, inode, size, mtime, ctime), the copy is hashed on its first open and the edit refused."""
+    import shutil
+
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "cache"))
+    ShardSet(run)  # verified: the marker is written
+    copy_ = tmp_path / "copy"
+    shutil.copytree(run, copy_)
+    _flip_a_token_keeping_mtime(copy_ / "shards" / "shard-00000.bin", _manifest(run)["tokenizer"]["vocab_size"])
+    with pytest.raises(FormatError, match="shard-00000.bin: checksum differs"):
+        ShardSet(copy_)
+
+
+def test_the_verified_marker_sees_an_edit_in_place_with_the_mtime_put_back(run, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "cache"))
+    mine = tmp_path / "mine"
+    shutil.copytree(run, mine)
+    ShardSet(mine)  # verified
+    ShardSet(mine)  # and the marker is used
+    _flip_a_token_keeping_mtime(mine / "shards" / "shard-00000.bin", _manifest(run)["tokenizer"]["vocab_size"])
+    with pytest.raises(FormatError, match="shard-00000.bin: checksum differs"):
+        ShardSet(mine)
