@@ -10,18 +10,18 @@ One module per format, each with the same function::
 
 Every export reads the shards through ShardSet with verify=True (a damaged run is refused before
 anything is written), is written into a temporary folder beside `out` and renamed into place with its
-`export.json` last, so an export is complete or absent; an existing `out` is never overwritten.
+`_export.json` last (packer.core.formats.export), so an export is complete or absent; an existing `out` is never overwritten.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
 from packer.core.errors import ConfigError
 from packer.exports import hf, megatron, parquet
+from packer.core.formats.export import write_meta
 from packer.core.formats.shards import ShardSet
 from packer.core.runstore import local_run
 
@@ -31,7 +31,7 @@ DTYPES = ("uint16", "int32", "int64")
 
 def export(run: str | Path, fmt: str, out: str | Path, *, dtype: str | None = None) -> dict:
     """Export the shards of `run` (a run or shards folder, or a committed URL) as `fmt` into the new
-    folder `out`; returns the export's summary (also written as out/export.json).
+    folder `out`; returns the export's summary (also written as out/_export.json).
 
     dtype: the token id type where the format lets you choose (megatron: uint16 or int32; default: the
     smallest that holds the vocabulary); one too small for the vocabulary is refused."""
@@ -51,10 +51,9 @@ def export(run: str | Path, fmt: str, out: str | Path, *, dtype: str | None = No
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        summary = dict(FORMATS[fmt].write(shards, tmp, dtype), format=fmt, source=str(shards.path),
-                       source_manifest_sha256=shards.manifest.get("manifest_sha256"),
-                       pack_len=shards.pack_len, vocab_size=shards.vocab_size)
-        (tmp / "export.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+        summary = write_meta(tmp, dict(FORMATS[fmt].write(shards, tmp, dtype), format=fmt, source=str(shards.path),
+                                       source_manifest_sha256=shards.manifest.get("manifest_sha256"),
+                                       pack_len=shards.pack_len, vocab_size=shards.vocab_size))
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -55,7 +55,9 @@ def test_parquet_export_has_one_row_per_pack_equal_to_packedshards(run, tmp_path
     import pyarrow.parquet as pq
 
     export(run, "parquet", tmp_path / "pq")
-    rows = pq.read_table(tmp_path / "pq" / "packs.parquet").to_pylist()
+    # the folder itself is the dataset (as Spark, polars and DuckDB read it): the metadata file is
+    # named with a leading underscore, so readers by directory skip it
+    rows = pq.read_table(tmp_path / "pq").to_pylist()
     items = _items(run)
     assert len(rows) == len(items)
     for row, it in zip(rows, items):
@@ -111,6 +113,26 @@ def test_cli_export(run, tmp_path):
 
     r = CliRunner().invoke(main, ["export", str(run), "--format", "parquet", "--out", str(tmp_path / "e")])
     assert r.exit_code == 0, r.output
-    assert json.loads((tmp_path / "e" / "export.json").read_text())["packs"] == len(PackedShards(run))
+    assert json.loads((tmp_path / "e" / "_export.json").read_text())["packs"] == len(PackedShards(run))
     r = CliRunner().invoke(main, ["export", str(run), "--format", "parquet", "--out", str(tmp_path / "e")])
     assert r.exit_code != 0 and "already exists" in r.output
+
+
+def test_export_metadata_golden_and_checked(run, tmp_path):
+    """_export.json: its one module (packer.core.formats.export) writes and reads it; the keys below are
+    its documented schema (docs/FORMAT.md), and a foreign or edited file is refused by name."""
+    from packer.core.errors import FormatError
+    from packer.core.formats.export import META, read_meta
+
+    summary = export(run, "megatron", tmp_path / "mg")
+    meta = read_meta(tmp_path / "mg")
+    assert META == "_export.json" and meta == summary
+    assert sorted(meta) == ["export_version", "files", "format", "pack_len", "packs", "prefixes", "source",
+                            "source_manifest_sha256", "token_dtype", "vocab_size"]
+    assert meta["export_version"] == 1 and meta["format"] == "megatron"
+    (tmp_path / "mg" / META).write_text(json.dumps(dict(meta, export_version=0)))
+    with pytest.raises(FormatError, match="_export.json: export_version 0"):
+        read_meta(tmp_path / "mg")
+    (tmp_path / "mg" / META).write_text("[]")
+    with pytest.raises(FormatError, match="_export.json"):
+        read_meta(tmp_path / "mg")
