@@ -78,7 +78,9 @@ class RayExecutor:
         ray = self._connect()
         call = uuid.uuid4().hex
         setup = ray.put((initializer, initargs))
-        remote = ray.remote(num_cpus=self.num_cpus, max_retries=self.max_retries)(_task)
+        # SPREAD: tasks go round the nodes instead of filling the driver's node first (the default packs short
+        # tasks onto one node while the others idle), so every node reads and writes its share.
+        remote = ray.remote(num_cpus=self.num_cpus, max_retries=self.max_retries, scheduling_strategy="SPREAD")(_task)
         window = self.max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
         self.nodes = Counter()
         pending: deque = deque()
