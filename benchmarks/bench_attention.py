@@ -32,7 +32,7 @@ def gsm8k_lengths() -> np.ndarray:
     gsm, gpt2 = SHARED / "gsm8k" / "train.jsonl", SHARED / "gpt2"
     if gsm.is_file() and gpt2.is_dir():
         from packer.build.templates import ALPACA
-        from packer.build.tokenizer import load_tokenizer
+        from packer.build.load_tokenizer import load_tokenizer
 
         tok = load_tokenizer(str(gpt2)).build()
         recs = [json.loads(x) for x in gsm.read_text().splitlines()[:N_EXAMPLES]]

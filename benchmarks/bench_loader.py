@@ -34,7 +34,7 @@ from packer.pipeline import pack
 from packer.build.plan import plan_stage
 from packer.build.write import write_stage
 from packer.build.tokenize import tokenize
-from packer.build.tokenizer import load_tokenizer
+from packer.build.load_tokenizer import load_tokenizer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 B, L = 8, 4096

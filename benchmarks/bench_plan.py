@@ -90,7 +90,7 @@ def gsm8k() -> None:
     from packer.core import config as C
     from packer.build.tokenize import tokenize
     from packer.core.formats.tokenized import read_columns
-    from packer.build.tokenizer import load_tokenizer
+    from packer.build.load_tokenizer import load_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenize([C.InputSpec(str(gsm), "question", "answer")], Path(tmp) / "t", C.TokenizeConfig(),

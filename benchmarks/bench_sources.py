@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from packer.core import config as C
 from packer.build.tokenize import tokenize
-from packer.build.tokenizer import load_tokenizer
+from packer.build.load_tokenizer import load_tokenizer
 
 from bench_tokenize import best_of  # the same best-of-n timing (this script's folder is on sys.path)
 

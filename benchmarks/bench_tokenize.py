@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from packer.build import sources
 from packer.build.templates import ALPACA
 from packer.build.tokenize import tokenize
-from packer.build.tokenizer import load_tokenizer
+from packer.build.load_tokenizer import load_tokenizer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 REPEAT = 4  # records x4 so each timing is well above timer noise

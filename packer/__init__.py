@@ -30,7 +30,7 @@ _EXPORTS = {
     "PackedLoader": "packer.train.loader",
     "pack_dataset": "packer.from_examples",
     "packed_dataset_from_files": "packer.from_files",
-    "load_tokenizer": "packer.build.tokenizer", "TokenizerInfo": "packer.build.tokenizer",
+    "load_tokenizer": "packer.build.load_tokenizer", "TokenizerInfo": "packer.build.load_tokenizer",
     "ShardSet": "packer.core.formats.shards", "Manifest": "packer.core.manifest",
     "InputSpec": "packer.core.config", "TokenizeConfig": "packer.core.config", "PlanConfig": "packer.core.config",
     "WriteConfig": "packer.core.config",
@@ -55,7 +55,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names load
     from packer.build.tokenize import tokenize
     from packer.core.manifest import Manifest
     from packer.core.formats.shards import ShardSet
-    from packer.build.tokenizer import TokenizerInfo, load_tokenizer
+    from packer.build.load_tokenizer import TokenizerInfo, load_tokenizer
 
 
 def __dir__() -> list[str]:

@@ -204,7 +204,7 @@ def tokenize_cmd(data, out, mix, workers, **kw):
                                "builds a run and commits it to an object store")
     """Stage 1: DATA -> OUT/tokenized (Arrow)."""
     from packer.build.tokenize import tokenize
-    from packer.build.tokenizer import load_tokenizer
+    from packer.build.load_tokenizer import load_tokenizer
 
     tcfg = _tokenize_config(kw)
     info = load_tokenizer(kw["tokenizer"], tcfg.eos_token, tcfg.add_bos)
@@ -332,7 +332,7 @@ def inspect(path, index, tokenizer, color):
 
     from packer.core.errors import ConfigError
     from packer.core.formats.shards import ShardSet
-    from packer.build.tokenizer import load_tokenizer
+    from packer.build.load_tokenizer import load_tokenizer
 
     ds = ShardSet(path, verify=False)
     if not 0 <= index < len(ds):

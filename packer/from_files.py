@@ -20,7 +20,7 @@ from packer.pipeline import pack, with_weights
 from packer.core.cache import touch
 from packer.core.cache import cache_dir as user_cache
 from packer.core.storage import expand, identity
-from packer.build.tokenizer import TokenizerInfo, load_tokenizer
+from packer.build.load_tokenizer import TokenizerInfo, load_tokenizer
 
 
 def packed_dataset_from_files(files: Sequence[str | C.InputSpec], tokenizer: str | TokenizerInfo, pack_len: int, *,

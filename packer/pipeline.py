@@ -17,7 +17,7 @@ from packer.core.runstore import publish, staging
 from packer.build.write import write_stage
 from packer.core.storage import is_url
 from packer.build.tokenize import as_spec, tokenize
-from packer.build.tokenizer import TokenizerInfo, load_tokenizer
+from packer.build.load_tokenizer import TokenizerInfo, load_tokenizer
 
 
 def pack(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, *, tokenizer: str | TokenizerInfo = "byte",

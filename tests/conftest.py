@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from packer.build.tokenizer import TokenizerInfo, load_tokenizer
+from packer.build.load_tokenizer import TokenizerInfo, load_tokenizer
 
 # Verified-markers go to a cache of the test session's own, never the user's.
 os.environ["PACKER_CACHE"] = tempfile.mkdtemp(prefix="packer-test-cache-")

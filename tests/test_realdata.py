@@ -11,7 +11,7 @@ from packer.core import config as C
 from packer.train.reader import PackedShards
 from packer.pipeline import pack
 from packer.build.templates import ALPACA
-from packer.build.tokenizer import load_tokenizer
+from packer.build.load_tokenizer import load_tokenizer
 
 from conftest import SHARED
 

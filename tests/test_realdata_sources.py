@@ -15,7 +15,7 @@ from packer.core import config as C
 from packer.pipeline import pack
 from packer.build.tokenize import tokenize
 from packer.core.formats.tokenized import open_tokenized
-from packer.build.tokenizer import load_tokenizer
+from packer.build.load_tokenizer import load_tokenizer
 
 from conftest import SHARED
 

@@ -27,7 +27,7 @@ from packer.core.storage import expand, identity
 from packer.core.manifest import Manifest, commit_stage, current
 from packer.core.progress import progress
 from packer.build.templates import make_renderer
-from packer.build.tokenizer import TokenizerInfo
+from packer.build.load_tokenizer import TokenizerInfo
 from packer.core.formats.tokenized import FORMAT, SCHEMA, VERSION, chunk_name, examples_table
 
 ENCODE_BATCH = 1024  # texts per tokenizer call: enough for its thread pool, ~20 MB of Encoding objects

@@ -179,7 +179,7 @@ def test_prefix_space_tokenizers_encode_whole_examples(tmp_path):
 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    from packer.build.tokenizer import load_tokenizer
+    from packer.build.load_tokenizer import load_tokenizer
 
     chars = sorted(set("▁abcdefghijklmnopqrstuvwxyzQRA:?0123456789.,+= \n#"))
     tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(chars + ["</s>", "<unk>"])}, merges=[],
