@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import sys
 from pathlib import Path
 
@@ -304,17 +305,24 @@ def compare(runs, fmt, out):
 @click.argument("path", type=click.Path(exists=True))
 @_fail_cleanly
 def verify(path):
-    """Check the structure, every shard's sha256 against the manifest, and every token and mask value."""
-    import numpy as np
+    """Check every stage of a run folder (or a shards folder) in full: seals, every file's sha256 against its
+    manifest, the tokenized chunks' and the plan's structure, the stages' lineage, every token and mask value."""
+    from packer.core.formats import plan, shards, tokenized
 
-    from packer.core.formats.shards import ShardSet, check_files, check_values
-
-    ds = ShardSet(path, verify=False)  # structure: checked on every open
-    check_files(ds.path, ds.manifest)  # always hashed here, whatever the verified-marker says
-    for sh in ds.shards:  # whole arrays: one pass over the tokens
-        check_values(sh.tokens, sh.loss_mask, ds.vocab_size, sh.path, -1)
-    click.echo(f"ok: {len(ds.shards)} shards, {len(ds):,} packs, "
-               f"{int(sum(np.int64(len(s.tokens)) for s in ds.shards)):,} tokens")
+    run = Path(path)
+    if not (run / "shards").is_dir() and not (run / "tokenized").is_dir():  # a shards folder on its own
+        click.echo(f"ok: shards: {shards.verify(run)}")
+        return
+    lines, lengths, digest = [], None, None
+    if (run / "tokenized").is_dir():
+        lines.append(f"tokenized: {tokenized.verify(run / 'tokenized')}")
+        lengths = tokenized.read_columns(run / "tokenized", ["length"], verify=False)["length"]
+        digest = json.loads((run / "tokenized" / "manifest.json").read_text(encoding="utf-8"))["digest"]
+    if (run / "plan").is_dir():
+        lines.append(f"plan: {plan.verify(run / 'plan', lengths, digest)}")
+    if (run / "shards").is_dir():
+        lines.append(f"shards: {shards.verify(run / 'shards')}")  # its lineage names the stages beside it
+    click.echo("ok: " + "\n    ".join(lines))
 
 
 @main.command()

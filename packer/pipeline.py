@@ -11,6 +11,7 @@ from typing import Any
 from packer.core import config as C
 from packer.build import report as R
 from packer.core.errors import ConfigError
+from packer.core.manifest import committed_stamp
 from packer.core.executors import Executor, resolve
 from packer.build.plan import plan_stage
 from packer.core.runstore import publish, staging
@@ -58,16 +59,24 @@ def pack(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, *, tokenize
     info = tokenizer if isinstance(tokenizer, TokenizerInfo) else load_tokenizer(
         tokenizer, tokenize_config.eos_token, tokenize_config.add_bos)
     seconds: dict[str, float] = {}
-    t = time.perf_counter()
     run = resolve(executor, workers)  # checked before any work
-    tokenize(specs, out / "tokenized", tokenize_config, tokenizer=info, executor=run, rehash=rehash)
-    seconds["tokenize"] = time.perf_counter() - t
-    t = time.perf_counter()
-    plan_stage(out / "tokenized", out / "plan", plan_config, rehash=rehash)
-    seconds["plan"] = time.perf_counter() - t
-    t = time.perf_counter()
-    write_stage(out / "tokenized", out / "plan", out / "shards", write_config, executor=run, rehash=rehash)
-    seconds["write"] = time.perf_counter() - t
+    # A stage committed anew (its files were missing, damaged or stale) means every stage after it is
+    # rebuilt too, even where its own files look intact: they may have been made from the damaged copy.
+    rebuilt = False
+
+    def stage(name: str, folder: Path, call) -> None:
+        nonlocal rebuilt
+        before, t = committed_stamp(folder), time.perf_counter()
+        call(rebuilt)
+        seconds[name] = time.perf_counter() - t
+        rebuilt = rebuilt or committed_stamp(folder) != before
+
+    stage("tokenize", out / "tokenized", lambda again: tokenize(
+        specs, out / "tokenized", tokenize_config, tokenizer=info, executor=run, rehash=rehash, rebuild=again))
+    stage("plan", out / "plan", lambda again: plan_stage(
+        out / "tokenized", out / "plan", plan_config, rehash=rehash, rebuild=again))
+    stage("write", out / "shards", lambda again: write_stage(
+        out / "tokenized", out / "plan", out / "shards", write_config, executor=run, rehash=rehash, rebuild=again))
     report = R.compute(out, seconds, baseline_batch)
     R.write(out, report)
     return report

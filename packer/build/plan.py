@@ -17,6 +17,7 @@ from packer.build.planners.bounds import lower_bound
 from packer.core import config as C
 from packer.core.context_parallel import padded_lengths
 from packer.core.formats.plan import FORMAT, VERSION, write_plan
+from packer.core.formats.tokenized import FORMAT as TOK_FORMAT, VERSION as TOK_VERSION, read_columns
 from packer.core.errors import ConfigError, FormatError, InputError
 from packer.core.manifest import Manifest, commit_stage, current, read_manifest
 from packer.core.ranges import within
@@ -65,15 +66,17 @@ def cut_overlong(lengths: np.ndarray, prompt_len: np.ndarray, pack_len: int, pol
     return pieces.reshape(-1, 3).astype(np.int64), counts
 
 
-def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, rehash: bool = False) -> Manifest:
-    """Stage 2: plan the tokenized folder `tokenized` into the folder `out`; returns its manifest."""
-    from packer.core.formats.tokenized import FORMAT as TOK_FORMAT, VERSION as TOK_VERSION, read_columns
+def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, rehash: bool = False,
+               rebuild: bool = False) -> Manifest:
+    """Stage 2: plan the tokenized folder `tokenized` into the folder `out`; returns its manifest.
 
+    The tokenized folder is checked before use (its seal, every file's sha256 once per run, each chunk's
+    structure). rebuild: plan even when the existing plan is up to date (an upstream stage was repaired)."""
     tok_manifest = read_manifest(Path(tokenized), TOK_FORMAT, TOK_VERSION,
                                  "run `packer tokenize` (or `packer pack`) again")
     digest = C.digest({"stage": "plan", "version": VERSION, "config": C.to_dict(config),
                        "input": tok_manifest["digest"]})
-    existing = current(Path(out), FORMAT, VERSION, digest, rehash=rehash)
+    existing = None if rebuild else current(Path(out), FORMAT, VERSION, digest, rehash=rehash)
     if existing is not None:
         return existing
     cols = read_columns(tokenized, ("length", "prompt_len", "file_index", "line"))

@@ -257,13 +257,14 @@ def _encode_joined(tok, texts: list[str], span_loss: list[bool], spans_per_examp
 
 def tokenize(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, config: C.TokenizeConfig, *,
              tokenizer: TokenizerInfo, executor: Executor | str | None = None, workers: int = 0,
-             rehash: bool = False) -> Manifest:
+             rehash: bool = False, rebuild: bool = False) -> Manifest:
     """Stage 1: tokenize `inputs` into the folder `out`; returns its manifest (and does nothing when it is
     up to date).
 
     inputs: paths, globs, folders or URLs, optionally with per-source options ("a.parquet#query=q",
     see InputSpec.parse), InputSpecs, or Python data (a datasets.Dataset / IterableDataset or any
     iterable of dicts), which is first written to `out`'s sibling folder `inputs/` (content-addressed).
+    rebuild: tokenize even when the existing output is up to date.
     """
     out = Path(out)
     run = resolve(executor, workers)
@@ -282,7 +283,7 @@ def tokenize(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, config:
         "template_text": _template_text(config.template),
     }
     digest = C.digest(lineage)
-    existing = current(out, FORMAT, VERSION, digest, rehash=rehash)
+    existing = None if rebuild else current(out, FORMAT, VERSION, digest, rehash=rehash)
     if existing is not None:
         return existing
 

@@ -19,6 +19,8 @@ from packer.core.formats import shards as fmt
 from packer.core.errors import ConfigError, FormatError
 from packer.core.executors import Executor, resolve
 from packer.core.manifest import Manifest, commit_stage, current, read_manifest
+from packer.core.formats.plan import read_plan
+from packer.core.formats.tokenized import FORMAT as TOK_FORMAT, VERSION as TOK_VERSION, open_tokenized, read_columns
 from packer.core.progress import progress
 from packer.core.ranges import concat_ranges
 
@@ -80,8 +82,6 @@ class _Source:
 
     def __init__(self, folder: str):
         import mmap
-
-        from packer.core.formats.tokenized import open_tokenized
 
         maps: list[mmap.mmap] = []
         manifest, tables = open_tokenized(folder, maps=maps)
@@ -215,38 +215,38 @@ def _split_shards(pack_bytes: np.ndarray, limit: int) -> np.ndarray:
     return np.asarray(bounds, dtype=np.int64)
 
 
-def _check_pieces(tokenized: Path, pieces: np.ndarray, tok_manifest: dict) -> None:
+def _check_pieces(tokenized: Path, pieces: np.ndarray) -> None:
     """Every piece of the plan lies inside its tokenized example (the gather never reads out of bounds)."""
-    from packer.core.formats.tokenized import open_tokenized
-
-    _, tables = open_tokenized(tokenized)
-    lengths = np.concatenate([t.column("length").to_numpy() for t in tables]).astype(np.int64) if tables \
-        else np.zeros(0, np.int64)
-    if len(pieces) and (int(pieces[:, 0].max()) >= len(lengths) or
-                        bool(np.any(pieces[:, 1] + pieces[:, 2] > lengths[np.minimum(pieces[:, 0], len(lengths) - 1)]))):
+    lengths = read_columns(tokenized, ["length"])["length"]
+    row, end = pieces[:, 0], pieces[:, 1] + pieces[:, 2]
+    if len(pieces) and (int(row.max()) >= len(lengths) or bool(np.any(end > lengths[np.minimum(row, len(lengths) - 1)]))):
         raise FormatError(str(tokenized), "the plan names tokens these tokenized chunks do not have",
                           "the plan and tokenized stages do not belong together; re-run `packer pack`")
 
 
 def write_stage(tokenized: str | Path, plan_dir: str | Path, out: str | Path, config: C.WriteConfig,
-                *, executor: Executor | str | None = None, workers: int = 0, rehash: bool = False) -> Manifest:
-    """Stage 3: write the shards of `plan_dir` into the folder `out`; returns the dataset manifest."""
-    from packer.core.formats.plan import read_plan
+                *, executor: Executor | str | None = None, workers: int = 0, rehash: bool = False,
+                rebuild: bool = False) -> Manifest:
+    """Stage 3: write the shards of `plan_dir` into the folder `out`; returns the dataset manifest.
 
+    The tokenized and plan folders are checked before use (seals, every file's sha256 once per run, the
+    plan's structure, and that the plan was made from these tokenized examples). rebuild: write the
+    shards even when the existing ones are up to date (an upstream stage was repaired)."""
     run = resolve(executor, workers)
-    from packer.core.formats.tokenized import FORMAT as TOK_FORMAT, VERSION as TOK_VERSION
-
     tok_manifest = read_manifest(Path(tokenized), TOK_FORMAT, TOK_VERSION, "run `packer pack` again")
     plan_manifest, pieces, order, offsets = read_plan(plan_dir)
+    if plan_manifest.get("input_digest") != tok_manifest.get("digest"):
+        raise FormatError(str(plan_dir), f"this plan was made from another tokenized stage than {tokenized}",
+                          "re-run `packer plan` (or `packer pack`)")
     digest = C.digest({"stage": "write", "version": VERSION, "format_version": fmt.VERSION,
                        "config": C.to_dict(config), "tokenized": tok_manifest["digest"],
                        "plan": plan_manifest["digest"]})
-    existing = current(Path(out), FORMAT, VERSION, digest, rehash=rehash)
+    existing = None if rebuild else current(Path(out), FORMAT, VERSION, digest, rehash=rehash)
     if existing is not None:
         return existing
     pack_len = plan_manifest["config"]["pack_len"]
     code = fmt.token_dtype_code(tok_manifest["tokenizer"]["vocab_size"])
-    _check_pieces(Path(tokenized), pieces, tok_manifest)
+    _check_pieces(Path(tokenized), pieces)
     num_packs = len(offsets) - 1
     perm = (np.random.default_rng(config.seed).permutation(num_packs) if config.shuffle
             else np.arange(num_packs))

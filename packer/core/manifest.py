@@ -2,6 +2,11 @@
 
 A folder whose manifest.json exists is complete; a folder with another name is never read. A stage
 whose config digest and input digests match the existing manifest is skipped (resume).
+
+Every reader of a stage folder checks the manifest's seal on open, and every file's sha256 once per
+run and machine (verify_once): a marker in the user's cache, keyed by the manifest's seal and each
+file's (device, inode, size, mtime, ctime), vouches for files already hashed. commit_stage leaves such
+a marker for the files it has just hashed, so the next stage does not hash them again.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypedDict
 
-from packer.core.errors import FormatError
+from packer.core.cache import cache_dir
+from packer.core.errors import REBUILD_HINT, FormatError
 
 MANIFEST = "manifest.json"
 SEAL = "manifest_sha256"  # sha256 of the manifest's own content without this key: any edit breaks it
@@ -102,6 +108,16 @@ def current(folder: Path, fmt: str, version: int, digest: str, *, rehash: bool =
     return data
 
 
+def committed_stamp(folder: Path) -> tuple[int, int, int] | None:
+    """Which commit of a stage folder is in place: its manifest's (inode, mtime, ctime), None when there is
+    none. A stage rebuilt (committed anew) has another stamp, so the stages after it know to rebuild."""
+    try:
+        st = (Path(folder) / MANIFEST).stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_ctime_ns
+
+
 def commit_stage(final: Path, build: Callable[[Path], dict]) -> Manifest:
     """Run build(tmp) in a fresh temporary folder beside `final`, add file checksums, write the
     manifest last and rename the folder into place, replacing any older output."""
@@ -127,6 +143,7 @@ def commit_stage(final: Path, build: Callable[[Path], dict]) -> Manifest:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _mark_verified(final, manifest)  # hashed just above: readers need not hash these files again
     return manifest
 
 
@@ -138,3 +155,43 @@ def verify_files(folder: Path, manifest: dict) -> list[str]:
         if not p.is_file() or p.stat().st_size != meta["bytes"] or sha256_file(p) != meta["sha256"]:
             bad.append(name)
     return bad
+
+
+def check_files(folder: Path, manifest: dict) -> None:
+    """Every file's size and sha256 against the manifest (one hashing pass); FormatError names the first bad one."""
+    bad = verify_files(folder, manifest)
+    if bad:
+        raise FormatError(str(Path(folder) / bad[0]), "checksum differs from manifest.json", REBUILD_HINT)
+
+
+def _marker(folder: Path, manifest: dict) -> Path:
+    """The verified-marker of these very files: keyed by the manifest's seal and, per file, what git's index
+    keys a file by (device, inode, size, mtime, ctime). A copy (new inodes, even with the mtimes kept) or a
+    file rewritten in place (its ctime moves, even when the mtime is put back) has another key."""
+    stats = {n: (Path(folder) / n).stat() for n in sorted(manifest["files"])}
+    stamp = {n: [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns] for n, st in stats.items()}
+    key = hashlib.sha256(json.dumps([manifest.get(SEAL), stamp]).encode()).hexdigest()
+    return cache_dir() / "verified" / key
+
+
+def _mark_verified(folder: Path, manifest: dict) -> None:
+    try:
+        marker = _marker(folder, manifest)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(str(Path(folder).resolve()) + "\n")
+        tmp.rename(marker)
+    except OSError:
+        pass  # a read-only cache only costs the next open another pass
+
+
+def verify_once(folder: Path, manifest: dict) -> None:
+    """sha256 of every file of a stage folder against its manifest, skipped when these very files were
+    verified before on this machine (see _marker); FormatError names the first file that differs."""
+    try:
+        if _marker(folder, manifest).is_file():
+            return
+    except FileNotFoundError:
+        pass  # a listed file is missing: check_files names it
+    check_files(folder, manifest)
+    _mark_verified(folder, manifest)

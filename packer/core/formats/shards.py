@@ -22,14 +22,12 @@ Every open of a folder (ShardSet) checks the structure, O(metadata) and no hashi
 seal and entries (names, counts, sizes), each shard file a regular file inside the folder, its header
 and offsets (check_shard), and in a run folder that the shards belong to the plan beside them. Token
 ids and mask bytes are checked per pack as they are read (check_values). The files' sha256 is checked
-once per run and machine (verify_once).
+once per run and machine (packer.core.manifest.verify_once).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import stat
 import struct
 from dataclasses import dataclass
@@ -38,9 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from packer.core.errors import REBUILD_HINT, ConfigError, FormatError
-from packer.core.manifest import MANIFEST, read_manifest, verify_files
+from packer.core.manifest import MANIFEST, check_files, read_manifest, verify_once
 from packer.core.ranges import within
-from packer.core.cache import cache_dir
 from packer.core.storage import is_url
 
 MAGIC = b"PKSHARD\0"
@@ -323,34 +320,6 @@ def check_values(tokens: np.ndarray, mask: np.ndarray, vocab_size: int, path: st
         raise FormatError(path, f"{what} has loss_mask byte {int(mask.max())}, not 0 or 1", REBUILD_HINT)
 
 
-def check_files(folder: Path, manifest: dict) -> None:
-    """Every file's size and sha256 against the manifest (one hashing pass); FormatError names the first bad one."""
-    bad = verify_files(folder, manifest)
-    if bad:
-        raise FormatError(str(folder / bad[0]), "checksum differs from manifest.json", REBUILD_HINT)
-
-
-def verify_once(folder: Path, manifest: dict) -> None:
-    """sha256 of every file against the manifest, skipped when these very files were verified before on this
-    machine: the marker is keyed by the manifest's seal and, per file, what git's index keys a file by
-    (device, inode, size, mtime, ctime). A copy (new inodes, even with the mtimes kept) or a file
-    rewritten in place (its ctime moves, even when the mtime is put back) is hashed again."""
-    stats = {n: (folder / n).stat() for n in sorted(manifest["files"])}
-    stamp = {n: [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns] for n, st in stats.items()}
-    key = hashlib.sha256(json.dumps([manifest.get("manifest_sha256"), stamp]).encode()).hexdigest()
-    marker = cache_dir() / "verified" / key
-    if marker.is_file():
-        return
-    check_files(folder, manifest)
-    try:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        tmp = marker.with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text(str(folder.resolve()) + "\n")
-        tmp.rename(marker)
-    except OSError:
-        pass  # a read-only cache only costs the next open another pass
-
-
 def resolve(path: str | Path) -> Path:
     """The shards folder: `path` itself, or `path/shards` for a run folder made by `packer pack`.
 
@@ -431,3 +400,14 @@ class ShardSet:
         return {"tokens": sh.tokens[a:b], "loss_mask": sh.loss_mask[a:b],
                 "seg_lens": sh.segment_lengths[sa:sb], "example_index": sh.segment_example[sa:sb],
                 "segment_start": sh.segment_start[sa:sb]}
+
+
+def verify(path: str | Path) -> str:
+    """The full check of a shards folder (`packer verify`): the structure (every open's checks), every file's
+    sha256 (always hashed) and every token id and mask byte. Returns a one-line summary."""
+    ds = ShardSet(path, verify=False)
+    check_files(ds.path, ds.manifest)
+    for sh in ds.shards:  # whole arrays: one pass over the tokens
+        check_values(sh.tokens, sh.loss_mask, ds.vocab_size, sh.path, -1)
+    tokens = int(sum(np.int64(len(s.tokens)) for s in ds.shards))
+    return f"{len(ds.shards)} shards, {len(ds):,} packs, {tokens:,} tokens"

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from packer.core.errors import FormatError
-from packer.core.manifest import read_manifest
+from packer.core.manifest import check_files, read_manifest, verify_once
 
 FORMAT = "packer-tokenized"
 VERSION = 3  # 2: manifests carry manifest_sha256; 3: sources, input identities (size, sha256 or ETag), line = row for tables
@@ -89,16 +89,17 @@ def chunk_name(index: int) -> str:
     return f"chunk-{index:05d}.arrow"
 
 
-def open_tokenized(folder: str | Path, *, maps: list | None = None) -> tuple[dict, list[pa.Table]]:
+def open_tokenized(folder: str | Path, *, maps: list | None = None, verify: bool = True) -> tuple[dict, list[pa.Table]]:
     """The manifest and the memory-mapped Arrow tables (zero-copy) of a tokenize stage folder, each
-    checked for its schema and structure (offsets inside their buffers) before use.
+    checked for its schema and structure (offsets inside their buffers) before use, and every file's
+    sha256 once per run (verify=True, the default: packer.core.manifest.verify_once).
 
     maps: when given, the files are mapped with Python's mmap and the maps appended to it, so the
     caller can drop the pages it has read (mmap.madvise) and keep its memory flat.
     """
     import mmap
 
-    manifest, hint = _listed(folder)
+    manifest, hint = _listed(folder, verify)
     tables = []
     for c in manifest["chunks"]:
         path = Path(folder) / c["file"]
@@ -118,16 +119,23 @@ def open_tokenized(folder: str | Path, *, maps: list | None = None) -> tuple[dic
     return manifest, tables
 
 
-def _listed(folder: str | Path) -> tuple[dict, str]:
-    """A tokenize stage's sealed manifest, its 'chunks' checked to name chunk-00000.arrow, ... in order."""
+def _listed(folder: str | Path, verify: bool) -> tuple[dict, str]:
+    """A tokenize stage's sealed manifest, its 'chunks' checked to name chunk-00000.arrow, ... in order,
+    and with verify, its files' sha256 checked once per run."""
     folder = Path(folder)
     hint = "run `packer tokenize` (or `packer pack`) again"
     manifest = read_manifest(folder, FORMAT, VERSION, hint)
+    files = manifest.get("files")
+    if not isinstance(files, dict) or set(files) != {c.get("file") for c in manifest.get("chunks") or []
+                                                     if isinstance(c, dict)}:
+        raise FormatError(str(folder / "manifest.json"), "'files' does not list exactly the chunks", hint)
     chunks = manifest.get("chunks")
     if not isinstance(chunks, list) or not all(isinstance(c, dict) and isinstance(c.get("file"), str)
                                                and c["file"] == chunk_name(i) for i, c in enumerate(chunks)):
         raise FormatError(str(folder / "manifest.json"), "'chunks' does not list chunk-00000.arrow, ... in order",
                           hint)
+    if verify:
+        verify_once(folder, manifest)
     return manifest, hint
 
 
@@ -145,14 +153,15 @@ def _checked_table(path: Path, source, entry: dict, hint: str) -> pa.Table:
     return table
 
 
-def read_columns(folder: str | Path, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """The per-example columns `names` (not the token lists) of a tokenize stage folder, as int64 arrays.
+def read_columns(folder: str | Path, names: Sequence[str], *, verify: bool = True) -> dict[str, np.ndarray]:
+    """The per-example columns `names` (not the token lists) of a tokenize stage folder, as int64 arrays
+    (every file's sha256 checked once per run with verify=True, the default).
 
     Each chunk is read (not mapped), checked as open_tokenized checks it, and dropped before the next:
     mapping would fault whole page-cache folios into this process for a few bytes a row (~40 MB at
     150k examples on Linux 6.18), so memory would grow with the data.
     """
-    manifest, hint = _listed(folder)
+    manifest, hint = _listed(folder, verify)
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for c in manifest["chunks"]:
         path = Path(folder) / c["file"]
@@ -166,3 +175,13 @@ def read_columns(folder: str | Path, names: Sequence[str]) -> dict[str, np.ndarr
         del table
         pa.default_memory_pool().release_unused()  # one chunk's buffers at a time, not the pool's high-water
     return {n: np.concatenate(p) if p else np.zeros(0, np.int64) for n, p in parts.items()}
+
+
+def verify(folder: str | Path) -> str:
+    """The full check of a tokenize stage folder (`packer verify`): the seal, every file's sha256 (always
+    hashed, whatever the verified-marker says) and every chunk's schema, structure and row count.
+    Returns a one-line summary; FormatError names the first bad file."""
+    manifest, _ = _listed(folder, verify=False)
+    check_files(Path(folder), manifest)
+    lengths = read_columns(folder, ["length"], verify=False)["length"]
+    return f"{len(manifest['chunks'])} chunks, {len(lengths):,} examples, {int(lengths.sum()):,} tokens"

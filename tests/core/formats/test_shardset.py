@@ -183,7 +183,7 @@ def test_shardset_verifies_by_default(run, tmp_path):
 
 
 def test_verify_once_hashes_once_per_run_and_again_after_a_change(run, tmp_path, monkeypatch):
-    import packer.core.formats.shards as S
+    import packer.core.manifest as S
 
     monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "cache"))
     assert _cache_dir() == tmp_path / "cache"
