@@ -12,6 +12,7 @@ import click
 
 from packer.build.planners import ALGORITHMS
 from packer.core import config as C
+from packer.core.buildlock import writing
 from packer.core.cache import ENTRY_KINDS
 from packer.core.errors import PackerError
 from packer.core.executors import EXECUTORS
@@ -210,7 +211,8 @@ def tokenize_cmd(data, out, mix, workers, **kw):
     tcfg = _tokenize_config(kw)
     info = load_tokenizer(kw["tokenizer"], tcfg.eos_token, tcfg.add_bos)
     specs = _inputs(data, mix)
-    m = tokenize(specs, Path(out) / "tokenized", tcfg, tokenizer=info, workers=workers)
+    with writing(Path(out), "packer tokenize"):
+        m = tokenize(specs, Path(out) / "tokenized", tcfg, tokenizer=info, workers=workers)
     if any(s.weight != 1.0 for s in specs):  # weights belong to the plan: say how to give them there
         click.echo(f"weights apply when planning: packer plan {out} --weights "
                    f"{','.join(f'{s.weight:g}' for s in specs)} ...")
@@ -238,7 +240,8 @@ def plan_cmd(run, weights, **kw):
             w = tuple(float(x) for x in weights.split(","))
         except ValueError:
             raise click.BadParameter(f"'{weights}' is not a comma-separated list of numbers", param_hint="--weights")
-    m = plan_stage(Path(run) / "tokenized", Path(run) / "plan", _plan_config(kw, tok["config"]["kind"], w))
+    with writing(Path(run), "packer plan"):
+        m = plan_stage(Path(run) / "tokenized", Path(run) / "plan", _plan_config(kw, tok["config"]["kind"], w))
     p = m["plan"]
     click.echo(f"{p['num_packs']:,} packs (lower bound {p['lower_bound']:,}), efficiency "
                f"{p['efficiency']:.2%} -> {Path(run) / 'plan'}")
@@ -256,10 +259,11 @@ def write_cmd(run, workers, **kw):
     from packer.build import report as R
     from packer.build.write import write_stage
 
-    write_stage(Path(run) / "tokenized", Path(run) / "plan", Path(run) / "shards", _write_config(kw),
-                workers=workers)
-    rep = R.compute(run)
-    R.write(run, rep)
+    with writing(Path(run), "packer write"):
+        write_stage(Path(run) / "tokenized", Path(run) / "plan", Path(run) / "shards", _write_config(kw),
+                    workers=workers)
+        rep = R.compute(run)
+        R.write(run, rep)
     click.echo(R.summary(rep))
     click.echo(f"shards: {Path(run) / 'shards'}")
 
@@ -273,8 +277,9 @@ def report(run, baseline_batch):
     from packer.build import report as R
     old = Path(run) / "report.json"
     seconds = R.load(old)["seconds"] if old.is_file() else None
-    rep = R.compute(run, seconds, baseline_batch)
-    R.write(run, rep)
+    with writing(Path(run), "packer report"):
+        rep = R.compute(run, seconds, baseline_batch)
+        R.write(run, rep)
     click.echo(R.summary(rep))
     click.echo(f"report: {Path(run) / 'report.html'}")
 

@@ -21,8 +21,10 @@ from packer.core import config as C
 from packer.train.reader import PackedShards
 from packer.core.labels import IGNORE
 from packer.core.errors import ConfigError, InputError
-from packer.core.manifest import commit_stage, current
+from packer.core.buildlock import writing
+from packer.core.manifest import commit_stage, current, remove_stale_temps
 from packer.build.plan import plan_stage
+from packer.pipeline import run_stages
 from packer.build.write import write_stage
 from packer.core.formats.tokenized import FORMAT, VERSION, chunk_name, examples_table, write_chunk
 
@@ -121,14 +123,14 @@ def _examples_table(examples: Iterable[Mapping], input_labels: str = "unshifted"
     return table, int(flat.max()) + 1 if flat.size else 1
 
 
-def _tokenized_stage(table: pa.Table, vocab_size: int, eos_id: int | None, out: Path) -> dict:
+def _tokenized_stage(table: pa.Table, vocab_size: int, eos_id: int | None, out: Path, rebuild: bool = False) -> dict:
     """Write the table as a tokenized stage folder (skipped when the same examples are already there)."""
     sink = pa.BufferOutputStream()
     write_chunk(table, sink)
     data = sink.getvalue().to_pybytes()
     digest = C.digest({"stage": "tokenize", "version": VERSION, "examples": hashlib.sha256(data).hexdigest(),
                        "vocab_size": vocab_size, "eos_id": eos_id})
-    existing = current(out, FORMAT, VERSION, digest)
+    existing = None if rebuild else current(out, FORMAT, VERSION, digest)
     if existing is not None:
         return existing
 
@@ -170,9 +172,14 @@ def pack_dataset(examples: Sequence[Mapping] | Iterable[Mapping], pack_len: int,
     table, max_id = _examples_table(examples, input_labels)
     vocab = max(vocab_size or 0, max_id)
     run = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="packer-"))
-    _tokenized_stage(table, vocab, eos_id, run / "tokenized")
-    plan_stage(run / "tokenized", run / "plan", pcfg)
-    write_stage(run / "tokenized", run / "plan", run / "shards", wcfg)
+    with writing(run, "pack_dataset"):
+        remove_stale_temps(run, locked=True)
+        run_stages([
+            ("tokenize", run / "tokenized", lambda again: _tokenized_stage(table, vocab, eos_id, run / "tokenized", again)),
+            ("plan", run / "plan", lambda again: plan_stage(run / "tokenized", run / "plan", pcfg, rebuild=again)),
+            ("write", run / "shards", lambda again: write_stage(run / "tokenized", run / "plan", run / "shards", wcfg,
+                                                                rebuild=again)),
+        ])
     ds = PackedShards(run / "shards", label_mode=label_mode)
     if out is None:
         weakref.finalize(ds, shutil.rmtree, str(run), True)

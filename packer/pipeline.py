@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -11,10 +11,11 @@ from typing import Any
 from packer.core import config as C
 from packer.build import report as R
 from packer.core.errors import ConfigError
-from packer.core.manifest import committed_stamp
+from packer.core.buildlock import writing
+from packer.core.manifest import committed_stamp, remove_stale_temps
 from packer.core.executors import Executor, resolve
 from packer.build.plan import plan_stage
-from packer.core.runstore import publish, staging
+from packer.core.runstore import publish, publishing, staging
 from packer.build.write import write_stage
 from packer.core.storage import is_url
 from packer.build.tokenize import as_spec, tokenize
@@ -48,38 +49,57 @@ def pack(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, *, tokenize
     if is_url(str(out)):  # an object store: build in the local staging folder, then publish (commit last)
         run = resolve(executor, workers)
         local = staging(str(out))
-        report = pack(inputs, local, tokenizer=tokenizer, tokenize_config=tokenize_config, plan_config=plan_config,
-                      write_config=write_config, executor=run, baseline_batch=baseline_batch, rehash=rehash,
-                      split=split)
-        publish(local, str(out))
+        # One publisher per URL (a lock object in the store) and one writer of the staging folder, held
+        # from the first stage to the commit (so `packer cache prune` leaves the staging folder alone).
+        with publishing(str(out), "packer pack"), writing(local, "packer pack"):
+            report = pack(inputs, local, tokenizer=tokenizer, tokenize_config=tokenize_config, plan_config=plan_config,
+                          write_config=write_config, executor=run, baseline_batch=baseline_batch, rehash=rehash,
+                          split=split)
+            publish(local, str(out))
         return report
     out = Path(out)
+    with writing(out, "packer pack"):  # one writer per run folder, for every stage and the report
+        remove_stale_temps(out, locked=True)
+        return _pack_local(inputs, out, tokenizer, tokenize_config, plan_config, write_config, executor, workers,
+                           baseline_batch, rehash)
+
+
+def _pack_local(inputs: Sequence[Any], out: Path, tokenizer: str | TokenizerInfo, tokenize_config: C.TokenizeConfig,
+                plan_config: C.PlanConfig, write_config: C.WriteConfig, executor: Executor | str | None,
+                workers: int, baseline_batch: int, rehash: bool) -> dict:
+    """The stages and the report into the local run folder `out` (its writer lock held by the caller)."""
     specs = [as_spec(s, out / "inputs") for s in inputs]
     plan_config = with_weights(plan_config, specs)
     info = tokenizer if isinstance(tokenizer, TokenizerInfo) else load_tokenizer(
         tokenizer, tokenize_config.eos_token, tokenize_config.add_bos)
-    seconds: dict[str, float] = {}
     run = resolve(executor, workers)  # checked before any work
-    # A stage committed anew (its files were missing, damaged or stale) means every stage after it is
-    # rebuilt too, even where its own files look intact: they may have been made from the damaged copy.
-    rebuilt = False
+    seconds = run_stages([
+        ("tokenize", out / "tokenized", lambda again: tokenize(
+            specs, out / "tokenized", tokenize_config, tokenizer=info, executor=run, rehash=rehash, rebuild=again)),
+        ("plan", out / "plan", lambda again: plan_stage(
+            out / "tokenized", out / "plan", plan_config, rehash=rehash, rebuild=again)),
+        ("write", out / "shards", lambda again: write_stage(
+            out / "tokenized", out / "plan", out / "shards", write_config, executor=run, rehash=rehash,
+            rebuild=again)),
+    ])
+    report = R.compute(out, seconds, baseline_batch)
+    R.write(out, report)
+    return report
 
-    def stage(name: str, folder: Path, call) -> None:
-        nonlocal rebuilt
+
+def run_stages(stages: Sequence[tuple[str, Path, Callable[[bool], Any]]]) -> dict[str, float]:
+    """Run (name, folder, call) stages in order; returns each one's wall seconds (reported, never stored in
+    a manifest). call(rebuild) runs the stage; rebuild is True once an earlier stage was committed anew
+    (its files were missing, damaged or stale): every stage after it is rebuilt too, even where its own
+    files look intact, since they may have been made from the damaged copy."""
+    seconds: dict[str, float] = {}
+    rebuilt = False
+    for name, folder, call in stages:
         before, t = committed_stamp(folder), time.perf_counter()
         call(rebuilt)
         seconds[name] = time.perf_counter() - t
         rebuilt = rebuilt or committed_stamp(folder) != before
-
-    stage("tokenize", out / "tokenized", lambda again: tokenize(
-        specs, out / "tokenized", tokenize_config, tokenizer=info, executor=run, rehash=rehash, rebuild=again))
-    stage("plan", out / "plan", lambda again: plan_stage(
-        out / "tokenized", out / "plan", plan_config, rehash=rehash, rebuild=again))
-    stage("write", out / "shards", lambda again: write_stage(
-        out / "tokenized", out / "plan", out / "shards", write_config, executor=run, rehash=rehash, rebuild=again))
-    report = R.compute(out, seconds, baseline_batch)
-    R.write(out, report)
-    return report
+    return seconds
 
 
 def with_weights(plan_config: C.PlanConfig, specs: Sequence[C.InputSpec]) -> C.PlanConfig:

@@ -1,4 +1,10 @@
-"""One builder per run folder, and everyone else waiting on its commit file, outside any collective.
+"""One writer per run folder; under torchrun, one builder and everyone else waiting on its commit.
+
+Every command that writes a run folder (`pack`, `tokenize`, `plan`, `write`, `report`, pack_dataset's
+out=) holds the folder's lock for the whole write (`writing`): a second writer is refused at once with a
+one-line error naming the holder (command, host, pid, start time), so two runs never interleave their
+stages in one folder. The lock is re-entrant within a thread (pack inside build_once, report inside
+pack).
 
 Under torchrun every process calls the same entry point. The process with LOCAL_RANK 0 on each node
 (the builder) takes an exclusive lock file beside the run folder and builds; every other process
@@ -12,7 +18,7 @@ Misconfigurations leave one complete, correct run:
   `stale_seconds`) and the next builder breaks it and builds. The stages themselves commit by rename,
   so a half-built run is never read.
 
-    lock file  RUN.lock   {"host", "pid", "started"}; its mtime is the builder's heartbeat
+    lock file  RUN.lock   {"host", "pid", "started", "command"}; its mtime is the holder's heartbeat
 """
 
 from __future__ import annotations
@@ -22,13 +28,82 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from packer.core.errors import PackerError
+from packer.core.errors import ConfigError, PackerError
 
 HEARTBEAT = 10.0  # seconds between touches of the lock while building
 PROGRESS = 30.0  # seconds between "still waiting" lines
+STALE = 120.0  # seconds without a heartbeat after which a lock's holder is taken for dead (12 missed beats)
+
+_HELD: dict[tuple[str, int], int] = {}  # (lock path, thread) -> depth: the locks this process holds
+_HELD_GUARD = threading.Lock()
+
+
+def lock_path(run: str | Path) -> Path:
+    """The lock file of a run folder: RUN.lock beside it (what `packer cache prune` looks for too)."""
+    run = Path(run)
+    return run.with_name(run.name + ".lock")
+
+
+def describe(holder: dict | None) -> str:
+    """The holder of a lock in words: command, host, pid and start time."""
+    if not holder:
+        return "a writer whose lock file is being written or is damaged"
+    started = holder.get("started")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
+    return f"{holder.get('command') or 'packer'} (pid {holder.get('pid')} on {holder.get('host')}, since {when})"
+
+
+@contextmanager
+def writing(run: str | Path, command: str = "packer") -> Iterator[None]:
+    """Hold `run`'s lock while writing it; re-entrant within this thread.
+
+    A lock held by a live writer is a ConfigError naming it (nothing is touched); a stale one (its process
+    is gone, or no heartbeat for STALE seconds) is broken and taken.
+    """
+    lock = lock_path(run)
+    key = (os.path.abspath(lock), threading.get_ident())
+    with _HELD_GUARD:
+        depth = _HELD.get(key, 0)
+        if depth:
+            _HELD[key] = depth + 1
+    if depth:
+        try:
+            yield
+        finally:
+            with _HELD_GUARD:
+                _HELD[key] -= 1
+        return
+    if not _acquire(lock, command):
+        holder = _holder(lock)
+        if holder is not None and _stale(lock, holder, STALE):
+            _break(lock)  # its writer is gone
+        if not _acquire(lock, command):  # a live writer holds it (or took it just now)
+            raise ConfigError(f"{run} is being written by {describe(_holder(lock))}; wait for it to finish "
+                              f"or write to another folder (its lock: {lock})")
+    with _held(lock, key):
+        yield
+
+
+@contextmanager
+def _held(lock: Path, key: tuple[str, int]) -> Iterator[None]:
+    """Keep an acquired lock alive (heartbeat) and registered as held, then release it."""
+    with _HELD_GUARD:
+        _HELD[key] = 1
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(lock, stop), daemon=True)
+    beat.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beat.join()
+        with _HELD_GUARD:
+            _HELD.pop(key, None)
+        _release(lock)
 
 
 def local_rank() -> int:
@@ -48,28 +123,19 @@ def build_once(run: str | Path, build: Callable[[], None], committed: Callable[[
     run, the lock's holder and what to do when `timeout` seconds pass without a commit.
     """
     run = Path(run)
-    lock = run.with_name(run.name + ".lock")
+    lock = lock_path(run)
     builder = local_rank() == 0 if builder is None else builder
     say = log or (lambda text: print(text, flush=True))
     start = last_line = time.monotonic()
     while True:
         if committed():
             return "ready" if time.monotonic() - start < poll else "waited"
-        if builder and _acquire(lock):
-            try:
+        if builder and _acquire(lock, "packed_dataset_from_files"):
+            with _held(lock, (os.path.abspath(lock), threading.get_ident())):
                 if committed():  # another builder finished between our check and the lock
                     return "ready"
-                stop = threading.Event()
-                beat = threading.Thread(target=_heartbeat, args=(lock, stop), daemon=True)
-                beat.start()
-                try:
-                    build()
-                finally:
-                    stop.set()
-                    beat.join()
+                build()  # pack() inside takes the same lock again: re-entrant in this thread
                 return "built"
-            finally:
-                _release(lock)
         holder = _holder(lock)
         if holder is not None and _stale(lock, holder, stale_seconds):
             _break(lock)
@@ -87,23 +153,28 @@ def build_once(run: str | Path, build: Callable[[], None], committed: Callable[[
         time.sleep(poll)
 
 
-def in_use(run: str | Path, stale_seconds: float = 120.0) -> bool:
-    """Whether a live builder holds `run`'s lock (what `packer cache prune` must not pull from under it)."""
-    lock = Path(run).with_name(Path(run).name + ".lock")
+def in_use(run: str | Path, stale_seconds: float = STALE) -> bool:
+    """Whether a live writer holds `run`'s lock (what `packer cache prune` must not pull from under it)."""
+    lock = lock_path(run)
     holder = _holder(lock)
     return holder is not None and not _stale(lock, holder, stale_seconds)
 
 
-def _acquire(lock: Path) -> bool:
-    """Create the lock file exclusively (O_EXCL: atomic on local and NFSv3+ filesystems)."""
+def _acquire(lock: Path, command: str = "packer") -> bool:
+    """Create the lock file exclusively, its content complete from the first instant: written to a private
+    file first, then hard-linked to the lock's name (link fails when the name exists: atomic on local and
+    NFS filesystems), so a reader never sees a lock without its holder."""
     lock.parent.mkdir(parents=True, exist_ok=True)
+    mine = lock.with_name(f".{lock.name}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}")
+    mine.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
+                                "command": command}))
     try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.link(mine, lock)
+        return True
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as f:
-        json.dump({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}, f)
-    return True
+    finally:
+        mine.unlink(missing_ok=True)
 
 
 def _release(lock: Path) -> None:
@@ -142,13 +213,23 @@ def _stale(lock: Path, holder: dict, stale_seconds: float) -> bool:
 
 
 def _break(lock: Path) -> None:
-    """Remove a stale lock so that exactly one waiter's rename wins (the others find it gone)."""
+    """Remove a stale lock so that exactly one waiter's rename wins (the others find it gone). A lock
+    taken anew between the judgement and the rename (another inode) is put back, never removed."""
+    try:
+        judged = lock.stat().st_ino
+    except FileNotFoundError:
+        return
     aside = lock.with_name(f"{lock.name}.stale-{os.getpid()}")
     try:
         os.replace(lock, aside)
-        aside.unlink()
     except FileNotFoundError:
-        pass
+        return
+    if aside.stat().st_ino != judged:  # a live writer's fresh lock: hand it back
+        try:
+            os.link(aside, lock)
+        except FileExistsError:
+            pass
+    aside.unlink()
 
 
 def _heartbeat(lock: Path, stop: threading.Event) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -116,6 +117,36 @@ def committed_stamp(folder: Path) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return st.st_ino, st.st_mtime_ns, st.st_ctime_ns
+
+
+_TEMP = re.compile(r"^\.(?:.+)\.(?:tmp|old)-(\d+)$")
+
+
+def remove_stale_temps(folder: Path, *, locked: bool, names: str = "") -> list[str]:
+    """Remove the hidden temporaries (`.NAME.tmp-PID`, `.NAME.old-PID`) a killed writer left in `folder`:
+    every one when the caller holds the folder's writer lock (no other writer can be at work in it), else
+    only those whose process is gone from this host. names: only temporaries of `.NAMES...`. Returns the
+    names removed."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _TEMP.match(p.name)
+        if not m or not p.name.startswith(f".{names}"):
+            continue
+        if not locked:
+            try:
+                os.kill(int(m.group(1)), 0)
+                continue  # its writer is alive
+            except ProcessLookupError:
+                pass
+            except (PermissionError, OverflowError):
+                continue
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        removed.append(p.name)
+    return removed
 
 
 def commit_stage(final: Path, build: Callable[[Path], dict]) -> Manifest:

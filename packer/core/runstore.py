@@ -11,6 +11,12 @@ does not exist for any reader.
 
 The stages run in a local staging folder (`staging(url)`, in the cache) and reuse it on rerun; only
 the products (shards and reports) are uploaded. URLs go through fsspec (packer.core.storage), as inputs do.
+
+One publisher per URL (`publishing`): a lock object `_packer_lock.json` at the URL, created only if absent
+(fsspec's pipe_file mode="create": S3's conditional PUT, If-None-Match, is atomic; on stores without
+conditional writes fsspec checks then writes, which leaves a small window), refreshed while held and
+removed after the commit. A second publisher is refused with the holder named; a lock not refreshed for
+STORE_STALE seconds is taken for dead and replaced.
 """
 
 from __future__ import annotations
@@ -19,10 +25,17 @@ import hashlib
 import json
 import os
 import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 from packer.core.cache import cache_dir
-from packer.core.errors import FormatError
+from packer.core.buildlock import describe
+from packer.core.errors import ConfigError, FormatError
 from packer.core.manifest import MANIFEST, sha256_file
 from packer.core.storage import filesystem, is_url, unreachable
 
@@ -30,6 +43,9 @@ COMMIT = f"shards/{MANIFEST}"
 PRODUCTS = ("report.json", "report.md", "report.html")
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 HINT = "run `packer pack ... --out URL` again to publish a complete run"
+LOCK = "_packer_lock.json"
+STORE_HEARTBEAT = 30.0  # seconds between refreshes of a held lock object
+STORE_STALE = 600.0  # a lock object not refreshed for this long is taken for dead (store clocks may drift)
 
 
 def _key(text: str) -> str:
@@ -43,6 +59,83 @@ def staging(url: str) -> Path:
 
 def _join(inner: str, name: str) -> str:
     return f"{inner.rstrip('/')}/{name}"
+
+
+def _alive(pid: object) -> bool:
+    """Whether process `pid` runs on this host (a lock of a killed publisher here can be taken at once)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _lock_age(fs, path: str) -> float:
+    """Seconds since the lock object was last written, from the store's own timestamp."""
+    info = fs.info(path)
+    stamp = info.get("LastModified") or info.get("mtime") or info.get("last_modified")
+    if isinstance(stamp, datetime):
+        return (datetime.now(timezone.utc) - stamp.astimezone(timezone.utc)).total_seconds()
+    return time.time() - float(stamp) if stamp is not None else 0.0
+
+
+@contextmanager
+def publishing(url: str, command: str = "packer") -> Iterator[None]:
+    """Hold the URL's lock object while building and publishing the run there (see the module docstring).
+
+    Raises ConfigError naming the holder (command, host, pid, start) when another publisher holds it."""
+    fs, inner = filesystem(url)
+    path = _join(inner, LOCK)
+    body = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
+                       "command": command}).encode()
+    try:
+        for attempt in range(2):
+            try:
+                fs.pipe_file(path, body, mode="create")
+                break
+            except FileExistsError:
+                try:
+                    holder, age = json.loads(fs.cat_file(path)), _lock_age(fs, path)
+                except FileNotFoundError:  # released meanwhile: try again
+                    continue
+                except ValueError:
+                    holder, age = {}, _lock_age(fs, path)
+                dead = holder.get("host") == socket.gethostname() and not _alive(holder.get("pid"))
+                if attempt or (age < STORE_STALE and not dead):
+                    raise ConfigError(f"{url} is being published by {describe(holder)}; wait for it to finish or "
+                                      f"publish to another URL (its lock object: {url.rstrip('/')}/{LOCK})") from None
+                fs.rm_file(path)  # its publisher stopped refreshing it long ago: gone
+        else:
+            raise ConfigError(f"{url}: could not take the lock object {LOCK}; try again")
+    except (OSError, ValueError) as e:
+        if isinstance(e, FileExistsError):
+            raise
+        raise unreachable(url, e) from None
+    stop = threading.Event()
+
+    def refresh() -> None:
+        while not stop.wait(STORE_HEARTBEAT):
+            try:
+                fs.pipe_file(path, body)
+            except Exception:  # a refresh that fails only lets the lock age; the publish itself reports errors
+                pass
+
+    beat = threading.Thread(target=refresh, daemon=True)
+    beat.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beat.join()
+        try:
+            if fs.cat_file(path) == body:  # still ours (never remove a lock another publisher took over)
+                fs.rm_file(path)
+        except Exception:
+            pass
 
 
 def publish(run: Path, url: str) -> None:
@@ -134,4 +227,4 @@ def local_run(path: str | Path) -> Path:
     return Path(path)
 
 
-__all__ = ["COMMIT", "staging", "publish", "fetch", "local_run"]
+__all__ = ["COMMIT", "LOCK", "publishing", "staging", "publish", "fetch", "local_run"]

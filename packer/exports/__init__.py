@@ -22,6 +22,7 @@ from pathlib import Path
 from packer.core.errors import ConfigError
 from packer.exports import hf, megatron, parquet
 from packer.core.formats.export import write_meta
+from packer.core.manifest import remove_stale_temps
 from packer.core.formats.shards import ShardSet
 from packer.core.runstore import local_run
 
@@ -47,6 +48,7 @@ def export(run: str | Path, fmt: str, out: str | Path, *, dtype: str | None = No
         raise ConfigError(f"--dtype uint16 holds ids up to 65,535, but the run's vocabulary has "
                           f"{shards.vocab_size:,} ids; choose --dtype int32")
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out.parent, locked=False, names=f"{out.name}.")  # of exports killed here before
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

@@ -101,3 +101,89 @@ def test_packed_dataset_from_files_across_processes(tmp_path):
     assert all(p.returncode == 0 for p in procs) and len(set(outs)) == 1
     runs = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
     assert len(runs) == 1 and not list((tmp_path / "cache").glob("*.lock"))
+
+
+# One writer per run folder: every command that writes a run holds its lock for the whole write.
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
+    import threading
+
+    from packer.core.buildlock import writing
+    from packer.core.errors import ConfigError
+
+    run = tmp_path / "run"
+    held, release = threading.Event(), threading.Event()
+
+    def first():
+        with writing(run, "packer pack"):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=first)
+    t.start()
+    held.wait(10)
+    try:
+        with pytest.raises(ConfigError, match=r"is being written by packer pack \(pid \d+ on .*, since 20\d\d-"):
+            with writing(run, "packer plan"):
+                pass
+    finally:
+        release.set()
+        t.join()
+    with writing(run, "packer plan"):  # free again; and re-entrant within one thread
+        with writing(run, "packer report"):
+            pass
+    assert not (tmp_path / "run.lock").exists()
+
+
+def test_a_dead_writers_lock_is_broken(tmp_path):
+    import socket
+
+    from packer.core.buildlock import writing
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "run.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout), "started": 0}))
+    with writing(tmp_path / "run", "packer pack"):
+        assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
+
+
+PACK = textwrap.dedent("""
+    import sys
+    from packer.cli import main
+    sys.argv = ["packer", "pack", sys.argv[1], "--out", sys.argv[2], "--pack-len", sys.argv[3], "--quiet",
+                "--algorithm", "bfd"]
+    main()
+""")
+
+
+def test_two_packs_into_one_out_never_mix(tmp_path):
+    """Before: two `packer pack` into one --out at once (different --pack-len) both exited 0 in 6 of 10
+    trials with a report of 2048-token packs beside shards of 1024-token packs. Now the second is refused
+    while the first writes, and whatever finishes, the report describes the shards beside it."""
+    data = write_jsonl(tmp_path / "d.jsonl", sft_records(3000, seed=2, long_every=40))
+    for trial in range(3):
+        out = tmp_path / f"out{trial}"
+        procs = [subprocess.Popen([sys.executable, "-c", PACK, str(data), str(out), n], cwd=ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for n in ("1024", "2048")]
+        results = [(p.wait(timeout=300), p.stdout.read()) for p in procs]
+        assert any(rc == 0 for rc, _ in results), results
+        for rc, text in results:
+            assert rc == 0 or (rc == 1 and "is being written by packer pack" in text), text
+        report = json.loads((out / "report.json").read_text())
+        shards = json.loads((out / "shards" / "manifest.json").read_text())
+        assert report["pack_len"] == shards["pack_len"] == json.loads((out / "plan" / "manifest.json").read_text())[
+            "config"]["pack_len"]
+
+
+def test_temporaries_of_a_killed_run_are_removed(tmp_path, byte_tok):
+    from packer.core import config as C
+    from packer.pipeline import pack
+
+    data = write_jsonl(tmp_path / "d.jsonl", sft_records(20, seed=1))
+    run = tmp_path / "run"
+    (run / ".tokenized.tmp-4194305").mkdir(parents=True)  # what a killed pack leaves
+    (run / ".tokenized.tmp-4194305" / "chunk-00000.arrow").write_bytes(b"half")
+    (run / ".shards.old-4194306").mkdir()
+    pack([str(data)], run, tokenizer=byte_tok, plan_config=C.PlanConfig(pack_len=256, algorithm="bfd"))
+    assert sorted(p.name for p in run.iterdir()) == ["plan", "report.html", "report.json", "report.md", "shards",
+                                                     "tokenized"]

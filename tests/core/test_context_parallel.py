@@ -203,3 +203,13 @@ def test_loader_cp_batches_give_single_process_attention(tmp_path, world):
                 i = real_of[s]
                 for mine, ref in ((got["out"], out.detach()), (got["gq"], q.grad), (got["gk"], k.grad), (got["gv"], v.grad)):
                     assert (mine[j] - ref[i]).abs().max() < 1e-10
+
+
+@given(st.lists(st.integers(1, 5000), min_size=1, max_size=50), st.integers(1, 16))
+def test_padded_lengths_are_the_smallest_multiple_that_holds_each_length(lengths, cp_size):
+    """Each length is padded to the smallest multiple of 2 x cp_size that holds it, so a length that is
+    already a multiple gets no padding at all (cp_size 1: no padding)."""
+    got = padded_lengths(np.asarray(lengths), cp_size)
+    m = 1 if cp_size == 1 else 2 * cp_size
+    for length, padded in zip(lengths, got.tolist()):
+        assert padded % m == 0 and length <= padded < length + m

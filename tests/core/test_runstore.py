@@ -217,3 +217,111 @@ def test_a_damaged_or_hostile_remote_run_is_refused(s3, tmp_path, monkeypatch):
     s3.pipe_file("runs/r3/shards/manifest.json", json.dumps(manifest).encode())
     with pytest.raises(FormatError, match="not a plain file name"):
         PackedShards("s3://runs/r3")
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_a_publish_interrupted_after_any_object_shows_the_old_run_or_nothing(s3, tmp_path, monkeypatch):
+    """Interrupt the publish of a new run after each object it writes, one trial per object: a reader with
+    an empty cache then sees the old run complete, the new run complete, or no committed run, never a
+    committed manifest whose files are missing or another run's (the commit point is the manifest, last)."""
+    from packer.core import runstore
+    from packer.core.errors import FormatError
+    from packer.train.reader import PackedShards
+
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "cache"))
+    s3.exists("runs") or s3.mkdir("runs")
+    a = write_jsonl(tmp_path / "a.jsonl", sft_records(200, seed=1))
+    b = write_jsonl(tmp_path / "b.jsonl", sft_records(260, seed=2))
+    wcfg = C.WriteConfig(shard_bytes=32 << 10)  # several shards
+    old, new = (_packs(PackedShards(pack_local)) for pack_local in (
+        _local(tmp_path / "la", a, wcfg), _local(tmp_path / "lb", b, wcfg)))
+    pack([str(a)], "s3://runs/r4", plan_config=PLAN, write_config=wcfg)
+    real = runstore.filesystem
+    writes = {"left": 0}
+
+    class Interrupting:  # the store as seen by a publisher that dies after `left` more writes
+        def __init__(self, fs):
+            self.fs = fs
+
+        def __getattr__(self, name):
+            attr = getattr(self.fs, name)
+            if name not in ("put_file", "pipe_file", "rm_file", "rm", "put", "pipe"):
+                return attr
+
+            def write(*args, **kw):
+                if writes["left"] == 0:
+                    raise _Interrupted
+                writes["left"] -= 1
+                return attr(*args, **kw)
+            return write
+
+    monkeypatch.setattr(runstore, "filesystem", lambda url: (Interrupting(real(url)[0]), real(url)[1]))
+    seen = set()
+    for k in range(100):
+        writes["left"] = k
+        try:
+            pack([str(b)], "s3://runs/r4", plan_config=PLAN, write_config=wcfg)
+            break  # k writes were enough: the publish completed
+        except _Interrupted:
+            pass
+        finally:
+            if s3.exists(f"runs/r4/{runstore.LOCK}"):
+                s3.rm_file(f"runs/r4/{runstore.LOCK}")  # the dead publisher's lock, expired
+        monkeypatch.setenv("PACKER_CACHE", str(tmp_path / f"reader{k}"))  # a reader with nothing cached
+        monkeypatch.setattr(runstore, "filesystem", real)
+        try:
+            got = _packs(PackedShards("s3://runs/r4"))
+            assert got in (old, new), f"interrupted after {k} writes: a run that is neither the old nor the new"
+            seen.add("old" if got == old else "new")
+        except FormatError as e:
+            assert "holds no committed run" in str(e), f"interrupted after {k} writes: {e}"
+            seen.add("none")
+        monkeypatch.setattr(runstore, "filesystem", lambda url: (Interrupting(real(url)[0]), real(url)[1]))
+        monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "cache"))
+    else:
+        pytest.fail("the publish never completed")
+    assert k > 5 and seen >= {"old", "none"}
+    monkeypatch.setattr(runstore, "filesystem", real)
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "final"))
+    assert _packs(PackedShards("s3://runs/r4")) == new
+
+
+def _local(out, data, wcfg):
+    pack([str(data)], out, plan_config=PLAN, write_config=wcfg)
+    return out
+
+
+def test_one_publisher_per_url_and_prune_leaves_a_build_alone(s3, tmp_path, monkeypatch):
+    """Before: two publishers to one URL committed one run's shards with the other's report; `packer cache
+    prune` during an --out s3:// build deleted its staging folder mid-build."""
+    import socket
+
+    from packer import pipeline
+    from packer.core import cache, runstore
+    from packer.core.errors import ConfigError
+
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "cache"))
+    s3.exists("runs") or s3.mkdir("runs")
+    data = write_jsonl(tmp_path / "d.jsonl", sft_records(100, seed=6))
+    with runstore.publishing("s3://runs/r5", "packer pack"):
+        with pytest.raises(ConfigError, match=r"s3://runs/r5 is being published by packer pack \(pid \d+ on "):
+            pack([str(data)], "s3://runs/r5", plan_config=PLAN)
+    assert not s3.exists(f"runs/r5/{runstore.LOCK}"), "released"
+    # a lock left by a publisher killed on this host is taken at once
+    dead = {"host": socket.gethostname(), "pid": 2**22 + 7, "started": 0, "command": "packer pack"}
+    s3.pipe_file(f"runs/r5/{runstore.LOCK}", json.dumps(dead).encode())
+    real_publish, pruned = pipeline.publish, []
+
+    def prune_then_publish(run, url):  # `packer cache prune --older-than 0` while the build holds its staging
+        pruned.append(cache.prune(0.0))
+        assert run.is_dir(), "prune removed the staging folder of a live build"
+        real_publish(run, url)
+
+    monkeypatch.setattr(pipeline, "publish", prune_then_publish)
+    pack([str(data)], "s3://runs/r5", plan_config=PLAN)
+    removed, busy = pruned[0]
+    assert [e.kind for e in busy] == ["staging"] and not [e for e in removed if e.kind == "staging"]
+    assert s3.exists("runs/r5/shards/manifest.json") and not s3.exists(f"runs/r5/{runstore.LOCK}")
