@@ -262,3 +262,11 @@ def test_the_verified_marker_sees_an_edit_in_place_with_the_mtime_put_back(run, 
     _flip_a_token_keeping_mtime(mine / "shards" / "shard-00000.bin", _manifest(run)["tokenizer"]["vocab_size"])
     with pytest.raises(FormatError, match="shard-00000.bin: checksum differs"):
         ShardSet(mine)
+
+
+def test_resolve_takes_local_paths_as_strings_and_refuses_urls(run):
+    from packer.core.errors import ConfigError
+
+    assert resolve(str(run)) == run / "shards" and len(ShardSet(str(run))) == len(ShardSet(run))
+    with pytest.raises(ConfigError, match="ShardSet reads a local folder; open a URL with PackedShards"):
+        ShardSet("s3://bucket/run")
