@@ -11,11 +11,12 @@ from pathlib import Path
 import click
 
 from packer.build.planners import ALGORITHMS
+from packer.build.report import MAX_BASELINE_BATCH
 from packer.core import config as C
 from packer.core.buildlock import writing
 from packer.core.cache import ENTRY_KINDS
 from packer.core.errors import PackerError
-from packer.core.executors import EXECUTORS
+from packer.core.executors import EXECUTORS, MAX_WORKERS
 from packer.exports import FORMATS
 from packer.core.storage import is_url
 
@@ -39,6 +40,23 @@ def _fail_cleanly(fn):
             sys.exit(1)
 
     return wrapper
+
+
+class _Finite(click.ParamType):
+    """A finite float in [lo, hi] (above: lo excluded): NaN and infinity are refused at parse time."""
+
+    name = "number"
+
+    def __init__(self, lo: float, hi: float, above: bool = False):
+        self.lo, self.hi, self.above = lo, hi, above
+
+    def convert(self, value, param, ctx):
+        try:
+            return C.number(param.opts[-1] if param else "value", float(value), self.lo, self.hi, above=self.above)
+        except ValueError:
+            self.fail(f"{value!r} is not a number", param, ctx)
+        except PackerError as e:
+            self.fail(str(e), param, ctx)
 
 
 def _apply(opts: list):
@@ -78,27 +96,30 @@ tokenize_options = _apply([
         click.option("--skip-bad", is_flag=True, help="Skip and count bad records instead of stopping."),
         click.option("--max-bad", default="1%", show_default=True,
                      help="With --skip-bad, fail when more records than this are bad: a share (1%) or a count."),
-        click.option("--chunk-records", type=int, default=8192, show_default=True),
+        click.option("--chunk-records", type=click.IntRange(1, C.MAX_CHUNK_RECORDS), default=8192, show_default=True,
+                     help="Records per map task (held in memory at once)."),
 ])
 
 plan_options = _apply([
-        click.option("--pack-len", type=int, required=True, help="Tokens per pack."),
+        click.option("--pack-len", type=click.IntRange(1, C.MAX_PACK_LEN), required=True,
+                     help=f"Tokens per pack (at most {C.MAX_PACK_LEN:,})."),
         click.option("--algorithm", type=click.Choice(list(ALGORITHMS)), default="ortools", show_default=True,
                      help="ortools: the fewest packs within a work budget; bfd, ffd: one-pass heuristics; nextfit: the "
                           "baseline (packer.build.planners)."),
         click.option("--overlong", type=click.Choice(C.OVERLONG), default=None,
                      help="Over-long examples (default: truncate for sft/chat, split for text)."),
-        click.option("--max-segments", type=int, default=None, help="Cap on examples per pack."),
-        click.option("--cp-size", type=int, default=1, show_default=True,
+        click.option("--max-segments", type=click.IntRange(1), default=None, help="Cap on examples per pack."),
+        click.option("--cp-size", type=click.IntRange(1), default=1, show_default=True,
                      help="Plan for context parallelism over N ranks: examples padded to multiples of 2N (pack length divisible by 2N)."),
         click.option("--layout", type=click.Choice(C.LAYOUTS), default="best-fit", show_default=True,
                      help="best-fit: whole examples bin-packed; wrapped (--kind text): documents end to end, cut every pack length."),
-        click.option("--time-limit", type=float, default=None, help="Work budget of the ortools planner, in deterministic seconds (about wall seconds on 2 cores; the plan never depends on the clock). Default: 1 + 1e-5 per example, at most 300."),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--time-limit", type=_Finite(0, C.MAX_TIME_LIMIT), default=None, help="Work budget of the ortools planner, in deterministic seconds (about wall seconds on 2 cores; the plan never depends on the clock). Default: 1 + 1e-5 per example, at most 300."),
+        click.option("--seed", type=click.IntRange(0, C.MAX_SEED), default=0, show_default=True),
 ])
 
 write_options = _apply([
-        click.option("--shard-mb", type=float, default=256, show_default=True, help="Max shard size, MiB."),
+        click.option("--shard-mb", type=_Finite(0, C.MAX_SHARD_BYTES / 2**20, above=True), default=256, show_default=True,
+                     help="Max shard size, MiB."),
         click.option("--shuffle/--no-shuffle", default=True, show_default=True,
                      help="Write packs in a seeded random order."),
 ])
@@ -161,11 +182,11 @@ def main() -> None:
 @tokenize_options
 @plan_options
 @write_options
-@click.option("--workers", type=int, default=0, show_default=True,
+@click.option("--workers", type=click.IntRange(0, MAX_WORKERS), default=0, show_default=True,
               help="Worker processes for the map steps (0: in this process, tokenizer on all cores).")
 @click.option("--executor", type=click.Choice(list(EXECUTORS)), default="local", show_default=True,
               help="Where the map steps run: this machine, or a Ray cluster (RAY_ADDRESS, else a local one).")
-@click.option("--baseline-batch", type=int, default=8, show_default=True,
+@click.option("--baseline-batch", type=click.IntRange(1, MAX_BASELINE_BATCH), default=8, show_default=True,
               help="Batch size of the padded-to-longest baseline in the report.")
 @click.option("--rehash", is_flag=True,
               help="Check the sha256 of every file of the stages a rerun would skip, and rebuild damaged ones.")
@@ -197,7 +218,7 @@ def pack(data, out, mix, workers, executor, baseline_batch, rehash, split, **kw)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
 @mix_option
 @tokenize_options
-@click.option("--workers", type=int, default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(0, MAX_WORKERS), default=0, show_default=True)
 @quiet_option
 @_fail_cleanly
 def tokenize_cmd(data, out, mix, workers, **kw):
@@ -250,8 +271,8 @@ def plan_cmd(run, weights, **kw):
 @main.command("write")
 @click.argument("run", type=click.Path(file_okay=False, exists=True))
 @write_options
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workers", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, C.MAX_SEED), default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(0, MAX_WORKERS), default=0, show_default=True)
 @quiet_option
 @_fail_cleanly
 def write_cmd(run, workers, **kw):
@@ -270,7 +291,7 @@ def write_cmd(run, workers, **kw):
 
 @main.command()
 @click.argument("run", type=click.Path(file_okay=False, exists=True))
-@click.option("--baseline-batch", type=int, default=8, show_default=True)
+@click.option("--baseline-batch", type=click.IntRange(1, MAX_BASELINE_BATCH), default=8, show_default=True)
 @_fail_cleanly
 def report(run, baseline_batch):
     """Re-render RUN's report (json, md, html) from its shards, keeping the recorded stage times."""
@@ -332,7 +353,7 @@ def verify(path):
 
 @main.command()
 @click.argument("path", type=click.Path(exists=True))
-@click.option("--pack", "index", type=int, default=0, show_default=True, help="Which pack (0-based, in file order).")
+@click.option("--pack", "index", type=click.IntRange(0), default=0, show_default=True, help="Which pack (0-based, in file order).")
 @click.option("--tokenizer", default=None, help="The run's tokenizer, when its recorded name is not loadable here.")
 @click.option("--color/--plain", default=None, help="Trained tokens in green (default when the output is a terminal), "
                                                     "or between [[ and ]].")
@@ -412,7 +433,7 @@ def cache_info():
 
 
 @cache.command("prune")
-@click.option("--older-than", "days", type=click.FloatRange(min=0), default=7.0, show_default=True,
+@click.option("--older-than", "days", type=_Finite(0, 1e6), default=7.0, show_default=True,
               help="Remove entries not used for this many days (0: every entry not being built).")
 @click.option("--kind", "kinds", multiple=True, type=click.Choice(ENTRY_KINDS),
               help="Only these kinds (repeatable; default: all).")
@@ -433,8 +454,8 @@ def cache_prune(days, kinds, dry_run):
 
 @main.command()
 @click.argument("out", type=click.Path(dir_okay=False))
-@click.option("-n", "records", type=int, default=2000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-n", "records", type=click.IntRange(1, 10**8), default=2000, show_default=True)
+@click.option("--seed", type=click.IntRange(0, C.MAX_SEED), default=0, show_default=True)
 def sample(out, records, seed):
     """Write a small synthetic sft data set (fields query, response) to OUT."""
     from packer.build.demo_data import write_sample

@@ -44,6 +44,7 @@ def pack(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, *, tokenize
     """
     if split not in ("train", "eval"):
         raise ConfigError(f"split '{split}' is not one of train, eval")
+    R.check_baseline_batch(baseline_batch)  # checked before any work, not after the shards are committed
     if split == "eval":
         write_config = _for_eval(inputs, plan_config, write_config)
     if is_url(str(out)):  # an object store: build in the local staging folder, then publish (commit last)

@@ -7,6 +7,7 @@ writes the plan folder (packer.core.formats.plan).
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -166,6 +167,23 @@ def _sources_of(manifest: dict, file_index: np.ndarray) -> np.ndarray:
     return source[file_index] if len(file_index) else np.zeros(0, np.int64)
 
 
+PLAN_BYTES_PER_EXAMPLE = 100
+"""What planning costs the driver per mixed example (docs/SCALE.md: ~100 GB at 1e9 examples)."""
+
+
+def _check_plan_memory(examples: int) -> None:
+    """Refuse, before allocating, a mixture whose plan would need more memory than this machine has."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return  # not knowable here: nothing to compare with
+    need = examples * PLAN_BYTES_PER_EXAMPLE
+    if need > physical:
+        raise ConfigError(f"the mixture's weights ask for {examples:,} examples, whose plan needs about "
+                          f"{need / 2**30:,.0f} GiB (~{PLAN_BYTES_PER_EXAMPLE} bytes an example), more than this "
+                          f"machine's {physical / 2**30:,.0f} GiB; lower the weights (epochs) or plan on a larger machine")
+
+
 def mixture_rows(source: np.ndarray, weights: tuple[float, ...], seed: int, sources: int | None = None) -> np.ndarray:
     """The examples a weighted mixture trains on, as tokenized rows in data order (repeats adjacent).
 
@@ -184,6 +202,8 @@ def mixture_rows(source: np.ndarray, weights: tuple[float, ...], seed: int, sour
     top = sources if sources is not None else (int(source.max()) + 1 if n else 0)
     if top != len(weights) or (n and int(source.max()) >= len(weights)):
         raise ConfigError(f"{len(weights)} weights for {top} input sources: give one weight per input")
+    per_source = np.bincount(source, minlength=len(weights)) if n else np.zeros(len(weights), np.int64)
+    _check_plan_memory(sum(int(w) * int(c) + round((w - int(w)) * int(c)) for w, c in zip(weights, per_source)))
     for s, w in enumerate(weights):
         idx = np.flatnonzero(source == s)
         whole, frac = int(w), w - int(w)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from packer.build.planners.bounds import lower_bound
+from packer.core.config import whole
 from packer.core.formats.shards import ShardSet, read_slice, resolve
 
 FIELDS = [  # (key, label, format) for tables
@@ -38,6 +39,15 @@ FIELDS = [  # (key, label, format) for tables
 ]
 
 
+MAX_BASELINE_BATCH = 1 << 20
+"""Examples per batch of the padded-to-longest baseline the report compares with."""
+
+
+def check_baseline_batch(baseline_batch: int) -> int:
+    """The baseline's batch size, checked (before any stage runs: a bad one must not fail after the commit)."""
+    return whole("baseline_batch (--baseline-batch)", baseline_batch, 1, MAX_BASELINE_BATCH)
+
+
 def _cat(parts: list[np.ndarray], dtype=np.int64) -> np.ndarray:
     return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
 
@@ -54,6 +64,7 @@ def _tokenized_lengths(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
 
 def compute(path: str | Path, seconds: dict[str, float] | None = None, baseline_batch: int = 8) -> dict:
     """The report of a run folder (or a shards folder: then without the per-file loss accounting)."""
+    check_baseline_batch(baseline_batch)
     shards_dir = resolve(path)
     run = shards_dir.parent if shards_dir.name == "shards" else shards_dir
     ds = ShardSet(shards_dir)

@@ -5,11 +5,47 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 
 from packer.core.errors import ConfigError
 
 KINDS = ("sft", "chat", "text")
+
+# Limits on numbers whose memory or work grows with their value, checked before anything is allocated.
+MAX_PACK_LEN = 1 << 22
+"""4,194,304 tokens a pack: beyond any context length trained today (1-2M); the planners' length histograms
+and the report take 8 bytes per possible length, and a batch row is pack_len tokens."""
+MAX_CHUNK_RECORDS = 1 << 20
+"""Records a map task holds in memory at once (rendered texts and their spans)."""
+MAX_WEIGHT = 1e6
+"""An input repeated more than a million times is not a mixture; the plan's memory also checks the total."""
+MAX_TIME_LIMIT = 7 * 86_400.0
+"""A week of the ortools planner's deterministic work budget."""
+MAX_SHARD_BYTES = 1 << 40
+MAX_SEED = 2**63 - 1
+
+
+def whole(name: str, value: object, lo: int, hi: int, why: str = "") -> int:
+    """`value` as an int in [lo, hi], else a ConfigError naming the option (`name`), the range and why."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ConfigError(f"{name} is {value!r}: give a whole number from {lo:,} to {hi:,}")
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} is {value:,}: it must be from {lo:,} to {hi:,}" + (f" ({why})" if why else ""))
+    return value
+
+
+def number(name: str, value: object, lo: float, hi: float, why: str = "", *, above: bool = False) -> float:
+    """`value` as a finite float in [lo, hi] (above: lo excluded), else a ConfigError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name} is {value!r}: give a finite number")
+    if value < lo or value > hi or (above and value == lo):
+        bound = f"above {lo:g}" if above else f"from {lo:g}"
+        raise ConfigError(f"{name} is {value:g}: it must be {bound} up to {hi:g}" + (f" ({why})" if why else ""))
+    return float(value)
 OVERLONG = ("truncate", "drop", "split", "error")
 LAYOUTS = ("best-fit", "wrapped")
 CHAT_FORMATS = ("auto", "openai", "sharegpt")
@@ -57,8 +93,8 @@ class InputSpec:
     example twice, 2.5 twice plus a seeded half. Applied by the plan stage (never re-tokenizes)."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.weight, (int, float)) or not self.weight >= 0 or self.weight == float("inf"):
-            raise ConfigError(f"input '{self.path}': weight {self.weight!r} must be a finite number >= 0")
+        number(f"input '{self.path}': weight", self.weight, 0, MAX_WEIGHT,
+               "a weight repeats or samples the input's examples; more than a million repeats is not a mixture")
 
     @classmethod
     def parse(cls, spec: str) -> "InputSpec":
@@ -153,8 +189,8 @@ class TokenizeConfig:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"kind '{self.kind}' is not one of {', '.join(KINDS)}")
-        if self.chunk_records < 1:
-            raise ConfigError("chunk_records must be at least 1")
+        whole("chunk_records (--chunk-records)", self.chunk_records, 1, MAX_CHUNK_RECORDS,
+              "a map task holds its chunk's records in memory")
         bad_limit(self.max_bad, 1)  # refuses a malformed value now, not after tokenizing
         if self.chat_format not in CHAT_FORMATS:
             raise ConfigError(f"chat_format '{self.chat_format}' is not one of {', '.join(CHAT_FORMATS)}")
@@ -194,15 +230,19 @@ class PlanConfig:
     same lengths and seed give the same plan on any machine, loaded or not."""
 
     def __post_init__(self) -> None:
-        if self.pack_len < 1:
-            raise ConfigError(f"pack_len must be positive, got {self.pack_len}")
+        whole("pack_len (--pack-len)", self.pack_len, 1, MAX_PACK_LEN,
+              "the planners' histograms and every batch row grow with the pack length")
         if self.overlong not in OVERLONG:
             raise ConfigError(f"overlong '{self.overlong}' is not one of {', '.join(OVERLONG)}")
-        if self.max_segments is not None and self.max_segments < 1:
-            raise ConfigError("max_segments must be at least 1")
-        if any(not isinstance(w, (int, float)) or not 0 <= w < float("inf") for w in self.weights):
-            raise ConfigError(f"weights {self.weights!r}: each must be a finite number >= 0")
-        object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+        if self.max_segments is not None:
+            whole("max_segments (--max-segments)", self.max_segments, 1, self.pack_len,
+                  "every segment holds at least one token")
+        whole("seed (--seed)", self.seed, 0, MAX_SEED)
+        whole("cp_size (--cp-size)", self.cp_size, 1, max(1, self.pack_len // 2),
+              "each of 2 x cp_size chunks of a pack holds at least one token")
+        if self.time_limit is not None:
+            number("time_limit (--time-limit)", self.time_limit, 0, MAX_TIME_LIMIT)
+        object.__setattr__(self, "weights", tuple(number("weights", w, 0, MAX_WEIGHT) for w in self.weights))
         from packer.core.context_parallel import check_cp_size
 
         check_cp_size(self.pack_len, self.cp_size)
@@ -233,6 +273,10 @@ class WriteConfig:
     shuffle: bool = True
     """Write packs in a seeded random order, so that a sequential reader sees a mix."""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        whole("shard_bytes (--shard-mb)", self.shard_bytes, 1, MAX_SHARD_BYTES)
+        whole("seed (--seed)", self.seed, 0, MAX_SEED)
 
 
 def to_dict(cfg: object) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
+from packer.core.config import whole
 from packer.core.errors import ConfigError
 from packer.core.executors.local import LocalExecutor
 
@@ -29,10 +30,13 @@ class Executor(Protocol):
         ...
 
 
+MAX_WORKERS = 1024
+"""Worker processes of the local executor: each holds a tokenizer and a chunk in memory."""
+
+
 def _local(workers: int) -> Executor:
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
-        raise ConfigError(f"workers must be a whole number >= 0; got {workers!r}")
-    return LocalExecutor(workers)
+    return LocalExecutor(whole("workers (--workers)", workers, 0, MAX_WORKERS, "each worker process holds a "
+                                                                                  "tokenizer and a chunk in memory"))
 
 
 def _ray(workers: int) -> Executor:
@@ -65,4 +69,4 @@ def resolve(executor: Executor | str | None, workers: int = 0) -> Executor:
     return executor
 
 
-__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "NAMES", "resolve"]
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "MAX_WORKERS", "NAMES", "resolve"]

@@ -54,5 +54,5 @@ def test_resolve_refuses_what_it_cannot_run():
         resolve(LocalExecutor(1), 2)
     with pytest.raises(ConfigError, match="no map"):
         resolve(object(), 0)
-    with pytest.raises(ConfigError, match="whole number"):
+    with pytest.raises(ConfigError, match=r"workers \(--workers\) is -1: it must be from 0 to 1,024"):
         resolve(None, -1)
