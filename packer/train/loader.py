@@ -18,6 +18,7 @@ import torch
 
 from packer.train.collate import BatchSource, collate
 from packer.train.reader import PackedShards
+from packer.core.config import whole
 from packer.core.errors import ConfigError
 from packer.train.prefetch import Progress
 from packer.train.prefetch import prefetch as in_background
@@ -387,17 +388,43 @@ class PackedLoader(torch.utils.data.IterableDataset):
         return self._yielded
 
     def state_dict(self) -> dict:
-        """Where the loader stands: restoring it yields exactly the batches still to come."""
+        """Where the loader stands: restoring it yields exactly the batches still to come. It carries the run's
+        identity (the shards manifest's seal and the plan's digest), so it resumes only the run it came from."""
         return {"epoch": self.epoch, "batches_yielded": self._position(), "seed": self.seed, "cp_size": self.cp_size,
                 "batch_size": self.batch_size, "world_size": self.world_size, "rank": self.rank,
                 "num_packs": len(self.dataset), "shuffle": self.shuffle, "drop_last": self.drop_last,
-                "balance": self.balance, "eval": self.eval}
+                "balance": self.balance, "eval": self.eval, **self._identity()}
+
+    def _identity(self) -> dict:
+        m = self.dataset.manifest
+        lineage = m.get("lineage") if isinstance(m.get("lineage"), dict) else {}
+        return {"run": m.get("manifest_sha256"), "plan": lineage.get("plan")}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from `state` (from state_dict). Every field is checked before anything changes: a state of
+        another run or plan, of other settings, or with a position outside the epoch is refused, naming it."""
+        if not isinstance(state, dict):
+            raise ConfigError(f"a loader state is a dict from PackedLoader.state_dict(), not {type(state).__name__}")
+        missing = [k for k in ("epoch", "batches_yielded", "run", "plan") if k not in state]
+        if missing:
+            raise ConfigError(f"the loader state lacks {', '.join(missing)} (saved by another version of packer, or "
+                              "not a PackedLoader state); resume from a checkpoint of this version")
+        for key, mine in self._identity().items():
+            if state[key] != mine:
+                what = "shards (the manifest's seal)" if key == "run" else "plan (its digest)"
+                raise ConfigError(f"the loader state is of another run: its {what} {str(state[key])[:16]} is not this "
+                                  f"run's {str(mine)[:16]}; resume on the run the checkpoint was trained on")
         for key in ("seed", "batch_size", "world_size", "num_packs", "shuffle", "drop_last", "balance", "eval"):
             mine = len(self.dataset) if key == "num_packs" else getattr(self, key)
             if key in state and state[key] != mine:
                 raise ConfigError(f"state was saved with {key}={state[key]}, this loader has {key}={mine}; "
                                   "resume with the same settings and shards")
-        self.epoch = int(state["epoch"])
-        self._yielded, self._progress = int(state["batches_yielded"]), None
+        epoch = whole("the loader state's epoch", state["epoch"], 0, 2**31 - 1)
+        saved, self.epoch = self.epoch, epoch
+        try:
+            steps = len(self)  # batches in that epoch for this rank
+        finally:
+            self.epoch = saved
+        yielded = whole("the loader state's batches_yielded", state["batches_yielded"], 0, steps,
+                        f"epoch {epoch} has {steps} batches on this rank")
+        self.epoch, self._yielded, self._progress = epoch, yielded, None

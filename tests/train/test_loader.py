@@ -221,3 +221,38 @@ def test_damaged_shard_errors_name_the_file(tmp_path, byte_tok):
     shard.write_bytes(bytes(raw[:-10]))
     with pytest.raises(FormatError, match=r"shard-00000\.bin: truncated"):
         PackedLoader(tmp_path / "r", 2, verify=False)
+
+
+def test_a_state_of_another_run_with_as_many_packs_is_refused(run, tmp_path, byte_tok):
+    """Before: load_state_dict compared the pack count only, so a checkpoint of one run resumed silently on
+    another run with the same number of packs. A state carries its run's identity now."""
+    other = tmp_path / "other"
+    # the same records with one changed answer: as many packs, other shards
+    records = sft_records(400, seed=5)
+    records[7]["response"] = records[7]["response"][::-1]
+    pack([str(write_jsonl(tmp_path / "o.jsonl", records))], other, tokenizer=byte_tok,
+         plan_config=C.PlanConfig(pack_len=256), write_config=C.WriteConfig(shard_bytes=30_000))
+    a, b = PackedLoader(run, 4, seed=3), PackedLoader(other, 4, seed=3)
+    assert len(a.dataset) == len(b.dataset)
+    state = a.state_dict()
+    assert state["run"] == a.dataset.manifest["manifest_sha256"]
+    with pytest.raises(ConfigError, match="the loader state is of another run: its shards"):
+        b.load_state_dict(state)
+
+
+@pytest.mark.parametrize("field,value,says", [
+    ("batches_yielded", -1, "batches_yielded is -1"),
+    ("batches_yielded", 10**6, "it must be from 0 to"),
+    ("batches_yielded", "3", "give a whole number"),
+    ("epoch", -1, "epoch is -1"),
+    ("epoch", 1.5, "give a whole number"),
+])
+def test_every_field_of_a_state_is_checked(run, field, value, says):
+    """Before: a negative batches_yielded yielded more batches than the epoch has."""
+    loader = PackedLoader(run, 4, seed=3)
+    state = dict(loader.state_dict(), **{field: value})
+    with pytest.raises(ConfigError, match=says):
+        loader.load_state_dict(state)
+    with pytest.raises(ConfigError, match="lacks run"):
+        loader.load_state_dict({k: v for k, v in loader.state_dict().items() if k != "run"})
+    assert as_lists(loader) == as_lists(PackedLoader(run, 4, seed=3)), "a refused state changes nothing"
