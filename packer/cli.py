@@ -76,7 +76,8 @@ tokenize_options = _apply([
         click.option("--kind", type=click.Choice(C.KINDS), default="sft", show_default=True),
         click.option("--template", default="auto", show_default=True,
                      help="alpaca, chatml, none, tokenizer, or a template file: {query} [{response}] for sft, "
-                          "a Jinja chat template for chat."),
+                          "a Jinja chat template for chat; for chat also the name of one of the tokenizer's named "
+                          "templates (additional_chat_templates/NAME.jinja)."),
         click.option("--query-field", default="query", show_default=True),
         click.option("--response-field", default="response", show_default=True),
         click.option("--messages-field", default="messages", show_default=True),
@@ -98,6 +99,11 @@ tokenize_options = _apply([
                      help="With --skip-bad, fail when more records than this are bad: a share (1%) or a count."),
         click.option("--chunk-records", type=click.IntRange(1, C.MAX_CHUNK_RECORDS), default=8192, show_default=True,
                      help="Records per map task (held in memory at once)."),
+        click.option("--max-render-chars", type=click.IntRange(1, 1 << 30), default=C.TokenizeConfig.max_render_chars,
+                     show_default=True, help="chat: most characters one record's chat-template rendering may have."),
+        click.option("--render-budget", type=click.IntRange(1, 1 << 40), default=C.TokenizeConfig.render_budget,
+                     show_default=True, help="chat: most work steps one record's rendering may take (~1.5M a second); "
+                                             "deterministic, never the clock."),
 ])
 
 plan_options = _apply([
@@ -141,7 +147,8 @@ def _tokenize_config(kw: dict) -> C.TokenizeConfig:
         response_field=kw["response_field"], messages_field=kw["messages_field"],
         text_field=kw["text_field"], tools_field=kw["tools_field"], chat_format=kw["chat_format"],
         train_on=kw["train_on"], weight_field=kw["weight_field"], eos_token=kw["eos_token"], add_bos=kw["add_bos"],
-        skip_bad=kw["skip_bad"], max_bad=kw["max_bad"], chunk_records=kw["chunk_records"])
+        skip_bad=kw["skip_bad"], max_bad=kw["max_bad"], chunk_records=kw["chunk_records"],
+        max_render_chars=kw["max_render_chars"], render_budget=kw["render_budget"])
 
 
 def _plan_config(kw: dict, kind: str, weights: tuple[float, ...] = ()) -> C.PlanConfig:
@@ -296,8 +303,12 @@ def write_cmd(run, workers, **kw):
 def report(run, baseline_batch):
     """Re-render RUN's report (json, md, html) from its shards, keeping the recorded stage times."""
     from packer.build import report as R
-    old = Path(run) / "report.json"
-    seconds = R.load(old)["seconds"] if old.is_file() else None
+    from packer.core.errors import FormatError
+
+    try:  # keep the recorded stage times; a missing or damaged report.json is what this rewrites
+        seconds = R.load(run).get("seconds")
+    except FormatError:
+        seconds = None
     with writing(Path(run), "packer report"):
         rep = R.compute(run, seconds, baseline_batch)
         R.write(run, rep)
@@ -313,15 +324,8 @@ def report(run, baseline_batch):
 def compare(runs, fmt, out):
     """Side-by-side table of the reports of several runs."""
     from packer.build import report as R
-    from packer.core.errors import FormatError
 
-    reports = []
-    for r in runs:
-        try:
-            reports.append((Path(r).name, R.load(r)))
-        except FileNotFoundError:
-            raise FormatError(str(r), "no report.json", "run `packer pack` or `packer report` there first") from None
-    table = R.compare_table(reports, fmt)
+    table = R.compare_table(list(zip(R.labels(list(runs)), (R.load(r) for r in runs))), fmt)
     click.echo(table, nl=False)
     if out:
         Path(out).write_text(table, encoding="utf-8")
@@ -365,10 +369,10 @@ def inspect(path, index, tokenizer, color):
     import numpy as np
 
     from packer.core.errors import ConfigError
-    from packer.core.formats.shards import ShardSet
+    from packer.core.formats.shards import ShardSet, check_values
     from packer.build.load_tokenizer import load_tokenizer
 
-    ds = ShardSet(path, verify=False)
+    ds = ShardSet(path)  # checked as every reader checks it (structure; each file's sha256 once per run)
     if not 0 <= index < len(ds):
         raise ConfigError(f"--pack {index}: the run has packs 0..{len(ds) - 1}")
     meta = ds.manifest["tokenizer"]
@@ -380,6 +384,7 @@ def inspect(path, index, tokenizer, color):
     color = sys.stdout.isatty() if color is None else color
     on, off = ("\x1b[32m", "\x1b[0m") if color else ("[[", "]]")
     p = ds.arrays(index)
+    check_values(p["tokens"], p["loss_mask"], ds.vocab_size, ds.locate(index)[0].path, index)
     tokens, mask = np.asarray(p["tokens"]), np.asarray(p["loss_mask"], bool)
     bounds = np.concatenate([[0], np.cumsum(p["seg_lens"])])
     click.echo(f"pack {index}: {len(tokens)} of {ds.pack_len} tokens, {len(p['seg_lens'])} segments, "

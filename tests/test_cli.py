@@ -87,3 +87,18 @@ def test_an_odd_pack_length_packs(tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", [{"query": f"q{i}", "response": "r" * i} for i in range(1, 40)])
     r = CliRunner().invoke(main, ["pack", str(data), "--out", str(tmp_path / "o"), "--pack-len", "1001", "--quiet"])
     assert r.exit_code == 0, r.output
+
+
+def test_inspect_checks_the_pack_it_shows(tmp_path):
+    """Before: `packer inspect` showed a pack without checking it; now it checks the run as every reader
+    does (each file's sha256 once per run) and the pack's token ids."""
+    data = write_jsonl(tmp_path / "d.jsonl", [{"query": f"q{i}", "response": "r" * i} for i in range(1, 40)])
+    r = CliRunner().invoke(main, ["pack", str(data), "--out", str(tmp_path / "o"), "--pack-len", "1024", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert CliRunner().invoke(main, ["inspect", str(tmp_path / "o"), "--plain"]).exit_code == 0
+    shard = tmp_path / "o" / "shards" / "shard-00000.bin"
+    data = bytearray(shard.read_bytes())
+    data[64] ^= 1  # the first token, still a valid id
+    shard.write_bytes(bytes(data))
+    r = CliRunner().invoke(main, ["inspect", str(tmp_path / "o"), "--plain"])
+    assert r.exit_code == 1 and "shard-00000.bin: checksum differs" in r.output

@@ -80,7 +80,7 @@ def normalize(obj: dict, *, messages_field: str, chat_format: str, tools_field: 
         tools = _json(tools, where, line, tools_field)
     if tools is not None and not isinstance(tools, list):
         raise InputError(where, line, tools_field, f"is {type(tools).__name__}, expected a list of tool schemas")
-    return Chat(messages, tools or None, weights)
+    return Chat(messages, tools, weights)  # as given: [] is "tools", as transformers' tools=[] is
 
 
 def _detect(obj: dict, messages_field: str, chat_format: str, where: str, line: int | None) -> tuple[str, str]:
@@ -178,7 +178,7 @@ def _from_openai(m: dict, at: str, where: str, line: int | None) -> dict:
     msg = dict(m)
     msg["content"] = _text(m.get("content"), at, where, line)
     if "reasoning" in msg and "reasoning_content" not in msg:
-        msg["reasoning_content"] = msg.pop("reasoning")
+        msg["reasoning_content"] = msg["reasoning"]  # both kept: the template sees what transformers shows it
     if "reasoning_content" in msg and not isinstance(msg["reasoning_content"], str):
         raise InputError(where, line, f"{at}.reasoning_content",
                          f"is {type(msg['reasoning_content']).__name__}, expected a string")

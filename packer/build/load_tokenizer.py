@@ -17,6 +17,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from packer.core.errors import ConfigError
 
 BYTE_EOS = "<|endoftext|>"
+SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,11 @@ class TokenizerInfo:
     eos_id: int
     bos_id: int | None
     add_bos: bool
-    chat_template: str | None
+    chat_template: str | dict[str, str] | None
+    """The chat template, or several by name (as transformers holds them: 'default', 'tool_use', ...)."""
     special: dict[str, str]
-    """Special token strings (bos_token, eos_token) for chat templates."""
+    """Special token strings the chat template sees, as transformers passes them (bos_token, eos_token,
+    unk_token, sep_token, pad_token, cls_token, mask_token: those the tokenizer defines)."""
     spans_concatenate: bool = True
     """Whether encoding text spans one by one and concatenating the ids gives back the joined text.
     True for byte-level BPE (GPT-2, Llama 3, Qwen2); False where each encode adds a prefix space
@@ -99,6 +102,9 @@ def load_tokenizer(spec: str, eos_token: str | None = None, add_bos: bool | None
             conf = p.parent / "tokenizer_config.json"
             if conf.is_file():
                 cfg = json.loads(conf.read_text(encoding="utf-8"))
+            files = _template_files(p.parent)
+            if files:  # as transformers: template files take priority over tokenizer_config.json's entry
+                cfg["chat_template"] = files
             name = str(p)
         else:
             tok, cfg = _from_hub(spec)
@@ -115,7 +121,8 @@ def load_tokenizer(spec: str, eos_token: str | None = None, add_bos: bool | None
     if want_bos and bos_id is None:
         raise ConfigError(f"tokenizer '{spec}': BOS requested but no bos_token is defined")
     text = tok.to_str()
-    special = {"eos_token": eos, "bos_token": bos or ""}
+    special = {k: v for k in SPECIAL_TOKENS if (v := _token_str(cfg.get(k)))}
+    special.update(eos_token=eos, bos_token=bos or "")
     clean = spans_concatenate(tok)
     return TokenizerInfo(
         name=name, json=text, fingerprint=hashlib.sha256(text.encode()).hexdigest(),
@@ -137,10 +144,29 @@ def spans_concatenate(tok: Tokenizer) -> bool:
     return True
 
 
-def _chat_template(value: object) -> str | None:
-    if isinstance(value, list):  # some configs hold several named templates
+def _template_files(folder: Path) -> dict[str, str] | str | None:
+    """chat_template.jinja ('default') and additional_chat_templates/NAME.jinja of a tokenizer folder, as
+    transformers reads them (one default template alone is a string)."""
+    found = {}
+    if (folder / "chat_template.jinja").is_file():
+        found["default"] = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    extra = folder / "additional_chat_templates"
+    if extra.is_dir():
+        for f in sorted(extra.glob("*.jinja")):
+            found[f.name.removesuffix(".jinja")] = f.read_text(encoding="utf-8")
+    if not found:
+        return None
+    return found["default"] if list(found) == ["default"] else found
+
+
+def _chat_template(value: object) -> str | dict[str, str] | None:
+    """tokenizer_config.json's chat_template: a string, or a list of {name, template} (a dict by name)."""
+    if isinstance(value, list):  # several named templates
         named = {d.get("name"): d.get("template") for d in value if isinstance(d, dict)}
-        value = named.get("default")
+        named = {k: v for k, v in named.items() if isinstance(k, str) and isinstance(v, str)}
+        return named or None
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)} or None
     return value if isinstance(value, str) else None
 
 

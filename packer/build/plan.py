@@ -92,10 +92,12 @@ def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, 
             raise ConfigError(f"layout wrapped is for --kind text (pretraining documents); this run is {kind}, whose "
                               "examples would lose their prompt where a pack boundary cuts them: use best-fit")
         pieces, counts = wrap(lengths[rows], config.pack_len)
+        counts["per_file"] = per_file_counts(lengths, cols["file_index"], rows, pieces, len(tok_manifest["inputs"]))
         pieces[:, 0] = rows[pieces[:, 0]]
         p = wrapped_plan(pieces[:, 2], config.pack_len)
     else:
         pieces, counts = cut_overlong(lengths[rows], prompt_len[rows], config.pack_len, config.overlong)
+        counts["per_file"] = per_file_counts(lengths, cols["file_index"], rows, pieces, len(tok_manifest["inputs"]))
         pieces[:, 0] = rows[pieces[:, 0]]  # back to tokenized rows (a repeated example names its row again)
         p = plan(pieces[:, 2], config.pack_len, config.algorithm, seed=config.seed,
                  max_segments=config.max_segments, time_limit=config.time_limit, cp_size=config.cp_size)
@@ -120,6 +122,41 @@ def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, 
         }  # no wall time: manifests are byte-identical on rerun; callers time the stage themselves
 
     return commit_stage(Path(out), build)
+
+
+PER_FILE = ("lost_tokens", "truncated_examples", "dropped_examples", "sampled_out_examples", "sampled_out_tokens",
+            "repeated_examples", "repeated_tokens")
+
+
+def per_file_counts(lengths: np.ndarray, file_index: np.ndarray, rows: np.ndarray, pieces: np.ndarray,
+                    files: int) -> list[dict[str, int]]:
+    """Per input file, what the over-long policy and the mixture did to its examples:
+
+        lost_tokens          tokens the over-long policy took, over every copy (truncated, split pieces
+                             dropped, examples dropped)
+        truncated_examples   copies kept in part;  dropped_examples: copies of which nothing is kept
+        sampled_out_...      examples a weight below 1 left out, and their tokens (not lost to the policy)
+        repeated_...         copies beyond the first that a weight above 1 added, and their tokens
+
+    lengths, file_index: per tokenized example; rows: per mixed copy, its tokenized example; pieces: the
+    copies' pieces (row = index into rows, start, length), before the rows are mapped back."""
+    lengths, file_index = np.asarray(lengths, np.int64), np.asarray(file_index, np.int64)
+    kept = np.bincount(pieces[:, 0], weights=pieces[:, 2], minlength=len(rows)).astype(np.int64) if len(pieces) \
+        else np.zeros(len(rows), np.int64)
+    fi = file_index[rows]
+    lost = lengths[rows] - kept
+    copies = np.bincount(rows, minlength=len(lengths)) if len(rows) else np.zeros(len(lengths), np.int64)
+
+    def per_file(index: np.ndarray, where: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        w = None if weights is None else weights[where]
+        return np.bincount(index[where], weights=w, minlength=files).astype(np.int64)[:files]
+
+    out = {"lost_tokens": per_file(fi, lost > 0, lost), "truncated_examples": per_file(fi, (kept > 0) & (lost > 0)),
+           "dropped_examples": per_file(fi, kept == 0), "sampled_out_examples": per_file(file_index, copies == 0),
+           "sampled_out_tokens": per_file(file_index, copies == 0, lengths),
+           "repeated_examples": per_file(file_index, copies > 1, copies - 1),
+           "repeated_tokens": per_file(file_index, copies > 1, (copies - 1) * lengths)}
+    return [{name: int(out[name][f]) for name in PER_FILE} for f in range(files)]
 
 
 def wrap(lengths: np.ndarray, pack_len: int) -> tuple[np.ndarray, dict[str, int]]:

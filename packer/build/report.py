@@ -18,6 +18,8 @@ import numpy as np
 
 from packer.build.planners.bounds import lower_bound
 from packer.core.config import whole
+from packer.core.context_parallel import padded_lengths
+from packer.core.errors import FormatError
 from packer.core.formats.shards import ShardSet, read_slice, resolve
 
 FIELDS = [  # (key, label, format) for tables
@@ -48,6 +50,17 @@ def check_baseline_batch(baseline_batch: int) -> int:
     return whole("baseline_batch (--baseline-batch)", baseline_batch, 1, MAX_BASELINE_BATCH)
 
 
+HISTOGRAM_BINS = 256
+"""Bins of a report histogram at most: its JSON and its plot stay small at any pack length."""
+
+
+def _histogram(name: str, values: np.ndarray, top: int) -> dict[str, list[int] | int]:
+    """{name: counts, name_bin: width}: values 0..top in at most HISTOGRAM_BINS bins of `width` each."""
+    width = max(1, -(-(top + 1) // HISTOGRAM_BINS))
+    counts = np.bincount(np.asarray(values, np.int64) // width, minlength=top // width + 1) if len(values) else []
+    return {name: list(map(int, counts)), f"{name}_bin": width}
+
+
 def _cat(parts: list[np.ndarray], dtype=np.int64) -> np.ndarray:
     return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
 
@@ -76,7 +89,11 @@ def compute(path: str | Path, seconds: dict[str, float] | None = None, baseline_
     seg_loss = _cat([_segment_loss(s) for s in ds.shards])
     loss_tokens = int(seg_loss.sum())
     tokens, packs = int(seg_lens.sum()), len(pack_tokens)
-    lb = lower_bound(seg_lens, L)
+    # The bound of what was packed: segments as they occupy a pack (cp padding), and the max_segments cap.
+    plan_cfg = (m.get("config") or {}).get("plan") or {}
+    lb = lower_bound(padded_lengths(seg_lens, ds.cp_size), L)
+    if plan_cfg.get("max_segments") and len(seg_lens):
+        lb = max(lb, -(-len(seg_lens) // int(plan_cfg["max_segments"])))
     # Baselines on the same examples as trained (after truncation), in data order.
     order = np.argsort(seg_example, kind="stable")
     in_order = seg_lens[order].astype(np.float64)
@@ -121,34 +138,50 @@ def compute(path: str | Path, seconds: dict[str, float] | None = None, baseline_
         "plan_seconds": (seconds or {}).get("plan"),
         "per_file": _per_file(run, m, seg_example, seg_lens),
         "per_source": _per_source(run, m, seg_example, seg_lens, seg_loss),
+        # At most HISTOGRAM_BINS bins each, whatever the pack length: bin i counts values in [i*w, (i+1)*w).
         "histograms": {
-            "example_length": np.bincount(np.minimum(seg_lens, L), minlength=L + 1).tolist() if n else [],
+            **_histogram("example_length", seg_lens, L),
             # packs by fill, in whole percent (0..100)
             "pack_fill_percent": np.bincount((pack_tokens * 100) // L, minlength=101).tolist() if packs else [],
-            "segments_per_pack": np.bincount(segs_per_pack).tolist() if packs else [],
+            **_histogram("segments_per_pack", segs_per_pack, int(segs_per_pack.max()) if packs else 0),
         },
     }
     return report
 
 
+def labels(paths: list[str]) -> list[str]:
+    """Short names that tell the paths apart: each path's shortest tail of components unique among them
+    (gsm8k/train.jsonl and math/train.jsonl, not train.jsonl twice)."""
+    parts = [str(p).rstrip("/").split("/") for p in paths]
+    out = []
+    for mine in parts:
+        for k in range(1, len(mine) + 1):
+            tail = mine[-k:]
+            if sum(other[-k:] == tail for other in parts) == 1 or k == len(mine):
+                out.append("/".join(tail))
+                break
+    return out
+
+
 def _per_file(run: Path, m: dict, seg_example: np.ndarray, seg_lens: np.ndarray) -> list[dict]:
-    """Per input file: records, skipped, examples kept, tokens kept, and tokens lost to the policy."""
+    """Per input file: records, skipped, examples and tokens trained (repeats included), what the over-long
+    policy took (lost_tokens, truncated and dropped copies: the plan's per-file counts), and what the
+    mixture did (examples sampled out by a weight below 1, copies repeated by a weight above 1)."""
     inputs = m["inputs"]
     bounds = np.cumsum([0] + [int(i["records"]) for i in inputs])
     kept_file = np.searchsorted(bounds, seg_example, side="right") - 1
+    policy = m["counts"].get("per_file") or [{} for _ in inputs]
     tok = _tokenized_lengths(run)
     out = []
-    for f, meta in enumerate(inputs):
+    for f, (meta, name, mix) in enumerate(zip(inputs, labels([i["path"] for i in inputs]), policy)):
         mine = kept_file == f
-        row = {"path": meta["path"], "records": int(meta["records"]), "skipped": int(meta["skipped"]),
-               "examples": int(len(np.unique(seg_example[mine]))), "tokens": int(seg_lens[mine].sum())}
+        row = {"path": meta["path"], "label": name, "records": int(meta["records"]), "skipped": int(meta["skipped"]),
+               "examples": int(len(np.unique(seg_example[mine]))), "tokens": int(seg_lens[mine].sum()), **mix}
         if tok is not None:
             ex, fi, length = tok
             sel = fi == f
             row["tokenized_examples"] = int(sel.sum())
             row["tokenized_tokens"] = int(length[sel].sum())
-            row["lost_tokens"] = row["tokenized_tokens"] - row["tokens"]
-            row["dropped_examples"] = row["tokenized_examples"] - row["examples"]
         out.append(row)
     return out
 
@@ -223,10 +256,19 @@ def write(out: str | Path, report: dict) -> Path:
 
 
 def load(path: str | Path) -> dict:
-    """A run's report.json (path: the run folder or the file)."""
+    """A run's report.json (path: the run folder or the file); FormatError when it is missing or unreadable."""
     p = Path(path)
     p = p / "report.json" if p.is_dir() else p
-    return json.loads(p.read_text(encoding="utf-8"))
+    hint = "run `packer report RUN` to write it again"
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FormatError(str(p), "no report.json", "run `packer pack` or `packer report` there first") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(str(p), f"unreadable report ({getattr(e, 'msg', type(e).__name__)})", hint) from None
+    if not isinstance(data, dict):
+        raise FormatError(str(p), f"unreadable report (a JSON {type(data).__name__}, not an object)", hint)
+    return data
 
 
 def _cell(report: dict, key: str, fmt: str) -> str:
@@ -263,16 +305,25 @@ def summary(report: dict) -> str:
 
 def markdown(report: dict) -> str:
     rows = "\n".join(f"| {label} | {_cell(report, key, fmt)} |" for key, label, fmt in FIELDS)
-    files = "\n".join(
-        f"| {f['path']} | {f['records']:,} | {f['skipped']:,} | {f['examples']:,} | {f['tokens']:,} | "
-        f"{f.get('lost_tokens', '-')} |" for f in report["per_file"])
+    files = "\n".join("| " + " | ".join(_file_cell(f, k, fmt) for k, _, fmt in FILE_COLUMNS) + " |"
+                       for f in report["per_file"])
     secs = ", ".join(f"{k} {v:.2f} s" for k, v in report["seconds"].items()) or "-"
     text = (f"# Packing report\n\n| metric | value |\n|---|---|\n{rows}\n\nStage times: {secs}\n\n"
-            f"## Per input file\n\n| file | records | skipped | examples | tokens | tokens lost |\n"
-            f"|---|---|---|---|---|---|\n{files}\n")
+            f"## Per input file\n\n| " + " | ".join(label for _, label, _ in FILE_COLUMNS) + " |\n"
+            f"|{'---|' * len(FILE_COLUMNS)}\n{files}\n")
     if report.get("per_source"):
         text += ("\n## Per source (mixture)\n\n" + "\n".join(source_table(report["per_source"])) + "\n")
     return text
+
+
+FILE_COLUMNS = [("path", "file", "{}"), ("records", "records", "{:,}"), ("skipped", "skipped", "{:,}"),
+                ("examples", "examples", "{:,}"), ("tokens", "tokens trained", "{:,}"),
+                ("lost_tokens", "tokens lost (over-long)", "{:,}"), ("dropped_examples", "dropped", "{:,}"),
+                ("sampled_out_examples", "sampled out", "{:,}"), ("repeated_examples", "repeats", "{:,}")]
+
+
+def _file_cell(row: dict, key: str, fmt: str) -> str:
+    return "-" if row.get(key) is None else fmt.format(row[key])
 
 
 SOURCE_COLUMNS = [("path", "source", "{}"), ("weight", "weight", "{:g}"), ("records", "records", "{:,}"),
@@ -295,24 +346,22 @@ def to_html(report: dict) -> str:
 
     rows = "".join(f"<tr><th>{html.escape(label)}</th><td>{html.escape(_cell(report, key, fmt))}</td></tr>"
                    for key, label, fmt in FIELDS)
-    files = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(f.get(k, '-')))}</td>"
-                         for k in ("path", "records", "skipped", "examples", "tokens", "lost_tokens")) + "</tr>"
-        for f in report["per_file"])
+    files = "".join("<tr>" + "".join(f"<td>{html.escape(_file_cell(f, k, fmt))}</td>" for k, _, fmt in FILE_COLUMNS)
+                    + "</tr>" for f in report["per_file"])
     mix = ""
     if report.get("per_source"):
         mix = "<h2>Per source (mixture)</h2><table><tr>" + "".join(
             f"<th>{html.escape(label)}</th>" for _, label, _ in SOURCE_COLUMNS) + "</tr>" + "".join(
             "<tr>" + "".join(f"<td>{html.escape(f.format(r[k]))}</td>" for k, _, f in SOURCE_COLUMNS) + "</tr>"
             for r in report["per_source"]) + "</table>"
+    file_head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in FILE_COLUMNS)
     imgs = "".join(f'<figure><img alt="{html.escape(t)}" src="data:image/png;base64,{b64}"><figcaption>'
                    f"{html.escape(t)}</figcaption></figure>" for t, b64 in report_plots(report))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Packer report</title>
 <style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}figure{{display:inline-block;margin:.5em}}
 img{{max-width:32em}}</style></head><body><h1>Packing report</h1><table>{rows}</table>
-<h2>Per input file</h2><table><tr><th>file</th><th>records</th><th>skipped</th><th>examples</th><th>tokens</th>
-<th>tokens lost</th></tr>{files}</table>{mix}<h2>Plots</h2>{imgs}</body></html>
+<h2>Per input file</h2><table><tr>{file_head}</tr>{files}</table>{mix}<h2>Plots</h2>{imgs}</body></html>
 """
 
 

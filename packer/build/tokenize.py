@@ -26,7 +26,7 @@ from packer.build.sources import Chunk, Columns
 from packer.core.storage import expand, identity
 from packer.core.manifest import Manifest, commit_stage, current
 from packer.core.progress import progress
-from packer.build.templates import make_renderer
+from packer.build.templates import make_renderer, uses_jinja
 from packer.build.load_tokenizer import TokenizerInfo
 from packer.core.formats.tokenized import FORMAT, SCHEMA, VERSION, chunk_name, examples_table
 
@@ -101,7 +101,8 @@ def _renderer(source: int):
         _RENDERERS[source] = make_renderer(cfg.kind, cfg.template, _fields(spec, cfg), job.tokenizer.chat_template,
                                            job.tokenizer.special, chat_format=spec.chat_format or cfg.chat_format,
                                            train_on=cfg.train_on, tools_field=_fields(spec, cfg)["tools_field"],
-                                           weight_field=cfg.weight_field)
+                                           weight_field=cfg.weight_field, max_render_chars=cfg.max_render_chars,
+                                           render_budget=cfg.render_budget)
     return _RENDERERS[source]
 
 
@@ -281,6 +282,9 @@ def tokenize(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, config:
         "sources": [s.reading() for s in specs], "inputs": input_meta,
         "tokenizer": tokenizer.fingerprint, "eos_id": tokenizer.eos_id,
         "template_text": _template_text(config.template),
+        # The tokenizer's chat templates and special tokens render the text: editing them re-tokenizes.
+        "chat_template": tokenizer.chat_template if config.kind == "chat" else None,
+        "special_tokens": tokenizer.special if config.kind == "chat" else None,
     }
     digest = C.digest(lineage)
     existing = None if rebuild else current(out, FORMAT, VERSION, digest, rehash=rehash)
@@ -367,5 +371,4 @@ def _template_text(template: str) -> str | None:
 def appends_eos(config: C.TokenizeConfig, info: TokenizerInfo) -> bool:
     """EOS ends every example, except chats rendered by a Jinja chat template (the tokenizer's or a
     file): the template ends each turn itself, as the model was trained."""
-    builtin = config.template == "chatml" or (config.template == "auto" and info.chat_template is None)
-    return config.kind != "chat" or builtin
+    return config.kind != "chat" or not uses_jinja(config.template, info.chat_template)

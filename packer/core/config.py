@@ -160,7 +160,8 @@ class TokenizeConfig:
     """Record kind: 'sft' (query + response), 'chat' (messages) or 'text' (documents)."""
     template: str = "auto"
     """Prompt template: a built-in name (alpaca, chatml, none, tokenizer) or a template file; 'auto'
-    is alpaca for sft, the tokenizer's chat template (else chatml) for chat, none for text."""
+    is alpaca for sft, the tokenizer's chat template (else chatml) for chat, none for text. For chat, also
+    the name of one of the tokenizer's named chat templates (additional_chat_templates/NAME.jinja)."""
     query_field: str = "query"
     response_field: str = "response"
     messages_field: str = "messages"
@@ -185,12 +186,21 @@ class TokenizeConfig:
     records or a count ('50'). A damaged or truncated compressed file is never skipped."""
     chunk_records: int = 8192
     """Records per map task: the unit of parallelism and the bound on memory."""
+    max_render_chars: int = 1 << 24
+    """chat: the most characters one record's chat-template rendering may have; over it the record is bad
+    (an InputError, or counted with skip_bad)."""
+    render_budget: int = 20_000_000
+    """chat: the most work steps (attribute and item reads, calls, range items) one record's chat-template
+    renderings may take together (~1.5M steps a second: ~13 s of Jinja on one core): a deterministic limit, never
+    the clock."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"kind '{self.kind}' is not one of {', '.join(KINDS)}")
         whole("chunk_records (--chunk-records)", self.chunk_records, 1, MAX_CHUNK_RECORDS,
               "a map task holds its chunk's records in memory")
+        whole("max_render_chars (--max-render-chars)", self.max_render_chars, 1, 1 << 30)
+        whole("render_budget (--render-budget)", self.render_budget, 1, 1 << 40)
         bad_limit(self.max_bad, 1)  # refuses a malformed value now, not after tokenizing
         if self.chat_format not in CHAT_FORMATS:
             raise ConfigError(f"chat_format '{self.chat_format}' is not one of {', '.join(CHAT_FORMATS)}")

@@ -105,7 +105,7 @@ def test_bad_mixtures_are_refused(tmp_path, text, match):
 
 
 def test_bad_weights_on_paths_are_refused():
-    with pytest.raises(ConfigError, match="weight -0.5 must be a finite number >= 0"):
+    with pytest.raises(ConfigError, match="weight is -0.5: it must be from 0 up to"):
         C.InputSpec.parse("a.jsonl#weight=-0.5")
     with pytest.raises(ConfigError, match="epochs '1.5' is not an integer number"):
         C.InputSpec.parse("a.jsonl#epochs=1.5")

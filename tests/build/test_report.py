@@ -75,3 +75,53 @@ def test_report_and_compare_commands(tmp_path, byte_tok):
     assert "gap to bound" in text
     r = runner.invoke(main, ["compare", str(tmp_path / "nope")])
     assert r.exit_code == 2  # click: path does not exist
+
+
+def test_a_mixture_report_counts_losses_samples_and_repeats_apart(tmp_path, byte_tok):
+    """Before: with gsm8k/train.jsonl#weight=2 and math/train.jsonl#weight=0.5, 'tokens lost' per input was
+    input minus trained tokens (-1,356,426 and 1,260,763: repeats counted as negative loss, the sampled-out
+    half as lost) while only 5,136 tokens were truncated, and both bars were labelled train.jsonl."""
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "math").mkdir()
+    a = write_jsonl(tmp_path / "gsm8k" / "train.jsonl", sft_records(100, seed=1, long_every=20))
+    b = write_jsonl(tmp_path / "math" / "train.jsonl", sft_records(80, seed=2, long_every=10))
+    report = pack([f"{a}#weight=2", f"{b}#weight=0.5"], tmp_path / "r", tokenizer=byte_tok,
+                  plan_config=C.PlanConfig(pack_len=512, algorithm="bfd"))
+    fa, fb = report["per_file"]
+    assert (fa["label"], fb["label"]) == ("gsm8k/train.jsonl", "math/train.jsonl")
+    assert fa["lost_tokens"] >= 0 and fb["lost_tokens"] >= 0
+    assert fa["lost_tokens"] + fb["lost_tokens"] == report["truncated_tokens"] + report["dropped_tokens"] > 0
+    assert (fa["repeated_examples"], fa["sampled_out_examples"]) == (100, 0)
+    assert (fb["repeated_examples"], fb["sampled_out_examples"]) == (0, 40)
+    assert fb["sampled_out_tokens"] > 0 and fa["repeated_tokens"] > 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| tokens lost (over-long) |" in md and "| sampled out |" in md
+
+
+def test_the_reports_bound_respects_max_segments(tmp_path, byte_tok):
+    """Before: --max-segments 2 left the report's lower bound at the token bound (a 168% 'gap')."""
+    data = write_jsonl(tmp_path / "d.jsonl", [{"query": "q", "response": str(i)} for i in range(60)])
+    report = pack([str(data)], tmp_path / "r", tokenizer=byte_tok,
+                  plan_config=C.PlanConfig(pack_len=1024, max_segments=2, algorithm="bfd"))
+    assert report["lower_bound_packs"] == 30 == report["num_packs"] and report["gap_to_bound"] == 0
+
+
+def test_report_size_does_not_grow_with_the_pack_length(tmp_path, byte_tok):
+    """Before: rendering took 80 s for 5 records at pack length 131,072 (a bar per possible length)."""
+    data = write_jsonl(tmp_path / "d.jsonl", sft_records(5, seed=1))
+    report = pack([str(data)], tmp_path / "r", tokenizer=byte_tok, plan_config=C.PlanConfig(pack_len=131_072))
+    h = report["histograms"]
+    assert len(h["example_length"]) <= 257 and h["example_length_bin"] == 513
+    assert sum(h["example_length"]) == report["num_segments"]
+    assert (tmp_path / "r" / "report.json").stat().st_size < 20_000
+
+
+def test_an_empty_or_damaged_report_is_an_error_or_rewritten(tmp_path, byte_tok):
+    """Before: a 0-byte report.json gave a JSONDecodeError traceback in `packer report` and `compare`."""
+    data = write_jsonl(tmp_path / "d.jsonl", sft_records(20))
+    pack([str(data)], tmp_path / "r", tokenizer=byte_tok, plan_config=C.PlanConfig(pack_len=512))
+    (tmp_path / "r" / "report.json").write_bytes(b"")
+    r = CliRunner().invoke(main, ["compare", str(tmp_path / "r"), str(tmp_path / "r")])
+    assert r.exit_code == 1 and "report.json: unreadable report" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["report", str(tmp_path / "r")])
+    assert r.exit_code == 0 and load(tmp_path / "r")["num_packs"] > 0

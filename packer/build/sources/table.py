@@ -77,12 +77,18 @@ def _ipc_reader(part: str):
 
 
 def _ipc_batches(part: str) -> Iterator[pa.RecordBatch]:
+    """The record batches of an Arrow file or stream; a truncated or damaged one is an InputError naming it
+    (never a short read: a stream cut between batches ends early without an end-of-stream marker)."""
     reader, is_file = _ipc_reader(part)
-    if is_file:
-        for i in range(reader.num_record_batches):
-            yield reader.get_batch(i)
-    else:
-        yield from reader
+    try:
+        if is_file:
+            for i in range(reader.num_record_batches):
+                yield reader.get_batch(i)
+        else:
+            yield from reader
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(part, None, None, f"is truncated or damaged ({_why(e)})",
+                         "re-export the file (or copy it again)") from None
 
 
 SUFFIXES = (".parquet", ".arrow", ".feather", ".ipc")

@@ -27,7 +27,8 @@ from packer.core.errors import FormatError
 from packer.core.manifest import check_files, read_manifest, verify_once
 
 FORMAT = "packer-plan"
-VERSION = 3  # 2: manifests carry manifest_sha256; 3: mixture weights (a row may repeat), deterministic solver
+VERSION = 4  # 2: manifests carry manifest_sha256; 3: mixture weights (a row may repeat), deterministic solver;
+# 4: counts.per_file (what the over-long policy and the mixture did to each input file)
 
 
 FILES = ("pieces.npy", "order.npy", "offsets.npy")

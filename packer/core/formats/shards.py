@@ -43,7 +43,8 @@ from packer.core.storage import is_url
 MAGIC = b"PKSHARD\0"
 VERSION = 1
 FOLDER_FORMAT = "packer-shards"  # the shards folder's manifest.json: format name and version
-FOLDER_VERSION = 3  # 2: manifests carry manifest_sha256; readers check structure on every open; 3: sources, input identities
+FOLDER_VERSION = 4  # 2: manifests carry manifest_sha256; readers check structure on every open; 3: sources, input
+# identities; 4: the tokenize config's rendering limits and counts.per_file (from stages 1 and 2)
 HEADER = struct.Struct("<8sIIQQQQ16x")  # 64 bytes
 ALIGN = 64
 TOKEN_DTYPES = {1: np.dtype("<u2"), 2: np.dtype("<u4")}

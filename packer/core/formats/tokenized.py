@@ -29,7 +29,8 @@ from packer.core.errors import FormatError
 from packer.core.manifest import check_files, read_manifest, verify_once
 
 FORMAT = "packer-tokenized"
-VERSION = 3  # 2: manifests carry manifest_sha256; 3: sources, input identities (size, sha256 or ETag), line = row for tables
+VERSION = 4  # 2: manifests carry manifest_sha256; 3: sources, input identities (size, sha256 or ETag), line = row
+# for tables; 4: config.max_render_chars and config.render_budget (chat rendering limits)
 
 
 SCHEMA = pa.schema([

@@ -247,3 +247,22 @@ def test_jsonl_ranges_give_the_same_run_as_one_range_and_name_the_bad_line(tmp_p
     (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(InputError, match=r"bad\.jsonl:251: malformed JSON"):
         pack([str(tmp_path / "bad.jsonl")], tmp_path / "bad", plan_config=PLAN, workers=2)
+
+
+def test_a_truncated_arrow_stream_names_the_file(tmp_path, byte_tok):
+    """Before: the error of an Arrow stream cut inside a batch named no file ('packer: Expected to be able
+    to read 6384 bytes...')."""
+    import pyarrow as pa
+
+    from packer.build.tokenize import tokenize
+    from packer.core import config as C
+    from packer.core.errors import InputError
+
+    t = pa.table({"query": [f"q{i}" for i in range(2000)], "response": ["r" * 50] * 2000})
+    with pa.OSFile(str(tmp_path / "s.arrow"), "wb") as f, pa.ipc.new_stream(f, t.schema) as w:
+        for b in t.to_batches(max_chunksize=100):
+            w.write_batch(b)
+    data = (tmp_path / "s.arrow").read_bytes()
+    (tmp_path / "cut.arrow").write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(InputError, match=r"cut.arrow: is truncated or damaged \(Expected to be able to read"):
+        tokenize([str(tmp_path / "cut.arrow")], tmp_path / "t", C.TokenizeConfig(), tokenizer=byte_tok)

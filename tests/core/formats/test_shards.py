@@ -238,7 +238,7 @@ def test_version_3_manifests_carry_sources_and_identities_and_version_2_is_refus
     pack([f"{data}#weight=2"], tmp_path / "r", plan_config=C.PlanConfig(pack_len=256))
     tok, plan, shards = (json.loads((tmp_path / "r" / s / "manifest.json").read_text())
                          for s in ("tokenized", "plan", "shards"))
-    assert (tok["version"], plan["version"], shards["version"]) == (3, 3, 3)
+    assert (tok["version"], plan["version"], shards["version"]) == (4, 4, 4)  # 3 until issue 26
     source = {"path": str(data), "query_field": None, "response_field": None, "messages_field": None,
               "text_field": None, "tools_field": None, "chat_format": None, "files": [0]}
     assert tok["sources"] == [source] and shards["sources"] == [{**source, "weight": 2.0}]
@@ -248,5 +248,42 @@ def test_version_3_manifests_carry_sources_and_identities_and_version_2_is_refus
     old = {k: v for k, v in shards.items() if k != SEAL}
     old["version"] = 2
     (tmp_path / "r" / "shards" / "manifest.json").write_text(json.dumps({**old, SEAL: seal(old)}))
-    with pytest.raises(FormatError, match="version 2 is not the supported 3.*re-run"):
+    with pytest.raises(FormatError, match="version 2 is not the supported 4.*re-run"):
         PackedShards(tmp_path / "r")
+
+
+def test_version_4_manifests_carry_render_limits_and_per_file_counts_and_version_3_is_refused(tmp_path):
+    """Issue 26 changed manifest keys (the tokenize config's max_render_chars and render_budget; the plan's
+    counts.per_file, copied into the shards manifest): one bump, version 4 for every stage, and a version-3
+    run of any stage gives the one-line re-run error."""
+    import json
+
+    from conftest import sft_records, write_jsonl
+    from packer.core.formats.plan import read_plan
+    from packer.core.formats.tokenized import open_tokenized
+    from packer.core.manifest import SEAL, seal
+    from packer.pipeline import pack
+
+    data = write_jsonl(tmp_path / "d.jsonl", sft_records(20))
+    pack([f"{data}#weight=2"], tmp_path / "r", plan_config=C.PlanConfig(pack_len=256))
+    tok, plan, shards = (json.loads((tmp_path / "r" / s / "manifest.json").read_text())
+                         for s in ("tokenized", "plan", "shards"))
+    assert (tok["version"], plan["version"], shards["version"]) == (4, 4, 4)
+    assert tok["config"]["max_render_chars"] == 1 << 24 and tok["config"]["render_budget"] == 20_000_000
+    (per_file,) = plan["counts"]["per_file"]
+    assert shards["counts"]["per_file"] == [per_file] and sorted(per_file) == sorted([
+        "lost_tokens", "truncated_examples", "dropped_examples", "sampled_out_examples", "sampled_out_tokens",
+        "repeated_examples", "repeated_tokens"])
+    c = plan["counts"]
+    assert per_file["repeated_examples"] == 20 and per_file["sampled_out_examples"] == 0
+    assert per_file["lost_tokens"] == c["truncated_tokens"] + c["dropped_tokens"]
+    assert per_file["truncated_examples"] + per_file["dropped_examples"] == c["truncated_examples"] + c["dropped_examples"]
+    for stage, read in (("tokenized", open_tokenized), ("plan", read_plan), ("shards", PackedShards)):
+        path = tmp_path / "r" / stage / "manifest.json"
+        m = json.loads(path.read_text())
+        old = {k: v for k, v in m.items() if k != SEAL}
+        old["version"] = 3
+        path.write_text(json.dumps({**old, SEAL: seal(old)}))
+        with pytest.raises(FormatError, match="version 3 is not the supported 4.*re-run"):
+            read(tmp_path / "r" / stage)
+        path.write_text(json.dumps(m))
