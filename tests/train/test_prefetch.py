@@ -51,12 +51,30 @@ def test_ends_once_and_reports_the_end():
     assert list(it) == [] and ended == [True, True]
 
 
+def _until(done, seconds: float = 30) -> bool:
+    """Wait for done() with a deadline (a loaded machine is slow, never wrong): True once it holds."""
+    end = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.002)
+    return True
+
+
 def test_builds_at_most_depth_ahead_and_counts_what_was_taken():
-    built = []
-    it, progress = prefetch(lambda i: built.append(i) or i, range(1000), 4)
+    built, past_depth = [], threading.Event()
+
+    def make(i):
+        if i >= 2 + 4:
+            past_depth.set()  # only ever reached once the consumer takes another item
+        built.append(i)
+        return i
+
+    it, progress = prefetch(make, range(1000), 4)
     assert next(it) == 0 and next(it) == 1
-    time.sleep(0.2)
-    assert len(built) == 2 + 4  # the two taken and `depth` ahead, never more
+    assert _until(lambda: len(built) == 2 + 4), "the two taken and `depth` ahead"
+    assert not past_depth.wait(0.3), "built more than `depth` ahead"
+    assert len(built) == 2 + 4
     assert progress.taken() == 2
     progress.close()
     assert not _threads()
@@ -95,9 +113,10 @@ def test_spent_items_are_freed_by_the_builder_not_the_consumer():
 
 
 def test_next_runs_no_python_code_while_items_are_ready():
-    it, _ = prefetch(lambda i: {"i": i}, range(100), 4)
+    built = []
+    it, _ = prefetch(lambda i: built.append(i) or {"i": i}, range(100), 4)
     assert next(it) == {"i": 0}
-    time.sleep(0.1)  # the builder is 4 ahead
+    assert _until(lambda: len(built) == 1 + 4)  # the builder is 4 ahead
     calls = []
 
     def profiler(frame, event, arg):
@@ -115,14 +134,20 @@ def test_next_runs_no_python_code_while_items_are_ready():
 
 
 def test_close_does_not_wait_for_the_builder_to_fill_up():
-    built = []
+    built, closing = [], threading.Event()
 
     def slow(i):
-        time.sleep(0.05)
+        if i:  # every item after the first waits for close(): the builder is caught with an item in hand
+            closing.wait(30)
         built.append(i)
         return i
 
     it, progress = prefetch(slow, range(100), 8)
     assert next(it) == 0
-    progress.close()  # the builder finishes the item in hand and stops: it does not build up to 8 ahead
-    assert len(built) <= 3
+    closer = threading.Thread(target=progress.close)  # close() asks the builder to stop, then waits for it
+    closer.start()
+    assert _until(lambda: progress.stop)
+    closing.set()  # the item in hand completes
+    closer.join(30)
+    assert not closer.is_alive() and not _threads()
+    assert built == [0, 1], "the builder finished the item in hand and stopped: it did not build up to 8 ahead"
