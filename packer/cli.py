@@ -99,6 +99,11 @@ tokenize_options = _apply([
                      help="With --skip-bad, fail when more records than this are bad: a share (1%) or a count."),
         click.option("--chunk-records", type=click.IntRange(1, C.MAX_CHUNK_RECORDS), default=8192, show_default=True,
                      help="Records per map task (held in memory at once)."),
+        click.option("--tokenizer-backend", type=click.Choice(C.TOKENIZER_BACKENDS), default="auto", show_default=True,
+                     help="auto: the fast backend (fastokens) where it loads and passes the gate, else tokenizers; "
+                          "fast: refuse where it cannot be used; tokenizers: the reference. Shards are identical."),
+        click.option("--check-tokens", type=click.Choice(C.CHECK_TOKENS), default="sample", show_default=True,
+                     help="Re-encode with tokenizers a sample of every chunk's spans (first 64 + 1%), or all of them."),
         click.option("--max-render-chars", type=click.IntRange(1, 1 << 30), default=C.TokenizeConfig.max_render_chars,
                      show_default=True, help="chat: most characters one record's chat-template rendering may have."),
         click.option("--render-budget", type=click.IntRange(1, 1 << 40), default=C.TokenizeConfig.render_budget,
@@ -148,7 +153,8 @@ def _tokenize_config(kw: dict) -> C.TokenizeConfig:
         text_field=kw["text_field"], tools_field=kw["tools_field"], chat_format=kw["chat_format"],
         train_on=kw["train_on"], weight_field=kw["weight_field"], eos_token=kw["eos_token"], add_bos=kw["add_bos"],
         skip_bad=kw["skip_bad"], max_bad=kw["max_bad"], chunk_records=kw["chunk_records"],
-        max_render_chars=kw["max_render_chars"], render_budget=kw["render_budget"])
+        max_render_chars=kw["max_render_chars"], render_budget=kw["render_budget"],
+        tokenizer_backend=kw["tokenizer_backend"], check_tokens=kw["check_tokens"])
 
 
 def _plan_config(kw: dict, kind: str, weights: tuple[float, ...] = ()) -> C.PlanConfig:
@@ -239,14 +245,19 @@ def tokenize_cmd(data, out, mix, workers, **kw):
     tcfg = _tokenize_config(kw)
     info = load_tokenizer(kw["tokenizer"], tcfg.eos_token, tcfg.add_bos)
     specs = _inputs(data, mix)
+    details: dict = {}
     with writing(Path(out), "packer tokenize"):
-        m = tokenize(specs, Path(out) / "tokenized", tcfg, tokenizer=info, workers=workers)
+        m = tokenize(specs, Path(out) / "tokenized", tcfg, tokenizer=info, workers=workers, details=details)
     if any(s.weight != 1.0 for s in specs):  # weights belong to the plan: say how to give them there
         click.echo(f"weights apply when planning: packer plan {out} --weights "
                    f"{','.join(f'{s.weight:g}' for s in specs)} ...")
     c = m["counts"]
     click.echo(f"{c['examples']:,} examples, {c['tokens']:,} tokens, {c['skipped']:,} skipped "
                f"-> {Path(out) / 'tokenized'}")
+    if details.get("backend"):
+        checked = f"; {details['spans_checked']:,} of {details['spans']:,} spans checked against " \
+                  f"{details['reference']}" if details["backend"] != "tokenizers" else ""
+        click.echo(f"tokenizer backend: {details['backend']} {details['version']} ({details['reason']}){checked}")
 
 
 @main.command("plan")

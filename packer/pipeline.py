@@ -74,16 +74,20 @@ def _pack_local(inputs: Sequence[Any], out: Path, tokenizer: str | TokenizerInfo
     info = tokenizer if isinstance(tokenizer, TokenizerInfo) else load_tokenizer(
         tokenizer, tokenize_config.eos_token, tokenize_config.add_bos)
     run = resolve(executor, workers)  # checked before any work
+    details: dict = {}
     seconds = run_stages([
         ("tokenize", out / "tokenized", lambda again: tokenize(
-            specs, out / "tokenized", tokenize_config, tokenizer=info, executor=run, rehash=rehash, rebuild=again)),
+            specs, out / "tokenized", tokenize_config, tokenizer=info, executor=run, rehash=rehash, rebuild=again,
+            details=details)),
         ("plan", out / "plan", lambda again: plan_stage(
             out / "tokenized", out / "plan", plan_config, rehash=rehash, rebuild=again)),
         ("write", out / "shards", lambda again: write_stage(
             out / "tokenized", out / "plan", out / "shards", write_config, executor=run, rehash=rehash,
             rebuild=again)),
     ])
-    report = R.compute(out, seconds, baseline_batch)
+    previous = R.load(out).get("tokenizer") if (out / "report.json").is_file() and details.get("backend") is None \
+        else None  # the stage was up to date: the backend is the one the earlier run reported
+    report = dict(R.compute(out, seconds, baseline_batch), tokenizer=previous or details)
     R.write(out, report)
     return report
 

@@ -288,6 +288,11 @@ def summary(report: dict) -> str:
         f"vs padding every example to {r['pack_len']}: {r['speedup_tokens_vs_pad_to_pack']:.1f}x fewer tokens; "
         f"vs batches of {r['baseline_batch']} padded to the longest: {r['speedup_tokens_vs_pad_to_longest']:.2f}x",
     ]
+    tk = r.get("tokenizer") or {}
+    if tk.get("backend"):
+        checked = f", {tk['spans_checked']:,} of {tk['spans']:,} spans checked against {tk['reference']}" \
+            if tk["backend"] != "tokenizers" else ""
+        lines.append(f"tokenizer backend: {tk['backend']} {tk['version']}{checked} ({tk['reason']})")
     lost = []
     if r["truncated_examples"]:
         lost.append(f"truncated {r['truncated_examples']:,} examples ({r['truncated_tokens']:,} tokens)")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from itertools import chain
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +25,11 @@ from packer.build.sources import Chunk, Columns
 from packer.core.storage import expand, identity
 from packer.core.manifest import Manifest, commit_stage, current
 from packer.core.progress import progress
+from packer.build import encoders
+from packer.build.encoders.reference import ENCODE_BATCH
 from packer.build.templates import make_renderer, uses_jinja
 from packer.build.load_tokenizer import TokenizerInfo
 from packer.core.formats.tokenized import FORMAT, SCHEMA, VERSION, chunk_name, examples_table
-
-ENCODE_BATCH = 1024  # texts per tokenizer call: enough for its thread pool, ~20 MB of Encoding objects
-
 
 @dataclass(frozen=True)
 class Job:
@@ -43,6 +41,8 @@ class Job:
     file_source: tuple[int, ...]
     """Per input file (globs expanded), the index of the input it came from."""
     out: str
+    backend: str = "tokenizers"
+    """The encoder (packer.build.encoders) the driver chose; the fast one is checked against tokenizers."""
 
 
 @dataclass
@@ -55,6 +55,9 @@ class ChunkResult:
     loss_tokens: int
     skipped: dict[str, int] = field(default_factory=dict)
     first_errors: list[str] = field(default_factory=list)
+    spans: int = 0
+    spans_checked: int = 0
+    """Spans the run-time gate re-encoded with tokenizers (the fast backend only)."""
 
 
 _JOB: Job | None = None
@@ -65,6 +68,10 @@ def _init_worker(job: Job) -> None:
     global _JOB
     _JOB = job
     _RENDERERS.clear()
+
+
+def _encoder(job: Job, backend: str) -> encoders.Encoder:
+    return encoders.load(backend, job.tokenizer.json)
 
 
 def _fields(spec: C.InputSpec, cfg: C.TokenizeConfig) -> dict[str, str]:
@@ -132,23 +139,24 @@ def tokenize_chunk(chunk: Chunk) -> ChunkResult:
             batch.append((number, record))
             number += 1
             if len(batch) == job.config.chunk_records:
-                _encode_batch(job, chunk.file_index, render, batch, writer, skipped, errors, counts)
+                _encode_batch(job, chunk, render, batch, writer, skipped, errors, counts)
                 batch = []
         if batch or not counts["records"]:
-            _encode_batch(job, chunk.file_index, render, batch, writer, skipped, errors, counts)
+            _encode_batch(job, chunk, render, batch, writer, skipped, errors, counts)
     if counts["records"] != chunk.records:  # the file changed between scan and read
         raise InputError(chunk.path, None, None, f"gave {counts['records']} records where its metadata said "
                          f"{chunk.records}", "the input changed while it was read; run again")
     pa.default_memory_pool().release_unused()  # hand the chunk's buffers back: memory stays one chunk
     return ChunkResult(chunk.index, chunk.file_index, counts["records"], counts["examples"], counts["tokens"],
-                       counts["loss_tokens"], dict(skipped), errors)
+                       counts["loss_tokens"], dict(skipped), errors, counts["spans"], counts["spans_checked"])
 
 
-def _encode_batch(job: Job, file_index: int, render, batch: list, writer, skipped: Counter, errors: list[str],
+def _encode_batch(job: Job, chunk: Chunk, render, batch: list, writer, skipped: Counter, errors: list[str],
                   counts: Counter) -> None:
     """Render, encode and write one batch of (record number, Record) as one record batch."""
-    tok = job.tokenizer.build()
+    file_index = chunk.file_index
     texts: list[str] = []
+    wheres: list[str] = []
     span_loss: list[bool] = []
     spans_per_example: list[int] = []
     keep_number: list[int] = []
@@ -169,6 +177,7 @@ def _encode_batch(job: Job, file_index: int, render, batch: list, writer, skippe
             continue
         keep_number.append(number)
         keep_position.append(rec.position)
+        wheres.append(f"{rec.where}:{rec.line}" if rec.line is not None else rec.where)
         spans_per_example.append(len(spans))
         for text, loss in spans:
             texts.append(text)
@@ -176,9 +185,20 @@ def _encode_batch(job: Job, file_index: int, render, batch: list, writer, skippe
     n = len(keep_number)
     info = job.tokenizer
     if info.spans_concatenate:
-        ids, loss, lengths = _encode_spans(tok, texts, span_loss, spans_per_example)
+        encoded = _encoder(job, job.backend).encode(texts)
+        counts.update(spans=len(texts))
+        if job.backend != "tokenizers":  # the run-time gate: a seeded sample re-encoded by the reference
+            picked = encoders.sample(len(texts), f"{chunk.path}:{chunk.first_record}:{len(batch)}:{counts['records']}",
+                                     job.config.check_tokens)
+            counts.update(spans_checked=len(picked))
+            bad = encoders.check(texts, encoded, _encoder(job, "tokenizers"), picked)
+            if bad is not None:
+                example = int(np.searchsorted(np.cumsum(spans_per_example), bad, side="right"))
+                (a, _), (b, _) = (_encoder(job, k).encode([texts[bad]]) for k in (job.backend, "tokenizers"))
+                raise encoders.TokenMismatch(wheres[example], texts[bad], a.tolist(), b.tolist())
+        ids, loss, lengths = _spans(encoded, span_loss, spans_per_example)
     else:
-        ids, loss, lengths = _encode_joined(tok, texts, span_loss, spans_per_example)
+        ids, loss, lengths = _encode_joined(job.tokenizer.build(), texts, span_loss, spans_per_example)
     # Special tokens are added as ids, never as text: BOS (no loss) first, EOS (loss) last.
     starts = np.concatenate([[0], np.cumsum(lengths)])[:-1].astype(np.int64)
     if info.add_bos and info.bos_id is not None:
@@ -206,23 +226,12 @@ def _encode_batch(job: Job, file_index: int, render, batch: list, writer, skippe
     counts.update(records=len(batch), examples=n, tokens=int(lengths.sum()), loss_tokens=int(loss.sum()))
 
 
-def _encode_spans(tok, texts: list[str], span_loss: list[bool], spans_per_example: list[int]
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Encode every span on its own (one batch call) and concatenate: the loss mask follows the
-    span boundaries exactly. Returns flat ids uint32, flat loss uint8 and per-example lengths."""
+def _spans(encoded: tuple[np.ndarray, np.ndarray], span_loss: list[bool], spans_per_example: list[int]
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every span encoded on its own and concatenated, so the loss mask follows the span boundaries exactly:
+    flat ids uint32, flat loss uint8 and per-example lengths from the encoder's (ids, span lengths)."""
+    ids, span_len = encoded
     n = len(spans_per_example)
-    ids_parts, len_parts = [np.zeros(0, np.uint32)], [np.zeros(0, np.int64)]
-    # Encoding objects hold ~100 bytes a token (ids, offsets, masks): encode ENCODE_BATCH spans at a
-    # time and keep only their ids, so a chunk's peak is one sub-batch of them, not the whole chunk.
-    for a in range(0, len(texts), ENCODE_BATCH):
-        encodings = tok.encode_batch_fast(texts[a:a + ENCODE_BATCH], add_special_tokens=False)
-        span_len = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
-        # Streaming the ids straight into one array is ~2x faster than materializing per-span lists.
-        ids_parts.append(np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.uint32,
-                                     count=int(span_len.sum())))
-        len_parts.append(span_len)
-        del encodings
-    ids, span_len = np.concatenate(ids_parts), np.concatenate(len_parts)
     loss = np.repeat(np.asarray(span_loss, dtype=np.uint8), span_len)
     ex_of_span = np.repeat(np.arange(n), spans_per_example)
     lengths = np.bincount(ex_of_span, weights=span_len, minlength=n).astype(np.int64)
@@ -230,7 +239,7 @@ def _encode_spans(tok, texts: list[str], span_loss: list[bool], spans_per_exampl
 
 
 def _encode_batches(tok, texts: list[str]):
-    """tok.encode_batch over ENCODE_BATCH texts at a time, yielding encodings (see _encode_spans)."""
+    """tok.encode_batch (with offsets) over ENCODE_BATCH texts at a time, yielding encodings."""
     for a in range(0, len(texts), ENCODE_BATCH):
         yield from tok.encode_batch(texts[a:a + ENCODE_BATCH], add_special_tokens=False)
 
@@ -258,7 +267,7 @@ def _encode_joined(tok, texts: list[str], span_loss: list[bool], spans_per_examp
 
 def tokenize(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, config: C.TokenizeConfig, *,
              tokenizer: TokenizerInfo, executor: Executor | str | None = None, workers: int = 0,
-             rehash: bool = False, rebuild: bool = False) -> Manifest:
+             rehash: bool = False, rebuild: bool = False, details: dict | None = None) -> Manifest:
     """Stage 1: tokenize `inputs` into the folder `out`; returns its manifest (and does nothing when it is
     up to date).
 
@@ -266,7 +275,10 @@ def tokenize(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, config:
     see InputSpec.parse), InputSpecs, or Python data (a datasets.Dataset / IterableDataset or any
     iterable of dicts), which is first written to `out`'s sibling folder `inputs/` (content-addressed).
     rebuild: tokenize even when the existing output is up to date.
+    details: filled with how the stage ran (the tokenizer backend, why, the gate's counts): what the
+    report and the terminal summary state, and never the manifest (it is the same whichever backend ran).
     """
+    details = {} if details is None else details
     out = Path(out)
     run = resolve(executor, workers)
     specs = [as_spec(s, out.parent / "inputs") for s in inputs]
@@ -289,10 +301,13 @@ def tokenize(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, config:
     digest = C.digest(lineage)
     existing = None if rebuild else current(out, FORMAT, VERSION, digest, rehash=rehash)
     if existing is not None:
+        details.update(backend=None, reason="up to date: not tokenized again")
         return existing
+    choice = encoders.choose(tokenizer.json, tokenizer.spans_concatenate, config.tokenizer_backend)
+    gate: dict[str, int] = {}
 
     def build(tmp: Path) -> dict:
-        job = Job(tokenizer, config, tuple(specs), tuple(file_source), str(tmp))
+        job = Job(tokenizer, config, tuple(specs), tuple(file_source), str(tmp), choice.backend)
         # Workers count the JSON Lines ranges; the driver sees sizes and counts, never the records.
         chunks = sources.scan(files, config.chunk_records, cols, lambda fn, items: run.map(fn, items),
                               sizes=[m["size"] for m in input_meta])
@@ -306,6 +321,7 @@ def tokenize(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, config:
             per_file[r.file_index].update(records=r.records, examples=r.examples, tokens=r.tokens,
                                           loss_tokens=r.loss_tokens, skipped=sum(r.skipped.values()))
         _refuse_silent_loss(files, results, config)
+        gate.update(spans=sum(r.spans for r in results), spans_checked=sum(r.spans_checked for r in results))
         return {
             "format": FORMAT, "version": VERSION, "digest": digest,
             "config": C.to_dict(config),
@@ -329,7 +345,21 @@ def tokenize(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, config:
             "first_skipped": [e for r in results for e in r.first_errors][:10],
         }
 
-    return commit_stage(out, build)
+    try:
+        manifest = commit_stage(out, build)
+    except encoders.TokenMismatch as e:
+        if config.tokenizer_backend == "fast":
+            raise ConfigError(f"--tokenizer-backend fast: {e}; nothing was written (--tokenizer-backend auto "
+                              "falls back to tokenizers)") from None
+        # auto: the whole run again with the reference, so no id of the fast backend reaches the shards
+        choice = encoders.Choice("tokenizers", encoders.reference.version(),
+                                 f"auto: the fast backend passed the load-time gate, then differed from tokenizers "
+                                 f"during the run, so the whole run was encoded again with tokenizers; first "
+                                 f"difference: {e}")
+        manifest = commit_stage(out, build)
+    details.update(backend=choice.backend, version=choice.version, reason=choice.reason,
+                   reference=f"tokenizers {encoders.reference.version()}", check_tokens=config.check_tokens, **gate)
+    return manifest
 
 
 def as_spec(source: str | C.InputSpec | Any, spill_dir: Path) -> C.InputSpec:

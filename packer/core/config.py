@@ -47,6 +47,8 @@ def number(name: str, value: object, lo: float, hi: float, why: str = "", *, abo
         raise ConfigError(f"{name} is {value:g}: it must be {bound} up to {hi:g}" + (f" ({why})" if why else ""))
     return float(value)
 OVERLONG = ("truncate", "drop", "split", "error")
+TOKENIZER_BACKENDS = ("auto", "fast", "tokenizers")
+CHECK_TOKENS = ("sample", "all")
 LAYOUTS = ("best-fit", "wrapped")
 CHAT_FORMATS = ("auto", "openai", "sharegpt")
 TRAIN_ROLES = ("system", "user", "assistant", "tool")
@@ -193,6 +195,13 @@ class TokenizeConfig:
     """chat: the most work steps (attribute and item reads, calls, range items) one record's chat-template
     renderings may take together (~1.5M steps a second: ~13 s of Jinja on one core): a deterministic limit, never
     the clock."""
+    tokenizer_backend: str = dataclasses.field(default="auto", metadata={"lineage": False})
+    """auto (the fast backend where it loads the tokenizer and passes the gate, else tokenizers), fast (refuse
+    where it cannot be used) or tokenizers (packer.build.encoders). Outside the lineage: every backend gives
+    the ids tokenizers gives, so shards and manifests are byte-identical whichever ran."""
+    check_tokens: str = dataclasses.field(default="sample", metadata={"lineage": False})
+    """The run-time gate: re-encode a sample of every chunk's spans with tokenizers (its first 64 and 1% of the
+    rest) or all of them (for proof on a new corpus or tokenizer). Outside the lineage, like the backend."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -201,6 +210,10 @@ class TokenizeConfig:
               "a map task holds its chunk's records in memory")
         whole("max_render_chars (--max-render-chars)", self.max_render_chars, 1, 1 << 30)
         whole("render_budget (--render-budget)", self.render_budget, 1, 1 << 40)
+        if self.tokenizer_backend not in TOKENIZER_BACKENDS:
+            raise ConfigError(f"tokenizer_backend '{self.tokenizer_backend}' is not one of {', '.join(TOKENIZER_BACKENDS)}")
+        if self.check_tokens not in CHECK_TOKENS:
+            raise ConfigError(f"check_tokens '{self.check_tokens}' is not one of {', '.join(CHECK_TOKENS)}")
         bad_limit(self.max_bad, 1)  # refuses a malformed value now, not after tokenizing
         if self.chat_format not in CHAT_FORMATS:
             raise ConfigError(f"chat_format '{self.chat_format}' is not one of {', '.join(CHAT_FORMATS)}")
@@ -290,8 +303,11 @@ class WriteConfig:
 
 
 def to_dict(cfg: object) -> dict:
-    """A config as plain JSON-able data."""
-    return dataclasses.asdict(cfg)  # type: ignore[arg-type]
+    """A config as plain JSON-able data: the fields that decide the output (its lineage). Fields marked
+    metadata={"lineage": False} (how a stage runs, never what it writes) are left out, so manifests and
+    digests do not depend on them."""
+    runtime = {f.name for f in dataclasses.fields(cfg) if not f.metadata.get("lineage", True)}  # type: ignore[arg-type]
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in runtime}  # type: ignore[arg-type]
 
 
 def digest(data: object) -> str:
