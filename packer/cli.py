@@ -316,12 +316,14 @@ def report(run, baseline_batch):
     from packer.build import report as R
     from packer.core.errors import FormatError
 
-    try:  # keep the recorded stage times; a missing or damaged report.json is what this rewrites
-        seconds = R.load(run).get("seconds")
+    try:  # keep how the run ran (stage times, tokenizer backend); a missing or damaged report is what this rewrites
+        old = R.load(run)
     except FormatError:
-        seconds = None
+        old = {}
     with writing(Path(run), "packer report"):
-        rep = R.compute(run, seconds, baseline_batch)
+        rep = R.compute(run, old.get("seconds"), baseline_batch)
+        if old.get("tokenizer"):
+            rep["tokenizer"] = old["tokenizer"]
         R.write(run, rep)
     click.echo(R.summary(rep))
     click.echo(f"report: {Path(run) / 'report.html'}")

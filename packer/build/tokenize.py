@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 
@@ -21,13 +22,13 @@ from packer.core import config as C
 from packer.core.errors import ConfigError, InputError
 from packer.core.executors import Executor, resolve
 from packer.build import sources
-from packer.build.sources import Chunk, Columns
+from packer.build.sources import Chunk, Columns, Record
 from packer.core.storage import expand, identity
 from packer.core.manifest import Manifest, commit_stage, current
 from packer.core.progress import progress
 from packer.build import encoders
 from packer.build.encoders.reference import ENCODE_BATCH
-from packer.build.templates import make_renderer, uses_jinja
+from packer.build.templates import load_sft_template, make_renderer, uses_jinja
 from packer.build.load_tokenizer import TokenizerInfo
 from packer.core.formats.tokenized import FORMAT, SCHEMA, VERSION, chunk_name, examples_table
 
@@ -131,18 +132,31 @@ def tokenize_chunk(chunk: Chunk) -> ChunkResult:
     skipped: Counter[str] = Counter()
     errors: list[str] = []
     counts = Counter()
+    fast = _fast_fields(job, source) if sources.kind_of(chunk.path) == "jsonl" else None
     with pa.OSFile(str(Path(job.out) / chunk_name(chunk.index)), "wb") as sink, \
             pa.ipc.new_file(sink, SCHEMA) as writer:
-        batch: list = []
         number = chunk.first_record
-        for record in sources.read(chunk, cols):
-            batch.append((number, record))
-            number += 1
-            if len(batch) == job.config.chunk_records:
-                _encode_batch(job, chunk, render, batch, writer, skipped, errors, counts)
-                batch = []
-        if batch or not counts["records"]:
-            _encode_batch(job, chunk, render, batch, writer, skipped, errors, counts)
+        if fast is not None:  # sft and text from JSON Lines: whole batches decoded and rendered at once
+            for block in _blocks(sources.jsonl.lines(chunk), job.config.chunk_records):
+                rendered = _render_block(job, chunk.path, block, number, fast)
+                if rendered is None:  # something in the batch needs the per-record path: its errors, its skips
+                    batch = [(number + i, Record(chunk.path, n, n, _parsed(chunk.path, n, raw)))
+                             for i, (n, raw) in enumerate(block)]
+                    rendered = _render_records(job, render, batch, skipped, errors)
+                _encode_batch(job, chunk, rendered, writer, counts)
+                number += len(block)
+        else:
+            batch: list = []
+            for record in sources.read(chunk, cols):
+                batch.append((number, record))
+                number += 1
+                if len(batch) == job.config.chunk_records:
+                    _encode_batch(job, chunk, _render_records(job, render, batch, skipped, errors), writer, counts)
+                    batch = []
+            if batch:
+                _encode_batch(job, chunk, _render_records(job, render, batch, skipped, errors), writer, counts)
+        if not counts["records"]:
+            _encode_batch(job, chunk, _render_records(job, render, [], skipped, errors), writer, counts)
     if counts["records"] != chunk.records:  # the file changed between scan and read
         raise InputError(chunk.path, None, None, f"gave {counts['records']} records where its metadata said "
                          f"{chunk.records}", "the input changed while it was read; run again")
@@ -151,10 +165,91 @@ def tokenize_chunk(chunk: Chunk) -> ChunkResult:
                        counts["loss_tokens"], dict(skipped), errors, counts["spans"], counts["spans_checked"])
 
 
-def _encode_batch(job: Job, chunk: Chunk, render, batch: list, writer, skipped: Counter, errors: list[str],
-                  counts: Counter) -> None:
-    """Render, encode and write one batch of (record number, Record) as one record batch."""
-    file_index = chunk.file_index
+@dataclass
+class _Rendered:
+    """One batch's examples as text spans, ready to encode.
+
+    texts [S] and span_loss [S] (the spans of every example in turn), spans_per_example [N], and per
+    example its record number, its position (line or row) and where it is (for an error)."""
+
+    records: int
+    texts: list[str]
+    span_loss: Sequence[bool]
+    spans_per_example: Sequence[int]
+    keep_number: Sequence[int]
+    keep_position: Sequence[int]
+    where: Callable[[int], str]
+
+
+def _blocks(items, size: int):
+    block = []
+    for item in items:
+        block.append(item)
+        if len(block) == size:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def _parsed(path: str, line: int, raw: bytes) -> dict | InputError:
+    try:
+        return sources.jsonl.parse_line(path, line, raw)
+    except InputError as e:
+        return e
+
+
+_DECODERS: dict[tuple[str, ...], object] = {}
+
+
+def _fast_fields(job: Job, source: int) -> tuple[str, ...] | None:
+    """The fields the whole-batch path reads for this source (sft: query and response; text: the text), or
+    None where records take the per-record path (chats: their messages need normalizing one by one)."""
+    f = _fields(job.inputs[source], job.config)
+    if job.config.kind == "sft":
+        return f["query_field"], f["response_field"]
+    if job.config.kind == "text":
+        return (f["text_field"],)
+    return None
+
+
+def _render_block(job: Job, path: str, block: list[tuple[int, bytes]], first: int, fields: tuple[str, ...]
+                  ) -> _Rendered | None:
+    """A block of raw JSON Lines (line, bytes) decoded in one call and rendered at once, or None when any
+    record is not plainly good (not an object, a field missing, not a string or empty, anything msgspec
+    refuses): then the per-record path gives each record's exact error or skip. Same spans as the per-record
+    path (the same template, the same checks), at a fraction of its Python work per record."""
+    decode = _DECODERS.get(fields)
+    if decode is None:
+        names = [f"f{i}" for i in range(len(fields))]
+        record = msgspec.defstruct("Record", [(n, str) for n in names], rename=dict(zip(names, fields)))
+        decode = _DECODERS[fields] = msgspec.json.Decoder(list[record]).decode
+    try:
+        rows = decode(b"[" + b",".join(raw for _, raw in block) + b"]")
+    except msgspec.MsgspecError:
+        return None
+    columns = [[getattr(r, f"f{i}") for r in rows] for i in range(len(fields))]
+    if any(not value.strip() for column in columns for value in column):
+        return None  # an empty field: the per-record path names it
+    n = len(rows)
+    if job.config.kind == "text":
+        texts, pattern = columns[0], [True]
+    else:
+        tpl = load_sft_template("alpaca" if job.config.template == "auto" else job.config.template)
+        parts = [[tpl.prompt.replace("{query}", q) for q in columns[0]], columns[1]]
+        if tpl.suffix:
+            parts.append([tpl.suffix] * n)
+        texts = [None] * (len(parts) * n)
+        for k, part in enumerate(parts):
+            texts[k::len(parts)] = part
+        pattern = [False, True, True][:len(parts)]
+    lines = [line for line, _ in block]
+    return _Rendered(n, texts, np.tile(np.asarray(pattern, bool), n), np.full(n, len(pattern), np.int64),
+                     np.arange(first, first + n, dtype=np.int64), lines, lambda i: f"{path}:{lines[i]}")
+
+
+def _render_records(job: Job, render, batch: list, skipped: Counter, errors: list[str]) -> _Rendered:
+    """The per-record path: each (record number, Record) rendered, bad ones raised or counted (skip_bad)."""
     texts: list[str] = []
     wheres: list[str] = []
     span_loss: list[bool] = []
@@ -162,7 +257,7 @@ def _encode_batch(job: Job, chunk: Chunk, render, batch: list, writer, skipped: 
     keep_number: list[int] = []
     keep_position: list[int] = []
     # Per-record loop: JSON decoding and template rendering are per-record by nature; the token-level
-    # work below is whole-array.
+    # work is whole-array.
     for number, rec in batch:
         try:
             if isinstance(rec.value, InputError):
@@ -182,20 +277,27 @@ def _encode_batch(job: Job, chunk: Chunk, render, batch: list, writer, skipped: 
         for text, loss in spans:
             texts.append(text)
             span_loss.append(loss)
+    return _Rendered(len(batch), texts, span_loss, spans_per_example, keep_number, keep_position, wheres.__getitem__)
+
+
+def _encode_batch(job: Job, chunk: Chunk, r: _Rendered, writer, counts: Counter) -> None:
+    """Encode one rendered batch and write it as one record batch (BOS and EOS added as ids)."""
+    texts, span_loss, spans_per_example = r.texts, r.span_loss, r.spans_per_example
+    keep_number, keep_position = r.keep_number, r.keep_position
     n = len(keep_number)
     info = job.tokenizer
     if info.spans_concatenate:
         encoded = _encoder(job, job.backend).encode(texts)
         counts.update(spans=len(texts))
         if job.backend != "tokenizers":  # the run-time gate: a seeded sample re-encoded by the reference
-            picked = encoders.sample(len(texts), f"{chunk.path}:{chunk.first_record}:{len(batch)}:{counts['records']}",
+            picked = encoders.sample(len(texts), f"{chunk.path}:{chunk.first_record}:{r.records}:{counts['records']}",
                                      job.config.check_tokens)
             counts.update(spans_checked=len(picked))
             bad = encoders.check(texts, encoded, _encoder(job, "tokenizers"), picked)
             if bad is not None:
                 example = int(np.searchsorted(np.cumsum(spans_per_example), bad, side="right"))
                 (a, _), (b, _) = (_encoder(job, k).encode([texts[bad]]) for k in (job.backend, "tokenizers"))
-                raise encoders.TokenMismatch(wheres[example], texts[bad], a.tolist(), b.tolist())
+                raise encoders.TokenMismatch(r.where(example), texts[bad], a.tolist(), b.tolist())
         ids, loss, lengths = _spans(encoded, span_loss, spans_per_example)
     else:
         ids, loss, lengths = _encode_joined(job.tokenizer.build(), texts, span_loss, spans_per_example)
@@ -220,10 +322,10 @@ def _encode_batch(job: Job, chunk: Chunk, render, batch: list, writer, skipped: 
         ids = np.insert(ids, ends, info.eos_id)
         loss = np.insert(loss, ends, eos_loss)
         lengths = lengths + 1
-    table = examples_table(np.asarray(keep_number, np.int64), np.full(n, file_index, np.int32),
+    table = examples_table(np.asarray(keep_number, np.int64), np.full(n, chunk.file_index, np.int32),
                            np.asarray(keep_position, np.int64), lengths, ids, loss)
     writer.write_table(table)
-    counts.update(records=len(batch), examples=n, tokens=int(lengths.sum()), loss_tokens=int(loss.sum()))
+    counts.update(records=r.records, examples=n, tokens=int(lengths.sum()), loss_tokens=int(loss.sum()))
 
 
 def _spans(encoded: tuple[np.ndarray, np.ndarray], span_loss: list[bool], spans_per_example: list[int]

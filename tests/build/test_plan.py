@@ -283,3 +283,45 @@ def test_refill_cut_short_by_its_budget_is_completed_by_bfd():
     for slots, offsets in (full, part):
         assert np.array_equal(np.sort(slots), np.sort(lengths))
         assert np.add.reduceat(slots.astype(np.int64), offsets[:-1]).max() <= 512
+
+
+def _subset_sum_arrays(room, lengths, counts):
+    """The subset sum as an array of reachable sums per item (the form the solver used before): the
+    reference the bitset form must equal, subset for subset."""
+    weights = []
+    for v, c in zip(lengths, counts):
+        c, m = min(c, room // v), 1
+        while c > 0:
+            take = min(m, c)
+            weights.append((v, take))
+            c, m = c - take, m * 2
+    reach = np.zeros(room + 1, dtype=bool)
+    reach[0] = True
+    via = np.full(room + 1, -1, dtype=np.int64)
+    for i, (v, m) in enumerate(weights):
+        w = v * m
+        if w > room:
+            continue
+        idx = np.flatnonzero(reach[:-w] & ~reach[w:]) + w
+        reach[idx], via[idx] = True, i
+        if reach[room]:
+            break
+    s, out = int(np.flatnonzero(reach)[-1]), []
+    while s > 0:
+        v, m = weights[int(via[s])]
+        out.extend([v] * m)
+        s -= v * m
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 3000), st.lists(st.tuples(st.integers(1, 400), st.integers(1, 40)), min_size=1, max_size=30,
+                                      unique_by=lambda x: x[0]))
+def test_subset_sum_equals_its_array_reference(room, items):
+    from packer.build.planners.ortools import _Budget, _subset_sum
+
+    lengths = sorted((v for v, _ in items), reverse=True)
+    counts = [dict(items)[v] for v in lengths]
+    got = _subset_sum(room, lengths, counts, _Budget(1e9))
+    assert got == _subset_sum_arrays(room, lengths, counts)
+    assert sum(got) <= room

@@ -9,6 +9,8 @@ import json
 import numpy as np
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from packer.core import config as C
 from packer.core.config import InputSpec
@@ -272,3 +274,63 @@ def test_chat_template_raise_exception_is_a_one_line_error(tmp_path, byte_tok):
         run(tmp_path, tok, [ok, chat], C.TokenizeConfig(kind="chat"))
     m = run(tmp_path, tok, [ok, chat, ok], C.TokenizeConfig(kind="chat", skip_bad=True, max_bad="1"))
     assert m["counts"]["skipped"] == 1
+
+
+_ODD_LINES = [
+    b'{"query": "q", "response": "r", "n": NaN}',                   # msgspec refuses NaN, json reads it
+    b'{"query": "\\ud83d\\ude00 pair", "response": "ok"}',           # an escaped surrogate pair
+    b'{"query": "x", "response": "y", "big": 123456789012345678901234567890}',
+    b'{"query": "dup", "query": "last wins", "response": "r"}',
+    b'  {"query": "lead", "response": "space"}\r',                   # whitespace and CRLF
+    b'{"query": "  ", "response": "r"}',                             # empty after strip: an error
+    b'{"query": 5, "response": "r"}',                                # not a string: an error
+    b'{"response": "r"}',                                            # missing: an error
+    b'[1, 2]',                                                       # not an object
+    b'{"query": "\\ud800", "response": "r"}',                         # a lone surrogate: an error
+    b'{"query": "caf\xc3\xa9 \xe4\xb8\xad", "response": "\xf0\x9f\x99\x82"}',
+    b'',                                                             # a blank line
+]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(_ODD_LINES),
+                          st.builds(lambda q, r: json.dumps({"query": q, "response": r}).encode(),
+                                    st.text(min_size=1, max_size=12), st.text(min_size=1, max_size=12))),
+                min_size=1, max_size=40),
+       st.sampled_from(["sft", "text"]), st.integers(1, 9))
+def test_the_whole_batch_path_equals_the_per_record_path(tmp_path_factory, byte_tok, lines, kind, chunk_records):
+    """JSON Lines of sft and text records are decoded and rendered a batch at a time; any record that is not
+    plainly good sends its batch to the per-record path. Both give the same tokenized bytes and the same
+    skips, whatever the lines hold."""
+    _same_both_ways(tmp_path_factory.mktemp("fastpath"), byte_tok, lines, kind, chunk_records)
+
+
+@pytest.mark.parametrize("odd", _ODD_LINES)
+@pytest.mark.parametrize("kind", ["sft", "text"])
+def test_each_odd_line_between_good_ones_gives_the_per_record_result(tmp_path, byte_tok, odd, kind):
+    good = b'{"query": "good", "response": "one"}'
+    _same_both_ways(tmp_path, byte_tok, [good, odd, good, good], kind, 4)
+
+
+def _same_both_ways(tmp, byte_tok, lines, kind, chunk_records):
+    import packer.build.tokenize as T
+
+    if kind == "text":
+        lines = [x.replace(b'"query"', b'"text"') for x in lines]
+    data = tmp / "d.jsonl"
+    data.write_bytes(b"\n".join(lines) + b"\n")
+    cfg = C.TokenizeConfig(kind=kind, skip_bad=True, max_bad="100%", chunk_records=chunk_records)
+    outs = []
+    for fast in (True, False):
+        saved = T._fast_fields
+        if not fast:
+            T._fast_fields = lambda job, source: None
+        try:
+            m = tokenize([str(data)], tmp / f"t{fast}", cfg, tokenizer=byte_tok)
+        except InputError as e:  # nothing usable at all: both paths must say the same
+            outs.append(str(e))
+            continue
+        finally:
+            T._fast_fields = saved
+        outs.append((m["counts"], m["files"]))
+    assert outs[0] == outs[1]

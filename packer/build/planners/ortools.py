@@ -68,8 +68,10 @@ class _Budget:
 def _subset_sum(room: int, lengths: list[int], counts: list[int], budget: _Budget) -> list[int]:
     """Lengths (with repeats) summing as close to `room` as possible, exactly when reachable.
 
-    Bounded multiplicities by binary splitting (1, 2, 4, ... copies as one 0/1 item); `via[s]` keeps
-    the item that first reached sum s, which is enough to rebuild the subset.
+    Bounded multiplicities by binary splitting (1, 2, 4, ... copies as one 0/1 item). The reachable sums
+    are the bits of one Python int, and each item's step is `reach | reach << w` (a few word operations
+    per 64 sums, in C); the int after each item is kept, so the subset is rebuilt from the item that first
+    reached each sum (a binary search over those ints), the same subset an array per item would give.
     """
     weights: list[tuple[int, int]] = []  # (length, copies)
     for v, c in zip(lengths, counts):
@@ -81,25 +83,29 @@ def _subset_sum(room: int, lengths: list[int], counts: list[int], budget: _Budge
             c -= take
             m *= 2
     budget.charge(CALL_SECONDS)
-    reach = np.zeros(room + 1, dtype=bool)
-    reach[0] = True
-    via = np.full(room + 1, -1, dtype=np.int64)
+    full = (1 << (room + 1)) - 1
+    reach, after, used = 1, [], []  # after[k]: the sums reachable once item used[k] is in
     for i, (v, m) in enumerate(weights):
         w = v * m
         if w > room:
             continue
-        budget.charge((room + 1 - w) / CELLS_PER_SECOND + STEP_SECONDS)
-        new = reach[:-w] & ~reach[w:]
-        idx = np.flatnonzero(new) + w
-        if len(idx):
-            reach[idx] = True
-            via[idx] = i
-            if reach[room]:
-                break
-    s = int(np.flatnonzero(reach)[-1])
+        budget.charge((room + 1 - w) / CELLS_PER_SECOND + STEP_SECONDS)  # the work an array of sums would do
+        reach = (reach | (reach << w)) & full
+        after.append(reach)
+        used.append(i)
+        if reach >> room & 1:
+            break
+    s = reach.bit_length() - 1
     out: list[int] = []
-    while s > 0:
-        v, m = weights[int(via[s])]
+    while s > 0:  # one step per item of the subset
+        lo, hi = 0, len(after) - 1
+        while lo < hi:  # the first item after which sum s is reachable
+            mid = (lo + hi) // 2
+            if after[mid] >> s & 1:
+                hi = mid
+            else:
+                lo = mid + 1
+        v, m = weights[used[lo]]
         out.extend([v] * m)
         s -= v * m
     return out

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO
 
+import msgspec
+
 from packer.core.errors import InputError
 from packer.build.sources.base import Chunk, Columns, Record
 from packer.core.storage import open_input
@@ -187,25 +189,45 @@ def chunks(file_index: int, rngs: Sequence[Range], counted: Sequence[Counted], f
     return out
 
 
-def read(chunk: Chunk, columns: Columns) -> Iterator[Record]:
-    """Worker side: each line of the chunk decoded, or the InputError that says why it cannot be."""
+def lines(chunk: Chunk) -> Iterator[tuple[int, bytes]]:
+    """Worker side: (1-based line number, raw bytes) of each non-blank line of the chunk, undecoded."""
     start, end, line_no = chunk.payload
     rng = Range(chunk.path, 0, None) if compressed(chunk.path) else Range(chunk.path, start, end)
     for _, raw in _owned(rng):
         if raw.strip():
-            try:
-                yield Record(chunk.path, line_no, line_no, parse_line(chunk.path, line_no, raw))
-            except InputError as e:
-                yield Record(chunk.path, line_no, line_no, e)
+            yield line_no, raw
         line_no += 1
+
+
+def read(chunk: Chunk, columns: Columns) -> Iterator[Record]:
+    """Worker side: each line of the chunk decoded, or the InputError that says why it cannot be."""
+    for line_no, raw in lines(chunk):
+        try:
+            yield Record(chunk.path, line_no, line_no, parse_line(chunk.path, line_no, raw))
+        except InputError as e:
+            yield Record(chunk.path, line_no, line_no, e)
 
 
 def _why(e: BaseException) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
+_FAST_DECODE = msgspec.json.Decoder().decode
+
+
 def parse_line(path: str, line_no: int, raw: bytes) -> dict:
-    """Decode one JSON object, or raise an InputError naming file and line."""
+    """Decode one JSON object, or raise an InputError naming file and line.
+
+    msgspec decodes (~3x json's speed); whatever it refuses (NaN and Infinity, lone surrogate escapes, a
+    BOM, malformed lines) is decoded by json, whose result and errors are the reference: msgspec accepts
+    only standard JSON, which both decode to the same values (big integers and duplicate keys included)."""
+    if raw[:1] == b"{":
+        try:
+            obj = _FAST_DECODE(raw)
+            if isinstance(obj, dict):
+                return obj
+        except msgspec.MsgspecError:
+            pass
     try:
         obj = json.loads(raw)  # bytes: json decodes UTF-8 itself, one pass fewer
     except UnicodeDecodeError as e:
