@@ -42,3 +42,14 @@ def test_tree_has_only_the_layers():
     top = sorted(p.name for p in (ROOT / "packer").iterdir() if not p.name.startswith(("_", ".")) or p.name == "__init__.py")
     assert top == ["__init__.py", "adapters", "attention.py", "build", "cli.py", "core", "exports", "from_examples.py",
                    "from_files.py", "hf.py", "loss.py", "pipeline.py", "train"]
+
+
+def test_every_test_file_is_collected():
+    """Every tests/**/test_*.py runs in `make test` (pytest skips folders named build unless told not to:
+    tests/build/ mirrors packer/build/)."""
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+                         cwd=ROOT, capture_output=True, text=True)
+    # -q (with addopts' -q) prints "path: count" per file; more verbose forms print "path::test"
+    collected = {line.split(":")[0] for line in out.stdout.splitlines() if line.split(":")[0].endswith(".py")}
+    files = {str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")}
+    assert files - collected == set()
