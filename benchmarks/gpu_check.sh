@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())" || exit 1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-$PY -m pytest -q tests/test_attention.py -k "backend" -p no:cacheprovider 2>&1 | tail -15
+$PY -m pytest -q tests/train/test_attention.py -k "backend" -p no:cacheprovider 2>&1 | tail -15
 $PY - <<'PY'
 import time, torch
 from packer.train.attention import BACKENDS, unavailable, varlen_attention
@@ -53,4 +53,50 @@ for variant in ({}, {"window": 256}, {"softcap": 30.0}, {"window": 256, "softcap
         t = bench(step)
         print(f"{label:15} {name:13} max|diff| vs fp32 sdpa: out {err:.3e} grads {gerr:.3e}  "
               f"fwd+bwd {t*1e3:.2f} ms  {base/t:.2f}x padded SDPA")
+PY
+# Hybrid models (issue 28): the native path (the rows as one row, seq_idx / cu_seqlens handed to
+# flash-linear-attention, causal-conv1d and mamba-ssm) against each example alone through the same
+# kernels, and its speed against the unpacked path (the CPU path, forced). Kernels not installed are
+# named; the unpacked path is exact without them.
+$PY - <<'PY'
+import importlib.util, time, torch, transformers
+import packer.train.hf.integration as hf
+from packer.train.hf import mixers as M
+from packer.train.hf.verify import tiny_config
+hf.register(allow_unverified=True)
+dev, dt = "cuda", torch.bfloat16
+have = {m: importlib.util.find_spec(m) is not None for m in ("fla", "causal_conv1d", "mamba_ssm")}
+print("hybrid kernels installed:", have)
+lengths = [700, 130, 1024, 55, 400, 3, 1734]
+for kind, mt in (("gated_delta_net", "qwen3_5_text"), ("mamba2", "falcon_h1"), ("conv", "lfm2")):
+    missing = [m for m in M.NATIVE_NEEDS[kind] if not have[m]]
+    if missing:
+        print(f"{mt:14} native path skipped: install {', '.join(missing)} (pip install flash-linear-attention "
+              "causal-conv1d mamba-ssm)"); continue
+    cfg = tiny_config(mt, hidden_size=512, num_attention_heads=8, num_key_value_heads=4, head_dim=64)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).to(dev, dt)
+    model = hf.use_packer_attention(model, allow_unverified=True)
+    ids = torch.randint(1, cfg.vocab_size, (1, sum(lengths)), device=dev)
+    pos = torch.cat([torch.arange(n, device=dev) for n in lengths])[None]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=dev)
+    kw = dict(position_ids=pos, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lengths), max_length_k=max(lengths))
+    with torch.no_grad():
+        packed = model(input_ids=ids, **kw).logits.float()
+        alone = torch.cat([model(input_ids=ids[:, a:b], position_ids=pos[:, a:b]).logits.float()
+                           for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())], dim=1)
+    err = ((packed - alone).abs().max() / alone.abs().max()).item()
+    def step():
+        model(input_ids=ids, **kw).logits.float().logsumexp(-1).mean().backward()
+    def timed():
+        step(); torch.cuda.synchronize(); t = time.perf_counter()
+        for _ in range(5): step()
+        torch.cuda.synchronize(); return (time.perf_counter() - t) / 5
+    native = timed()
+    real_native = M._native
+    M._native = lambda kind, hidden: False
+    unpacked = timed()
+    M._native = real_native
+    print(f"{mt:14} native vs alone (bf16 logits, relative): {err:.2e}  fwd+bwd native {native*1e3:.1f} ms, "
+          f"unpacked {unpacked*1e3:.1f} ms -> native {unpacked/native:.2f}x")
 PY

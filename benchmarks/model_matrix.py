@@ -31,6 +31,7 @@ def _one(model_type: str, queue) -> None:
     import transformers
 
     import packer.train.hf.integration as hf
+    from packer.train.hf.mixers import mixers as mixers_of
     from packer.train.hf.verify import tiny_config, verify
 
     hf.FAMILIES = {}  # judge every family afresh, not by the previous matrix
@@ -79,14 +80,50 @@ def _one(model_type: str, queue) -> None:
     figures = {"logits": v.logits, "loss": v.loss, "grads": v.grads,
                "window": getattr(cfg, "sliding_window", None),
                "softcap": getattr(cfg, "attn_logit_softcapping", None)}
-    if v.attention_calls == 0:
+    figures["mixers"] = sorted({type(m).__name__ for m in mixers_of(make(hf.NAME))})
+    figures["mechanisms"] = mechanisms(cfg, figures["mixers"])
+    if v.attention_calls + v.mixer_calls == 0:
         queue.put(("refused", "its attention never reaches the attention function, so Packer cannot keep "
                    "examples apart", figures, []))
     elif v.equal:
-        queue.put(("verified", "", figures, sorted(t for t in v.config_types if t)))
+        note = "" if v.floor is None else (
+            f"verified within twice transformers' own reference's movement by batch shape alone (logits "
+            f"{v.floor[0]:.1e}, gradients {v.floor[1]:.1e})")
+        queue.put(("verified", note, figures, sorted(t for t in v.config_types if t)))
     else:
         queue.put(("refused", f"packed differs from unpacked ({v}): something outside attention mixes "
                    "tokens across examples or ignores position_ids", figures, []))
+
+
+def mechanisms(cfg, mixer_classes: list[str]) -> list[str]:
+    """What a family needed beyond varlen attention: its token mixers' mechanisms, chunked attention,
+    mRoPE position rows."""
+    from packer.train.hf.mixers import MECHANISMS, MROPE_FOUR_ROWS
+
+    found = {MECHANISMS[c] for c in mixer_classes}
+    configs = [cfg, *(c for c in vars(cfg).values() if hasattr(c, "model_type") and hasattr(c, "to_dict"))]
+    for c in configs:
+        try:
+            kinds = set(getattr(c, "layer_types", None) or [])
+        except Exception:  # noqa: BLE001  (per-layer attribute guards)
+            kinds = set()
+        if "chunked_attention" in kinds:
+            found.add("chunked attention")
+        if getattr(c, "model_type", None) in MROPE_FOUR_ROWS or _uses_mrope(c):
+            found.add("mRoPE rows")
+    return sorted(found)
+
+
+def _uses_mrope(config) -> bool:
+    """Whether the config's modeling code rotates by mRoPE sections (3-D text positions)."""
+    import importlib
+    import inspect
+
+    name = type(config).__module__.replace(".configuration_", ".modeling_")
+    try:
+        return "mrope_section" in inspect.getsource(importlib.import_module(name))
+    except (ImportError, OSError, TypeError):
+        return False
 
 
 def _short(e: BaseException) -> str:
@@ -131,13 +168,18 @@ def run(model_type: str, timeout: float) -> tuple[str, str, dict, list]:
 
 def write(results: dict, version: str) -> None:
     families: dict[str, dict[str, str]] = {}
+    for kind, (status, _, fig, _) in results.items():  # what each verified family needed, from its tiny config
+        if status == "verified":
+            from packer.train.hf.verify import tiny_config
+
+            fig["mechanisms"] = mechanisms(tiny_config(kind), fig.get("mixers") or [])
     for kind, (status, reason, _, types) in sorted(results.items()):
         families[kind] = {"status": "verified" if status == "verified" else "refused",
                           "reason": reason if status != "untested" else f"not verified: {reason}"}
     for kind, (status, _, _, types) in sorted(results.items()):
         for t in types:  # sub-configs (a text decoder inside a composite model) of verified families
             families.setdefault(t, {"status": "verified", "reason": ""})
-    (ROOT / "packer" / "families.py").write_text(
+    (ROOT / "packer" / "train" / "hf" / "families.py").write_text(
         '"""Which transformers model families train packed exactly as unpacked: written by `make models`\n'
         "(benchmarks/model_matrix.py) from a run over every causal-LM architecture; do not edit by hand.\n\n"
         'FAMILIES maps a config\'s model_type to {"status": "verified" | "refused", "reason": str}.\n"""\n\n'
@@ -152,7 +194,9 @@ def write(results: dict, version: str) -> None:
         "of 2 where the family has them; examples of 2 to 31 tokens, so windows bite), then logits, loss and",
         "gradients of one packed row (`attn_implementation=\"packer\"`) against each example alone through",
         "transformers' eager attention. Verified means logits within 1e-4 and gradients within 1e-4 of the",
-        "largest value, loss within 1e-5 relative. Every other family is refused by `use_packer_attention`",
+        "largest value, loss within 1e-5 relative (or, for a family whose own reference moves by more than",
+        "that when only the batch shape changes, within twice that movement and never beyond 10x the",
+        "tolerances; the reason column says so). Every other family is refused by `use_packer_attention`",
         "before the first step with the reason below (families not verified here are refused too, unless",
         "`allow_unverified=True`).",
         "",
@@ -163,26 +207,34 @@ def write(results: dict, version: str) -> None:
         "",
         *[f"- {n_why} x {why}" for why, n_why in _why_counts(results)],
         "",
-        "Verified holds for configs whose layers are all attention (`layer_types` of full and sliding",
-        "attention only): a checkpoint of a verified family whose config adds other layer types (LFM2's",
-        "convolutions, for example) is refused at run time for that reason.",
+        "What verified families needed beyond varlen attention (packer.train.hf.mixers: token mixers run",
+        "from a fresh state per example, chunks counted from each example's start, mRoPE position rows):",
         "",
-        "| model_type | status | logits | loss | gradients | window | softcap | reason |",
-        "|---|---|---|---|---|---|---|---|",
+        *[f"- {n_mech} x {mech}" for mech, n_mech in _mechanism_counts(results)],
+        "",
+        "Verified holds for the layer types the tiny config has (one of each kind the family's default",
+        "config has); a checkpoint whose config adds a layer type or mixer class Packer does not know is",
+        "refused at run time by name.",
+        "",
+        "| model_type | status | mechanism | logits | loss | gradients | window | softcap | reason |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, (status, reason, fig, _) in sorted(results.items()):
         f = (lambda k: f"{fig[k]:.1e}" if k in fig else "")
-        lines.append(f"| {kind} | {status} | {f('logits')} | {f('loss')} | {f('grads')} | "
-                     f"{fig.get('window') or ''} | {fig.get('softcap') or ''} | {reason.replace('|', '/')} |")
+        mech = ", ".join(fig.get("mechanisms") or []) if status == "verified" else ""
+        lines.append(f"| {kind} | {status} | {mech or ('attention only' if status == 'verified' else '')} | "
+                     f"{f('logits')} | {f('loss')} | {f('grads')} | {fig.get('window') or ''} | "
+                     f"{fig.get('softcap') or ''} | {reason.replace('|', '/')} |")
     (ROOT / "docs" / "MODELS.md").write_text("\n".join(lines) + "\n")
     print(f"{n['verified']} verified, {n['refused']} refused, {n['untested']} untested -> docs/MODELS.md")
 
 
 CATEGORIES = (
-    ("its layers of type", "layers that mix tokens outside attention (Mamba, linear, convolution, chunked or "
-                           "indexed attention): they would need seq_idx or masks a packed batch does not have"),
+    ("its layers of type", "layer types Packer has no exact packed path for (indexed or compressed sparse "
+                           "attention, which select keys across the whole row)"),
     ("its attention never reaches", "attention computed outside transformers' attention interface (ALiBi, "
                                     "relative or custom attention), which Packer cannot reach"),
+    ("its ", "token mixer classes Packer does not implement (named in the reason)"),
     ("transformers does not run", "attention computed outside transformers' attention interface (ALiBi, "
                                   "relative or custom attention), which Packer cannot reach"),
     ("packed differs", "outputs differ packed vs unpacked: positions not taken from position_ids (learned "
@@ -190,6 +242,15 @@ CATEGORIES = (
     ("packer attention cannot run", "an attention argument or mask Packer does not implement"),
     ("", "the packed forward pass fails"),
 )
+
+
+def _mechanism_counts(results: dict) -> list[tuple[str, int]]:
+    counts: dict[str, int] = {}
+    for status, _, fig, _ in results.values():
+        if status == "verified":
+            for mech in fig.get("mechanisms") or ["attention only (varlen attention and position_ids)"]:
+                counts[mech] = counts.get(mech, 0) + 1
+    return sorted(counts.items(), key=lambda x: (-x[1], x[0]))
 
 
 def _why_counts(results: dict) -> list[tuple[str, int]]:
@@ -207,6 +268,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=180.0, help="seconds per family")
     ap.add_argument("--dry", action="store_true", help="print, do not write docs/MODELS.md")
     ap.add_argument("--resume", default="", help="a JSON-lines file of finished families: reuse, and append")
+    ap.add_argument("--write-only", action="store_true", help="write the docs from --resume's families, run none")
     args = ap.parse_args()
     import torch  # noqa: F401  (imported once here; each forked check inherits it)
     import transformers
@@ -223,7 +285,7 @@ def main() -> None:
                 results[row["kind"]] = tuple(row["result"])
     t0 = time.perf_counter()
     for i, kind in enumerate(kinds):
-        if kind in results:
+        if kind in results or args.write_only:
             continue
         results[kind] = run(kind, args.timeout)
         if args.resume:
@@ -232,7 +294,7 @@ def main() -> None:
         status, reason = results[kind][:2]
         print(f"[{i + 1}/{len(kinds)}] {kind:28} {status:9} {reason[:110]}", flush=True)
     print(f"{len(kinds)} families in {time.perf_counter() - t0:.0f} s")
-    results = {k: results[k] for k in kinds}
+    results = {k: results[k] for k in kinds if k in results}
     if args.dry or args.only:
         print(json.dumps({k: r[:2] for k, r in results.items()}, indent=1))
         return

@@ -21,6 +21,7 @@ from packer.train.attention import BACKENDS, Variant, cu_seqlens_from_positions,
 from packer.core.errors import ConfigError
 from packer.train.hf.families import FAMILIES, TRANSFORMERS_VERSION
 from packer.core.labels import IGNORE
+from packer.train.hf.mixers import chunk_size, chunked_boundaries, install, mixers
 
 NAME = "packer"
 
@@ -37,9 +38,21 @@ NO_EFFECT = frozenset({
     "cache_position",         # cache bookkeeping; query and key lengths are checked to be equal
     "return_dict",
     "logits_to_keep",         # which positions the LM head computes logits for, after the layers
+    "labels",                 # the loss's targets (composite models hand them down), used after the layers
 })
-# Layer types whose tokens mix only through the attention function.
-ATTENTION_LAYER_TYPES = frozenset({"full_attention", "sliding_attention"})
+# Layer types whose tokens mix only through the attention function (chunked: packer_attention cuts each
+# example into its chunks).
+ATTENTION_LAYER_TYPES = frozenset({"full_attention", "sliding_attention", "chunked_attention"})
+# Layer types whose tokens mix outside attention, in a mixer Packer keeps to each example (packer.train.hf.mixers)
+# when the model's mixer classes are all known to it.
+MIXER_LAYER_TYPES = frozenset({"linear_attention", "mamba", "conv", "recurrent", "hybrid", "hybrid_sliding"})
+# Layer types that do not mix tokens at all (Nemotron-H's MLP and MoE blocks).
+PER_TOKEN_LAYER_TYPES = frozenset({"mlp", "moe"})
+# Class-name endings of token mixers outside attention: a module named so that Packer does not know is refused
+# (but for attention classes that only share the name: Kimi Linear's MLA attention).
+_MIXER_NAMES = ("Mixer", "GatedDeltaNet", "DeltaAttention", "LinearAttention", "LightningAttention", "ShortConv",
+                "ShortConvolution", "MambaLayer", "Rglru", "RecurrentBlock", "CCAProjection")
+_ATTENTION_CLASSES = frozenset({"KimiLinearAttention"})
 
 _settings: dict = {"allow_unverified": False, "backend": "auto"}
 _checked: dict[int, object] = {}  # id(config) -> config: each model config is checked once
@@ -63,13 +76,12 @@ def family_refusal(config) -> str | None:
     Reads the config's layer types and chunking, then the model matrix's verdict for its model_type.
     """
     kind = getattr(config, "model_type", None) or type(config).__name__
-    other = sorted({str(t) for t in (getattr(config, "layer_types", None) or [])} - ATTENTION_LAYER_TYPES)
+    subs = [c for c in vars(config).values() if hasattr(c, "model_type") and hasattr(c, "to_dict")]
+    layer_types = {str(t) for c in (config, *subs) for t in (_safe_layer_types(c) or [])}
+    other = sorted(layer_types - ATTENTION_LAYER_TYPES - MIXER_LAYER_TYPES - PER_TOKEN_LAYER_TYPES)
     if other:
         return (f"its layers of type {', '.join(other)} mix tokens outside the attention function, where "
                 "Packer cannot keep the packed examples apart")
-    if getattr(config, "attention_chunk_size", None):
-        return ("its chunked attention is built into the attention mask, which a padding-free packed "
-                "batch does not have")
     entry = FAMILIES.get(kind)
     if entry is not None and entry["status"] == "refused":
         return entry["reason"]
@@ -78,6 +90,13 @@ def family_refusal(config) -> str | None:
                 f"{TRANSFORMERS_VERSION}); run `make models` to verify it, or call "
                 "register(allow_unverified=True) to train on it unverified")
     return None
+
+
+def _safe_layer_types(config) -> list | None:
+    try:
+        return getattr(config, "layer_types", None)
+    except Exception:  # noqa: BLE001  (a composite's per-layer attribute guard)
+        return None
 
 
 def _check_family(module: torch.nn.Module) -> None:
@@ -131,10 +150,15 @@ def packer_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
                           "cu_seq_lens_q must cover the batch's tokens, rows concatenated")
         max_len = int(kwargs.get("max_length_q") or (cu[1:] - cu[:-1]).max())
     elif kwargs.get("position_ids") is not None:
-        cu, max_len = cu_seqlens_from_positions(kwargs["position_ids"])
+        pos = kwargs["position_ids"]
+        cu, max_len = cu_seqlens_from_positions(pos[0] if pos.dim() == 3 else pos)  # mRoPE rows: the first
     else:
         cu = torch.arange(0, (b + 1) * s, s, device=query.device, dtype=torch.int32)
         max_len = s
+    chunk = chunk_size(module)
+    if chunk is not None:  # chunked attention: each example's chunks, counted from its own start
+        cu = chunked_boundaries(cu.to(query.device), chunk)
+        max_len = min(max_len, chunk)
     causal = kwargs.get("is_causal")
     causal = getattr(module, "is_causal", True) if causal is None else bool(causal)
     sinks = kwargs.get("s_aux")
@@ -182,6 +206,18 @@ def check_model(model: torch.nn.Module) -> None:
         if why is not None:
             raise UnsupportedModelError(f"attn_implementation='packer' refuses {type(model).__name__}: {why}")
         _checked[id(c)] = c
+    inside = {id(sub) for m in mixers(model) for sub in m.modules()}  # parts of a known mixer are covered by it
+    unknown = sorted({type(m).__name__ for m in model.modules()
+                      if type(m).__name__.endswith(_MIXER_NAMES) and id(m) not in inside} - _ATTENTION_CLASSES)
+    if unknown:
+        raise UnsupportedModelError(f"attn_implementation='packer' refuses {type(model).__name__}: its "
+                                    f"{', '.join(unknown)} mix tokens outside attention in a way Packer does not "
+                                    "implement, so packed examples would leak into each other")
+    types_ = {str(x) for c in parts.values() for x in (getattr(c, "layer_types", None) or [])}
+    if types_ & MIXER_LAYER_TYPES and not mixers(model):
+        raise UnsupportedModelError(f"attn_implementation='packer' refuses {type(model).__name__}: its layer types "
+                                    f"{', '.join(sorted(types_ & MIXER_LAYER_TYPES))} name token mixers, but none of "
+                                    "its modules is one Packer keeps to each packed example")
 
 
 def model_variant(model: torch.nn.Module) -> Variant:
@@ -261,6 +297,7 @@ def use_packer_attention(model: torch.nn.Module, *, allow_unverified: bool = Fal
     if data is not None:
         check_vocab(model, data)
     model.set_attn_implementation(NAME)
+    install(model)  # token mixers outside attention, kept to each packed example
     return model
 
 

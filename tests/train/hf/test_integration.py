@@ -88,21 +88,14 @@ def test_sdpa_dropping_softmax_scale_is_detected(monkeypatch):
 
 
 @pytest.mark.parametrize("model_type,reason", [
-    ("qwen3_next", "linear_attention"),   # hybrid: linear-attention layers need seq_idx
-    ("bamba", "mix tokens outside the attention"),   # Mamba 2 hybrid
-    ("llama4_text", "chunked"),
+    ("deepseek_v32", "indexed_attention"),   # a token indexer picks keys outside the attention function
+    ("inkling_text", "position_bias"),        # a learned bias Packer's attention does not apply
 ])
 def test_families_that_cannot_be_exact_are_refused_before_the_first_step(model_type, reason):
     make, _ = factory(model_type)
     model = make("eager")
     with pytest.raises(hf.UnsupportedModelError, match=reason):
         use_packer_attention(model)
-
-
-def test_hybrid_with_conv_layers_is_refused():
-    make, _ = factory("lfm2", layer_types=["conv", "full_attention"], num_hidden_layers=2)
-    with pytest.raises(hf.UnsupportedModelError, match="conv"):
-        use_packer_attention(make("eager"))
 
 
 def test_bloom_alibi_is_refused_by_the_matrix():
