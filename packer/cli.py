@@ -84,6 +84,15 @@ tokenize_options = _apply([
         click.option("--text-field", default="text", show_default=True),
         click.option("--tools-field", default="tools", show_default=True,
                      help="chat: the record field holding its tool schemas."),
+        click.option("--prompt-field", default="prompt", show_default=True, help="preference: the prompt."),
+        click.option("--chosen-field", default="chosen", show_default=True),
+        click.option("--rejected-field", default="rejected", show_default=True),
+        click.option("--completion-field", default="completion", show_default=True,
+                     help="preference, unpaired (KTO): the completion."),
+        click.option("--label-field", default="label", show_default=True,
+                     help="preference, unpaired (KTO): true for a desirable completion."),
+        click.option("--preference-format", type=click.Choice(C.PREFERENCE_FORMATS), default="auto",
+                     show_default=True, help="preference: explicit, openai, implicit, unpaired, or auto per record."),
         click.option("--chat-format", type=click.Choice(C.CHAT_FORMATS), default="auto", show_default=True,
                      help="chat: openai (messages) or sharegpt (conversations); auto decides per record."),
         click.option("--train-on", default="assistant", show_default=True,
@@ -123,7 +132,9 @@ plan_options = _apply([
         click.option("--cp-size", type=click.IntRange(1), default=1, show_default=True,
                      help="Plan for context parallelism over N ranks: examples padded to multiples of 2N (pack length divisible by 2N)."),
         click.option("--layout", type=click.Choice(C.LAYOUTS), default="best-fit", show_default=True,
-                     help="best-fit: whole examples bin-packed; wrapped (--kind text): documents end to end, cut every pack length."),
+                     help="best-fit: whole examples bin-packed; wrapped (--kind text): documents end to end, cut every pack "
+                          "length; --kind preference: pairs (best-fit's meaning there: prompt+chosen, prompt+rejected) "
+                          "or shared-prompt (the prompt once, then both replies)."),
         click.option("--time-limit", type=_Finite(0, C.MAX_TIME_LIMIT), default=None, help="Work budget of the ortools planner, in deterministic seconds (about wall seconds on 2 cores; the plan never depends on the clock). Default: 1 + 1e-5 per example, at most 300."),
         click.option("--seed", type=click.IntRange(0, C.MAX_SEED), default=0, show_default=True),
 ])
@@ -154,7 +165,10 @@ def _tokenize_config(kw: dict) -> C.TokenizeConfig:
         train_on=kw["train_on"], weight_field=kw["weight_field"], eos_token=kw["eos_token"], add_bos=kw["add_bos"],
         skip_bad=kw["skip_bad"], max_bad=kw["max_bad"], chunk_records=kw["chunk_records"],
         max_render_chars=kw["max_render_chars"], render_budget=kw["render_budget"],
-        tokenizer_backend=kw["tokenizer_backend"], check_tokens=kw["check_tokens"])
+        tokenizer_backend=kw["tokenizer_backend"], check_tokens=kw["check_tokens"],
+        prompt_field=kw["prompt_field"], chosen_field=kw["chosen_field"], rejected_field=kw["rejected_field"],
+        completion_field=kw["completion_field"], label_field=kw["label_field"],
+        preference_format=kw["preference_format"])
 
 
 def _plan_config(kw: dict, kind: str, weights: tuple[float, ...] = ()) -> C.PlanConfig:

@@ -69,15 +69,17 @@ def test_short_paths_are_the_real_objects():
     import packer.attention
     import packer.hf
     import packer.loss
-    from packer.train import attention, loss
+    import packer.preference
+    from packer.train import attention, loss, preference
     from packer.train.hf import integration, verify
 
-    for short, homes in ((packer.hf, (integration, verify)), (packer.attention, (attention,)), (packer.loss, (loss,))):
+    for short, homes in ((packer.hf, (integration, verify)), (packer.attention, (attention,)), (packer.loss, (loss,)),
+                         (packer.preference, (preference,))):
         assert short.__all__, short.__name__
         for name in short.__all__:
             assert any(getattr(h, name, None) is getattr(short, name) for h in homes), f"{short.__name__}.{name}"
     docs = (ROOT / "docs" / "API.md").read_text()
-    for short in (packer.hf, packer.attention, packer.loss):
+    for short in (packer.hf, packer.attention, packer.loss, packer.preference):
         assert f"`{short.__name__}`" in docs
         for name in short.__all__:
             assert f"`{name}" in docs, f"{short.__name__}.{name} is not in docs/API.md"

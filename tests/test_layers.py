@@ -41,7 +41,7 @@ def test_tree_has_only_the_layers():
     a new module goes into a layer, where the contracts see it."""
     top = sorted(p.name for p in (ROOT / "packer").iterdir() if not p.name.startswith(("_", ".")) or p.name == "__init__.py")
     assert top == ["__init__.py", "adapters", "attention.py", "build", "cli.py", "core", "exports", "from_examples.py",
-                   "from_files.py", "hf.py", "loss.py", "pipeline.py", "train"]
+                   "from_files.py", "hf.py", "loss.py", "pipeline.py", "preference.py", "train"]
 
 
 def test_every_test_file_is_collected():

@@ -7,6 +7,7 @@ writes the plan folder (packer.core.formats.plan).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from packer.build.planners import Plan, plan
+from packer.core.roles import CHOSEN, KL, REJECTED, UNPAIRED
 from packer.build.planners.bounds import lower_bound
 from packer.core import config as C
 from packer.core.context_parallel import padded_lengths
@@ -80,14 +82,22 @@ def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, 
     existing = None if rebuild else current(Path(out), FORMAT, VERSION, digest, rehash=rehash)
     if existing is not None:
         return existing
-    cols = read_columns(tokenized, ("length", "prompt_len", "file_index", "line"))
+    cols = read_columns(tokenized, ("length", "prompt_len", "file_index", "line", "example_index", "role"))
     lengths, prompt_len = cols["length"], cols["prompt_len"]
-    if config.overlong == "error" and len(lengths) and lengths.max() > config.pack_len:
+    kind = tok_manifest["config"].get("kind")
+    if (kind == "preference") != (config.layout in PREFERENCE_LAYOUTS) and config.layout != "best-fit":
+        raise ConfigError(f"layout {config.layout} is for " + ("--kind preference" if config.layout in
+                          PREFERENCE_LAYOUTS else "--kind text") + f"; this run is {kind}")
+    if kind == "preference":
+        p, pieces, counts = preference_plan(tok_manifest, cols, config)
+        rows = np.unique(pieces[:, 0])
+    elif config.overlong == "error" and len(lengths) and lengths.max() > config.pack_len:
         _raise_overlong(tok_manifest, cols, lengths, config.pack_len)
-    rows = mixture_rows(_sources_of(tok_manifest, cols["file_index"]), config.weights, config.seed,
-                        len(tok_manifest.get("sources", [None])))
-    if config.layout == "wrapped":
-        kind = tok_manifest["config"].get("kind")
+    if kind == "preference":
+        pass  # planned above
+    elif config.layout == "wrapped":
+        rows = mixture_rows(_sources_of(tok_manifest, cols["file_index"]), config.weights, config.seed,
+                            len(tok_manifest.get("sources", [None])))
         if kind != "text":
             raise ConfigError(f"layout wrapped is for --kind text (pretraining documents); this run is {kind}, whose "
                               "examples would lose their prompt where a pack boundary cuts them: use best-fit")
@@ -96,6 +106,8 @@ def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, 
         pieces[:, 0] = rows[pieces[:, 0]]
         p = wrapped_plan(pieces[:, 2], config.pack_len)
     else:
+        rows = mixture_rows(_sources_of(tok_manifest, cols["file_index"]), config.weights, config.seed,
+                            len(tok_manifest.get("sources", [None])))
         pieces, counts = cut_overlong(lengths[rows], prompt_len[rows], config.pack_len, config.overlong)
         counts["per_file"] = per_file_counts(lengths, cols["file_index"], rows, pieces, len(tok_manifest["inputs"]))
         pieces[:, 0] = rows[pieces[:, 0]]  # back to tokenized rows (a repeated example names its row again)
@@ -122,6 +134,124 @@ def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, 
         }  # no wall time: manifests are byte-identical on rerun; callers time the stage themselves
 
     return commit_stage(Path(out), build)
+
+
+PREFERENCE_LAYOUTS = ("pairs", "shared-prompt")
+
+
+def units_of(example_index: np.ndarray, roles: np.ndarray, where: str) -> np.ndarray:
+    """Start row of every preference record's rows (consecutive rows of one example_index): each record has
+    exactly two (chosen then rejected, or a KTO completion then its KL row), else the stage is damaged."""
+    n = len(example_index)
+    starts = np.flatnonzero(np.concatenate([[True], example_index[1:] != example_index[:-1]])) if n else \
+        np.zeros(0, np.int64)
+    sizes = np.diff(np.concatenate([starts, [n]]))
+    first, second = roles[starts], roles[np.minimum(starts + 1, max(n - 1, 0))]
+    ok = (sizes == 2) & (((first == CHOSEN) & (second == REJECTED)) | (np.isin(first, UNPAIRED) & (second == KL)))
+    if not ok.all():
+        bad = int(starts[np.flatnonzero(~ok)[0]])
+        raise FormatError(where, f"preference record {int(example_index[bad])} does not have its two rows "
+                          "(chosen then rejected, or a completion then its KL row)",
+                          "run `packer tokenize` (or `packer pack`) again")
+    return starts.astype(np.int64)
+
+
+def fit_replies(prompt: np.ndarray, replies: np.ndarray, copies: int, pack_len: int) -> np.ndarray:
+    """Per unit, the reply lengths kept so copies * prompt + both replies fit pack_len: the longer reply is cut
+    first, down to an even share (water-filling); -1 where even one token each does not fit (dropped).
+    prompt [U], replies [U, 2] -> kept [U, 2]."""
+    budget = pack_len - copies * prompt
+    a, b = replies.min(1), replies.max(1)
+    keep_b = np.where(a + b <= budget, b, np.where(2 * a <= budget, budget - a, budget // 2))
+    keep_a = np.minimum(a, budget - keep_b)
+    small = replies[:, 0] <= replies[:, 1]
+    kept = np.stack([np.where(small, keep_a, keep_b), np.where(small, keep_b, keep_a)], axis=1)
+    kept[(budget < 2) | (kept.min(1) < 1)] = -1
+    return kept
+
+
+def preference_plan(manifest: dict, cols: dict, config: C.PlanConfig) -> tuple[Plan, np.ndarray, dict]:
+    """A preference run's plan: each record's rows form one unit, planned as one item, so a pair (or a KTO
+    completion and its KL row) is always in one pack, adjacent, in its order. Layout pairs: each row a segment;
+    shared-prompt: the prompt once (a piece of the first row) then each reply (a piece of each row). The
+    over-long policy applies to the unit: truncate cuts the replies and keeps the prompt, drop, or error.
+    Returns (plan over pieces, pieces [n, 3] as tokenized rows, counts)."""
+    if config.overlong == "split":
+        raise ConfigError("--overlong split would cut a preference pair apart; use truncate, drop or error")
+    if config.cp_size != 1 or config.max_segments is not None:
+        raise ConfigError("--kind preference does not take " + ("--cp-size" if config.cp_size != 1 else
+                          "--max-segments") + " yet: Packer plans a pair as one unit; drop the option")
+    shared = config.layout == "shared-prompt"
+    lengths, prompt_len = cols["length"], cols["prompt_len"]
+    roles = cols["role"]
+    starts = units_of(cols["example_index"], roles, str(manifest.get("digest", "tokenized")))
+    a, b = starts, starts + 1
+    prompt = prompt_len[a]
+    if shared and (prompt_len[b] != prompt).any():
+        u = int(np.flatnonzero(prompt_len[b] != prompt)[0])
+        raise InputError(_where(manifest, cols, int(a[u])), _line(manifest, cols, int(a[u])), None,
+                         f"its two replies follow prompts of {int(prompt[u])} and {int(prompt_len[b[u]])} tokens "
+                         "(the chat template renders the prompt differently before each)",
+                         "use --layout pairs for this data")
+    units = mixture_rows(_sources_of(manifest, cols["file_index"][a]), config.weights, config.seed,
+                         len(manifest.get("sources", [None])))
+    ua, ub, up = a[units], b[units], prompt[units]
+    replies = np.stack([lengths[ua] - up, lengths[ub] - up], axis=1)
+    copies = 1 if shared else 2
+    total = copies * up + replies.sum(1)
+    over = total > config.pack_len
+    counts = {"overlong_examples": int(over.sum()), "truncated_examples": 0, "truncated_tokens": 0,
+              "dropped_examples": 0, "dropped_tokens": 0, "split_examples": 0, "split_dropped_pieces": 0}
+    if over.any() and config.overlong == "error":
+        u = int(units[np.flatnonzero(over)[0]])
+        raise InputError(_where(manifest, cols, int(a[u])), _line(manifest, cols, int(a[u])), None,
+                         f"pair has {int(total[np.flatnonzero(over)[0]])} tokens in the {config.layout} layout, more "
+                         f"than --pack-len {config.pack_len}", "raise --pack-len or pass --overlong truncate or drop")
+    kept = replies.copy()
+    if config.overlong == "truncate":
+        kept[over] = fit_replies(up[over], replies[over], copies, config.pack_len)
+    else:
+        kept[over] = -1
+    live = kept[:, 0] >= 0
+    cut = over & live
+    counts.update(truncated_examples=int(cut.sum()), truncated_tokens=int((replies[cut] - kept[cut]).sum()),
+                  dropped_examples=int((~live).sum()), dropped_tokens=int(total[~live].sum()))
+    ua, ub, up, kept = ua[live], ub[live], up[live], kept[live]
+    zero = np.zeros(len(ua), np.int64)
+    if shared:
+        pieces = np.stack([np.stack([ua, zero, up], 1), np.stack([ua, up, kept[:, 0]], 1),
+                           np.stack([ub, up, kept[:, 1]], 1)], axis=1).reshape(-1, 3)
+    else:
+        pieces = np.stack([np.stack([ua, zero, up + kept[:, 0]], 1), np.stack([ub, zero, up + kept[:, 1]], 1)],
+                          axis=1).reshape(-1, 3)
+    k = 3 if shared else 2
+    unit_len = pieces[:, 2].reshape(-1, k).sum(1)
+    up_plan = plan(unit_len, config.pack_len, config.algorithm, seed=config.seed, max_segments=None,
+                   time_limit=config.time_limit, cp_size=1)
+    order = (up_plan.order[:, None] * k + np.arange(k)).reshape(-1)
+    p = dataclasses.replace(up_plan, order=order.astype(np.int64), offsets=up_plan.offsets * k)
+    paired = roles[ua] == CHOSEN
+    counts["per_file"] = per_file_counts(lengths, cols["file_index"], np.arange(len(lengths)), pieces,
+                                         len(manifest["inputs"]))
+    counts["preference"] = {"pairs": int(paired.sum()), "unpaired": int((~paired).sum()),
+                            "units_per_pack": len(ua) / max(1, p.num_packs),
+                            "shared_prompt_tokens_saved": int(up.sum()) if shared else 0,
+                            "prompt_tokens_shareable": int(up.sum())}
+    return p, pieces, counts
+
+
+def _where(manifest: dict, cols: dict, row: int) -> str:
+    path = manifest["inputs"][int(cols["file_index"][row])]["path"]
+    from packer.build.sources import kind_of
+
+    return path if kind_of(path) == "jsonl" else f"{path}: row {int(cols['line'][row])}"
+
+
+def _line(manifest: dict, cols: dict, row: int) -> int | None:
+    from packer.build.sources import kind_of
+
+    path = manifest["inputs"][int(cols["file_index"][row])]["path"]
+    return int(cols["line"][row]) if kind_of(path) == "jsonl" else None
 
 
 PER_FILE = ("lost_tokens", "truncated_examples", "dropped_examples", "sampled_out_examples", "sampled_out_tokens",

@@ -129,12 +129,15 @@ def uses_jinja(template: str, chat_template: str | dict | None) -> bool:
 def make_renderer(kind: str, template: str, fields: dict[str, str], chat_template: str | dict[str, str] | None,
                   special: dict[str, str], chat_format: str = "auto", train_on: str = "assistant",
                   tools_field: str = "tools", weight_field: str = "weight", max_render_chars: int = MAX_RENDER_CHARS,
-                  render_budget: int = RENDER_BUDGET) -> Callable[[dict, str, int | None], list[Span]]:
+                  render_budget: int = RENDER_BUDGET, preference_format: str = "auto"
+                  ) -> Callable[[dict, str, int | None], list[Span]]:
     """The function turning one parsed record into spans, for a kind and template choice.
 
     Chats (--template): auto is the tokenizer's chat template(s), else the built-in ChatML; tokenizer its
     chat template(s); chatml the built-in; a file a Jinja template; any other word one of the tokenizer's
     named templates (chat_template.jinja is 'default', additional_chat_templates/NAME.jinja is NAME).
+    Preference records (packer.build.preference) render text pairs as sft does without a template and chats
+    as the chat kind does; their renderer returns the record's rows.
     """
     if kind == "sft":
         tpl = load_sft_template("alpaca" if template == "auto" else template)
@@ -147,6 +150,46 @@ def make_renderer(kind: str, template: str, fields: dict[str, str], chat_templat
         return lambda obj, path, line: text_spans(obj, t, path, line)
     policy = TrainOn.parse(train_on)
     mf = fields["messages_field"]
+    jinja = _chat_template(template, chat_template, special, max_render_chars, render_budget)
+
+    def render(c: Chat, trained: list[bool], path: str, line: int | None) -> list[Span]:
+        if jinja is None:
+            return chatml_spans(c, trained)
+        try:
+            return jinja.spans(c, trained, policy.parts)
+        except ConfigError:
+            raise
+        except Exception as e:  # the template's raise_exception, a render error, or a limit, on this record
+            raise InputError(path, line, mf, render_error(e), "fix the record or pass --skip-bad") from None
+
+    if kind == "preference":
+        from packer.build.preference import PreferenceRenderer
+
+        def chat_spans(messages: list, trained: list[bool], tools, path: str, line: int | None) -> list[Span]:
+            obj = {mf: messages} if tools is None else {mf: messages, tools_field: tools}
+            c = normalize(obj, messages_field=mf, chat_format="openai", tools_field=tools_field,
+                          weight_field=weight_field, where=path, line=line)
+            if not any(t and (m.get("content") or m.get("tool_calls")) for m, t in zip(c.messages, trained)):
+                raise InputError(path, line, mf, "has an empty reply", "remove the record or pass --skip-bad")
+            return render(c, trained, path, line)
+
+        return PreferenceRenderer(fields, preference_format, chat_spans)
+
+    def chat(obj: dict, path: str, line: int | None) -> list[Span]:
+        c = normalize(obj, messages_field=mf, chat_format=chat_format, tools_field=tools_field,
+                      weight_field=weight_field, where=path, line=line)
+        trained = trained_turns(c, policy)
+        if not any(t and (m.get("content") or m.get("tool_calls")) for m, t in zip(c.messages, trained)):
+            raise InputError(path, line, mf, f"has no non-empty turn to train on (--train-on {train_on})",
+                             "remove the record or pass --skip-bad")
+        return render(c, trained, path, line)
+
+    return chat
+
+
+def _chat_template(template: str, chat_template: str | dict[str, str] | None, special: dict[str, str],
+                   max_render_chars: int, render_budget: int) -> ChatTemplate | None:
+    """The Jinja template chats render through (see make_renderer), or None for the built-in ChatML."""
     templates, name = as_templates(chat_template), None
     if template == "tokenizer" and not templates:
         raise ConfigError("the tokenizer has no chat template (tokenizer_config.json, chat_template.jinja); pass "
@@ -160,23 +203,5 @@ def make_renderer(kind: str, template: str, fields: dict[str, str], chat_templat
             named = f"; the tokenizer's named templates: {', '.join(sorted(templates))}" if templates else ""
             raise ConfigError(f"chat inputs take --template auto, tokenizer, chatml, a Jinja template file or the name "
                               f"of one of the tokenizer's templates, not '{template}'{named}")
-    jinja = ChatTemplate(templates, special, name=name, max_chars=max_render_chars, budget=render_budget) \
+    return ChatTemplate(templates, special, name=name, max_chars=max_render_chars, budget=render_budget) \
         if uses_jinja(template, templates) else None
-
-    def chat(obj: dict, path: str, line: int | None) -> list[Span]:
-        c = normalize(obj, messages_field=mf, chat_format=chat_format, tools_field=tools_field,
-                      weight_field=weight_field, where=path, line=line)
-        trained = trained_turns(c, policy)
-        if not any(t and (m.get("content") or m.get("tool_calls")) for m, t in zip(c.messages, trained)):
-            raise InputError(path, line, mf, f"has no non-empty turn to train on (--train-on {train_on})",
-                             "remove the record or pass --skip-bad")
-        if jinja is None:
-            return chatml_spans(c, trained)
-        try:
-            return jinja.spans(c, trained, policy.parts)
-        except ConfigError:
-            raise
-        except Exception as e:  # the template's raise_exception, a render error, or a limit, on this record
-            raise InputError(path, line, mf, render_error(e), "fix the record or pass --skip-bad") from None
-
-    return chat

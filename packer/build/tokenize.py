@@ -75,9 +75,12 @@ def _encoder(job: Job, backend: str) -> encoders.Encoder:
     return encoders.load(backend, job.tokenizer.json)
 
 
+FIELDS = ("query_field", "response_field", "messages_field", "text_field", "tools_field", "prompt_field",
+          "chosen_field", "rejected_field", "completion_field", "label_field")
+
+
 def _fields(spec: C.InputSpec, cfg: C.TokenizeConfig) -> dict[str, str]:
-    return {name: getattr(spec, name) or getattr(cfg, name)
-            for name in ("query_field", "response_field", "messages_field", "text_field", "tools_field")}
+    return {name: getattr(spec, name, None) or getattr(cfg, name) for name in FIELDS}
 
 
 def columns(spec: C.InputSpec, cfg: C.TokenizeConfig) -> Columns:
@@ -87,6 +90,10 @@ def columns(spec: C.InputSpec, cfg: C.TokenizeConfig) -> Columns:
         return Columns(required=(f["query_field"], f["response_field"]))
     if cfg.kind == "text":
         return Columns(required=(f["text_field"],))
+    if cfg.kind == "preference":  # the format is per record: every field any format reads
+        return Columns(optional=(f["prompt_field"], f["chosen_field"], f["rejected_field"], f["completion_field"],
+                                 f["label_field"], f["tools_field"], "input", "preferred_output",
+                                 "non_preferred_output"))
     fmt = spec.chat_format or cfg.chat_format
     optional = (f["tools_field"], "system")  # ShareGPT exports keep the system prompt in its own column
     if fmt == "openai" or f["messages_field"] != "messages":
@@ -110,7 +117,8 @@ def _renderer(source: int):
                                            job.tokenizer.special, chat_format=spec.chat_format or cfg.chat_format,
                                            train_on=cfg.train_on, tools_field=_fields(spec, cfg)["tools_field"],
                                            weight_field=cfg.weight_field, max_render_chars=cfg.max_render_chars,
-                                           render_budget=cfg.render_budget)
+                                           render_budget=cfg.render_budget,
+                                           preference_format=cfg.preference_format)
     return _RENDERERS[source]
 
 
@@ -179,6 +187,10 @@ class _Rendered:
     keep_number: Sequence[int]
     keep_position: Sequence[int]
     where: Callable[[int], str]
+    roles: Sequence[int] | None = None
+    """Per example, its role (packer.build.preference; None: every example plain)."""
+    eos: Sequence[bool] | None = None
+    """Per example, whether EOS is appended (None: as appends_eos says for the run)."""
 
 
 def _blocks(items, size: int):
@@ -250,6 +262,8 @@ def _render_block(job: Job, path: str, block: list[tuple[int, bytes]], first: in
 
 def _render_records(job: Job, render, batch: list, skipped: Counter, errors: list[str]) -> _Rendered:
     """The per-record path: each (record number, Record) rendered, bad ones raised or counted (skip_bad)."""
+    if job.config.kind == "preference":
+        return _render_preference(job, render, batch, skipped, errors)
     texts: list[str] = []
     wheres: list[str] = []
     span_loss: list[bool] = []
@@ -264,11 +278,7 @@ def _render_records(job: Job, render, batch: list, skipped: Counter, errors: lis
                 raise rec.value
             spans = render(rec.value, rec.where, rec.line)
         except InputError as e:
-            if not job.config.skip_bad:
-                raise
-            skipped[_error_reason(e)] += 1
-            if len(errors) < 5:
-                errors.append(str(e))
+            _skip(job, e, skipped, errors)
             continue
         keep_number.append(number)
         keep_position.append(rec.position)
@@ -278,6 +288,54 @@ def _render_records(job: Job, render, batch: list, skipped: Counter, errors: lis
             texts.append(text)
             span_loss.append(loss)
     return _Rendered(len(batch), texts, span_loss, spans_per_example, keep_number, keep_position, wheres.__getitem__)
+
+
+def _skip(job: Job, e: InputError, skipped: Counter, errors: list[str]) -> None:
+    """A bad record: raised, or counted (and its first errors kept) under skip_bad."""
+    if not job.config.skip_bad:
+        raise e
+    skipped[_error_reason(e)] += 1
+    if len(errors) < 5:
+        errors.append(str(e))
+
+
+def _render_preference(job: Job, render, batch: list, skipped: Counter, errors: list[str]) -> _Rendered:
+    """Preference records: each gives its rows (a pair's chosen then rejected, or a KTO completion and, added
+    here for the batch, its mismatched KL row), all under the record's number (packer.build.preference)."""
+    kept: list[tuple[int, object, list]] = []
+    for number, rec in batch:
+        try:
+            if isinstance(rec.value, InputError):
+                raise rec.value
+            parsed, rows = render(rec.value, rec.where, rec.line)
+        except InputError as e:
+            _skip(job, e, skipped, errors)
+            continue
+        kept.append((number, rec, parsed, rows))
+    wheres_of = [r.where for _, r, _, _ in kept]
+    lines_of = [r.line for _, r, _, _ in kept]
+    kl = render.kl([p for _, _, p, _ in kept], wheres_of, lines_of)
+    texts: list[str] = []
+    wheres: list[str] = []
+    span_loss: list[bool] = []
+    spans_per_example: list[int] = []
+    keep_number: list[int] = []
+    keep_position: list[int] = []
+    roles: list[int] = []
+    eos: list[bool] = []
+    for (number, rec, _, rows), extra in zip(kept, kl):
+        for row in [*rows, *([extra] if extra is not None else [])]:
+            keep_number.append(number)
+            keep_position.append(rec.position)
+            wheres.append(f"{rec.where}:{rec.line}" if rec.line is not None else rec.where)
+            spans_per_example.append(len(row.spans))
+            roles.append(row.role)
+            eos.append(row.eos)
+            for text, loss in row.spans:
+                texts.append(text)
+                span_loss.append(loss)
+    return _Rendered(len(batch), texts, span_loss, spans_per_example, keep_number, keep_position, wheres.__getitem__,
+                     roles, eos)
 
 
 def _encode_batch(job: Job, chunk: Chunk, r: _Rendered, writer, counts: Counter) -> None:
@@ -315,15 +373,17 @@ def _encode_batch(job: Job, chunk: Chunk, r: _Rendered, writer, counts: Counter)
         lengths = lengths + needs
         starts = starts + np.cumsum(needs) - needs  # each example moves by the BOS ids before it
     ends = starts + lengths
-    if appends_eos(job.config, info):
+    add_eos = np.asarray(r.eos, bool) if r.eos is not None else np.full(n, appends_eos(job.config, info), bool)
+    if add_eos.any():
         # EOS is trained on when the example ends in trained-on text (a response, an assistant turn).
         last_span = np.cumsum(spans_per_example) - 1
         eos_loss = np.asarray(span_loss, dtype=np.uint8)[last_span] if n else np.zeros(0, np.uint8)
-        ids = np.insert(ids, ends, info.eos_id)
-        loss = np.insert(loss, ends, eos_loss)
-        lengths = lengths + 1
+        ids = np.insert(ids, ends[add_eos], info.eos_id)
+        loss = np.insert(loss, ends[add_eos], eos_loss[add_eos])
+        lengths = lengths + add_eos
+    roles = np.asarray(r.roles, np.uint8) if r.roles is not None else np.zeros(n, np.uint8)
     table = examples_table(np.asarray(keep_number, np.int64), np.full(n, chunk.file_index, np.int32),
-                           np.asarray(keep_position, np.int64), lengths, ids, loss)
+                           np.asarray(keep_position, np.int64), lengths, ids, loss, roles)
     writer.write_table(table)
     counts.update(records=r.records, examples=n, tokens=int(lengths.sum()), loss_tokens=int(loss.sum()))
 

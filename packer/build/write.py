@@ -23,6 +23,7 @@ from packer.core.formats.plan import read_plan
 from packer.core.formats.tokenized import FORMAT as TOK_FORMAT, VERSION as TOK_VERSION, open_tokenized, read_columns
 from packer.core.progress import progress
 from packer.core.ranges import concat_ranges
+from packer.core.roles import PROMPT
 
 BLOCK_TOKENS = 1 << 16  # tokens gathered at a time: 320 KB of buffers (uint32 ids + mask, then the token dtype)
 FORMAT, VERSION = fmt.FOLDER_FORMAT, fmt.FOLDER_VERSION
@@ -41,6 +42,8 @@ class ShardTask:
     pack_len: int
     code: int
     vocab_size: int
+    shared_prompt: bool = False
+    """The plan's layout is shared-prompt: a piece starting at its row's 0 is the pack's shared prompt."""
 
 
 @dataclass(frozen=True)
@@ -100,10 +103,10 @@ class _Source:
 
     def _copy_metadata(self, tables: list[pa.Table], maps: list, folder: str) -> None:
         """Per record batch: row offsets, file, byte positions of its columns; and every row's example."""
-        rows, examples = [0], []
+        rows, examples, roles = [0], [], []
         for t, mm, fd in zip(tables, maps, self._fds):
-            for ids, mask, index in zip(t.column("input_ids").chunks, t.column("loss_mask").chunks,
-                                        t.column("example_index").chunks):
+            for ids, mask, index, role in zip(t.column("input_ids").chunks, t.column("loss_mask").chunks,
+                                              t.column("example_index").chunks, t.column("role").chunks):
                 off, ids_at, mask_at = _batch_layout(ids, mask, mm, folder)
                 self.offsets.append(off)
                 self.ids_at.append(ids_at)
@@ -111,8 +114,10 @@ class _Source:
                 self.fd.append(fd)
                 rows.append(rows[-1] + len(ids))
                 examples.append(index.to_numpy().copy())
+                roles.append(role.to_numpy().copy())
         self.row_starts = np.asarray(rows, dtype=np.int64)
         self.example_index = np.concatenate(examples) if examples else np.zeros(0, np.int64)
+        self.role = np.concatenate(roles).astype(np.uint8) if roles else np.zeros(0, np.uint8)
 
     def close(self) -> None:
         for fd in self._fds:
@@ -190,6 +195,9 @@ def write_one(task: ShardTask) -> ShardResult:
                 loss[0] += int(mask.sum(dtype=np.int64))
             yield tokens if which == "tokens" else mask
 
+    role = src.role[task.pieces[:, 0]].copy()
+    if task.shared_prompt:
+        role[task.pieces[:, 1] == 0] = PROMPT
     seg_off = np.concatenate([[0], np.cumsum(task.segments_per_pack)])
     tok_off = np.concatenate([[0], cum])[seg_off]
     name = fmt.shard_name(task.index)
@@ -198,7 +206,7 @@ def write_one(task: ShardTask) -> ShardResult:
         Path(task.out) / name, pack_len=task.pack_len, code=task.code, tokens=blocks("tokens"),
         loss_mask=blocks("mask"), num_tokens=total, pack_token_offsets=tok_off, pack_segment_offsets=seg_off,
         segment_lengths=seg_len, segment_example=src.example_index[task.pieces[:, 0]],
-        segment_start=task.pieces[:, 1])
+        segment_start=task.pieces[:, 1], segment_role=role)
     return ShardResult(name, len(task.segments_per_pack), len(seg_len), total, loss[0], size)
 
 
@@ -213,6 +221,29 @@ def _split_shards(pack_bytes: np.ndarray, limit: int) -> np.ndarray:
         j = int(np.searchsorted(cs, base + limit, side="right"))
         bounds.append(max(j, i + 1))
     return np.asarray(bounds, dtype=np.int64)
+
+
+def _check_shared_prompts(tokenized: str, pieces: np.ndarray, code: int) -> None:
+    """In the shared-prompt layout the prompt is stored once, taken from the chosen row: refuse a pair whose
+    rejected row starts with other tokens (a template that renders the prompt differently before each reply),
+    which would train the rejected reply on a prompt it never followed."""
+    src = _Source(tokenized)
+    try:
+        units = pieces.reshape(-1, 3, 3)
+        prompt = units[:, 0, :]  # (chosen row, 0, P)
+        other = np.stack([units[:, 2, 0], prompt[:, 1], prompt[:, 2]], axis=1)  # (rejected row, 0, P)
+        for a in range(0, len(units), 4096):
+            x, _ = src.gather(prompt[a:a + 4096], code, "tokens")
+            y, _ = src.gather(other[a:a + 4096], code, "tokens")
+            if not np.array_equal(x, y):
+                lens = prompt[a:a + 4096, 2]
+                ends = np.cumsum(lens)
+                bad = int(np.searchsorted(ends, int(np.flatnonzero(x != y)[0]), side="right"))
+                record = int(src.example_index[prompt[a + bad, 0]])
+                raise FormatError(tokenized, f"preference record {record}: its rejected reply follows other prompt "
+                                  "tokens than its chosen reply", "use --layout pairs for this data")
+    finally:
+        src.close()
 
 
 def _check_pieces(tokenized: Path, pieces: np.ndarray) -> None:
@@ -247,6 +278,9 @@ def write_stage(tokenized: str | Path, plan_dir: str | Path, out: str | Path, co
     pack_len = plan_manifest["config"]["pack_len"]
     code = fmt.token_dtype_code(tok_manifest["tokenizer"]["vocab_size"])
     _check_pieces(Path(tokenized), pieces)
+    shared = plan_manifest["config"].get("layout") == "shared-prompt"
+    if shared:
+        _check_shared_prompts(str(tokenized), pieces, code)
     num_packs = len(offsets) - 1
     perm = (np.random.default_rng(config.seed).permutation(num_packs) if config.shuffle
             else np.arange(num_packs))
@@ -259,7 +293,7 @@ def write_stage(tokenized: str | Path, plan_dir: str | Path, out: str | Path, co
 
     def build(tmp: Path) -> dict:
         vocab = int(tok_manifest["tokenizer"]["vocab_size"])
-        tasks = (ShardTask(i, str(tmp), seq[seg_off[a]:seg_off[b]], sizes[a:b], pack_len, code, vocab)
+        tasks = (ShardTask(i, str(tmp), seq[seg_off[a]:seg_off[b]], sizes[a:b], pack_len, code, vocab, shared)
                  for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])))
         results = list(progress(run.map(write_one, tasks, _init_worker, (str(tokenized),)),
                                 "write", total=len(bounds) - 1, unit="shard"))

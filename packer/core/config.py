@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from packer.core.errors import ConfigError
 
-KINDS = ("sft", "chat", "text")
+KINDS = ("sft", "chat", "text", "preference")
 
 # Limits on numbers whose memory or work grows with their value, checked before anything is allocated.
 MAX_PACK_LEN = 1 << 22
@@ -49,7 +49,8 @@ def number(name: str, value: object, lo: float, hi: float, why: str = "", *, abo
 OVERLONG = ("truncate", "drop", "split", "error")
 TOKENIZER_BACKENDS = ("auto", "fast", "tokenizers")
 CHECK_TOKENS = ("sample", "all")
-LAYOUTS = ("best-fit", "wrapped")
+LAYOUTS = ("best-fit", "wrapped", "pairs", "shared-prompt")
+PREFERENCE_FORMATS = ("auto", "explicit", "openai", "implicit", "unpaired")
 CHAT_FORMATS = ("auto", "openai", "sharegpt")
 TRAIN_ROLES = ("system", "user", "assistant", "tool")
 PARTS = ("text", "reasoning", "tool_calls")
@@ -159,7 +160,8 @@ class TokenizeConfig:
     """Stage 1: how records become token ids and loss masks."""
 
     kind: str = "sft"
-    """Record kind: 'sft' (query + response), 'chat' (messages) or 'text' (documents)."""
+    """Record kind: 'sft' (query + response), 'chat' (messages), 'text' (documents) or 'preference' (pairs
+    of replies to one prompt, or KTO's labelled completions: packer.build.preference)."""
     template: str = "auto"
     """Prompt template: a built-in name (alpaca, chatml, none, tokenizer) or a template file; 'auto'
     is alpaca for sft, the tokenizer's chat template (else chatml) for chat, none for text. For chat, also
@@ -175,6 +177,18 @@ class TokenizeConfig:
     train_on: str = "assistant"
     """chat: which turns carry the loss: roles (system, user, assistant, tool) and, within assistant turns,
     parts (text, reasoning, tool_calls); "text,tool_calls" trains assistant turns without their reasoning."""
+    prompt_field: str = "prompt"
+    """preference: the prompt (a string or messages)."""
+    chosen_field: str = "chosen"
+    rejected_field: str = "rejected"
+    completion_field: str = "completion"
+    """preference, unpaired (KTO): the completion."""
+    label_field: str = "label"
+    """preference, unpaired (KTO): true for a desirable completion."""
+    preference_format: str = "auto"
+    """preference: explicit (prompt/chosen/rejected), openai (input/preferred_output/non_preferred_output),
+    implicit (chosen/rejected sharing their prompt), unpaired (prompt/completion/label) or auto (per record,
+    by its fields)."""
     weight_field: str = "weight"
     """chat: a message's 0/1 field that overrides train_on for that turn (OpenAI's fine-tuning format)."""
     eos_token: str | None = None
@@ -215,6 +229,9 @@ class TokenizeConfig:
         if self.check_tokens not in CHECK_TOKENS:
             raise ConfigError(f"check_tokens '{self.check_tokens}' is not one of {', '.join(CHECK_TOKENS)}")
         bad_limit(self.max_bad, 1)  # refuses a malformed value now, not after tokenizing
+        if self.preference_format not in PREFERENCE_FORMATS:
+            raise ConfigError(f"preference_format '{self.preference_format}' is not one of "
+                              f"{', '.join(PREFERENCE_FORMATS)}")
         if self.chat_format not in CHAT_FORMATS:
             raise ConfigError(f"chat_format '{self.chat_format}' is not one of {', '.join(CHAT_FORMATS)}")
         train_on(self.train_on)

@@ -18,6 +18,8 @@ import torch
 
 from packer.train.collate import BatchSource, collate
 from packer.train.reader import PackedShards
+from packer.train import preference
+from packer.core.roles import PROMPT
 from packer.core.config import whole
 from packer.core.errors import ConfigError
 from packer.train.prefetch import Progress
@@ -54,6 +56,8 @@ def loss_counts(ds: PackedShards) -> np.ndarray:
         seg_start = np.concatenate([[0], np.cumsum(sh.segment_lengths[:-1], dtype=np.int64)])
         per_seg_first = sh.loss_mask[seg_start]
         total = np.add.reduceat(sh.loss_mask, sh.pack_token_offsets[:-1], dtype=np.int64)
+        if (sh.segment_role == PROMPT).any():  # shared-prompt layout: a reply's first token is trained (it follows
+            per_seg_first = per_seg_first * (sh.segment_role == PROMPT)  # its prompt), so only prompts' lose theirs
         firsts = np.add.reduceat(per_seg_first, sh.pack_segment_offsets[:-1], dtype=np.int64)
         parts.append(total - firsts)
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
@@ -112,8 +116,10 @@ class _Batches(torch.utils.data.Dataset):
 
     def __init__(self, ds: PackedShards, plan: np.ndarray, global_loss: np.ndarray, flatten: bool, pad_id: int,
                  pin_memory: bool = False, share_memory: bool = False, src: BatchSource | None = None,
-                 filler: int | None = None):
+                 filler: int | None = None, global_pairs: np.ndarray | None = None):
         self.ds, self.plan, self.global_loss = ds, plan, global_loss
+        self.global_pairs = global_pairs
+        """Preference runs: units (pairs and unpaired completions) per step over every rank; else None."""
         self.flatten, self.pad_id, self.pin_memory, self.share_memory = flatten, pad_id, pin_memory, share_memory
         self._src = src
         self.filler = filler
@@ -138,6 +144,8 @@ class _Batches(torch.utils.data.Dataset):
         batch["global_num_loss_tokens"] = int(self.global_loss[i])
         if self.filler is not None:
             _mark_eval(batch, self.ds, packs, empty, self.flatten)
+        if self.global_pairs is not None:
+            preference.mark(batch, self.ds, packs, self.flatten, int(self.global_pairs[i]))
         return batch
 
 
@@ -291,6 +299,8 @@ class PackedLoader(torch.utils.data.IterableDataset):
             _check_cp(self.dataset, cp_rank, cp_size, flatten, num_workers, eval)
         self.costs = pack_costs(self.dataset, balance)
         self._loss = loss_counts(self.dataset)
+        kind = (self.dataset.manifest.get("config") or {}).get("tokenize", {}).get("kind")
+        self._pairs = preference.pair_counts(self.dataset) if kind == "preference" else None
         self.epoch = 0
         self._yielded = 0  # batches of the current epoch handed to the caller (with prefetch: before _progress's)
         self._progress: Progress | None = None  # the prefetch builder of the epoch being read, if any
@@ -325,6 +335,8 @@ class PackedLoader(torch.utils.data.IterableDataset):
         plan = self._plan()
         mine = plan[self.rank]
         global_loss = np.where(plan >= 0, self._loss[np.maximum(plan, 0)], 0).sum(axis=(0, 2))
+        global_pairs = None if self._pairs is None else \
+            np.where(plan >= 0, self._pairs[np.maximum(plan, 0)], 0).sum(axis=(0, 2))
         filler = int(np.argmin(self.costs)) if self.eval and len(self.costs) else None
         start = self._yielded = self._position()
         if self._progress is not None:  # an earlier iterator left part way: it stops, this one goes on
@@ -341,7 +353,7 @@ class PackedLoader(torch.utils.data.IterableDataset):
         if self.num_workers:
             # Workers build each batch in shared memory as one storage: one hand-over per batch, not seven.
             batches = _Batches(self.dataset, mine, global_loss, self.flatten, self.pad_id, share_memory=True,
-                               filler=filler)
+                               filler=filler, global_pairs=global_pairs)
             return self._counted(torch.utils.data.DataLoader(
                 batches, batch_size=None, sampler=_From(start, len(mine)), num_workers=self.num_workers,
                 pin_memory=self.pin_memory, persistent_workers=False,
@@ -352,7 +364,7 @@ class PackedLoader(torch.utils.data.IterableDataset):
             self._src = BatchSource.from_shards(self.dataset.shards, self.dataset.pack_len,
                                                 keep=8 + self.prefetch, vocab_size=self.dataset.vocab_size)
         batches = _Batches(self.dataset, mine, global_loss, self.flatten, self.pad_id, self.pin_memory,
-                           share_memory=info is not None, src=self._src, filler=filler)
+                           share_memory=info is not None, src=self._src, filler=filler, global_pairs=global_pairs)
         todo = range(w + n_w * start, len(mine), n_w)
         make = batches.__getitem__
         if self.cp_size > 1:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from packer.core.labels import IGNORE, check_label_mode
+from packer.train.preference import sequence_logps  # noqa: F401  (packer.loss's short path names it)
 
 
 def _aligned(logits: torch.Tensor, labels: torch.Tensor, label_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,3 +105,4 @@ def example_sources(manifest: dict) -> torch.Tensor:
     counts = torch.tensor([int(i.get("records", 0)) for i in inputs], dtype=torch.int64)
     source = torch.tensor([int(i.get("source", 0)) for i in inputs], dtype=torch.int64)
     return torch.repeat_interleave(source, counts)
+

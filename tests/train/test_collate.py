@@ -37,6 +37,7 @@ def make_shard(rng: np.random.Generator, pack_len: int, packs: int, dtype: type)
         "segment_lengths": np.asarray(seg_lens, np.int32),
         "segment_example": np.arange(len(seg_lens), dtype=np.int64),
         "segment_start": np.zeros(len(seg_lens), np.int32),
+        "segment_role": np.zeros(len(seg_lens), np.uint8),
     }
     for a in arrays.values():
         a.flags.writeable = False  # as the memory maps are

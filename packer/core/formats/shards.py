@@ -4,7 +4,7 @@ The only module that knows these bytes (docs/FORMAT.md is its specification): th
 (write_shard, open_shard, check_shard) and the shards folder's manifest (ShardSet, which opens a
 folder and checks it before anything reads it).
 
-A shard is a 64-byte header followed by seven arrays, each starting at a multiple of 64 bytes::
+A shard is a 64-byte header followed by eight arrays, each starting at a multiple of 64 bytes::
 
     header   magic b"PKSHARD\\0", version u32, token dtype code u32,
              num_packs u64, num_segments u64, num_tokens u64, pack_len u64, 16 bytes zero
@@ -15,6 +15,9 @@ A shard is a 64-byte header followed by seven arrays, each starting at a multipl
     segment_lengths      [S]     int32
     segment_example      [S]     int64   record number of the segment's source example
     segment_start        [S]     int32   where the segment starts within that example (split pieces)
+    segment_role         [S]     uint8   0 plain; preference: 1 chosen, 2 rejected, 3 desirable, 4 undesirable,
+                                         5 KTO's mismatched (KL) completion, 6 a shared prompt (the replies after
+                                         it in the pack continue it: packer.build.preference)
 
 Little-endian throughout; readable with numpy.memmap and nothing else.
 
@@ -38,10 +41,12 @@ import numpy as np
 from packer.core.errors import REBUILD_HINT, ConfigError, FormatError
 from packer.core.manifest import MANIFEST, check_files, read_manifest, verify_once
 from packer.core.ranges import within
+from packer.core.roles import MAX_SEGMENT_ROLE
 from packer.core.storage import is_url
 
 MAGIC = b"PKSHARD\0"
-VERSION = 1
+VERSION = 2  # 2: segment_role
+MAX_ROLE = MAX_SEGMENT_ROLE
 FOLDER_FORMAT = "packer-shards"  # the shards folder's manifest.json: format name and version
 FOLDER_VERSION = 4  # 2: manifests carry manifest_sha256; readers check structure on every open; 3: sources, input
 # identities; 4: the tokenize config's rendering limits and counts.per_file (from stages 1 and 2)
@@ -70,6 +75,7 @@ def _layout(code: int, packs: int, segments: int, tokens: int) -> list[tuple[str
         ("segment_lengths", np.dtype("<i4"), segments),
         ("segment_example", np.dtype("<i8"), segments),
         ("segment_start", np.dtype("<i4"), segments),
+        ("segment_role", np.dtype("u1"), segments),
     ]
     out, pos = [], HEADER.size
     for name, dt, n in spec:
@@ -79,15 +85,15 @@ def _layout(code: int, packs: int, segments: int, tokens: int) -> list[tuple[str
     return out
 
 
-SHARD_OVERHEAD = HEADER.size + 2 * 8 + 7 * (ALIGN - 1)
+SHARD_OVERHEAD = HEADER.size + 2 * 8 + 8 * (ALIGN - 1)
 """Bytes of a shard beyond its packs' own (pack_bytes): the header, the offsets' closing entries and
-at most ALIGN - 1 bytes of padding before each of the seven arrays."""
+at most ALIGN - 1 bytes of padding before each of the eight arrays."""
 
 
 def pack_bytes(code: int, tokens: np.ndarray, segments: np.ndarray) -> np.ndarray:
-    """Bytes each pack adds to a shard: per token its id and mask byte, per segment 16 (length i4,
-    example i8, start i4), per pack 16 (two offsets i8). With SHARD_OVERHEAD, a shard's exact bound."""
-    return np.asarray(tokens, np.int64) * (TOKEN_DTYPES[code].itemsize + 1) + np.asarray(segments, np.int64) * 16 + 16
+    """Bytes each pack adds to a shard: per token its id and mask byte, per segment 17 (length i4,
+    example i8, start i4, role u1), per pack 16 (two offsets i8). With SHARD_OVERHEAD, a shard's exact bound."""
+    return np.asarray(tokens, np.int64) * (TOKEN_DTYPES[code].itemsize + 1) + np.asarray(segments, np.int64) * 17 + 16
 
 
 def file_size(code: int, packs: int, segments: int, tokens: int) -> int:
@@ -108,6 +114,7 @@ class Shard:
     segment_lengths: np.ndarray
     segment_example: np.ndarray
     segment_start: np.ndarray
+    segment_role: np.ndarray
 
     @property
     def num_packs(self) -> int:
@@ -117,7 +124,7 @@ class Shard:
 def write_shard(path: str | Path, *, pack_len: int, code: int, tokens, loss_mask,
                 pack_token_offsets: np.ndarray, pack_segment_offsets: np.ndarray,
                 segment_lengths: np.ndarray, segment_example: np.ndarray, segment_start: np.ndarray,
-                num_tokens: int | None = None) -> int:
+                segment_role: np.ndarray | None = None, num_tokens: int | None = None) -> int:
     """Write one shard; returns its size in bytes. Callers write inside a temporary stage folder.
 
     tokens and loss_mask are arrays, or iterables of blocks (then num_tokens gives their length), so a
@@ -125,7 +132,8 @@ def write_shard(path: str | Path, *, pack_len: int, code: int, tokens, loss_mask
     """
     arrays = {"tokens": tokens, "loss_mask": loss_mask, "pack_token_offsets": pack_token_offsets,
               "pack_segment_offsets": pack_segment_offsets, "segment_lengths": segment_lengths,
-              "segment_example": segment_example, "segment_start": segment_start}
+              "segment_example": segment_example, "segment_start": segment_start,
+              "segment_role": np.zeros(len(segment_lengths), np.uint8) if segment_role is None else segment_role}
     packs, segments = len(pack_token_offsets) - 1, len(segment_lengths)
     ntok = len(tokens) if num_tokens is None else num_tokens
     with open(path, "wb") as f:
@@ -236,6 +244,9 @@ def check_shard(shard: Shard, pack_len: int | None = None) -> None:
         if S and int(a.min()) < 0:
             q = int(np.flatnonzero(a < 0)[0])
             raise FormatError(path, f"{name}[{q}] is {int(a[q])}, a negative record position", hint)
+    if S and int(shard.segment_role.max()) > MAX_ROLE:
+        q = int(np.flatnonzero(shard.segment_role > MAX_ROLE)[0])
+        raise FormatError(path, f"segment_role[{q}] is {int(shard.segment_role[q])}, not a role (0-{MAX_ROLE})", hint)
 
 
 def _int(entry: dict, key: str, where: str, path: Path) -> int:
@@ -394,13 +405,13 @@ class ShardSet:
         return self.shards[self._shard_of[i]], self._local[i]
 
     def arrays(self, i: int) -> dict[str, np.ndarray]:
-        """Pack i as numpy views (tokens, loss_mask, seg_lens, example_index, segment_start): no copy."""
+        """Pack i as numpy views (tokens, loss_mask, seg_lens, example_index, segment_start, role): no copy."""
         sh, j = self.locate(i)
         a, b = sh.pack_token_offsets[j], sh.pack_token_offsets[j + 1]
         sa, sb = sh.pack_segment_offsets[j], sh.pack_segment_offsets[j + 1]
         return {"tokens": sh.tokens[a:b], "loss_mask": sh.loss_mask[a:b],
                 "seg_lens": sh.segment_lengths[sa:sb], "example_index": sh.segment_example[sa:sb],
-                "segment_start": sh.segment_start[sa:sb]}
+                "segment_start": sh.segment_start[sa:sb], "role": sh.segment_role[sa:sb]}
 
 
 def verify(path: str | Path) -> str:

@@ -12,6 +12,9 @@ example (Arrow IPC file, no compression, so readers memory-map it):
     prompt_len    int32       tokens before the first trained-on token
     input_ids     list<uint32>
     loss_mask     list<uint8> 1 where the token is a training target
+    role          uint8       0 plain; preference rows: 1 chosen, 2 rejected, 3 desirable, 4 undesirable,
+                              5 KTO's mismatched (KL) row (packer.build.preference). A record's rows are
+                              consecutive and share its example_index.
 
 The one module that builds (examples_table, write_chunk) and reads (open_tokenized, read_columns) it;
 docs/FORMAT.md is its specification.
@@ -27,10 +30,12 @@ import pyarrow as pa
 
 from packer.core.errors import FormatError
 from packer.core.manifest import check_files, read_manifest, verify_once
+from packer.core.roles import MAX_ROW_ROLE
 
 FORMAT = "packer-tokenized"
-VERSION = 4  # 2: manifests carry manifest_sha256; 3: sources, input identities (size, sha256 or ETag), line = row
-# for tables; 4: config.max_render_chars and config.render_budget (chat rendering limits)
+VERSION = 5  # 2: manifests carry manifest_sha256; 3: sources, input identities (size, sha256 or ETag), line = row
+# for tables; 4: config.max_render_chars and config.render_budget (chat rendering limits); 5: the role column and
+# the preference kind's config fields
 
 
 SCHEMA = pa.schema([
@@ -41,11 +46,13 @@ SCHEMA = pa.schema([
     ("prompt_len", pa.int32()),
     ("input_ids", pa.list_(pa.uint32())),
     ("loss_mask", pa.list_(pa.uint8())),
+    ("role", pa.uint8()),
 ])
+MAX_ROLE = MAX_ROW_ROLE
 
 
 def examples_table(example_index: np.ndarray, file_index: np.ndarray, line: np.ndarray, lengths: np.ndarray,
-                   ids: np.ndarray, loss: np.ndarray) -> pa.Table:
+                   ids: np.ndarray, loss: np.ndarray, roles: np.ndarray | None = None) -> pa.Table:
     """The stage-1 table (SCHEMA, see the module docstring) of N examples: per example its record
     number int64 [N], input file int32 [N], line int64 [N] and length [N]; flat ids [T] and loss mask
     [T] (0/1), T = lengths.sum(). prompt_len is derived here. The one place that builds this format."""
@@ -59,6 +66,7 @@ def examples_table(example_index: np.ndarray, file_index: np.ndarray, line: np.n
         "prompt_len": pa.array(_first_true(loss, offsets).astype(np.int32), pa.int32()),
         "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.asarray(ids).astype(np.uint32))),
         "loss_mask": pa.ListArray.from_arrays(pa.array(offsets), pa.array(loss)),
+        "role": pa.array(np.zeros(len(lengths), np.uint8) if roles is None else np.asarray(roles, np.uint8), pa.uint8()),
     }, schema=SCHEMA)
 
 
@@ -151,6 +159,8 @@ def _checked_table(path: Path, source, entry: dict, hint: str) -> pa.Table:
         raise FormatError(str(path), f"unreadable tokenized chunk ({str(e).splitlines()[0][:120]})", hint) from None
     if table.num_rows != entry.get("examples"):
         raise FormatError(str(path), f"{table.num_rows} rows, manifest.json records {entry.get('examples')}", hint)
+    if table.num_rows and int(np.max(table.column("role").to_numpy())) > MAX_ROLE:
+        raise FormatError(str(path), f"a role above {MAX_ROLE} (the roles are 0-{MAX_ROLE})", hint)
     return table
 
 

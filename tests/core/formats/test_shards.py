@@ -21,10 +21,10 @@ ARRAYS = dict(
     tokens=np.array([5, 6, 7, 8, 9], np.uint16), loss_mask=np.array([0, 1, 1, 0, 1], np.uint8),
     pack_token_offsets=np.array([0, 3, 5]), pack_segment_offsets=np.array([0, 2, 3]),
     segment_lengths=np.array([2, 1, 2]), segment_example=np.array([10, 11, 12]),
-    segment_start=np.array([0, 0, 0]),
+    segment_start=np.array([0, 0, 0]), segment_role=np.array([1, 2, 0], np.uint8),
 )
 # sha256 of the golden shard below; changing it means changing docs/FORMAT.md and VERSION too.
-GOLDEN = "fa5358c635454d85d5d76d863b4c0c6617063abd6634699a91cc5161caefd6d7"
+GOLDEN = "a406ea7fbbef44a3886883737cdae1901ab3814464eadbed7c45a3106993b2e5"
 
 
 def write_golden(path):
@@ -34,9 +34,9 @@ def write_golden(path):
 def test_golden_shard_bytes(tmp_path):
     size = write_golden(tmp_path / "s.bin")
     data = (tmp_path / "s.bin").read_bytes()
-    assert size == len(data) == 64 + 64 * 6 + 3 * 4
+    assert size == len(data) == 64 + 64 * 7 + 3
     assert data[:8] == b"PKSHARD\0"
-    assert struct.unpack_from("<IIQQQQ", data, 8) == (1, 1, 2, 3, 5, 4)
+    assert struct.unpack_from("<IIQQQQ", data, 8) == (2, 1, 2, 3, 5, 4)
     assert hashlib.sha256(data).hexdigest() == GOLDEN
 
 
@@ -49,7 +49,7 @@ def test_plain_numpy_reader_per_format_md(tmp_path):
     out = {}
     for name, dt, n in [("tokens", "<u2", T), ("loss_mask", "u1", T), ("pack_token_offsets", "<i8", P + 1),
                         ("pack_segment_offsets", "<i8", P + 1), ("segment_lengths", "<i4", S),
-                        ("segment_example", "<i8", S), ("segment_start", "<i4", S)]:
+                        ("segment_example", "<i8", S), ("segment_start", "<i4", S), ("segment_role", "u1", S)]:
         pos = (pos + 63) // 64 * 64
         out[name] = np.frombuffer(mm, dtype=dt, count=n, offset=pos)
         pos += n * np.dtype(dt).itemsize
@@ -68,7 +68,7 @@ def test_damaged_shards_raise_naming_the_file(tmp_path):
     with pytest.raises(FormatError, match="not a packer shard"):
         fmt.open_shard(path)
     path.write_bytes(good[:8] + struct.pack("<I", 99) + good[12:])
-    with pytest.raises(FormatError, match="format version 99; this packer reads version 1"):
+    with pytest.raises(FormatError, match="format version 99; this packer reads version 2"):
         fmt.open_shard(path)
     path.write_bytes(good[:10])
     with pytest.raises(FormatError, match="shorter than the 64-byte header"):
@@ -139,7 +139,7 @@ def test_pack_bytes_and_overhead_are_exact(packs, code):
     file is never more than SHARD_OVERHEAD beyond its packs' bytes."""
     dtypes = {name: dt.itemsize for name, dt, _, _ in fmt._layout(code, 0, 0, 0)}
     per_token = dtypes["tokens"] + dtypes["loss_mask"]
-    per_segment = dtypes["segment_lengths"] + dtypes["segment_example"] + dtypes["segment_start"]
+    per_segment = dtypes["segment_lengths"] + dtypes["segment_example"] + dtypes["segment_start"] + dtypes["segment_role"]
     per_pack = dtypes["pack_token_offsets"] + dtypes["pack_segment_offsets"]
     tokens = np.array([t for t, _ in packs], np.int64)
     segments = np.array([s for _, s in packs], np.int64)
@@ -168,7 +168,7 @@ def _shard(**change) -> "fmt.Shard":
     f = dict(path="s.bin", pack_len=3, tokens=np.array([5, 6, 7, 8, 9], np.uint16), loss_mask=np.ones(5, np.uint8),
              pack_token_offsets=np.array([0, 3, 5]), pack_segment_offsets=np.array([0, 2, 3]),
              segment_lengths=np.array([2, 1, 2], np.int32), segment_example=np.array([0, 1, 2]),
-             segment_start=np.array([0, 0, 0], np.int32))
+             segment_start=np.array([0, 0, 0], np.int32), segment_role=np.array([1, 2, 0], np.uint8))
     f.update({k: np.asarray(v) if isinstance(v, list) else v for k, v in change.items()})
     return fmt.Shard(**f)
 
@@ -187,6 +187,7 @@ def _shard(**change) -> "fmt.Shard":
     (dict(segment_lengths=[2, 1, 1]), "pack 1: segment_lengths sum to 1, pack_token_offsets give 2"),
     (dict(segment_example=[0, -1, 2]), r"segment_example\[1\] is -1, a negative record position"),
     (dict(segment_start=[0, 0, -5]), r"segment_start\[2\] is -5, a negative record position"),
+    (dict(segment_role=np.array([1, 7, 0], np.uint8)), r"segment_role\[1\] is 7, not a role \(0-6\)"),
 ])
 def test_check_shard_refuses_each_broken_field(change, match):
     fmt.check_shard(_shard())  # the valid shard passes, with packs of exactly pack_len tokens
@@ -238,7 +239,7 @@ def test_version_3_manifests_carry_sources_and_identities_and_version_2_is_refus
     pack([f"{data}#weight=2"], tmp_path / "r", plan_config=C.PlanConfig(pack_len=256))
     tok, plan, shards = (json.loads((tmp_path / "r" / s / "manifest.json").read_text())
                          for s in ("tokenized", "plan", "shards"))
-    assert (tok["version"], plan["version"], shards["version"]) == (4, 4, 4)  # 3 until issue 26
+    assert (tok["version"], plan["version"], shards["version"]) == (5, 4, 4)  # 3 until issue 26, tokenized 5 since preference roles
     source = {"path": str(data), "query_field": None, "response_field": None, "messages_field": None,
               "text_field": None, "tools_field": None, "chat_format": None, "files": [0]}
     assert tok["sources"] == [source] and shards["sources"] == [{**source, "weight": 2.0}]
@@ -268,7 +269,7 @@ def test_version_4_manifests_carry_render_limits_and_per_file_counts_and_version
     pack([f"{data}#weight=2"], tmp_path / "r", plan_config=C.PlanConfig(pack_len=256))
     tok, plan, shards = (json.loads((tmp_path / "r" / s / "manifest.json").read_text())
                          for s in ("tokenized", "plan", "shards"))
-    assert (tok["version"], plan["version"], shards["version"]) == (4, 4, 4)
+    assert (tok["version"], plan["version"], shards["version"]) == (5, 4, 4)
     assert tok["config"]["max_render_chars"] == 1 << 24 and tok["config"]["render_budget"] == 20_000_000
     (per_file,) = plan["counts"]["per_file"]
     assert shards["counts"]["per_file"] == [per_file] and sorted(per_file) == sorted([
@@ -284,6 +285,6 @@ def test_version_4_manifests_carry_render_limits_and_per_file_counts_and_version
         old = {k: v for k, v in m.items() if k != SEAL}
         old["version"] = 3
         path.write_text(json.dumps({**old, SEAL: seal(old)}))
-        with pytest.raises(FormatError, match="version 3 is not the supported 4.*re-run"):
+        with pytest.raises(FormatError, match="version 3 is not the supported [45].*re-run"):
             read(tmp_path / "r" / stage)
         path.write_text(json.dumps(m))
