@@ -71,7 +71,7 @@ datasets.disable_progress_bars()
 tok = AutoTokenizer.from_pretrained(TOK)
 ds = datasets.load_dataset("json", data_files=DATA, split="train", cache_dir=OUT + "-cache")
 def tokenize(batch):
-    return {"input_ids": [tok.apply_chat_template(m, tokenize=True) for m in batch["messages"]]}
+    return {"input_ids": [tok.apply_chat_template(m, tokenize=True, return_dict=False) for m in batch["messages"]]}
 ds = ds.map(tokenize, batched=True, remove_columns=ds.column_names)
 trl.pack_dataset(ds, 2048, strategy="bfd").save_to_disk(OUT)
 '''

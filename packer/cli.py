@@ -397,6 +397,7 @@ def inspect(path, index, tokenizer, color):
 
     from packer.core.errors import ConfigError
     from packer.core.formats.shards import ShardSet, check_values
+    from packer.core.roles import NAMES as ROLE_NAMES
     from packer.build.load_tokenizer import load_tokenizer
 
     ds = ShardSet(path)  # checked as every reader checks it (structure; each file's sha256 once per run)
@@ -421,7 +422,9 @@ def inspect(path, index, tokenizer, color):
         cuts = np.flatnonzero(np.diff(m.astype(np.int8))) + 1
         text = "".join((on if r[0] else "") + tok.decode(t.tolist(), skip_special_tokens=False) + (off if r[0] else "")
                        for t, r in zip(np.split(tokens[a:b], cuts), np.split(m, cuts)))
-        click.echo(f"--- segment {k}: record {int(p['example_index'][k])}, tokens {int(p['segment_start'][k])}.."
+        role = int(p["role"][k])
+        marked = f" [{ROLE_NAMES[role]}]" if role else ""  # preference runs: prompt, chosen, rejected, ...
+        click.echo(f"--- segment {k}: record {int(p['example_index'][k])}{marked}, tokens {int(p['segment_start'][k])}.."
                    f"{int(p['segment_start'][k]) + int(b - a)} of it, {int(m.sum())} trained")
         click.echo(text)
 

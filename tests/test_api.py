@@ -71,9 +71,9 @@ def test_short_paths_are_the_real_objects():
     import packer.loss
     import packer.preference
     from packer.train import attention, loss, preference
-    from packer.train.hf import integration, verify
+    from packer.train.hf import integration, preference as hf_preference, verify
 
-    for short, homes in ((packer.hf, (integration, verify)), (packer.attention, (attention,)), (packer.loss, (loss,)),
+    for short, homes in ((packer.hf, (integration, verify, hf_preference)), (packer.attention, (attention,)), (packer.loss, (loss,)),
                          (packer.preference, (preference,))):
         assert short.__all__, short.__name__
         for name in short.__all__:

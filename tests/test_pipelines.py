@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
     ("sft", [{"query": "q", "response": "r"}] * 3),
     ("chat", [{"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}] * 3),
     ("text", [{"text": "d" * 300}]),
+    ("dpo", [{"prompt": f"q{i}", "chosen": " yes", "rejected": " no"} for i in range(4)]),
 ])
 def test_recipe(tmp_path, recipe, records):
     data = write_jsonl(tmp_path / "d.jsonl", records)
@@ -30,6 +31,9 @@ def test_recipe(tmp_path, recipe, records):
     assert len(ds) >= 1
     if recipe == "text":
         assert ds.manifest["counts"]["split_examples"] == 1 and len(ds) == 2
+    if recipe == "dpo":  # packed, reference log-probs stored beside the run, then three DPO steps
+        assert ds.manifest["counts"]["preference"]["pairs"] == 4
+        assert (tmp_path / "o" / "reference" / "reference.npz").is_file() and "'loss'" in r.stdout
 
 
 def test_public_names_are_listed_and_load():

@@ -126,6 +126,9 @@ def compute(path: str | Path, seconds: dict[str, float] | None = None, baseline_
         "truncated_examples": c["truncated_examples"], "truncated_tokens": c["truncated_tokens"],
         "dropped_examples": c["dropped_examples"], "dropped_tokens": c["dropped_tokens"],
         "split_examples": c["split_examples"],
+        **({"preference": dict(c["preference"], tokens=tokens,
+                               tokens_without_sharing=tokens + int(c["preference"]["shared_prompt_tokens_saved"]))}
+           if c.get("preference") else {}),
         "baseline_batch": baseline_batch,
         "waste_pad_to_pack": 1 - tokens / max(1, pad_pack_tokens),
         "waste_pad_to_longest": 1 - tokens / max(1.0, pad_longest_tokens),
@@ -305,7 +308,18 @@ def summary(report: dict) -> str:
     if len(r.get("per_source") or []) > 1:
         lines += [f"  {p['path']}: weight {p['weight']:g}, {p['trained_loss_tokens']:,} loss tokens, share "
                   f"{p['share_achieved']:.1%} (asked {p['share_asked']:.1%})" for p in r["per_source"]]
+    if r.get("preference"):
+        lines.append(preference_line(r["preference"]))
     return "\n".join(lines)
+
+
+def preference_line(p: dict) -> str:
+    """Pairs, unpaired completions, pairs per pack and what a shared prompt saved."""
+    saved = p["shared_prompt_tokens_saved"]
+    shared = (f"; shared prompts saved {saved:,} tokens ({saved / max(1, p['tokens_without_sharing']):.1%})" if saved
+              else f"; --layout shared-prompt would save {p['prompt_tokens_shareable']:,} tokens")
+    return (f"preference: {p['pairs']:,} pairs, {p['unpaired']:,} unpaired completions, "
+            f"{p['units_per_pack']:.2f} per pack{shared}")
 
 
 def markdown(report: dict) -> str:
@@ -318,6 +332,8 @@ def markdown(report: dict) -> str:
             f"|{'---|' * len(FILE_COLUMNS)}\n{files}\n")
     if report.get("per_source"):
         text += ("\n## Per source (mixture)\n\n" + "\n".join(source_table(report["per_source"])) + "\n")
+    if report.get("preference"):
+        text += f"\n## Preference data\n\n{preference_line(report['preference'])}\n"
     return text
 
 

@@ -121,7 +121,7 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, cu_seqlens: torch
                    prompt_segment: torch.Tensor | None = None, label_mode: str = "unshifted"
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per segment of cu_seqlens: the summed log-probability of its trained tokens (float32 [K]) and how many
-    there are (int64 [K]). logits [B, T, V] or [1, T, V] and labels in the loader's convention (label_mode);
+    there are (int64 [K]); float32, or float64 for float64 logits. logits [B, T, V] or [1, T, V] and labels in the loader's convention (label_mode);
     prompt_segment (the batch's, shared-prompt layout): a reply's first token is scored from its prompt's
     last position, as if the reply followed the prompt directly."""
     V = logits.shape[-1]
@@ -146,7 +146,10 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, cu_seqlens: torch
         raise ConfigError(f"label_mode '{label_mode}' is not one of unshifted, shifted")
     keep = (target != IGNORE) & (src >= 0)
     rows = src[keep]
-    lp = torch.log_softmax(flat[rows].float(), dim=-1).gather(1, target[keep][:, None]).squeeze(1)
+    picked = flat[rows]
+    if picked.dtype in (torch.float16, torch.bfloat16):  # half-precision logits: the softmax in float32
+        picked = picked.float()
+    lp = torch.log_softmax(picked, dim=-1).gather(1, target[keep][:, None]).squeeze(1)
     K = len(cu) - 1
     # shifted labels sit on the predicting position: the target belongs to the segment of that position
     where = seg[keep]
