@@ -19,6 +19,7 @@ import torch
 from packer.train.collate import BatchSource, collate
 from packer.train.reader import PackedShards
 from packer.train import preference
+from packer.train.cost import CostModel
 from packer.core.roles import PROMPT
 from packer.core.config import whole
 from packer.core.errors import ConfigError
@@ -30,10 +31,16 @@ from packer.core.labels import make_labels, positions
 BALANCE = ("tokens", "attention")
 
 
-def pack_costs(ds: PackedShards, balance: str) -> np.ndarray:
-    """float64 [P]: the work of each pack: its tokens, or its attention cost (sum of squared lengths)."""
+def pack_costs(ds: PackedShards, balance: str | CostModel) -> np.ndarray:
+    """float64 [P]: the work of each pack: its tokens, its attention cost (sum of squared lengths), or a model's
+    training FLOPs (a CostModel: a x tokens + b x sum(L^2), packer.train.cost.cost_model(config))."""
+    if isinstance(balance, CostModel):
+        return np.concatenate([balance(sh.segment_lengths, sh.pack_segment_offsets) for sh in ds.shards]) \
+            if ds.shards else np.zeros(0)
+    if balance == "compute":
+        raise ConfigError("balance='compute' needs the model's cost: pass balance=packer.train.cost.cost_model(model.config)")
     if balance not in BALANCE:
-        raise ConfigError(f"balance '{balance}' is not one of {', '.join(BALANCE)}")
+        raise ConfigError(f"balance '{balance}' is not one of {', '.join(BALANCE)}, or a CostModel")
     parts = []
     for sh in ds.shards:
         if balance == "tokens":
@@ -63,15 +70,24 @@ def loss_counts(ds: PackedShards) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """The epoch's order of the packs: a function of (seed, epoch) only, never of world size or batch size."""
+    return np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+
+
 def epoch_plan(costs: np.ndarray, batch_size: int, world_size: int, seed: int, epoch: int,
-               shuffle: bool = True, drop_last: bool = True) -> np.ndarray:
+               shuffle: bool = True, drop_last: bool = True, start: int = 0) -> np.ndarray:
     """int64 [world_size, steps, batch_size]: the packs every rank reads at every step of an epoch.
 
-    drop_last=False completes the last step by repeating packs from the start of the epoch order
+    Step k reads the next batch_size x world_size packs of the epoch's order (epoch_order), dealt to the ranks
+    by cost; so after k steps the whole job has consumed exactly the order's first k x batch_size x world_size
+    packs, whatever the shape. start: packs of the order already consumed (a resume on another shape).
+    drop_last=False completes the last step by repeating packs from the start of the (remaining) order
     (as torch's DistributedSampler does), so every rank runs the same number of steps.
     """
     n = len(costs)
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    order = epoch_order(n, seed, epoch, shuffle)[start:]
+    n = len(order)
     g = batch_size * world_size
     steps = n // g if drop_last else -(-n // g)
     if steps == 0:
@@ -267,7 +283,7 @@ class PackedLoader(torch.utils.data.IterableDataset):
     def __init__(self, path: str | Path, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
                  shuffle: bool | None = None, drop_last: bool | None = None, num_workers: int = 0, pin_memory: bool = False,
                  flatten: bool | None = None, label_mode: str = "unshifted", pad_id: int | None = None,
-                 balance: str = "tokens", verify: bool = True, prefetch: int = 0, eval: bool = False,
+                 balance: "str | CostModel" = "tokens", verify: bool = True, prefetch: int = 0, eval: bool = False,
                  cp_rank: int = 0, cp_size: int = 1):
         if eval and (shuffle is True or drop_last is True):
             raise ConfigError(f"eval=True never shuffles and never drops; drop shuffle={shuffle} / drop_last={drop_last} "
@@ -302,6 +318,7 @@ class PackedLoader(torch.utils.data.IterableDataset):
         kind = (self.dataset.manifest.get("config") or {}).get("tokenize", {}).get("kind")
         self._pairs = preference.pair_counts(self.dataset) if kind == "preference" else None
         self.epoch = 0
+        self._start = 0  # packs of this epoch's order consumed before this loader's plan (an elastic resume)
         self._yielded = 0  # batches of the current epoch handed to the caller (with prefetch: before _progress's)
         self._progress: Progress | None = None  # the prefetch builder of the epoch being read, if any
         self._plan_cache: tuple[int, np.ndarray] | None = None
@@ -312,16 +329,17 @@ class PackedLoader(torch.utils.data.IterableDataset):
         return {**self.__dict__, "_src": None, "_plan_cache": None, "_progress": None}
 
     def _plan(self) -> np.ndarray:
-        if self._plan_cache is None or self._plan_cache[0] != self.epoch:
-            self._plan_cache = (self.epoch, eval_plan(len(self.costs), self.batch_size, self.world_size) if self.eval
+        key = (self.epoch, self._start)
+        if self._plan_cache is None or self._plan_cache[0] != key:
+            self._plan_cache = (key, eval_plan(len(self.costs), self.batch_size, self.world_size) if self.eval
                                 else epoch_plan(self.costs, self.batch_size, self.world_size, self.seed,
-                                                self.epoch, self.shuffle, self.drop_last))
+                                                self.epoch, self.shuffle, self.drop_last, self._start))
         return self._plan_cache[1]
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order to give; a new epoch starts from its first batch."""
         if epoch != self.epoch:
-            self.epoch, self._yielded, self._progress = epoch, 0, None
+            self.epoch, self._yielded, self._progress, self._start = epoch, 0, None, 0
 
     def __len__(self) -> int:
         return self._plan().shape[1]
@@ -391,7 +409,7 @@ class PackedLoader(torch.utils.data.IterableDataset):
 
     def _epoch_done(self) -> None:
         """The epoch is complete: iterating again repeats it unless set_epoch moves on."""
-        self._yielded, self._progress = 0, None
+        self._yielded, self._progress, self._start = 0, None, 0
 
     def _position(self) -> int:
         """Batches of the current epoch handed to the caller."""
@@ -402,10 +420,16 @@ class PackedLoader(torch.utils.data.IterableDataset):
     def state_dict(self) -> dict:
         """Where the loader stands: restoring it yields exactly the batches still to come. It carries the run's
         identity (the shards manifest's seal and the plan's digest), so it resumes only the run it came from."""
-        return {"epoch": self.epoch, "batches_yielded": self._position(), "seed": self.seed, "cp_size": self.cp_size,
+        position = self._position()
+        consumed = min(len(self.dataset), self._start + position * self.batch_size * self.world_size)
+        return {"epoch": self.epoch, "batches_yielded": position, "packs_consumed": consumed, "start": self._start,
+                "seed": self.seed, "cp_size": self.cp_size,
                 "batch_size": self.batch_size, "world_size": self.world_size, "rank": self.rank,
                 "num_packs": len(self.dataset), "shuffle": self.shuffle, "drop_last": self.drop_last,
-                "balance": self.balance, "eval": self.eval, **self._identity()}
+                "balance": self._balance_name(), "eval": self.eval, **self._identity()}
+
+    def _balance_name(self) -> str:
+        return self.balance.describe() if isinstance(self.balance, CostModel) else self.balance
 
     def _identity(self) -> dict:
         m = self.dataset.manifest
@@ -426,17 +450,29 @@ class PackedLoader(torch.utils.data.IterableDataset):
                 what = "shards (the manifest's seal)" if key == "run" else "plan (its digest)"
                 raise ConfigError(f"the loader state is of another run: its {what} {str(state[key])[:16]} is not this "
                                   f"run's {str(mine)[:16]}; resume on the run the checkpoint was trained on")
-        for key in ("seed", "batch_size", "world_size", "num_packs", "shuffle", "drop_last", "balance", "eval"):
-            mine = len(self.dataset) if key == "num_packs" else getattr(self, key)
+        for key in ("seed", "num_packs", "shuffle", "drop_last", "balance", "eval"):
+            mine = {"num_packs": len(self.dataset), "balance": self._balance_name()}.get(key, getattr(self, key, None))
             if key in state and state[key] != mine:
                 raise ConfigError(f"state was saved with {key}={state[key]}, this loader has {key}={mine}; "
-                                  "resume with the same settings and shards")
+                                  "resume with the same settings and shards (world_size and batch_size may change)")
         epoch = whole("the loader state's epoch", state["epoch"], 0, 2**31 - 1)
-        saved, self.epoch = self.epoch, epoch
+        reshaped = any(k in state and state[k] != getattr(self, k) for k in ("batch_size", "world_size"))
+        if reshaped:  # elastic: the job consumed the order's first packs_consumed packs; go on with the rest
+            if self.eval:
+                raise ConfigError("an eval loader resumes on the world_size and batch_size it was saved with")
+            if "packs_consumed" not in state:
+                raise ConfigError("the loader state lacks packs_consumed (saved by an older packer), so it resumes only "
+                                  f"with world_size={state.get('world_size')} and batch_size={state.get('batch_size')}")
+            consumed = whole("the loader state's packs_consumed", state["packs_consumed"], 0, len(self.dataset))
+            self.epoch, self._start, self._yielded, self._progress = epoch, consumed, 0, None
+            return
+        start = whole("the loader state's start", state.get("start", 0), 0, len(self.dataset))
+        saved = self.epoch, self._start
+        self.epoch, self._start = epoch, start
         try:
             steps = len(self)  # batches in that epoch for this rank
         finally:
-            self.epoch = saved
+            self.epoch, self._start = saved
         yielded = whole("the loader state's batches_yielded", state["batches_yielded"], 0, steps,
                         f"epoch {epoch} has {steps} batches on this rank")
-        self.epoch, self._yielded, self._progress = epoch, yielded, None
+        self.epoch, self._start, self._yielded, self._progress = epoch, start, yielded, None

@@ -8,11 +8,14 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from packer.core import config as C
 from packer.core.errors import ConfigError, FormatError
 from packer.train.loader import PackedLoader, epoch_plan, imbalance
+from packer.train.reader import PackedShards
 from packer.pipeline import pack
 
 from conftest import sft_records, write_jsonl
@@ -111,8 +114,8 @@ def test_resume_across_epochs_and_mismatched_state(run):
     ref = PackedLoader(run, 4, seed=1)
     ref.set_epoch(2)
     assert as_lists(b) == as_lists(ref)[1:]
-    with pytest.raises(ConfigError, match="state was saved with batch_size=4, this loader has batch_size=8"):
-        PackedLoader(run, 8, seed=1).load_state_dict(state)
+    with pytest.raises(ConfigError, match="state was saved with seed=1, this loader has seed=2"):
+        PackedLoader(run, 4, seed=2).load_state_dict(state)
 
 
 def test_ranks_disjoint_covering_and_equal_steps(run):
@@ -246,13 +249,94 @@ def test_a_state_of_another_run_with_as_many_packs_is_refused(run, tmp_path, byt
     ("batches_yielded", "3", "give a whole number"),
     ("epoch", -1, "epoch is -1"),
     ("epoch", 1.5, "give a whole number"),
+    ("packs_consumed", -1, "packs_consumed is -1"),
+    ("packs_consumed", 10**9, "packs_consumed is 1,000,000,000"),
 ])
 def test_every_field_of_a_state_is_checked(run, field, value, says):
     """Before: a negative batches_yielded yielded more batches than the epoch has."""
     loader = PackedLoader(run, 4, seed=3)
     state = dict(loader.state_dict(), **{field: value})
+    if field == "packs_consumed":  # read on a resume with another shape
+        state["world_size"] = 2
     with pytest.raises(ConfigError, match=says):
         loader.load_state_dict(state)
     with pytest.raises(ConfigError, match="lacks run"):
         loader.load_state_dict({k: v for k, v in loader.state_dict().items() if k != "run"})
     assert as_lists(loader) == as_lists(PackedLoader(run, 4, seed=3)), "a refused state changes nothing"
+
+
+def _packs(batches) -> list[int]:
+    return [p for b in batches for p in b["pack_index"].tolist()]
+
+
+@settings(max_examples=25, deadline=None)
+@given(first=st.tuples(st.integers(1, 5), st.integers(1, 4)), then=st.tuples(st.integers(1, 5), st.integers(1, 4)),
+       steps=st.integers(0, 6), epoch=st.integers(0, 3))
+def test_elastic_resume_consumes_every_pack_once_in_the_order(run, first, then, steps, epoch):
+    """Stop after `steps` steps on (batch_size, world_size) = first, resume on `then`: across the resume every pack
+    of the epoch is read at most once, nothing is skipped that the new shape could read, and the rest comes in the
+    order of the epoch (the order a run on the new shape reads from that point)."""
+    from packer.train.loader import epoch_order
+
+    (b1, w1), (b2, w2) = first, then
+    n = len(PackedShards(run))
+    loaders = [PackedLoader(run, b1, rank=r, world_size=w1, seed=7) for r in range(w1)]
+    for ld in loaders:
+        ld.set_epoch(epoch)
+    iters = [iter(ld) for ld in loaders]
+    steps = min(steps, len(loaders[0]))
+    before = []
+    for _ in range(steps):
+        for it in iters:
+            before += next(it)["pack_index"].tolist()
+    states = [ld.state_dict() for ld in loaders]
+    assert len({s["packs_consumed"] for s in states}) == 1  # every rank agrees where the job stands
+    after = []
+    for r in range(w2):
+        ld = PackedLoader(run, b2, rank=r, world_size=w2, seed=7)
+        ld.load_state_dict(states[r % w1])  # any rank's state resumes any rank
+        after.append(_packs(ld))
+    read = before + [p for a in after for p in a]
+    assert len(read) == len(set(read)), "a pack read twice"
+    order = epoch_order(n, 7, epoch).tolist()
+    consumed = states[0]["packs_consumed"]
+    assert sorted(before) == sorted(order[:consumed])
+    g2 = b2 * w2
+    rest = order[consumed:consumed + (n - consumed) // g2 * g2]  # drop_last: whole steps of the new shape
+    assert sorted(p for a in after for p in a) == sorted(rest)
+    steps2 = len(after[0]) // b2
+    for k in range(steps2):  # step k of the resumed job reads the next g2 packs of the order
+        got = sorted(p for a in after for p in a[k * b2:(k + 1) * b2])
+        assert got == sorted(rest[k * g2:(k + 1) * g2])
+
+
+def test_elastic_state_of_another_epoch_order_is_refused(run):
+    a = PackedLoader(run, 2, world_size=2, seed=1)
+    next(iter(a))
+    state = a.state_dict()
+    with pytest.raises(ConfigError, match="state was saved with seed=1, this loader has seed=5"):
+        PackedLoader(run, 3, world_size=3, seed=5).load_state_dict(state)
+    older = {k: v for k, v in state.items() if k != "packs_consumed"}
+    with pytest.raises(ConfigError, match="lacks packs_consumed"):
+        PackedLoader(run, 3, world_size=3, seed=1).load_state_dict(older)
+
+
+def test_torchdata_stateful_dataloader_resumes_on_another_shape(run):
+    """A StatefulDataLoader checkpoint (num_workers=0) taken on 2 ranks x 4 packs resumes on 3 ranks x 2 packs."""
+    stateful = pytest.importorskip("torchdata.stateful_dataloader")
+    from packer.train.loader import epoch_order
+
+    old = [stateful.StatefulDataLoader(PackedLoader(run, 4, rank=r, world_size=2, seed=3), batch_size=None)
+           for r in range(2)]
+    iters = [iter(d) for d in old]
+    before = [p for _ in range(2) for it in iters for p in next(it)["pack_index"].tolist()]
+    state = old[0].state_dict()
+    after = []
+    for r in range(3):
+        d = stateful.StatefulDataLoader(PackedLoader(run, 2, rank=r, world_size=3, seed=3), batch_size=None)
+        d.load_state_dict(state)
+        after += _packs(d)
+    n = len(PackedShards(run))
+    order = epoch_order(n, 3, 0).tolist()
+    assert sorted(before) == sorted(order[:16])
+    assert sorted(after) == sorted(order[16:16 + (n - 16) // 6 * 6]) and not set(before) & set(after)

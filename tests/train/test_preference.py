@@ -222,8 +222,9 @@ def test_negative_control_local_pair_count_normalization_differs(runs, layout):
     assert err > 1e-2, err
 
 
-def test_kto_equals_unpacked_with_its_pack_time_kl(tmp_path):
-    run = make_run(tmp_path, kto_records(12), "pairs", name="kto")
+@pytest.mark.parametrize("layout", ["pairs", "shared-prompt"])
+def test_kto_equals_unpacked_with_its_pack_time_kl(tmp_path, layout):
+    run = make_run(tmp_path, kto_records(12), layout, name="kto")
     policy, ref = _models(run)
     # unpacked: every completion with its own KL row (fixed at pack time), mean over completions
     policy.zero_grad()
