@@ -205,7 +205,8 @@ def preference_plan(manifest: dict, cols: dict, config: C.PlanConfig) -> tuple[P
     if over.any() and config.overlong == "error":
         u = int(units[np.flatnonzero(over)[0]])
         raise InputError(_where(manifest, cols, int(a[u])), _line(manifest, cols, int(a[u])), None,
-                         f"pair has {int(total[np.flatnonzero(over)[0]])} tokens in the {config.layout} layout, more "
+                         f"pair has {int(total[np.flatnonzero(over)[0]])} tokens in the "
+                         f"{'shared-prompt' if shared else 'pairs'} layout, more "
                          f"than --pack-len {config.pack_len}", "raise --pack-len or pass --overlong truncate or drop")
     kept = replies.copy()
     if config.overlong == "truncate":

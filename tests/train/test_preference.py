@@ -265,3 +265,32 @@ def test_in_float64_packed_equals_unpacked_to_rounding(runs, layout):
     print(f"\nfloat64 dpo {layout}: loss relative difference {abs(got_loss - want_loss) / want_loss:.1e}, "
           f"gradient {err:.1e}")
     assert abs(got_loss - want_loss) / want_loss < 1e-12 and err < 1e-7
+
+
+def test_bradley_terry_from_a_reward_head_on_packed_pairs(runs):
+    """Reward-model pairs: each segment's score at its last token, -log σ(rc - rr - margin) + c (rc + rr)^2."""
+    run = runs["pairs"]
+    torch.manual_seed(0)
+    head = torch.nn.Linear(32, 1)
+    policy, _ = _models(run)
+    got, want = [], []
+    rows = rows_of(run)
+    for b in packer.PackedLoader(run, 1, shuffle=False, drop_last=False):
+        h = policy.model(input_ids=b["input_ids"], position_ids=b["position_ids"],
+                         attention_mask=P.shared_prompt_mask(b)).last_hidden_state
+        scores = P.last_token_scores(head(h).squeeze(-1), b["cu_seqlens"])
+        c, r = P.pairs(b)
+        got.append(P.bradley_terry(scores[c], scores[r], margin=0.5, center_coefficient=0.01))
+        for e in b["pair_index"][c].tolist():
+            s = [head(policy.model(input_ids=rows[(e, role)][0][None]).last_hidden_state)[0, -1, 0] for role in (1, 2)]
+            want.append(-torch.nn.functional.logsigmoid(s[0] - s[1] - 0.5) + 0.01 * (s[0] + s[1]) ** 2)
+    got, want = torch.cat(got), torch.stack(want)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_packed_dataset_from_files_takes_the_preference_kind(tmp_path):
+    src = tmp_path / "p.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in records(6, chats=0)))
+    ds = packer.packed_dataset_from_files([str(src)], "byte", pack_len=1024, kind="preference", layout="shared-prompt",
+                                          cache_dir=str(tmp_path / "cache"))
+    assert ds.manifest["counts"]["preference"]["pairs"] == 6
