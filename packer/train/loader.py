@@ -38,7 +38,8 @@ def pack_costs(ds: PackedShards, balance: str | CostModel) -> np.ndarray:
         return np.concatenate([balance(sh.segment_lengths, sh.pack_segment_offsets) for sh in ds.shards]) \
             if ds.shards else np.zeros(0)
     if balance == "compute":
-        raise ConfigError("balance='compute' needs the model's cost: pass balance=packer.train.cost.cost_model(model.config)")
+        raise ConfigError("balance='compute' needs the model's cost: pass cost=packer.train.cost.cost_model(model.config) "
+                          "(or cost=(a, b) for a x tokens + b x sum of squared lengths)")
     if balance not in BALANCE:
         raise ConfigError(f"balance '{balance}' is not one of {', '.join(BALANCE)}, or a CostModel")
     parts = []
@@ -132,8 +133,11 @@ class _Batches(torch.utils.data.Dataset):
 
     def __init__(self, ds: PackedShards, plan: np.ndarray, global_loss: np.ndarray, flatten: bool, pad_id: int,
                  pin_memory: bool = False, share_memory: bool = False, src: BatchSource | None = None,
-                 filler: int | None = None, global_pairs: np.ndarray | None = None):
+                 filler: int | None = None, global_pairs: np.ndarray | None = None,
+                 step_totals: dict[str, np.ndarray] | None = None):
         self.ds, self.plan, self.global_loss = ds, plan, global_loss
+        self.step_totals = step_totals or {}
+        """Per step, over every rank: global_num_tokens (real tokens) and global_num_examples (segments)."""
         self.global_pairs = global_pairs
         """Preference runs: units (pairs and unpaired completions) per step over every rank; else None."""
         self.flatten, self.pad_id, self.pin_memory, self.share_memory = flatten, pad_id, pin_memory, share_memory
@@ -158,6 +162,8 @@ class _Batches(torch.utils.data.Dataset):
         batch = collate(self._src, packs, flatten=self.flatten, pad_id=self.pad_id,
                         label_mode=self.ds.label_mode, pin_memory=self.pin_memory, share_memory=self.share_memory)
         batch["global_num_loss_tokens"] = int(self.global_loss[i])
+        for key, per_step in self.step_totals.items():
+            batch[key] = int(per_step[i])
         if self.filler is not None:
             _mark_eval(batch, self.ds, packs, empty, self.flatten)
         if self.global_pairs is not None:
@@ -284,7 +290,7 @@ class PackedLoader(torch.utils.data.IterableDataset):
                  shuffle: bool | None = None, drop_last: bool | None = None, num_workers: int = 0, pin_memory: bool = False,
                  flatten: bool | None = None, label_mode: str = "unshifted", pad_id: int | None = None,
                  balance: "str | CostModel" = "tokens", verify: bool = True, prefetch: int = 0, eval: bool = False,
-                 cp_rank: int = 0, cp_size: int = 1):
+                 cp_rank: int = 0, cp_size: int = 1, cost: "CostModel | tuple[float, float] | None" = None):
         if eval and (shuffle is True or drop_last is True):
             raise ConfigError(f"eval=True never shuffles and never drops; drop shuffle={shuffle} / drop_last={drop_last} "
                               "(the defaults become False)")
@@ -313,8 +319,21 @@ class PackedLoader(torch.utils.data.IterableDataset):
         self.cp_rank, self.cp_size = cp_rank, cp_size
         if cp_size != 1 or cp_rank != 0:
             _check_cp(self.dataset, cp_rank, cp_size, flatten, num_workers, eval)
-        self.costs = pack_costs(self.dataset, balance)
+        if isinstance(balance, CostModel):
+            balance, cost = "compute", balance
+        if cost is not None and balance != "compute":
+            raise ConfigError(f"cost= is the model's cost for balance='compute'; this loader has balance='{balance}'")
+        if isinstance(cost, tuple):  # explicit numbers: a x tokens + b x sum of L^2
+            a, b = (float(x) for x in cost)
+            cost = CostModel(a, ((2 * b, None),))
+        self.cost = cost
+        self.balance = balance
+        self.costs = pack_costs(self.dataset, cost if balance == "compute" and cost is not None else balance)
         self._loss = loss_counts(self.dataset)
+        sizes = [(np.diff(sh.pack_token_offsets), np.diff(sh.pack_segment_offsets)) for sh in self.dataset.shards]
+        self._per_pack = {  # what a step's loss may be normalized by, summed over every rank (step_totals)
+            "global_num_tokens": np.concatenate([t for t, _ in sizes]) if sizes else np.zeros(0, np.int64),
+            "global_num_examples": np.concatenate([e for _, e in sizes]) if sizes else np.zeros(0, np.int64)}
         kind = (self.dataset.manifest.get("config") or {}).get("tokenize", {}).get("kind")
         self._pairs = preference.pair_counts(self.dataset) if kind == "preference" else None
         self.epoch = 0
@@ -355,6 +374,8 @@ class PackedLoader(torch.utils.data.IterableDataset):
         global_loss = np.where(plan >= 0, self._loss[np.maximum(plan, 0)], 0).sum(axis=(0, 2))
         global_pairs = None if self._pairs is None else \
             np.where(plan >= 0, self._pairs[np.maximum(plan, 0)], 0).sum(axis=(0, 2))
+        totals = {key: np.where(plan >= 0, per_pack[np.maximum(plan, 0)], 0).sum(axis=(0, 2))
+                  for key, per_pack in self._per_pack.items()}
         filler = int(np.argmin(self.costs)) if self.eval and len(self.costs) else None
         start = self._yielded = self._position()
         if self._progress is not None:  # an earlier iterator left part way: it stops, this one goes on
@@ -371,7 +392,7 @@ class PackedLoader(torch.utils.data.IterableDataset):
         if self.num_workers:
             # Workers build each batch in shared memory as one storage: one hand-over per batch, not seven.
             batches = _Batches(self.dataset, mine, global_loss, self.flatten, self.pad_id, share_memory=True,
-                               filler=filler, global_pairs=global_pairs)
+                               filler=filler, global_pairs=global_pairs, step_totals=totals)
             return self._counted(torch.utils.data.DataLoader(
                 batches, batch_size=None, sampler=_From(start, len(mine)), num_workers=self.num_workers,
                 pin_memory=self.pin_memory, persistent_workers=False,
@@ -382,7 +403,8 @@ class PackedLoader(torch.utils.data.IterableDataset):
             self._src = BatchSource.from_shards(self.dataset.shards, self.dataset.pack_len,
                                                 keep=8 + self.prefetch, vocab_size=self.dataset.vocab_size)
         batches = _Batches(self.dataset, mine, global_loss, self.flatten, self.pad_id, self.pin_memory,
-                           share_memory=info is not None, src=self._src, filler=filler, global_pairs=global_pairs)
+                           share_memory=info is not None, src=self._src, filler=filler, global_pairs=global_pairs,
+                           step_totals=totals)
         todo = range(w + n_w * start, len(mine), n_w)
         make = batches.__getitem__
         if self.cp_size > 1:
@@ -429,7 +451,7 @@ class PackedLoader(torch.utils.data.IterableDataset):
                 "balance": self._balance_name(), "eval": self.eval, **self._identity()}
 
     def _balance_name(self) -> str:
-        return self.balance.describe() if isinstance(self.balance, CostModel) else self.balance
+        return self.cost.describe() if self.balance == "compute" and self.cost is not None else self.balance
 
     def _identity(self) -> dict:
         m = self.dataset.manifest

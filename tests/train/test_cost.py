@@ -76,3 +76,31 @@ def test_compute_without_a_model_is_refused(long_tailed):
     with pytest.raises(ConfigError, match="cost_model"):
         PackedLoader(long_tailed, 2, balance="compute")
     assert isinstance(cost_model(LLAMA), CostModel)
+
+
+def test_compute_balance_by_name_with_the_model_or_explicit_numbers(long_tailed):
+    model = cost_model(LLAMA)
+    by_name = PackedLoader(long_tailed, 2, world_size=4, seed=0, balance="compute", cost=model)
+    by_object = PackedLoader(long_tailed, 2, world_size=4, seed=0, balance=model)
+    assert (by_name._plan() == by_object._plan()).all()
+    explicit = PackedLoader(long_tailed, 2, world_size=4, seed=0, balance="compute", cost=(1.0, 0.5))
+    ds = explicit.dataset
+    sh = ds.shards[0]
+    L = sh.segment_lengths[sh.pack_segment_offsets[0]:sh.pack_segment_offsets[1]].astype(float)
+    assert explicit.costs[0] == pytest.approx(L.sum() + 0.5 * (L ** 2).sum())  # a x tokens + b x sum L^2
+    with pytest.raises(ConfigError, match="cost= is the model's cost for balance='compute'"):
+        PackedLoader(long_tailed, 2, cost=model)
+
+
+def test_step_denominators_are_summed_over_every_rank(long_tailed):
+    """Per step, every rank's batch carries the same global tokens, loss tokens and examples: the sums of all
+    ranks' own counts, so a loss normalized by any of them is exact wherever a pack lands."""
+    loaders = [PackedLoader(long_tailed, 2, rank=r, world_size=3, seed=1) for r in range(3)]
+    steps = list(zip(*[list(ld) for ld in loaders]))
+    assert steps
+    for batches in steps:
+        for key, own in (("global_num_tokens", "num_tokens"), ("global_num_loss_tokens", "num_loss_tokens")):
+            assert len({b[key] for b in batches}) == 1 and batches[0][key] == sum(b[own] for b in batches)
+        ds = loaders[0].dataset
+        examples = sum(len(ds.arrays(p)["seg_lens"]) for b in batches for p in b["pack_index"].tolist())
+        assert {b["global_num_examples"] for b in batches} == {examples}
