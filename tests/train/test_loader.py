@@ -340,3 +340,27 @@ def test_torchdata_stateful_dataloader_resumes_on_another_shape(run):
     order = epoch_order(n, 3, 0).tolist()
     assert sorted(before) == sorted(order[:16])
     assert sorted(after) == sorted(order[16:16 + (n - 16) // 6 * 6]) and not set(before) & set(after)
+
+
+def test_resume_two_then_three_then_one_rank_reads_every_pack_exactly_once(run):
+    """The issue's chain: 2 ranks x 3 packs for 2 steps, then 3 ranks x 2 packs for 2 steps, then 1 rank x 1 pack to
+    the end of the epoch: every pack of the epoch once, none twice, none missing."""
+    from packer.train.loader import epoch_order
+
+    n = len(PackedShards(run))
+    read, state = [], None
+    for (bs, ws, steps) in ((3, 2, 2), (2, 3, 2), (1, 1, None)):
+        loaders = [PackedLoader(run, bs, rank=r, world_size=ws, seed=11) for r in range(ws)]
+        for ld in loaders:
+            ld.set_epoch(1)
+            if state is not None:
+                ld.load_state_dict(state)
+        iters = [iter(ld) for ld in loaders]
+        for _ in range(steps if steps is not None else len(loaders[0])):
+            for it in iters:
+                read += next(it)["pack_index"].tolist()
+        state = loaders[-1].state_dict()
+    assert sorted(read) == list(range(n)) and len(read) == n
+    order = epoch_order(n, 11, 1).tolist()
+    assert sorted(read[:12]) == sorted(order[:12]) and sorted(read[12:24]) == sorted(order[12:24])  # legs in order
+    assert state["packs_consumed"] == n
