@@ -261,33 +261,49 @@ def _render_block(job: Job, path: str, block: list[tuple[int, bytes]], first: in
 
 
 def _render_records(job: Job, render, batch: list, skipped: Counter, errors: list[str]) -> _Rendered:
-    """The per-record path: each (record number, Record) rendered, bad ones raised or counted (skip_bad)."""
-    if job.config.kind == "preference":
-        return _render_preference(job, render, batch, skipped, errors)
-    texts: list[str] = []
-    wheres: list[str] = []
-    span_loss: list[bool] = []
-    spans_per_example: list[int] = []
-    keep_number: list[int] = []
-    keep_position: list[int] = []
+    """The per-record path: each (record number, Record) rendered, bad ones raised or counted (skip_bad).
+    Preference records give several rows each (a pair's chosen then rejected, or a KTO completion and, added here
+    for the batch, its mismatched KL row), all under the record's number (packer.build.preference)."""
+    preference = job.config.kind == "preference"
+    kept: list[tuple[int, Any, Any, list]] = []
     # Per-record loop: JSON decoding and template rendering are per-record by nature; the token-level
     # work is whole-array.
     for number, rec in batch:
         try:
             if isinstance(rec.value, InputError):
                 raise rec.value
-            spans = render(rec.value, rec.where, rec.line)
+            out = render(rec.value, rec.where, rec.line)
         except InputError as e:
             _skip(job, e, skipped, errors)
             continue
-        keep_number.append(number)
-        keep_position.append(rec.position)
-        wheres.append(f"{rec.where}:{rec.line}" if rec.line is not None else rec.where)
-        spans_per_example.append(len(spans))
-        for text, loss in spans:
-            texts.append(text)
-            span_loss.append(loss)
-    return _Rendered(len(batch), texts, span_loss, spans_per_example, keep_number, keep_position, wheres.__getitem__)
+        parsed, rows = out if preference else (None, [(0, out, None)])
+        kept.append((number, rec, parsed, [(r.role, r.spans, r.eos) for r in rows] if preference else rows))
+    if preference:
+        kl = render.kl([p for _, _, p, _ in kept], [r.where for _, r, _, _ in kept], [r.line for _, r, _, _ in kept])
+        for (_, _, _, rows), extra in zip(kept, kl):
+            if extra is not None:
+                rows.append((extra.role, extra.spans, extra.eos))
+    texts: list[str] = []
+    wheres: list[str] = []
+    span_loss: list[bool] = []
+    spans_per_example: list[int] = []
+    keep_number: list[int] = []
+    keep_position: list[int] = []
+    roles: list[int] = []
+    eos: list[bool | None] = []
+    for number, rec, _, rows in kept:
+        for role, spans, add_eos in rows:
+            keep_number.append(number)
+            keep_position.append(rec.position)
+            wheres.append(f"{rec.where}:{rec.line}" if rec.line is not None else rec.where)
+            spans_per_example.append(len(spans))
+            roles.append(role)
+            eos.append(add_eos)
+            for text, loss in spans:
+                texts.append(text)
+                span_loss.append(loss)
+    return _Rendered(len(batch), texts, span_loss, spans_per_example, keep_number, keep_position, wheres.__getitem__,
+                     roles if preference else None, eos if preference else None)
 
 
 def _skip(job: Job, e: InputError, skipped: Counter, errors: list[str]) -> None:
@@ -297,45 +313,6 @@ def _skip(job: Job, e: InputError, skipped: Counter, errors: list[str]) -> None:
     skipped[_error_reason(e)] += 1
     if len(errors) < 5:
         errors.append(str(e))
-
-
-def _render_preference(job: Job, render, batch: list, skipped: Counter, errors: list[str]) -> _Rendered:
-    """Preference records: each gives its rows (a pair's chosen then rejected, or a KTO completion and, added
-    here for the batch, its mismatched KL row), all under the record's number (packer.build.preference)."""
-    kept: list[tuple[int, object, list]] = []
-    for number, rec in batch:
-        try:
-            if isinstance(rec.value, InputError):
-                raise rec.value
-            parsed, rows = render(rec.value, rec.where, rec.line)
-        except InputError as e:
-            _skip(job, e, skipped, errors)
-            continue
-        kept.append((number, rec, parsed, rows))
-    wheres_of = [r.where for _, r, _, _ in kept]
-    lines_of = [r.line for _, r, _, _ in kept]
-    kl = render.kl([p for _, _, p, _ in kept], wheres_of, lines_of)
-    texts: list[str] = []
-    wheres: list[str] = []
-    span_loss: list[bool] = []
-    spans_per_example: list[int] = []
-    keep_number: list[int] = []
-    keep_position: list[int] = []
-    roles: list[int] = []
-    eos: list[bool] = []
-    for (number, rec, _, rows), extra in zip(kept, kl):
-        for row in [*rows, *([extra] if extra is not None else [])]:
-            keep_number.append(number)
-            keep_position.append(rec.position)
-            wheres.append(f"{rec.where}:{rec.line}" if rec.line is not None else rec.where)
-            spans_per_example.append(len(row.spans))
-            roles.append(row.role)
-            eos.append(row.eos)
-            for text, loss in row.spans:
-                texts.append(text)
-                span_loss.append(loss)
-    return _Rendered(len(batch), texts, span_loss, spans_per_example, keep_number, keep_position, wheres.__getitem__,
-                     roles, eos)
 
 
 def _encode_batch(job: Job, chunk: Chunk, r: _Rendered, writer, counts: Counter) -> None:
