@@ -100,6 +100,17 @@ def measure(steps: dict[str, list], rounds: int = 3, once: tuple[str, ...] = ("p
     return out
 
 
+def workload(vocab: int):
+    """What the CPU benchmarks train on, the same each run: 2 threads, the GSM8K lengths, random ids below `vocab`
+    (seeded), and their bfd plan at PACK_LEN -> (lengths, seqs, plan, packs as index arrays)."""
+    torch.set_num_threads(2)
+    lengths = gsm8k_lengths()
+    rng = np.random.default_rng(0)
+    seqs = [torch.from_numpy(rng.integers(0, vocab, n)) for n in lengths]
+    plan = packer.plan(lengths, PACK_LEN, "bfd")
+    return lengths, seqs, plan, [np.asarray(p) for p in plan.packs()]
+
+
 def main() -> None:
     import argparse
 
@@ -107,13 +118,8 @@ def main() -> None:
     ap.add_argument("--windows-only", action="store_true",
                     help="only the Mistral window comparison (minutes, not the padded-to-pack passes)")
     windows_only = ap.parse_args().windows_only
-    torch.set_num_threads(2)
-    lengths = gsm8k_lengths()
+    lengths, seqs, plan, packs = workload(VOCAB)
     real = int(lengths.sum())
-    rng = np.random.default_rng(0)
-    seqs = [torch.from_numpy(rng.integers(0, VOCAB, n)) for n in lengths]
-    plan = packer.plan(lengths, PACK_LEN, "bfd")
-    packs = [np.asarray(p) for p in plan.packs()]
 
     def packed_inputs():
         """One micro-batch per pack: a [1, <=2048] row with its cu_seqlens (about 2048 real tokens,

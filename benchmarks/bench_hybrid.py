@@ -23,9 +23,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_attention import BATCH, PACK_LEN, gsm8k_lengths, measure  # noqa: E402
+from bench_attention import BATCH, PACK_LEN, measure, workload  # noqa: E402
 
-import packer  # noqa: E402
 
 VOCAB = 50257
 SIZE = dict(vocab_size=VOCAB, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
@@ -68,14 +67,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--models", default="qwen3_5_text,dense,lfm2,falcon_h1")
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    lengths = gsm8k_lengths()
+    lengths, seqs, _, packs = workload(VOCAB)
     real = int(lengths.sum())
-    rng = np.random.default_rng(0)
-    seqs = [torch.from_numpy(rng.integers(0, VOCAB, n)) for n in lengths]
-    plan = packer.plan(lengths, PACK_LEN, "bfd")
     micro = []
-    for p in (np.asarray(p) for p in plan.packs()):
+    for p in packs:
         cu = torch.tensor(np.concatenate([[0], np.cumsum(lengths[p])]), dtype=torch.int32)
         micro.append((torch.cat([seqs[i] for i in p])[None], torch.cat([torch.arange(lengths[i]) for i in p])[None],
                       cu, int(lengths[p].max())))

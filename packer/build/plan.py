@@ -88,13 +88,11 @@ def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, 
     if (kind == "preference") != (config.layout in PREFERENCE_LAYOUTS) and config.layout != "best-fit":
         raise ConfigError(f"layout {config.layout} is for " + ("--kind preference" if config.layout in
                           PREFERENCE_LAYOUTS else "--kind text") + f"; this run is {kind}")
+    if config.overlong == "error" and kind != "preference" and len(lengths) and lengths.max() > config.pack_len:
+        _raise_overlong(tok_manifest, cols, lengths, config.pack_len)
     if kind == "preference":
         p, pieces, counts = preference_plan(tok_manifest, cols, config)
         rows = np.unique(pieces[:, 0])
-    elif config.overlong == "error" and len(lengths) and lengths.max() > config.pack_len:
-        _raise_overlong(tok_manifest, cols, lengths, config.pack_len)
-    if kind == "preference":
-        pass  # planned above
     elif config.layout == "wrapped":
         rows = mixture_rows(_sources_of(tok_manifest, cols["file_index"]), config.weights, config.seed,
                             len(tok_manifest.get("sources", [None])))
@@ -189,7 +187,7 @@ def preference_plan(manifest: dict, cols: dict, config: C.PlanConfig) -> tuple[P
     prompt = prompt_len[a]
     if shared and (prompt_len[b] != prompt).any():
         u = int(np.flatnonzero(prompt_len[b] != prompt)[0])
-        raise InputError(_where(manifest, cols, int(a[u])), _line(manifest, cols, int(a[u])), None,
+        raise InputError(*_located(manifest, cols, int(a[u])), None,
                          f"its two replies follow prompts of {int(prompt[u])} and {int(prompt_len[b[u]])} tokens "
                          "(the chat template renders the prompt differently before each)",
                          "use --layout pairs for this data")
@@ -204,7 +202,7 @@ def preference_plan(manifest: dict, cols: dict, config: C.PlanConfig) -> tuple[P
               "dropped_examples": 0, "dropped_tokens": 0, "split_examples": 0, "split_dropped_pieces": 0}
     if over.any() and config.overlong == "error":
         u = int(units[np.flatnonzero(over)[0]])
-        raise InputError(_where(manifest, cols, int(a[u])), _line(manifest, cols, int(a[u])), None,
+        raise InputError(*_located(manifest, cols, int(a[u])), None,
                          f"pair has {int(total[np.flatnonzero(over)[0]])} tokens in the "
                          f"{'shared-prompt' if shared else 'pairs'} layout, more "
                          f"than --pack-len {config.pack_len}", "raise --pack-len or pass --overlong truncate or drop")
@@ -241,18 +239,14 @@ def preference_plan(manifest: dict, cols: dict, config: C.PlanConfig) -> tuple[P
     return p, pieces, counts
 
 
-def _where(manifest: dict, cols: dict, row: int) -> str:
-    path = manifest["inputs"][int(cols["file_index"][row])]["path"]
-    from packer.build.sources import kind_of
-
-    return path if kind_of(path) == "jsonl" else f"{path}: row {int(cols['line'][row])}"
-
-
-def _line(manifest: dict, cols: dict, row: int) -> int | None:
+def _located(manifest: dict, cols: dict, row: int) -> tuple[str, int | None]:
+    """(where, line) of a tokenized row for an InputError: the file and its line (JSON Lines), or the file and
+    its row (tables), as the other stages name records."""
     from packer.build.sources import kind_of
 
     path = manifest["inputs"][int(cols["file_index"][row])]["path"]
-    return int(cols["line"][row]) if kind_of(path) == "jsonl" else None
+    line = int(cols["line"][row])
+    return (path, line) if kind_of(path) == "jsonl" else (f"{path}: row {line}", None)
 
 
 PER_FILE = ("lost_tokens", "truncated_examples", "dropped_examples", "sampled_out_examples", "sampled_out_tokens",
@@ -385,11 +379,6 @@ def mixture_rows(source: np.ndarray, weights: tuple[float, ...], seed: int, sour
 
 def _raise_overlong(manifest: dict, cols: dict, lengths: np.ndarray, pack_len: int) -> None:
     row = int(np.flatnonzero(lengths > pack_len)[0])
-    files, lines = cols["file_index"], cols["line"]
-    from packer.build.sources import kind_of
-
-    path = manifest["inputs"][int(files[row])]["path"]
-    where, line = (path, int(lines[row])) if kind_of(path) == "jsonl" else (f"{path}: row {int(lines[row])}", None)
-    raise InputError(where, line, None,
+    raise InputError(*_located(manifest, cols, row), None,
                      f"example has {int(lengths[row])} tokens, more than --pack-len {pack_len}",
                      "raise --pack-len or pass --overlong truncate, drop or split")

@@ -32,18 +32,22 @@ UNIT_ROLES = (CHOSEN, DESIRABLE, UNDESIRABLE)
 
 def segment_fields(ds, packs: np.ndarray, flatten: bool) -> dict[str, np.ndarray]:
     """Per segment of a batch's cu_seqlens (row padding segments included, as collate makes them): pair_index,
-    segment_role, prompt_segment, and per pack its units; from the shards (numpy, no torch)."""
-    ex, role = [], []
+    segment_role, prompt_segment and first_trained (its first token's loss-mask byte); from the shards, one read
+    of each pack's metadata (numpy, no torch)."""
+    ex, role, first = [], [], []
     for p in packs.tolist():
         v = ds.arrays(p)
-        n = int(v["seg_lens"].sum())
+        lens = np.asarray(v["seg_lens"], np.int64)
         ex.append(v["example_index"].astype(np.int64))
         role.append(np.asarray(v["role"], np.int64))
-        if not flatten and n < ds.pack_len:
+        first.append(np.asarray(v["loss_mask"])[np.cumsum(lens) - lens].astype(bool))
+        if not flatten and int(lens.sum()) < ds.pack_len:
             ex.append(np.full(1, -1, np.int64))
             role.append(np.full(1, -1, np.int64))
+            first.append(np.zeros(1, bool))
     ex = np.concatenate(ex) if ex else np.zeros(0, np.int64)
     role = np.concatenate(role) if role else np.zeros(0, np.int64)
+    first = np.concatenate(first) if first else np.zeros(0, bool)
     prompt = np.full(len(role), -1, np.int64)
     is_prompt = role == PROMPT
     if is_prompt.any():
@@ -51,7 +55,7 @@ def segment_fields(ds, packs: np.ndarray, flatten: bool) -> dict[str, np.ndarray
         follows = (~is_prompt) & (last >= 0) & (role > 0)
         follows &= ex == ex[np.maximum(last, 0)]
         prompt[follows] = last[follows]
-    return {"pair_index": ex, "segment_role": role, "prompt_segment": prompt}
+    return {"pair_index": ex, "segment_role": role, "prompt_segment": prompt, "first_trained": first}
 
 
 def mark(batch: dict, ds, packs: np.ndarray, flatten: bool, global_pairs: int) -> None:
@@ -77,7 +81,7 @@ def mark(batch: dict, ds, packs: np.ndarray, flatten: bool, global_pairs: int) -
         offset = torch.repeat_interleave(plen, lens)
         index = torch.repeat_interleave(at, lens) + _within(lens)
         pos[index] += offset
-        mask = _first_token_mask(ds, packs, flatten, cu, replies)
+        mask = f["first_trained"][replies]
         first = at[torch.from_numpy(mask)]
         labels[first] = ids[first]
         batch["num_loss_tokens"] = int(batch["num_loss_tokens"]) + int(mask.sum())
@@ -97,24 +101,12 @@ def _within(lens: torch.Tensor) -> torch.Tensor:
     return torch.arange(total) - torch.repeat_interleave(starts, lens)
 
 
-def _first_token_mask(ds, packs: np.ndarray, flatten: bool, cu: np.ndarray, replies: np.ndarray) -> np.ndarray:
-    """Per reply segment, whether its first token is trained on (its loss-mask byte in the shards)."""
-    masks = []
-    for p in packs.tolist():
-        masks.append(np.asarray(ds.arrays(p)["loss_mask"], np.uint8))
-        n = len(masks[-1])
-        if not flatten and n < ds.pack_len:
-            masks.append(np.zeros(ds.pack_len - n, np.uint8))
-    m = np.concatenate(masks)
-    return m[cu[replies]].astype(bool)
-
-
 def pair_counts(ds) -> np.ndarray:
-    """int64 [packs]: units (pairs and unpaired completions) in each pack, for global_num_pairs."""
-    out = np.zeros(len(ds), np.int64)
-    for i in range(len(ds)):
-        out[i] = int(np.isin(ds.arrays(i)["role"], UNIT_ROLES).sum())
-    return out
+    """int64 [packs]: units (pairs and unpaired completions) in each pack, for global_num_pairs (whole shards at a
+    time, as loader.loss_counts counts loss tokens)."""
+    parts = [np.add.reduceat(np.isin(sh.segment_role, UNIT_ROLES).astype(np.int64), sh.pack_segment_offsets[:-1])
+             for sh in ds.shards if sh.num_packs]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, cu_seqlens: torch.Tensor, *,
