@@ -57,3 +57,28 @@ def sft_records(n: int, seed: int = 0, long_every: int = 0) -> list[dict]:
             r = r + " long" * 200
         out.append({"query": f"q{i}: {q}", "response": f"a{i}: {r}"})
     return out
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on a free localhost port, the AWS variables pointing at it, and an fsspec handle."""
+    moto_server = pytest.importorskip("moto.server")
+    s3fs = pytest.importorskip("s3fs")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem()
+    fs.exists("data") or fs.mkdir("data")  # moto keeps buckets across servers in one process
+    yield fs
+    server.stop()
+    s3fs.S3FileSystem.clear_instance_cache()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -54,6 +54,7 @@ class ShardResult:
     tokens: int
     loss_tokens: int
     bytes: int
+    head_sha256: str
 
 
 def _batch_layout(ids: pa.ListArray, mask: pa.ListArray, mm, folder: str) -> tuple[np.ndarray, int, int]:
@@ -207,7 +208,8 @@ def write_one(task: ShardTask) -> ShardResult:
         loss_mask=blocks("mask"), num_tokens=total, pack_token_offsets=tok_off, pack_segment_offsets=seg_off,
         segment_lengths=seg_len, segment_example=src.example_index[task.pieces[:, 0]],
         segment_start=task.pieces[:, 1], segment_role=role)
-    return ShardResult(name, len(task.segments_per_pack), len(seg_len), total, loss[0], size)
+    return ShardResult(name, len(task.segments_per_pack), len(seg_len), total, loss[0], size,
+                       fmt.head_sha256(Path(task.out) / name))
 
 
 def _split_shards(pack_bytes: np.ndarray, limit: int) -> np.ndarray:
@@ -319,7 +321,7 @@ def write_stage(tokenized: str | Path, plan_dir: str | Path, out: str | Path, co
                 **{k: v for k, v in plan_manifest["counts"].items() if k not in ("packs", "tokens")},
             },
             "shards": [{"file": r.file, "packs": r.packs, "segments": r.segments, "tokens": r.tokens,
-                        "bytes": r.bytes} for r in results],
+                        "bytes": r.bytes, "head_sha256": r.head_sha256} for r in results],
         }
 
     return commit_stage(Path(out), build)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from packer.core.errors import ConfigError
+from packer.core.roles import PROMPT
 
 IGNORE = -100
 """Label of a token that is not a target (PyTorch's cross_entropy ignore_index default)."""
@@ -49,6 +50,25 @@ def make_labels(ids: np.ndarray, mask: np.ndarray, cu: np.ndarray, label_mode: s
         labels[cu[1:][cu[1:] > 0] - 1] = IGNORE  # a segment's last token predicts nothing
         return labels
     check_label_mode(label_mode)
+
+
+def labels_per_pack(mask: np.ndarray, seg_lens: np.ndarray, seg_off: np.ndarray, roles: np.ndarray,
+                    shared_prompt: bool) -> np.ndarray:
+    """int64 [P]: positions with a label in each pack (the same in both label modes): its mask's ones less the
+    segments whose first token is a mask one, since a segment's first token is never a target. In the
+    shared-prompt layout (`shared_prompt`, a shard holding PROMPT segments) a reply's first token is trained
+    (it follows its prompt), so only the prompts lose theirs. `mask` holds the packs' tokens back to back,
+    seg_off [P+1] their segments' ranges in seg_lens / roles (from 0). Stored per pack by the shard writer."""
+    packs = len(seg_off) - 1
+    if packs == 0:
+        return np.zeros(0, np.int64)
+    seg_off = np.asarray(seg_off, np.int64)
+    tok_off = np.concatenate([[0], np.cumsum(seg_lens, dtype=np.int64)])
+    first = mask[tok_off[:-1]].astype(np.int64)
+    if shared_prompt:
+        first = first * (np.asarray(roles) == PROMPT)
+    total = np.add.reduceat(mask, tok_off[seg_off[:-1]], dtype=np.int64)
+    return total - np.add.reduceat(first, seg_off[:-1])
 
 
 def positions(seg_lens: np.ndarray, cu: np.ndarray) -> np.ndarray:

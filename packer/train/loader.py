@@ -10,6 +10,8 @@ Batches are built by `packer.train.collate` (its docstring draws the padded and 
 
 from __future__ import annotations
 
+import os
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,9 +20,9 @@ import torch
 
 from packer.train.collate import BatchSource, collate
 from packer.train.reader import PackedShards
+from packer.core.rangestore import DEFAULT_CACHE_LIMIT
 from packer.train import preference
 from packer.train.cost import CostModel
-from packer.core.roles import PROMPT
 from packer.core.config import whole
 from packer.core.errors import ConfigError
 from packer.train.prefetch import Progress
@@ -53,22 +55,11 @@ def pack_costs(ds: PackedShards, balance: str | CostModel) -> np.ndarray:
 
 
 def loss_counts(ds: PackedShards) -> np.ndarray:
-    """int64 [P]: positions with a label in each pack (the same for both label modes).
-
-    Reads every loss-mask byte once (summed in place: no int64 copy of the mask).
-    """
-    parts = []
-    for sh in ds.shards:
-        if not sh.num_packs:
-            continue
-        seg_start = np.concatenate([[0], np.cumsum(sh.segment_lengths[:-1], dtype=np.int64)])
-        per_seg_first = sh.loss_mask[seg_start]
-        total = np.add.reduceat(sh.loss_mask, sh.pack_token_offsets[:-1], dtype=np.int64)
-        if (sh.segment_role == PROMPT).any():  # shared-prompt layout: a reply's first token is trained (it follows
-            per_seg_first = per_seg_first * (sh.segment_role == PROMPT)  # its prompt), so only prompts' lose theirs
-        firsts = np.add.reduceat(per_seg_first, sh.pack_segment_offsets[:-1], dtype=np.int64)
-        parts.append(total - firsts)
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    """int64 [P]: positions with a label in each pack (the same for both label modes), as the shard writer
+    stored them (pack_labels: packer.core.labels.labels_per_pack): no pass over the loss masks, so a run
+    streamed from object storage needs only its heads to plan an epoch."""
+    parts = [sh.pack_labels for sh in ds.shards if sh.num_packs]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
@@ -142,6 +133,7 @@ class _Batches(torch.utils.data.Dataset):
         """Preference runs: units (pairs and unpaired completions) per step over every rank; else None."""
         self.flatten, self.pad_id, self.pin_memory, self.share_memory = flatten, pad_id, pin_memory, share_memory
         self._src = src
+        self._pid = os.getpid()
         self.filler = filler
         """Eval: the pack that stands in for an empty slot (-1) with no labels, or None (training)."""
 
@@ -153,6 +145,15 @@ class _Batches(torch.utils.data.Dataset):
         return len(self.plan)
 
     def __getitem__(self, i: int) -> dict:
+        if self._pid != os.getpid() and self.ds.ranges is not None:
+            # A forked DataLoader worker: a remote run's cache and connections are its parent's; open the URL
+            # again in this process (its own cache, its own store client).
+            self.ds, self._src, self._pid = pickle.loads(pickle.dumps(self.ds)), None, os.getpid()
+        with self.ds.reading(self.plan[i] if self.filler is None else np.where(self.plan[i] < 0, self.filler,
+                                                                                self.plan[i])):
+            return self._build(i)
+
+    def _build(self, i: int) -> dict:
         if self._src is None:
             self._src = BatchSource.from_shards(self.ds.shards, self.ds.pack_len, vocab_size=self.ds.vocab_size)
         packs = self.plan[i]
@@ -290,7 +291,8 @@ class PackedLoader(torch.utils.data.IterableDataset):
                  shuffle: bool | None = None, drop_last: bool | None = None, num_workers: int = 0, pin_memory: bool = False,
                  flatten: bool | None = None, label_mode: str = "unshifted", pad_id: int | None = None,
                  balance: "str | CostModel" = "tokens", verify: bool = True, prefetch: int = 0, eval: bool = False,
-                 cp_rank: int = 0, cp_size: int = 1, cost: "CostModel | tuple[float, float] | None" = None):
+                 cp_rank: int = 0, cp_size: int = 1, cost: "CostModel | tuple[float, float] | None" = None,
+                 cache_limit: int | None = DEFAULT_CACHE_LIMIT):
         if eval and (shuffle is True or drop_last is True):
             raise ConfigError(f"eval=True never shuffles and never drops; drop shuffle={shuffle} / drop_last={drop_last} "
                               "(the defaults become False)")
@@ -308,7 +310,13 @@ class PackedLoader(torch.utils.data.IterableDataset):
         if prefetch and num_workers:
             raise ConfigError(f"prefetch={prefetch} with num_workers={num_workers}: prefetch is a background thread "
                               "for num_workers=0 (worker processes prefetch on their own); set one of them to 0")
-        self.dataset = PackedShards(path, label_mode=label_mode, verify=verify)
+        self.dataset = PackedShards(path, label_mode=label_mode, verify=verify, cache_limit=cache_limit)
+        self._reserve = 0  # a remote run: bytes of packs one batch may need at most (kept free by the read-ahead)
+        if self.dataset.ranges is not None:
+            sizes = np.sort(self.dataset.ranges.pack_bytes)[::-1]
+            self._reserve = int(sizes[:batch_size].sum())
+            self.dataset.ranges.need(self._reserve, f"one batch of batch_size={batch_size} (its largest packs)")
+        self._ahead = None  # the read-ahead thread's stop event (remote runs)
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
         self.num_workers, self.pin_memory, self.flatten = num_workers, pin_memory, flatten
@@ -345,7 +353,7 @@ class PackedLoader(torch.utils.data.IterableDataset):
 
     def __getstate__(self) -> dict:
         """A copy sent to a DataLoader worker rebuilds its plan and batch source from the memory maps."""
-        return {**self.__dict__, "_src": None, "_plan_cache": None, "_progress": None}
+        return {**self.__dict__, "_src": None, "_plan_cache": None, "_progress": None, "_ahead": None}
 
     def _plan(self) -> np.ndarray:
         key = (self.epoch, self._start)
@@ -406,11 +414,16 @@ class PackedLoader(torch.utils.data.IterableDataset):
                            share_memory=info is not None, src=self._src, filler=filler, global_pairs=global_pairs,
                            step_totals=totals)
         todo = range(w + n_w * start, len(mine), n_w)
+        if self.dataset.ranges is not None:  # a remote run: fetch the coming batches' packs ahead of the builder
+            if self._ahead is not None:
+                self._ahead.set()
+            self._ahead = self.dataset.ranges.read_ahead((mine[i] for i in todo), self._reserve)
         make = batches.__getitem__
         if self.cp_size > 1:
             def make(i: int, _b=batches) -> dict:
-                return cp_batch(self.dataset, _b.plan[i], self.cp_rank, self.cp_size, self.pad_id,
-                                int(_b.global_loss[i]))
+                with self.dataset.reading(_b.plan[i]):
+                    return cp_batch(self.dataset, _b.plan[i], self.cp_rank, self.cp_size, self.pad_id,
+                                    int(_b.global_loss[i]))
         if not self.prefetch:
             return self._counted(map(make, todo))
         # The training thread's next() is then C calls only (packer.train.prefetch); the position is counted

@@ -21,7 +21,8 @@ import torch
 from packer.core.labels import check_label_mode, make_labels, positions
 from packer.core.context_parallel import padded_lengths
 from packer.core.formats.shards import ShardSet, check_values
-from packer.core.runstore import local_run
+from packer.core.rangestore import DEFAULT_CACHE_LIMIT, RangeReader, RemoteRun
+from packer.core.storage import is_url
 
 
 class PackedShards(ShardSet, torch.utils.data.Dataset):
@@ -32,21 +33,39 @@ class PackedShards(ShardSet, torch.utils.data.Dataset):
     are not padded here (the loader pads or flattens batches).
     """
 
-    def __init__(self, path: str | Path, *, label_mode: str = "unshifted", verify: bool = True):
+    def __init__(self, path: str | Path, *, label_mode: str = "unshifted", verify: bool = True,
+                 cache_limit: int | None = DEFAULT_CACHE_LIMIT):
         """Open and validate a shards (or run) folder (see ShardSet: structure on every open, each
-        file's sha256 once per run with verify=True, the default)."""
+        file's sha256 once per run with verify=True, the default).
+
+        A URL (s3://, gs://, any fsspec URL) of a run committed with `packer pack --out URL` is read by byte
+        range (packer.core.rangestore): the shards' heads once, checked against the manifest, then each pack
+        as it is read, checked against its checksums, keeping at most `cache_limit` bytes of packs in the
+        local cache (None: no limit). Remote packs are always checked, whatever `verify` says."""
         check_label_mode(label_mode)
         self.label_mode = label_mode
-        super().__init__(local_run(path), verify=verify)  # a URL: the committed run, fetched into the cache
+        self.url = str(path) if isinstance(path, str) and is_url(path) else None
+        self.cache_limit = cache_limit
+        remote = RemoteRun(self.url, cache_limit) if self.url else None
+        super().__init__(remote.folder if remote else path, verify=verify and remote is None)
+        if remote is not None:
+            self.ranges = RangeReader(remote, self.shards)
+            largest = int(self.ranges.pack_bytes.max()) if len(self.ranges.pack_bytes) else 0
+            self.ranges.need(largest, "the largest pack")
 
     def __getstate__(self) -> dict:
-        """Worker processes reopen the memory maps instead of receiving copies of the data."""
-        return {"path": str(self.path), "label_mode": self.label_mode}
+        """Worker processes reopen the memory maps (or the URL) instead of receiving copies of the data."""
+        return {"path": self.url or str(self.path), "label_mode": self.label_mode, "cache_limit": self.cache_limit}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["path"], label_mode=state["label_mode"], verify=False)  # the parent verified
+        self.__init__(state["path"], label_mode=state["label_mode"], verify=False,  # the parent verified
+                      cache_limit=state.get("cache_limit", DEFAULT_CACHE_LIMIT))
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
+        with self.reading([i]):
+            return self._item(i)
+
+    def _item(self, i: int) -> dict[str, torch.Tensor | int]:
         v = self.arrays(i)
         check_values(v["tokens"], v["loss_mask"], self.vocab_size, self.locate(i)[0].path, i)
         ids = v["tokens"].astype(np.int64)

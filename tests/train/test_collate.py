@@ -38,6 +38,9 @@ def make_shard(rng: np.random.Generator, pack_len: int, packs: int, dtype: type)
         "segment_example": np.arange(len(seg_lens), dtype=np.int64),
         "segment_start": np.zeros(len(seg_lens), np.int32),
         "segment_role": np.zeros(len(seg_lens), np.uint8),
+        "pack_labels": np.zeros(len(pack_tok) - 1, np.int64),  # not read by the kernel
+        "pack_tokens_xxh3": np.zeros(len(pack_tok) - 1, np.uint64),
+        "pack_mask_xxh3": np.zeros(len(pack_tok) - 1, np.uint64),
     }
     for a in arrays.values():
         a.flags.writeable = False  # as the memory maps are

@@ -4,12 +4,13 @@ The only module that knows these bytes (docs/FORMAT.md is its specification): th
 (write_shard, open_shard, check_shard) and the shards folder's manifest (ShardSet, which opens a
 folder and checks it before anything reads it).
 
-A shard is a 64-byte header followed by eight arrays, each starting at a multiple of 64 bytes::
+A shard is a 64-byte header followed by eleven arrays, each starting at a multiple of 64 bytes: first the
+metadata (its "head": everything but the tokens and the loss mask, one byte range that a streaming reader
+fetches and checks whole against the manifest's head_sha256), then the packs' bytes, which a streaming reader
+fetches pack by pack and checks against the head's per-pack checksums (packer.core.rangestore)::
 
     header   magic b"PKSHARD\\0", version u32, token dtype code u32,
              num_packs u64, num_segments u64, num_tokens u64, pack_len u64, 16 bytes zero
-    tokens               [T]     uint16 (code 1) or uint32 (code 2)
-    loss_mask            [T]     uint8   1 = the token is a training target
     pack_token_offsets   [P+1]   int64   pack p is tokens[o[p]:o[p+1]]
     pack_segment_offsets [P+1]   int64   pack p holds segments [s[p], s[p+1])
     segment_lengths      [S]     int32
@@ -18,6 +19,11 @@ A shard is a 64-byte header followed by eight arrays, each starting at a multipl
     segment_role         [S]     uint8   0 plain; preference: 1 chosen, 2 rejected, 3 desirable, 4 undesirable,
                                          5 KTO's mismatched (KL) completion, 6 a shared prompt (the replies after
                                          it in the pack continue it: packer.build.preference)
+    pack_labels          [P]     int64   labelled positions of each pack (either label mode; labels_per_pack)
+    pack_tokens_xxh3     [P]     uint64  xxh3-64 of each pack's token bytes
+    pack_mask_xxh3       [P]     uint64  xxh3-64 of each pack's loss-mask bytes
+    tokens               [T]     uint16 (code 1) or uint32 (code 2)
+    loss_mask            [T]     uint8   1 = the token is a training target
 
 Little-endian throughout; readable with numpy.memmap and nothing else.
 
@@ -30,6 +36,7 @@ once per run and machine (packer.core.manifest.verify_once).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import stat
 import struct
@@ -37,19 +44,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import xxhash
 
 from packer.core.errors import REBUILD_HINT, ConfigError, FormatError
 from packer.core.manifest import MANIFEST, check_files, read_manifest, verify_once
 from packer.core.ranges import within
-from packer.core.roles import MAX_SEGMENT_ROLE
+from packer.core.labels import labels_per_pack
+from packer.core.roles import MAX_SEGMENT_ROLE, PROMPT
 from packer.core.storage import is_url
 
 MAGIC = b"PKSHARD\0"
-VERSION = 2  # 2: segment_role
+VERSION = 3  # 2: segment_role; 3: the head first, with per-pack labels and xxh3 checksums (range streaming)
 MAX_ROLE = MAX_SEGMENT_ROLE
 FOLDER_FORMAT = "packer-shards"  # the shards folder's manifest.json: format name and version
-FOLDER_VERSION = 4  # 2: manifests carry manifest_sha256; readers check structure on every open; 3: sources, input
-# identities; 4: the tokenize config's rendering limits and counts.per_file (from stages 1 and 2)
+FOLDER_VERSION = 5  # 2: manifests carry manifest_sha256; readers check structure on every open; 3: sources, input
+# identities; 4: the tokenize config's rendering limits and counts.per_file (from stages 1 and 2); 5: shards[*].head_sha256
 HEADER = struct.Struct("<8sIIQQQQ16x")  # 64 bytes
 ALIGN = 64
 TOKEN_DTYPES = {1: np.dtype("<u2"), 2: np.dtype("<u4")}
@@ -68,14 +77,17 @@ def shard_name(index: int) -> str:
 def _layout(code: int, packs: int, segments: int, tokens: int) -> list[tuple[str, np.dtype, int, int]]:
     """(name, dtype, count, byte offset) of each array, and implicitly the file size."""
     spec = [
-        ("tokens", TOKEN_DTYPES[code], tokens),
-        ("loss_mask", np.dtype("u1"), tokens),
         ("pack_token_offsets", np.dtype("<i8"), packs + 1),
         ("pack_segment_offsets", np.dtype("<i8"), packs + 1),
         ("segment_lengths", np.dtype("<i4"), segments),
         ("segment_example", np.dtype("<i8"), segments),
         ("segment_start", np.dtype("<i4"), segments),
         ("segment_role", np.dtype("u1"), segments),
+        ("pack_labels", np.dtype("<i8"), packs),
+        ("pack_tokens_xxh3", np.dtype("<u8"), packs),
+        ("pack_mask_xxh3", np.dtype("<u8"), packs),
+        ("tokens", TOKEN_DTYPES[code], tokens),
+        ("loss_mask", np.dtype("u1"), tokens),
     ]
     out, pos = [], HEADER.size
     for name, dt, n in spec:
@@ -85,15 +97,40 @@ def _layout(code: int, packs: int, segments: int, tokens: int) -> list[tuple[str
     return out
 
 
-SHARD_OVERHEAD = HEADER.size + 2 * 8 + 8 * (ALIGN - 1)
+SHARD_OVERHEAD = HEADER.size + 2 * 8 + 11 * (ALIGN - 1)
 """Bytes of a shard beyond its packs' own (pack_bytes): the header, the offsets' closing entries and
-at most ALIGN - 1 bytes of padding before each of the eight arrays."""
+at most ALIGN - 1 bytes of padding before each of the eleven arrays."""
 
 
 def pack_bytes(code: int, tokens: np.ndarray, segments: np.ndarray) -> np.ndarray:
     """Bytes each pack adds to a shard: per token its id and mask byte, per segment 17 (length i4,
-    example i8, start i4, role u1), per pack 16 (two offsets i8). With SHARD_OVERHEAD, a shard's exact bound."""
-    return np.asarray(tokens, np.int64) * (TOKEN_DTYPES[code].itemsize + 1) + np.asarray(segments, np.int64) * 17 + 16
+    example i8, start i4, role u1), per pack 40 (two offsets, its labels and two checksums, 8 bytes each).
+    With SHARD_OVERHEAD, a shard's exact bound."""
+    return np.asarray(tokens, np.int64) * (TOKEN_DTYPES[code].itemsize + 1) + np.asarray(segments, np.int64) * 17 + 40
+
+
+def head_size(code: int, packs: int, segments: int, tokens: int) -> int:
+    """Bytes of a shard's head: the header and the metadata arrays, everything before the tokens."""
+    return next(off for name, _, _, off in _layout(code, packs, segments, tokens) if name == "tokens")
+
+
+def head_sha256(path: str | Path) -> str:
+    """sha256 of a shard file's head (recorded per shard in the manifest: a streaming reader's trust root)."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        _, _, code, packs, segments, ntok, _ = HEADER.unpack(f.read(HEADER.size))
+        f.seek(0)
+        return hashlib.sha256(f.read(head_size(code, packs, segments, ntok))).hexdigest()
+
+
+def pack_checksums(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """uint64 [P]: xxh3-64 of each pack's bytes of one array (`data` a slice of it from offsets[0])."""
+    raw = memoryview(np.ascontiguousarray(data)).cast("B")
+    size = data.dtype.itemsize
+    base = int(offsets[0])
+    edges = ((np.asarray(offsets, np.int64) - base) * size).tolist()
+    return np.array([xxhash.xxh3_64_intdigest(raw[a:b]) for a, b in zip(edges[:-1], edges[1:])], np.uint64)
 
 
 def file_size(code: int, packs: int, segments: int, tokens: int) -> int:
@@ -115,6 +152,13 @@ class Shard:
     segment_example: np.ndarray
     segment_start: np.ndarray
     segment_role: np.ndarray
+    pack_labels: np.ndarray
+    pack_tokens_xxh3: np.ndarray
+    pack_mask_xxh3: np.ndarray
+    head: int = 0
+    """Bytes of the head (header and metadata): the packs' token bytes start here."""
+    mask_at: int = 0
+    """Where the loss mask starts in the file."""
 
     @property
     def num_packs(self) -> int:
@@ -130,15 +174,19 @@ def write_shard(path: str | Path, *, pack_len: int, code: int, tokens, loss_mask
     tokens and loss_mask are arrays, or iterables of blocks (then num_tokens gives their length), so a
     writer never needs the whole shard in memory.
     """
+    packs, segments = len(pack_token_offsets) - 1, len(segment_lengths)
+    ntok = len(tokens) if num_tokens is None else num_tokens
     arrays = {"tokens": tokens, "loss_mask": loss_mask, "pack_token_offsets": pack_token_offsets,
               "pack_segment_offsets": pack_segment_offsets, "segment_lengths": segment_lengths,
               "segment_example": segment_example, "segment_start": segment_start,
-              "segment_role": np.zeros(len(segment_lengths), np.uint8) if segment_role is None else segment_role}
-    packs, segments = len(pack_token_offsets) - 1, len(segment_lengths)
-    ntok = len(tokens) if num_tokens is None else num_tokens
-    with open(path, "wb") as f:
+              "segment_role": np.zeros(len(segment_lengths), np.uint8) if segment_role is None else segment_role,
+              # filled in below, once the packs' bytes are on disk
+              "pack_labels": np.zeros(packs, np.int64), "pack_tokens_xxh3": np.zeros(packs, np.uint64),
+              "pack_mask_xxh3": np.zeros(packs, np.uint64)}
+    layout = _layout(code, packs, segments, ntok)
+    with open(path, "w+b") as f:
         f.write(HEADER.pack(MAGIC, VERSION, code, packs, segments, ntok, pack_len))
-        for name, dt, n, off in _layout(code, packs, segments, ntok):
+        for name, dt, n, off in layout:
             f.write(b"\0" * (off - f.tell()))
             parts = [arrays[name]] if isinstance(arrays[name], np.ndarray) else arrays[name]
             written = 0
@@ -148,7 +196,48 @@ def write_shard(path: str | Path, *, pack_len: int, code: int, tokens, loss_mask
                 written += len(a)
             if written != n:
                 raise ValueError(f"{name}: {written} entries, expected {n}")
-        return f.tell()
+        size = f.tell()
+        _fill_pack_sums(f, layout, np.asarray(pack_token_offsets, np.int64), np.asarray(pack_segment_offsets, np.int64),
+                        np.asarray(segment_lengths, np.int64), np.asarray(arrays["segment_role"], np.uint8))
+        return size
+
+
+_SUM_TOKENS = 1 << 22  # packs are summed and hashed about this many tokens at a time (memory stays flat)
+
+
+def _fill_pack_sums(f, layout: list, tok_off: np.ndarray, seg_off: np.ndarray, seg_lens: np.ndarray,
+                    roles: np.ndarray) -> None:
+    """Write pack_labels and the packs' checksums from the tokens and mask just written (read back in blocks
+    of packs with pread: no map of the whole shard)."""
+    where = {name: (dt, off) for name, dt, _, off in layout}
+    packs = len(tok_off) - 1
+    T = next(n for name, _, n, _ in layout if name == "tokens")
+    cs = np.concatenate([[0], np.cumsum(seg_lens)])
+    if packs < 1 or tok_off[0] != 0 or tok_off[-1] != T or seg_off[0] != 0 or seg_off[-1] != len(seg_lens) or \
+            (np.diff(tok_off) <= 0).any() or (np.diff(seg_off) <= 0).any() or (seg_lens <= 0).any() or \
+            not np.array_equal(cs[seg_off], tok_off):
+        return  # no packs, or a structure every reader refuses (check_shard): nothing to sum
+    labels, tsum, msum = (np.zeros(packs, np.int64), np.zeros(packs, np.uint64), np.zeros(packs, np.uint64))
+    shared = bool((roles == PROMPT).any())
+    f.flush()
+    a = 0
+    while a < packs:
+        b = max(a + 1, int(np.searchsorted(tok_off, tok_off[a] + _SUM_TOKENS, "right")) - 1)
+        b = min(b, packs)
+        t0, t1 = int(tok_off[a]), int(tok_off[b])
+        tdt, toff = where["tokens"]
+        f.seek(toff + t0 * tdt.itemsize)
+        tokens = np.frombuffer(f.read((t1 - t0) * tdt.itemsize), tdt)
+        f.seek(where["loss_mask"][1] + t0)
+        mask = np.frombuffer(f.read(t1 - t0), np.uint8)
+        tsum[a:b] = pack_checksums(tokens, tok_off[a:b + 1])
+        msum[a:b] = pack_checksums(mask, tok_off[a:b + 1])
+        s0, s1 = int(seg_off[a]), int(seg_off[b])
+        labels[a:b] = labels_per_pack(mask, seg_lens[s0:s1], seg_off[a:b + 1] - s0, roles[s0:s1], shared)
+        a = b
+    for name, values in (("pack_labels", labels), ("pack_tokens_xxh3", tsum), ("pack_mask_xxh3", msum)):
+        f.seek(where[name][1])
+        f.write(memoryview(np.ascontiguousarray(values, where[name][0])).cast("B"))
 
 
 def open_shard(path: str | Path) -> Shard:
@@ -166,8 +255,9 @@ def open_shard(path: str | Path) -> Shard:
     if magic != MAGIC:
         raise FormatError(path, f"not a packer shard (magic {magic!r})", hint)
     if version != VERSION:
-        raise FormatError(path, f"format version {version}; this packer reads version {VERSION}",
-                          "upgrade packer or rebuild the shards")
+        raise FormatError(path, f"shard format version {version}; this packer reads version {VERSION}",
+                          "re-run `packer pack` (or `packer write`) with this packer to rewrite the shards"
+                          if version < VERSION else "upgrade packer to read these shards")
     if code not in TOKEN_DTYPES:
         raise FormatError(path, f"unknown token dtype code {code}", hint)
     expected = file_size(code, packs, segments, ntok)
@@ -176,7 +266,8 @@ def open_shard(path: str | Path) -> Shard:
     mm = np.memmap(path, dtype=np.uint8, mode="r")
     views = {name: np.frombuffer(mm, dtype=dt, count=n, offset=off)
              for name, dt, n, off in _layout(code, packs, segments, ntok)}
-    return Shard(path=path, pack_len=int(pack_len), **views)
+    return Shard(path=path, pack_len=int(pack_len), head=head_size(code, packs, segments, ntok),
+                 mask_at=_layout(code, packs, segments, ntok)[-1][3], **views)
 
 
 def read_slice(shard: Shard, name: str, start: int, stop: int) -> np.ndarray:
@@ -244,6 +335,11 @@ def check_shard(shard: Shard, pack_len: int | None = None) -> None:
         if S and int(a.min()) < 0:
             q = int(np.flatnonzero(a < 0)[0])
             raise FormatError(path, f"{name}[{q}] is {int(a[q])}, a negative record position", hint)
+    bad = np.flatnonzero((shard.pack_labels < 0) | (shard.pack_labels > sizes))
+    if bad.size:
+        p = int(bad[0])
+        raise FormatError(path, f"pack_labels of pack {p} is {int(shard.pack_labels[p])}, not between 0 and its "
+                          f"{int(sizes[p])} tokens", hint)
     if S and int(shard.segment_role.max()) > MAX_ROLE:
         q = int(np.flatnonzero(shard.segment_role > MAX_ROLE)[0])
         raise FormatError(path, f"segment_role[{q}] is {int(shard.segment_role[q])}, not a role (0-{MAX_ROLE})", hint)
@@ -279,6 +375,8 @@ def check_manifest(folder: Path, manifest: dict) -> tuple[list[dict], int, int]:
                               "repeated or reordered)", REBUILD_HINT)
         for key in ("packs", "segments", "tokens"):
             _int(e, key, f"shards[{i}]", folder)
+        if not isinstance(e.get("head_sha256"), str) or len(e["head_sha256"]) != 64:
+            raise FormatError(str(where), f"shards[{i}] has no head_sha256", REBUILD_HINT)
         p = folder / name
         try:
             st = p.stat()
@@ -330,6 +428,19 @@ def check_values(tokens: np.ndarray, mask: np.ndarray, vocab_size: int, path: st
                           f"{vocab_size}", REBUILD_HINT)
     if len(mask) and int(mask.max()) > 1:
         raise FormatError(path, f"{what} has loss_mask byte {int(mask.max())}, not 0 or 1", REBUILD_HINT)
+
+
+def check_pack_sums(shard: Shard, packs: np.ndarray, where: str | None = None) -> None:
+    """The packs' token and mask bytes against the head's xxh3 checksums (a streaming reader checks every pack
+    it fetches; `packer verify` every pack). FormatError names the shard and the first bad pack."""
+    off = shard.pack_token_offsets
+    for p in np.asarray(packs, np.int64).tolist():
+        a, b = int(off[p]), int(off[p + 1])
+        for name, data, want in (("tokens", shard.tokens, shard.pack_tokens_xxh3),
+                                 ("loss_mask", shard.loss_mask, shard.pack_mask_xxh3)):
+            if xxhash.xxh3_64_intdigest(memoryview(data[a:b]).cast("B")) != int(want[p]):
+                raise FormatError(where or shard.path, f"pack {p}: its {name} bytes fail their checksum",
+                                  REBUILD_HINT)
 
 
 def resolve(path: str | Path) -> Path:
@@ -388,6 +499,8 @@ class ShardSet:
                                   f"vocabulary size {self.vocab_size} in manifest.json", REBUILD_HINT)
             check_shard(shard, self.pack_len)
             self.shards.append(shard)
+        self.ranges = None
+        """A remote run's RangeReader (packer.core.rangestore): packs are fetched before they are read."""
         self._len = sum(s.num_packs for s in self.shards)
         # Per pack: its shard and index there, as Python lists (the fastest scalar lookup).
         counts = [s.num_packs for s in self.shards]
@@ -404,8 +517,20 @@ class ShardSet:
         i %= self._len
         return self.shards[self._shard_of[i]], self._local[i]
 
+    def reading(self, packs):
+        """Context in which `packs` (global indices) can be read from the maps: for a remote run, fetched, checked
+        and kept until the context ends; for a local run, nothing to do."""
+        if self.ranges is None:
+            return contextlib.nullcontext()
+        return self.ranges.reading(np.asarray(packs, np.int64) % max(1, self._len))
+
     def arrays(self, i: int) -> dict[str, np.ndarray]:
-        """Pack i as numpy views (tokens, loss_mask, seg_lens, example_index, segment_start, role): no copy."""
+        """Pack i as numpy views (tokens, loss_mask, seg_lens, example_index, segment_start, role): no copy.
+        (A remote run's pack read outside `reading`: fetched and copied, since its cached bytes may go.)"""
+        if self.ranges is not None and not self.ranges.is_pinned(int(i) % max(1, self._len)):
+            self.locate(i)
+            with self.reading([i]):
+                return {k: np.array(v) for k, v in self.arrays(i).items()}
         sh, j = self.locate(i)
         a, b = sh.pack_token_offsets[j], sh.pack_token_offsets[j + 1]
         sa, sb = sh.pack_segment_offsets[j], sh.pack_segment_offsets[j + 1]
@@ -421,5 +546,6 @@ def verify(path: str | Path) -> str:
     check_files(ds.path, ds.manifest)
     for sh in ds.shards:  # whole arrays: one pass over the tokens
         check_values(sh.tokens, sh.loss_mask, ds.vocab_size, sh.path, -1)
+        check_pack_sums(sh, np.arange(sh.num_packs))
     tokens = int(sum(np.int64(len(s.tokens)) for s in ds.shards))
     return f"{len(ds.shards)} shards, {len(ds):,} packs, {tokens:,} tokens"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ ARRAYS = dict(
     segment_start=np.array([0, 0, 0]), segment_role=np.array([1, 2, 0], np.uint8),
 )
 # sha256 of the golden shard below; changing it means changing docs/FORMAT.md and VERSION too.
-GOLDEN = "a406ea7fbbef44a3886883737cdae1901ab3814464eadbed7c45a3106993b2e5"
+GOLDEN = "b3955df8acf205d3847e06d8a636d51ea076fe539fa00a79ce1fcdc6b8fd5ea0"
 
 
 def write_golden(path):
@@ -34,10 +33,37 @@ def write_golden(path):
 def test_golden_shard_bytes(tmp_path):
     size = write_golden(tmp_path / "s.bin")
     data = (tmp_path / "s.bin").read_bytes()
-    assert size == len(data) == 64 + 64 * 7 + 3
+    assert size == len(data) == 64 + 64 * 10 + 5
     assert data[:8] == b"PKSHARD\0"
-    assert struct.unpack_from("<IIQQQQ", data, 8) == (2, 1, 2, 3, 5, 4)
+    assert struct.unpack_from("<IIQQQQ", data, 8) == (3, 1, 2, 3, 5, 4)
     assert hashlib.sha256(data).hexdigest() == GOLDEN
+    # the head (everything before the tokens) is what a streaming reader fetches first and checks whole
+    assert fmt.head_size(1, 2, 3, 5) == 64 * 10
+    assert fmt.head_sha256(tmp_path / "s.bin") == hashlib.sha256(data[:640]).hexdigest()
+
+
+def test_pack_labels_and_checksums_are_what_format_md_defines(tmp_path):
+    """pack_labels: mask ones less segments starting on a mask one; checksums: xxh3-64 of each pack's bytes."""
+    import xxhash
+
+    write_golden(tmp_path / "s.bin")
+    sh = fmt.open_shard(tmp_path / "s.bin")
+    assert sh.pack_labels.tolist() == [1, 1]
+    tok, msk = ARRAYS["tokens"], ARRAYS["loss_mask"]
+    assert sh.pack_tokens_xxh3.tolist() == [xxhash.xxh3_64_intdigest(tok[:3].tobytes()),
+                                            xxhash.xxh3_64_intdigest(tok[3:].tobytes())]
+    assert sh.pack_mask_xxh3.tolist() == [xxhash.xxh3_64_intdigest(msk[:3].tobytes()),
+                                          xxhash.xxh3_64_intdigest(msk[3:].tobytes())]
+    fmt.check_pack_sums(sh, np.arange(2))
+
+
+def test_older_shard_versions_get_the_rerun_error(tmp_path):
+    write_golden(tmp_path / "s.bin")
+    raw = bytearray((tmp_path / "s.bin").read_bytes())
+    struct.pack_into("<I", raw, 8, 2)
+    (tmp_path / "s.bin").write_bytes(bytes(raw))
+    with pytest.raises(FormatError, match=r"shard format version 2.*re-run `packer pack`"):
+        fmt.open_shard(tmp_path / "s.bin")
 
 
 def test_plain_numpy_reader_per_format_md(tmp_path):
@@ -47,9 +73,10 @@ def test_plain_numpy_reader_per_format_md(tmp_path):
     P, S, T = 2, 3, 5
     pos = 64
     out = {}
-    for name, dt, n in [("tokens", "<u2", T), ("loss_mask", "u1", T), ("pack_token_offsets", "<i8", P + 1),
-                        ("pack_segment_offsets", "<i8", P + 1), ("segment_lengths", "<i4", S),
-                        ("segment_example", "<i8", S), ("segment_start", "<i4", S), ("segment_role", "u1", S)]:
+    for name, dt, n in [("pack_token_offsets", "<i8", P + 1), ("pack_segment_offsets", "<i8", P + 1),
+                        ("segment_lengths", "<i4", S), ("segment_example", "<i8", S), ("segment_start", "<i4", S),
+                        ("segment_role", "u1", S), ("pack_labels", "<i8", P), ("pack_tokens_xxh3", "<u8", P),
+                        ("pack_mask_xxh3", "<u8", P), ("tokens", "<u2", T), ("loss_mask", "u1", T)]:
         pos = (pos + 63) // 64 * 64
         out[name] = np.frombuffer(mm, dtype=dt, count=n, offset=pos)
         pos += n * np.dtype(dt).itemsize
@@ -68,7 +95,7 @@ def test_damaged_shards_raise_naming_the_file(tmp_path):
     with pytest.raises(FormatError, match="not a packer shard"):
         fmt.open_shard(path)
     path.write_bytes(good[:8] + struct.pack("<I", 99) + good[12:])
-    with pytest.raises(FormatError, match="format version 99; this packer reads version 2"):
+    with pytest.raises(FormatError, match="format version 99; this packer reads version 3.*upgrade packer"):
         fmt.open_shard(path)
     path.write_bytes(good[:10])
     with pytest.raises(FormatError, match="shorter than the 64-byte header"):
@@ -86,7 +113,7 @@ def test_checksum_mismatch_found_by_verify(tmp_path, byte_tok):
     PackedShards(tmp_path / "r", verify=True)
     shard = next((tmp_path / "r" / "shards").glob("*.bin"))
     raw = bytearray(shard.read_bytes())
-    raw[100] ^= 0xFF
+    raw[-3] ^= 0x01  # a loss-mask byte: still 0 or 1
     shard.write_bytes(bytes(raw))
     PackedShards(tmp_path / "r", verify=False)  # size, header and offsets still fine
     with pytest.raises(FormatError, match=r"shard-00000\.bin: checksum differs"):
@@ -99,7 +126,6 @@ def test_checksum_mismatch_found_by_verify(tmp_path, byte_tok):
 def test_manifest_seal_golden_and_old_versions_refused(tmp_path):
     """The seal is sha256 over the canonical JSON without its own key (docs/FORMAT.md); a manifest of
     version 1 (no seal) or an edited one gives the one-line error saying what to re-run."""
-    import json
 
     from packer.core.manifest import SEAL, read_manifest, seal
 
@@ -140,7 +166,8 @@ def test_pack_bytes_and_overhead_are_exact(packs, code):
     dtypes = {name: dt.itemsize for name, dt, _, _ in fmt._layout(code, 0, 0, 0)}
     per_token = dtypes["tokens"] + dtypes["loss_mask"]
     per_segment = dtypes["segment_lengths"] + dtypes["segment_example"] + dtypes["segment_start"] + dtypes["segment_role"]
-    per_pack = dtypes["pack_token_offsets"] + dtypes["pack_segment_offsets"]
+    per_pack = dtypes["pack_token_offsets"] + dtypes["pack_segment_offsets"] + dtypes["pack_labels"] + \
+        dtypes["pack_tokens_xxh3"] + dtypes["pack_mask_xxh3"]
     tokens = np.array([t for t, _ in packs], np.int64)
     segments = np.array([s for _, s in packs], np.int64)
     got = fmt.pack_bytes(code, tokens, segments)
@@ -168,7 +195,8 @@ def _shard(**change) -> "fmt.Shard":
     f = dict(path="s.bin", pack_len=3, tokens=np.array([5, 6, 7, 8, 9], np.uint16), loss_mask=np.ones(5, np.uint8),
              pack_token_offsets=np.array([0, 3, 5]), pack_segment_offsets=np.array([0, 2, 3]),
              segment_lengths=np.array([2, 1, 2], np.int32), segment_example=np.array([0, 1, 2]),
-             segment_start=np.array([0, 0, 0], np.int32), segment_role=np.array([1, 2, 0], np.uint8))
+             segment_start=np.array([0, 0, 0], np.int32), segment_role=np.array([1, 2, 0], np.uint8),
+             pack_labels=np.array([1, 1]), pack_tokens_xxh3=np.zeros(2, np.uint64), pack_mask_xxh3=np.zeros(2, np.uint64))
     f.update({k: np.asarray(v) if isinstance(v, list) else v for k, v in change.items()})
     return fmt.Shard(**f)
 
@@ -185,6 +213,8 @@ def _shard(**change) -> "fmt.Shard":
     (dict(segment_lengths=[2, 1, -2]), r"segment_lengths\[2\] \(pack 1\) is -2"),
     (dict(segment_lengths=[1, 1, 3]), "pack 0: segment_lengths sum to 2, pack_token_offsets give 3"),
     (dict(segment_lengths=[2, 1, 1]), "pack 1: segment_lengths sum to 1, pack_token_offsets give 2"),
+    (dict(pack_labels=[1, 3]), "pack_labels of pack 1 is 3, not between 0 and its 2 tokens"),
+    (dict(pack_labels=[-1, 0]), "pack_labels of pack 0 is -1"),
     (dict(segment_example=[0, -1, 2]), r"segment_example\[1\] is -1, a negative record position"),
     (dict(segment_start=[0, 0, -5]), r"segment_start\[2\] is -5, a negative record position"),
     (dict(segment_role=np.array([1, 7, 0], np.uint8)), r"segment_role\[1\] is 7, not a role \(0-6\)"),
@@ -229,7 +259,6 @@ def test_open_shard_maps_read_only_and_names_its_file(tmp_path):
 def test_version_3_manifests_carry_sources_and_identities_and_version_2_is_refused(tmp_path):
     """Issue 14 changed manifest keys (sources; inputs' size, identity, source, loss_tokens): one
     bump, version 3 for every stage, and a version-2 run gives the one-line re-run error."""
-    import json
 
     from conftest import sft_records, write_jsonl
     from packer.core.manifest import SEAL, seal
@@ -239,7 +268,7 @@ def test_version_3_manifests_carry_sources_and_identities_and_version_2_is_refus
     pack([f"{data}#weight=2"], tmp_path / "r", plan_config=C.PlanConfig(pack_len=256))
     tok, plan, shards = (json.loads((tmp_path / "r" / s / "manifest.json").read_text())
                          for s in ("tokenized", "plan", "shards"))
-    assert (tok["version"], plan["version"], shards["version"]) == (5, 4, 4)  # 3 until issue 26, tokenized 5 since preference roles
+    assert (tok["version"], plan["version"], shards["version"]) == (5, 4, 5)  # 3 until issue 26, tokenized 5 since preference roles
     source = {"path": str(data), "query_field": None, "response_field": None, "messages_field": None,
               "text_field": None, "tools_field": None, "chat_format": None, "files": [0]}
     assert tok["sources"] == [source] and shards["sources"] == [{**source, "weight": 2.0}]
@@ -249,7 +278,7 @@ def test_version_3_manifests_carry_sources_and_identities_and_version_2_is_refus
     old = {k: v for k, v in shards.items() if k != SEAL}
     old["version"] = 2
     (tmp_path / "r" / "shards" / "manifest.json").write_text(json.dumps({**old, SEAL: seal(old)}))
-    with pytest.raises(FormatError, match="version 2 is not the supported 4.*re-run"):
+    with pytest.raises(FormatError, match="version 2 is not the supported [45].*re-run"):
         PackedShards(tmp_path / "r")
 
 
@@ -257,7 +286,6 @@ def test_version_4_manifests_carry_render_limits_and_per_file_counts_and_version
     """Issue 26 changed manifest keys (the tokenize config's max_render_chars and render_budget; the plan's
     counts.per_file, copied into the shards manifest): one bump, version 4 for every stage, and a version-3
     run of any stage gives the one-line re-run error."""
-    import json
 
     from conftest import sft_records, write_jsonl
     from packer.core.formats.plan import read_plan
@@ -269,7 +297,7 @@ def test_version_4_manifests_carry_render_limits_and_per_file_counts_and_version
     pack([f"{data}#weight=2"], tmp_path / "r", plan_config=C.PlanConfig(pack_len=256))
     tok, plan, shards = (json.loads((tmp_path / "r" / s / "manifest.json").read_text())
                          for s in ("tokenized", "plan", "shards"))
-    assert (tok["version"], plan["version"], shards["version"]) == (5, 4, 4)
+    assert (tok["version"], plan["version"], shards["version"]) == (5, 4, 5)
     assert tok["config"]["max_render_chars"] == 1 << 24 and tok["config"]["render_budget"] == 20_000_000
     (per_file,) = plan["counts"]["per_file"]
     assert shards["counts"]["per_file"] == [per_file] and sorted(per_file) == sorted([
@@ -288,3 +316,30 @@ def test_version_4_manifests_carry_render_limits_and_per_file_counts_and_version
         with pytest.raises(FormatError, match="version 3 is not the supported [45].*re-run"):
             read(tmp_path / "r" / stage)
         path.write_text(json.dumps(m))
+
+
+def test_version_5_shards_manifests_carry_head_digests_and_version_4_is_refused(tmp_path):
+    """Issue 30 changed the shard bytes (the head first, per-pack labels and checksums: shard version 3) and
+    the shards manifest (shards[*].head_sha256: folder version 5); a version-4 folder gives the re-run error."""
+
+    from conftest import sft_records, write_jsonl
+    from packer.core.manifest import SEAL, seal
+    from packer.pipeline import pack
+
+    data = write_jsonl(tmp_path / "d.jsonl", sft_records(20))
+    pack([str(data)], tmp_path / "r", plan_config=C.PlanConfig(pack_len=256))
+    path = tmp_path / "r" / "shards" / "manifest.json"
+    m = json.loads(path.read_text())
+    assert m["version"] == 5 and m["shard_format_version"] == 3
+    for e in m["shards"]:
+        assert e["head_sha256"] == fmt.head_sha256(tmp_path / "r" / "shards" / e["file"])
+    old = {k: v for k, v in m.items() if k != SEAL}
+    old["version"] = 4
+    path.write_text(json.dumps({**old, SEAL: seal(old)}))
+    with pytest.raises(FormatError, match="version 4 is not the supported 5.*re-run"):
+        PackedShards(tmp_path / "r")
+    old = {k: v for k, v in m.items() if k != SEAL}
+    del old["shards"][0]["head_sha256"]
+    path.write_text(json.dumps({**old, SEAL: seal(old)}))
+    with pytest.raises(FormatError, match=r"shards\[0\] has no head_sha256"):
+        PackedShards(tmp_path / "r")

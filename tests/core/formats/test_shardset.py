@@ -175,7 +175,7 @@ def test_shardset_verifies_by_default(run, tmp_path):
     shutil.copytree(run, r)
     shard = r / "shards" / "shard-00001.bin"
     data = bytearray(shard.read_bytes())
-    data[200] ^= 1  # a token byte
+    data[-200] ^= 1  # a token or mask byte (the packs come after the head)
     shard.write_bytes(bytes(data))
     with pytest.raises(FormatError, match="shard-00001.bin: checksum differs from manifest.json"):
         ShardSet(r)

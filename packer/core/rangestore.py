@@ -1,0 +1,455 @@
+"""Reading a run committed on an object store by byte range: only the packs this process reads, each checked.
+
+`PackedShards("s3://bucket/run")` and `PackedLoader("s3://...")` (any fsspec URL) open a remote run here
+instead of downloading it:
+
+1. the commit object (`shards/manifest.json`) is read once, and the store's identity of it (ETag, version,
+   size) kept;
+2. each shard's head (header and metadata: docs/FORMAT.md) is fetched in one range request per shard and
+   checked against the manifest's `head_sha256`, then written into a sparse local copy of the shard, of the
+   shard's full size, in the user's cache (CACHE/ranges/HOST-PID-N/): the reader memory-maps it as it maps a
+   local shard, and every open-time check of a local run applies;
+3. before a pack is read (`reading(packs)`), its token and mask byte ranges are fetched: adjacent ranges
+   coalesced into one request, a round's requests issued together (fsspec's cat_ranges), each pack checked
+   against the head's xxh3 checksums. A pack that fails is fetched once more, then refused with an error
+   naming the URL, the shard and the pack. Checked bytes are written into place (pwrite);
+4. the packs' bytes held stay under `cache_limit`: packs no batch needs now are evicted (their ranges
+   punched out of the sparse file, fallocate PUNCH_HOLE), consumed packs first and oldest first, then
+   read-ahead packs needed furthest ahead. Only this process's own cached copies are ever evicted, and never
+   a pack a batch is being built from;
+5. every round that fetches re-reads the commit object's identity: a run replaced (or being replaced)
+   during training is refused, never mixed.
+
+A read-ahead thread (`read_ahead`) fetches the packs of the batches to come, in the order they will be
+read, as far as the cache allows beyond one batch; the batch builder then finds its packs present.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import socket
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import xxhash
+
+from packer.core.cache import cache_dir
+from packer.core.errors import ConfigError, FormatError
+from packer.core.formats.shards import TOKEN_DTYPES, head_size, token_dtype_code
+from packer.core.manifest import MANIFEST
+from packer.core.runstore import COMMIT, HINT, _listing
+from packer.core.storage import filesystem, unreachable
+
+DEFAULT_CACHE_LIMIT = 2 << 30
+"""Bytes of packs a process keeps by default (per process: each DataLoader worker has its own cache)."""
+MAX_REQUEST = 64 << 20  # a coalesced range is cut at this size, so a round's buffers stay bounded
+ROUND_BYTES = 32 << 20  # read-ahead fetches up to this many bytes of upcoming packs per round
+_FALLOC_KEEP_SIZE, _FALLOC_PUNCH_HOLE = 1, 2
+_counter = itertools.count()
+_PAGE = 4096  # eviction frees whole pages where no held neighbour shares them
+_fallocate = None
+
+
+def _punch(fd: int, offset: int, length: int) -> None:
+    """Free [offset, offset + length) of a file (reads give zeros; the size stays): Linux fallocate."""
+    global _fallocate
+    if length <= 0:
+        return
+    if _fallocate is None:
+        _fallocate = ctypes.CDLL(None, use_errno=True).fallocate
+        _fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong)
+    if _fallocate(fd, _FALLOC_PUNCH_HOLE | _FALLOC_KEEP_SIZE, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _store_identity(info: dict) -> dict:
+    """What names one version of an object: ETag / version id / generation, and its size."""
+    keys = ("ETag", "VersionId", "generation", "md5Hash", "size", "mtime", "LastModified")
+    return {k: str(info.get(k)) for k in keys if info.get(k) is not None}
+
+
+def _alive(name: str) -> bool:
+    """Whether the process that made cache folder HOST-PID-N-R still runs (another host's: assumed so)."""
+    parts = name.rsplit("-", 3)
+    if len(parts) != 4 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return True
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _remove(root: str, pid: int) -> None:
+    """Remove a reader's cache folder, in the process that made it only (a forked worker inherits the
+    finalizer, and must not remove its parent's copies)."""
+    if os.getpid() == pid:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+class RemoteRun:
+    """The run committed at `url`, as a local folder of sparse shard copies whose heads are checked and whose
+    packs are fetched on demand (see the module docstring). `folder` is the local shards folder to open."""
+
+    def __init__(self, url: str, cache_limit: int | None = DEFAULT_CACHE_LIMIT):
+        if cache_limit is not None and (isinstance(cache_limit, bool) or not isinstance(cache_limit, int)
+                                        or cache_limit < 1):
+            raise ConfigError(f"cache_limit={cache_limit!r}: give the bytes of packs to keep cached (an int), or None "
+                              "to keep every pack fetched")
+        url = url.rstrip("/")
+        if url.endswith("/shards"):
+            url = url[: -len("/shards")]
+        self.url, self.cache_limit = url, cache_limit
+        self.fs, self.inner = filesystem(url)
+        self.commit = f"{self.inner}/{COMMIT}"
+        self.fs.invalidate_cache(f"{self.inner}/shards")
+        try:
+            raw = self.fs.cat_file(self.commit)
+            self.identity = _store_identity(self.fs.info(self.commit))
+        except FileNotFoundError:
+            raise FormatError(url, f"holds no committed run: {COMMIT} is missing (the run was interrupted before its "
+                              "commit, or the URL is wrong)", HINT) from None
+        except Exception as e:
+            raise unreachable(url, e) from None
+        self.raw = raw
+        _listing(url, raw)  # every name a plain file name before any becomes a local path
+        manifest = json.loads(raw)
+        entries, vocab = manifest.get("shards"), (manifest.get("tokenizer") or {}).get("vocab_size")
+        if not isinstance(entries, list) or not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
+            raise FormatError(f"{url}/{COMMIT}", "'shards' or tokenizer.vocab_size is missing (a manifest of another "
+                              "version?)", "re-run `packer pack ... --out URL` with this packer")
+        root = cache_dir() / "ranges"
+        root.mkdir(parents=True, exist_ok=True)
+        for old in root.iterdir():  # folders of readers that died on this host: nobody maps them any more
+            if old.is_dir() and not _alive(old.name):
+                shutil.rmtree(old, ignore_errors=True)
+        self.root = root / f"{socket.gethostname()}-{os.getpid()}-{next(_counter)}-{os.urandom(3).hex()}"
+        self.folder = self.root / "shards"
+        self.folder.mkdir(parents=True)
+        self._finalizer = weakref.finalize(self, _remove, str(self.root), os.getpid())
+        self.bytes_fetched = 0
+        self.requests = 0
+        code = token_dtype_code(vocab)
+        heads, self.files = [], []
+        for i, e in enumerate(entries):
+            counts = [e.get(k) if isinstance(e, dict) else None for k in ("packs", "segments", "tokens")]
+            if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts) or \
+                    not isinstance(e.get("head_sha256"), str) or not isinstance(e.get("file"), str):
+                raise FormatError(f"{url}/{COMMIT}", f"shards[{i}] needs file, packs, segments, tokens and head_sha256 "
+                                  "(a manifest of another version?)", "re-run `packer pack ... --out URL` with this packer")
+            heads.append(head_size(code, *counts))
+            self.files.append(e["file"])
+        listed = json.loads(raw)["files"]
+        got = self._cat([f"{self.inner}/shards/{n}" for n in self.files], [0] * len(heads), heads)
+        for name, e, head in zip(self.files, entries, got):
+            if hashlib.sha256(head).hexdigest() != e["head_sha256"]:
+                self._check_run()
+                raise FormatError(f"{url}/shards/{name}", "its head (header and metadata) differs from the run's "
+                                  "manifest (head_sha256)", HINT)
+            size = listed.get(name, {}).get("bytes")
+            if not isinstance(size, int) or size < len(head):
+                raise FormatError(f"{url}/{COMMIT}", f"files.{name}.bytes is {size!r}, shorter than its head", HINT)
+            with open(self.folder / name, "wb") as f:  # a sparse copy: the head, then a hole to the full size
+                f.write(head)
+                f.truncate(size)
+        (self.folder / MANIFEST).write_bytes(raw)
+        self.token_dtype = TOKEN_DTYPES[code]
+
+    def _cat(self, paths: list[str], starts: list[int], ends: list[int]) -> list[bytes]:
+        """One round of range requests (issued together by stores that can), counted."""
+        try:
+            out = self.fs.cat_ranges(paths, starts, ends)
+        except FileNotFoundError:
+            self._check_run()
+            raise FormatError(self.url, "a shard the manifest lists is missing from the store", HINT) from None
+        except Exception as e:
+            raise unreachable(self.url, e) from None
+        for i, b in enumerate(out):
+            if isinstance(b, BaseException):
+                if isinstance(b, FileNotFoundError):
+                    self._check_run()
+                raise unreachable(f"{self.url}/shards/{paths[i].rsplit('/', 1)[-1]}", b)
+            if len(b) != ends[i] - starts[i]:
+                self._check_run()
+                raise FormatError(f"{self.url}/shards/{paths[i].rsplit('/', 1)[-1]}",
+                                  f"bytes {starts[i]}-{ends[i]}: the store gave {len(b)} bytes", HINT)
+        self.requests += len(paths)
+        self.bytes_fetched += sum(len(b) for b in out)
+        return out
+
+    def _check_run(self) -> None:
+        """Refuse when the commit object is no longer the one this reader opened (a run replaced or being
+        replaced at the URL): never a mix of two runs."""
+        try:
+            self.fs.invalidate_cache(self.commit)
+            now = _store_identity(self.fs.info(self.commit))
+        except FileNotFoundError:
+            now = None
+        except Exception as e:
+            raise unreachable(self.url, e) from None
+        if now != self.identity:
+            raise FormatError(self.url, "the run committed there was replaced (or is being replaced) while this reader "
+                              "read it; its packs would mix two runs", "open the URL again (a new loader) to read the "
+                              "new run, and resume from a checkpoint of that run")
+
+    def close(self) -> None:
+        """Remove the local copies (also done when this object is collected)."""
+        self._finalizer()
+
+
+class RangeReader:
+    """The packs of an opened remote run: fetched, checked and evicted on demand (module docstring, 3-5).
+
+    `shards` are the run's Shard objects, opened on RemoteRun.folder (their heads checked)."""
+
+    def __init__(self, run: RemoteRun, shards: list):
+        self.run = run
+        self.shards = shards
+        self._fds = [os.open(s.path, os.O_RDWR) for s in shards]
+        self._ends = [os.fstat(fd).st_size for fd in self._fds]
+        weakref.finalize(self, lambda fds: [os.close(fd) for fd in fds], list(self._fds))
+        counts = [s.num_packs for s in shards]
+        self._shard_of = np.repeat(np.arange(len(shards)), counts)
+        self._local = np.concatenate([np.arange(c) for c in counts]) if counts else np.zeros(0, np.int64)
+        n = int(sum(counts))
+        tok = [np.asarray(s.pack_token_offsets, np.int64) for s in shards]
+        item = [s.tokens.dtype.itemsize for s in shards]
+        # per pack: token byte range and mask byte range within its shard's file
+        self.tok_ranges = np.zeros((n, 2), np.int64)
+        self.mask_ranges = np.zeros((n, 2), np.int64)
+        at = 0
+        for s, t, size in zip(shards, tok, item):
+            k = s.num_packs
+            tokens_at = s.head
+            mask_at = s.mask_at
+            self.tok_ranges[at:at + k, 0] = tokens_at + t[:-1] * size
+            self.tok_ranges[at:at + k, 1] = tokens_at + t[1:] * size
+            self.mask_ranges[at:at + k, 0] = mask_at + t[:-1]
+            self.mask_ranges[at:at + k, 1] = mask_at + t[1:]
+            at += k
+        self.pack_bytes = (self.tok_ranges[:, 1] - self.tok_ranges[:, 0]) + (self.mask_ranges[:, 1] - self.mask_ranges[:, 0])
+        self.present = np.zeros(n, bool)
+        self.held = 0
+        self.bytes_of_packs_read = 0  # pack bytes handed to readers (each pack counted each time it is read)
+        self._pins: dict[int, int] = {}
+        self._consumed: OrderedDict[int, None] = OrderedDict()  # evicted first, oldest first
+        self._ahead: dict[int, int] = {}  # pack -> the read-ahead step that needs it (evicted furthest first)
+        self._lock = threading.RLock()
+        self._room = threading.Condition(self._lock)
+        self._can_punch = None if run.cache_limit is None else self._probe_punch()
+
+    def _probe_punch(self) -> bool:
+        """cache_limit needs freeing a range of a file in place; say so at construction where the OS cannot."""
+        if not self.shards:
+            return True
+        s = self.shards[0]
+        try:
+            if len(s.tokens):
+                _punch(self._fds[0], s.head, 1)  # nothing fetched there yet: the byte is zero either way
+        except (OSError, AttributeError) as e:
+            raise ConfigError(f"cache_limit needs a local cache that can free a range of a file in place (Linux "
+                              f"fallocate PUNCH_HOLE; here: {e}); set PACKER_CACHE to such a filesystem, or pass "
+                              "cache_limit=None to keep every pack fetched") from None
+        return True
+
+    def need(self, batch_bytes: int, what: str) -> None:
+        """Refuse, at construction, a cache_limit too small for `batch_bytes` of packs read at once."""
+        limit = self.run.cache_limit
+        if limit is not None and limit < batch_bytes:
+            raise ConfigError(f"cache_limit={limit:,} bytes is smaller than {what} ({batch_bytes:,} bytes of packs); "
+                              f"give cache_limit >= {batch_bytes:,} (or None)")
+
+    # ------------------------------------------------------------------ fetching
+    def _fetch(self, packs: np.ndarray) -> None:
+        """Fetch, check and write `packs` (absent ones, distinct); the caller holds the lock."""
+        self.run._check_run()
+        ranges = []  # (shard, start, end, pack, which)
+        for p in packs.tolist():
+            s = int(self._shard_of[p])
+            ranges.append((s, int(self.tok_ranges[p, 0]), int(self.tok_ranges[p, 1]), p, 0))
+            ranges.append((s, int(self.mask_ranges[p, 0]), int(self.mask_ranges[p, 1]), p, 1))
+        ranges.sort()
+        groups: list[list[tuple]] = []
+        for r in ranges:  # coalesce ranges that touch, up to MAX_REQUEST bytes a request
+            g = groups[-1] if groups else None
+            if g and g[-1][0] == r[0] and g[-1][2] == r[1] and r[2] - g[0][1] <= MAX_REQUEST:
+                g.append(r)
+            else:
+                groups.append([r])
+        paths = [f"{self.run.inner}/shards/{self.run.files[g[0][0]]}" for g in groups]
+        got = self.run._cat(paths, [g[0][1] for g in groups], [g[-1][2] for g in groups])
+        bad = []
+        for g, data in zip(groups, got):
+            base = g[0][1]
+            view = memoryview(data)
+            for s, a, b, p, which in g:
+                if not self._ok(p, which, view[a - base:b - base]):
+                    bad.append((s, a, b, p, which))
+            os.pwrite(self._fds[g[0][0]], data, base)
+        for s, a, b, p, which in bad:  # fetched once more, alone; then refused
+            (again,) = self.run._cat([f"{self.run.inner}/shards/{self.run.files[s]}"], [a], [b])
+            if not self._ok(p, which, memoryview(again)):
+                self.run._check_run()
+                local = int(self._local[p])
+                raise FormatError(f"{self.run.url}/shards/{self.run.files[s]}", f"pack {local} (bytes {a}-{b}, its "
+                                  f"{('tokens', 'loss mask')[which]}) fails its checksum after a second fetch: the object "
+                                  "is damaged", HINT)
+            os.pwrite(self._fds[s], again, a)
+        self.present[packs] = True
+        self.held += int(self.pack_bytes[packs].sum())
+
+    def _ok(self, p: int, which: int, data: memoryview) -> bool:
+        sh = self.shards[int(self._shard_of[p])]
+        want = (sh.pack_tokens_xxh3 if which == 0 else sh.pack_mask_xxh3)[int(self._local[p])]
+        return xxhash.xxh3_64_intdigest(data) == int(want)
+
+    def _evict(self, room: int) -> None:
+        """Evict unpinned packs until `room` more bytes fit under cache_limit (consumed first, then read-ahead
+        packs needed furthest ahead). The caller holds the lock."""
+        limit = self.run.cache_limit
+        if limit is None:
+            return
+        while self.held + room > limit:
+            victim = next((p for p in self._consumed if p not in self._pins), None)
+            if victim is None:
+                ahead = [p for p in self._ahead if p not in self._pins]
+                if not ahead:
+                    return  # everything held is being read: over the limit for this batch only
+                victim = max(ahead, key=self._ahead.__getitem__)
+            self._drop(victim)
+
+    def _drop(self, p: int) -> None:
+        """Evict pack p: its ranges punched out, with the pages they share with neighbours that are not held
+        (so freed space never leaks as partial pages), never past its array's region."""
+        s = int(self._shard_of[p])
+        sh, j = self.shards[s], int(self._local[p])
+        left = j > 0 and self.present[p - 1]
+        right = j + 1 < sh.num_packs and self.present[p + 1]
+        for (a, b), (lo, hi) in ((self.tok_ranges[p], (sh.head, sh.mask_at)),
+                                 (self.mask_ranges[p], (sh.mask_at, self._ends[s]))):
+            a, b = int(a), int(b)
+            if not left:
+                a = max(lo, a - a % _PAGE)
+            if not right:
+                b = min(hi, -(-b // _PAGE) * _PAGE)
+            _punch(self._fds[s], a, b - a)
+        self.present[p] = False
+        self.held -= int(self.pack_bytes[p])
+        self._consumed.pop(p, None)
+        self._ahead.pop(p, None)
+
+    def _ensure(self, packs: np.ndarray, ahead: int | None = None) -> None:
+        missing = packs[~self.present[packs]]
+        if len(missing):
+            self._evict(int(self.pack_bytes[missing].sum()))
+            self._fetch(missing)
+        if ahead is not None:
+            for p in missing.tolist():
+                self._ahead[p] = ahead
+
+    @contextmanager
+    def reading(self, packs: Iterable[int]) -> Iterator[None]:
+        """The packs present, checked and pinned (never evicted) while the caller reads them from the maps."""
+        packs = np.unique(np.asarray(list(packs) if not isinstance(packs, np.ndarray) else packs, np.int64))
+        packs = packs[packs >= 0]
+        with self._lock:
+            for p in packs.tolist():
+                self._pins[p] = self._pins.get(p, 0) + 1
+            try:
+                self._ensure(packs)
+            except BaseException:
+                self._unpin(packs)
+                raise
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._unpin(packs)
+                self.bytes_of_packs_read += int(self.pack_bytes[packs].sum())
+                for p in packs.tolist():
+                    self._ahead.pop(p, None)
+                    self._consumed.pop(p, None)
+                    self._consumed[p] = None  # read: the first to go when room is needed
+                self._room.notify_all()
+
+    def _unpin(self, packs: np.ndarray) -> None:
+        for p in packs.tolist():
+            left = self._pins.get(p, 0) - 1
+            if left > 0:
+                self._pins[p] = left
+            else:
+                self._pins.pop(p, None)
+
+    def is_pinned(self, p: int) -> bool:
+        return p in self._pins
+
+    def read_ahead(self, batches: Iterable[np.ndarray], reserve: int) -> threading.Event:
+        """Fetch the packs of `batches` (in the order they will be read) in a background thread, keeping
+        `reserve` bytes of the cache free for the batch being built; returns the event that stops it."""
+        stop = threading.Event()
+        limit = self.run.cache_limit
+
+        def work() -> None:
+            step_batches = iter(enumerate(batches))
+            pending: list[tuple[int, np.ndarray]] = []
+            while not stop.is_set():
+                if not pending:
+                    nxt = next(step_batches, None)
+                    if nxt is None:
+                        return
+                    pending.append((nxt[0], np.unique(nxt[1][nxt[1] >= 0])))
+                with self._lock:
+                    round_, size = [], 0
+                    while pending:
+                        step, packs = pending[0]
+                        todo = packs[~self.present[packs]]
+                        need = int(self.pack_bytes[todo].sum())
+                        ahead_held = int(self.pack_bytes[list(self._ahead)].sum()) if self._ahead else 0
+                        if limit is not None and ahead_held + size + need > limit - reserve:
+                            break  # no room yet (the batch being built may need `reserve`): wait for reads
+                        round_.append((step, todo))
+                        size += need
+                        pending.pop(0)
+                        if size >= ROUND_BYTES:
+                            break
+                        nxt = next(step_batches, None)
+                        if nxt is not None:
+                            pending.append((nxt[0], np.unique(nxt[1][nxt[1] >= 0])))
+                    if not round_:
+                        self._room.wait(0.5)
+                        continue
+                    todo = np.unique(np.concatenate([t for _, t in round_]))
+                    todo = todo[~self.present[todo]]
+                    try:
+                        if len(todo):
+                            self._evict(int(self.pack_bytes[todo].sum()))
+                            self._fetch(todo)
+                    except Exception:
+                        return  # the builder fetches these itself and reports the error where it is seen
+                    for step, t in round_:
+                        for p in t.tolist():
+                            if self.present[p] and p not in self._consumed:
+                                self._ahead[p] = step
+
+        threading.Thread(target=work, daemon=True, name="packer-read-ahead").start()
+        return stop
+
+    def stats(self) -> dict:
+        """bytes_fetched (heads included), requests, bytes_of_packs_read, bytes held now."""
+        return {"bytes_fetched": self.run.bytes_fetched, "requests": self.run.requests,
+                "bytes_of_packs_read": self.bytes_of_packs_read, "bytes_held": self.held}
+
+
+__all__ = ["DEFAULT_CACHE_LIMIT", "RangeReader", "RemoteRun"]

@@ -1,0 +1,190 @@
+"""Streaming a committed run from a real S3-compatible server (moto, server mode) by byte range: only the
+packs a rank reads are fetched, each checked; the local cache stays under cache_limit; a damaged range, a
+replaced run and an unreachable store are refused with what to do."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from packer.core import config as C
+from packer.core.errors import ConfigError, FormatError, InputError
+from packer.pipeline import pack
+
+from conftest import sft_records, write_jsonl
+
+pytestmark = pytest.mark.slow
+PLAN = C.PlanConfig(pack_len=512)
+WRITE = C.WriteConfig(shard_bytes=96 << 10)
+
+
+@pytest.fixture(scope="module")
+def run(s3, tmp_path_factory):
+    """One run, packed locally and published to s3://streams/r (the same bytes)."""
+    tmp = tmp_path_factory.mktemp("stream")
+    os.environ["PACKER_CACHE"] = str(tmp / "cache")
+    s3.exists("streams") or s3.mkdir("streams")
+    data = write_jsonl(tmp / "d.jsonl", sft_records(900, seed=5, long_every=40))
+    pack([str(data)], tmp / "local", plan_config=PLAN, write_config=WRITE)
+    pack([str(data)], "s3://streams/r", plan_config=PLAN, write_config=WRITE)
+    return tmp / "local", "s3://streams/r"
+
+
+def _batches(loader, n=None):
+    out = []
+    for i, b in enumerate(loader):
+        if n is not None and i == n:
+            break
+        out.append((b["pack_index"].tolist(), b["input_ids"].tolist(), b["labels"].tolist(),
+                    b["global_num_loss_tokens"]))
+    return out
+
+
+def _disk(folder: Path) -> int:
+    """Bytes the cache's shard copies take on disk (sparse files: allocated blocks only)."""
+    return sum(p.stat().st_blocks * 512 for p in folder.glob("shard-*.bin"))
+
+
+def test_a_rank_fetches_only_the_packs_it_reads(run, monkeypatch, tmp_path):
+    from packer.train.loader import PackedLoader
+
+    local, url = run
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "c"))
+    ref = PackedLoader(local, 2, rank=1, world_size=4, seed=3)
+    remote = PackedLoader(url, 2, rank=1, world_size=4, seed=3)
+    steps = max(1, len(remote) // 10)  # 10% of the epoch
+    assert _batches(remote, steps) == _batches(ref, steps)
+    st = remote.dataset.ranges.stats()
+    heads = sum(sh.head for sh in remote.dataset.shards)
+    total = sum(int(json.loads((local / "shards" / "manifest.json").read_text())["files"][f]["bytes"])
+                for f in remote.dataset.ranges.run.files)
+    pack_bytes = st["bytes_fetched"] - heads
+    # what it read, plus what the read-ahead fetched for the next batches (at most the rest of its epoch)
+    assert st["bytes_of_packs_read"] <= pack_bytes <= total - heads
+    assert pack_bytes < 0.5 * (total - heads), "a rank reading 10% of its quarter fetched half of the run"
+
+
+@pytest.fixture(scope="module")
+def long_run(s3, tmp_path_factory):
+    """Packs of 8192 tokens (several pages each), so the disk the cache takes can be measured."""
+    tmp = tmp_path_factory.mktemp("stream_long")
+    s3.exists("streams") or s3.mkdir("streams")
+    data = write_jsonl(tmp / "d.jsonl", sft_records(1500, seed=6, long_every=5))
+    cfg = C.PlanConfig(pack_len=8192)
+    pack([str(data)], tmp / "local", plan_config=cfg, write_config=C.WriteConfig(shard_bytes=1 << 20))
+    pack([str(data)], "s3://streams/long", plan_config=cfg, write_config=C.WriteConfig(shard_bytes=1 << 20))
+    return tmp / "local", "s3://streams/long"
+
+
+def test_read_ahead_stops_at_the_cache_limit_and_evicted_packs_come_back_equal(long_run, monkeypatch, tmp_path):
+    from packer.train.loader import PackedLoader
+
+    local, url = long_run
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "c"))
+    ref = _batches(PackedLoader(local, 2, seed=1, prefetch=2))
+    for limit_batches in (1, 3):
+        probe = PackedLoader(url, 2, seed=1, cache_limit=None)
+        sizes = np.sort(probe.dataset.ranges.pack_bytes)[::-1]
+        limit = int(sizes[:2].sum()) * limit_batches
+        remote = PackedLoader(url, 2, seed=1, prefetch=2, cache_limit=limit)
+        got, held, disk = [], [], []
+        folder = remote.dataset.ranges.run.folder
+        heads = _disk(folder)  # before any pack: the heads alone
+        for b in remote:
+            got.append((b["pack_index"].tolist(), b["input_ids"].tolist(), b["labels"].tolist(),
+                        b["global_num_loss_tokens"]))
+            held.append(remote.dataset.ranges.held)
+            disk.append(_disk(folder) - heads)
+        assert got == ref, f"limit of {limit_batches} batches: other batches than the local run's"
+        assert max(held) <= limit
+        edges = 2 * 4096 * 2 * len(remote.dataset.shards)  # a page at each end of each array's region
+        assert max(disk) <= limit + edges + 4 * 4096 * 6, (max(disk), limit)
+        total = int(probe.dataset.ranges.pack_bytes.sum())
+        assert limit < total / 2, "the limit must be well below the run for this test to mean anything"
+
+
+def test_a_cache_limit_below_one_batch_is_refused_at_construction(run):
+    from packer.train.loader import PackedLoader
+    from packer.train.reader import PackedShards
+
+    _, url = run
+    sizes = np.sort(PackedShards(url, cache_limit=None).ranges.pack_bytes)[::-1]
+    with pytest.raises(ConfigError, match=r"cache_limit=.* is smaller than one batch of batch_size=4"):
+        PackedLoader(url, 4, cache_limit=int(sizes[:4].sum()) - 1)
+    with pytest.raises(ConfigError, match="is smaller than the largest pack"):
+        PackedShards(url, cache_limit=int(sizes[0]) - 1)
+    with pytest.raises(ConfigError, match="cache_limit=-5"):
+        PackedShards(url, cache_limit=-5)
+    PackedLoader(url, 4, cache_limit=int(sizes[:4].sum()))
+
+
+def test_every_worker_and_the_cp_path_read_checked_packs(run, monkeypatch, tmp_path):
+    """DataLoader worker processes open the URL themselves (never the bare sparse copy)."""
+    from packer.train.loader import PackedLoader
+
+    local, url = run
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "c"))
+    assert _batches(PackedLoader(url, 2, seed=4, num_workers=2)) == _batches(PackedLoader(local, 2, seed=4))
+    remote = PackedLoader(url, 2, seed=4, eval=True)
+    assert [b["example_index"].tolist() for b in remote] == [b["example_index"].tolist()
+                                                             for b in PackedLoader(local, 2, seed=4, eval=True)]
+
+
+def test_elastic_resume_on_a_streamed_run(run, monkeypatch, tmp_path):
+    from packer.train.loader import PackedLoader
+
+    _, url = run
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "c"))
+    seen = []
+    ranks = [PackedLoader(url, 2, rank=r, world_size=2, seed=9) for r in range(2)]
+    its = [iter(x) for x in ranks]
+    for _ in range(3):
+        for it in its:
+            seen += next(it)["pack_index"].tolist()
+    state = ranks[0].state_dict()
+    for r in range(3):
+        new = PackedLoader(url, 1, rank=r, world_size=3, seed=9)
+        new.load_state_dict(state)
+        seen += [p for b in new for p in b["pack_index"].tolist()]
+    n = len(ranks[0].dataset)
+    counts = np.bincount(seen, minlength=n)
+    assert counts.max() == 1 and counts.sum() == n - (n - 12) % 3  # each pack once; the last partial step dropped
+
+
+def test_a_run_replaced_while_reading_is_refused(s3, tmp_path, monkeypatch):
+    from packer.train.reader import PackedShards
+
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "c"))
+    s3.exists("streams") or s3.mkdir("streams")
+    a = write_jsonl(tmp_path / "a.jsonl", sft_records(200, seed=1))
+    b = write_jsonl(tmp_path / "b.jsonl", sft_records(230, seed=2))
+    pack([str(a)], "s3://streams/replaced", plan_config=PLAN, write_config=WRITE)
+    ds = PackedShards("s3://streams/replaced", cache_limit=None)
+    ds[0]
+    pack([str(b)], "s3://streams/replaced", plan_config=PLAN, write_config=WRITE)
+    with pytest.raises(FormatError, match="was replaced .* while this reader read it"):
+        for i in range(len(ds)):
+            ds[i]
+    assert len(PackedShards("s3://streams/replaced")) > 0  # a new reader reads the new run
+
+
+def test_an_unreachable_store_says_what_was_tried(monkeypatch, tmp_path):
+    pytest.importorskip("s3fs")
+    from packer.train.reader import PackedShards
+    import s3fs
+
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "c"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        with pytest.raises(InputError, match=r"unreachable \(tried endpoint http://127.0.0.1:9"):
+            PackedShards("s3://nowhere/run")
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
