@@ -52,7 +52,6 @@ from packer.core.storage import filesystem, unreachable
 DEFAULT_CACHE_LIMIT = 2 << 30
 """Bytes of packs a process keeps by default (per process: each DataLoader worker has its own cache)."""
 MAX_REQUEST = 64 << 20  # a coalesced range is cut at this size, so a round's buffers stay bounded
-ROUND_BYTES = 32 << 20  # read-ahead fetches up to this many bytes of upcoming packs per round
 _FALLOC_KEEP_SIZE, _FALLOC_PUNCH_HOLE = 1, 2
 _counter = itertools.count()
 _PAGE = 4096  # eviction frees whole pages where no held neighbour shares them
@@ -246,6 +245,9 @@ class RangeReader:
         self._pins: dict[int, int] = {}
         self._consumed: OrderedDict[int, None] = OrderedDict()  # evicted first, oldest first
         self._ahead: dict[int, int] = {}  # pack -> the read-ahead step that needs it (evicted furthest first)
+        self._inflight: set[int] = set()  # packs a thread is fetching now
+        self._inflight_bytes = 0
+        self.reads = 0  # reading() contexts completed (batches read, for the read-ahead's window)
         self._lock = threading.RLock()
         self._room = threading.Condition(self._lock)
         self._can_punch = None if run.cache_limit is None else self._probe_punch()
@@ -272,9 +274,8 @@ class RangeReader:
                               f"give cache_limit >= {batch_bytes:,} (or None)")
 
     # ------------------------------------------------------------------ fetching
-    def _fetch(self, packs: np.ndarray) -> None:
-        """Fetch, check and write `packs` (absent ones, distinct); the caller holds the lock."""
-        self.run._check_run()
+    def _load(self, packs: np.ndarray) -> None:
+        """Fetch, check and write `packs` (distinct, claimed by this thread): network and hashing, no lock held."""
         ranges = []  # (shard, start, end, pack, which)
         for p in packs.tolist():
             s = int(self._shard_of[p])
@@ -288,6 +289,7 @@ class RangeReader:
                 g.append(r)
             else:
                 groups.append([r])
+        self.run._check_run()
         paths = [f"{self.run.inner}/shards/{self.run.files[g[0][0]]}" for g in groups]
         got = self.run._cat(paths, [g[0][1] for g in groups], [g[-1][2] for g in groups])
         bad = []
@@ -307,21 +309,44 @@ class RangeReader:
                                   f"{('tokens', 'loss mask')[which]}) fails its checksum after a second fetch: the object "
                                   "is damaged", HINT)
             os.pwrite(self._fds[s], again, a)
-        self.present[packs] = True
-        self.held += int(self.pack_bytes[packs].sum())
 
     def _ok(self, p: int, which: int, data: memoryview) -> bool:
         sh = self.shards[int(self._shard_of[p])]
         want = (sh.pack_tokens_xxh3 if which == 0 else sh.pack_mask_xxh3)[int(self._local[p])]
         return xxhash.xxh3_64_intdigest(data) == int(want)
 
+    def _claim(self, packs: np.ndarray) -> np.ndarray:
+        """Under the lock: wait while another thread fetches any of `packs`, then claim the absent ones for this
+        thread (room made for them under cache_limit); returns them."""
+        while any(p in self._inflight for p in packs.tolist()):
+            self._room.wait()
+        missing = packs[~self.present[packs]]
+        if len(missing):
+            size = int(self.pack_bytes[missing].sum())
+            self._evict(size)
+            self._inflight.update(missing.tolist())
+            self._inflight_bytes += size
+        return missing
+
+    def _settle(self, packs: np.ndarray, ok: bool) -> None:
+        """Under the lock: claimed packs fetched (ok) or given up."""
+        if not len(packs):
+            return
+        self._inflight.difference_update(packs.tolist())
+        size = int(self.pack_bytes[packs].sum())
+        self._inflight_bytes -= size
+        if ok:
+            self.present[packs] = True
+            self.held += size
+        self._room.notify_all()
+
     def _evict(self, room: int) -> None:
-        """Evict unpinned packs until `room` more bytes fit under cache_limit (consumed first, then read-ahead
-        packs needed furthest ahead). The caller holds the lock."""
+        """Evict unpinned packs until `room` more bytes fit under cache_limit with what is held and in flight
+        (consumed packs first, then read-ahead packs needed furthest ahead). The caller holds the lock."""
         limit = self.run.cache_limit
         if limit is None:
             return
-        while self.held + room > limit:
+        while self.held + self._inflight_bytes + room > limit:
             victim = next((p for p in self._consumed if p not in self._pins), None)
             if victim is None:
                 ahead = [p for p in self._ahead if p not in self._pins]
@@ -335,8 +360,8 @@ class RangeReader:
         (so freed space never leaks as partial pages), never past its array's region."""
         s = int(self._shard_of[p])
         sh, j = self.shards[s], int(self._local[p])
-        left = j > 0 and self.present[p - 1]
-        right = j + 1 < sh.num_packs and self.present[p + 1]
+        left = j > 0 and (self.present[p - 1] or p - 1 in self._inflight)
+        right = j + 1 < sh.num_packs and (self.present[p + 1] or p + 1 in self._inflight)
         for (a, b), (lo, hi) in ((self.tok_ranges[p], (sh.head, sh.mask_at)),
                                  (self.mask_ranges[p], (sh.mask_at, self._ends[s]))):
             a, b = int(a), int(b)
@@ -350,14 +375,20 @@ class RangeReader:
         self._consumed.pop(p, None)
         self._ahead.pop(p, None)
 
-    def _ensure(self, packs: np.ndarray, ahead: int | None = None) -> None:
-        missing = packs[~self.present[packs]]
-        if len(missing):
-            self._evict(int(self.pack_bytes[missing].sum()))
-            self._fetch(missing)
-        if ahead is not None:
-            for p in missing.tolist():
-                self._ahead[p] = ahead
+    def _fetch_claimed(self, packs: np.ndarray) -> None:
+        """Claim, fetch and settle `packs` (the caller holds no lock)."""
+        with self._lock:
+            missing = self._claim(packs)
+        if not len(missing):
+            return
+        try:
+            self._load(missing)
+        except BaseException:
+            with self._lock:
+                self._settle(missing, False)
+            raise
+        with self._lock:
+            self._settle(missing, True)
 
     @contextmanager
     def reading(self, packs: Iterable[int]) -> Iterator[None]:
@@ -367,17 +398,19 @@ class RangeReader:
         with self._lock:
             for p in packs.tolist():
                 self._pins[p] = self._pins.get(p, 0) + 1
-            try:
-                self._ensure(packs)
-            except BaseException:
+        try:
+            self._fetch_claimed(packs)
+        except BaseException:
+            with self._lock:
                 self._unpin(packs)
-                raise
+            raise
         try:
             yield
         finally:
             with self._lock:
                 self._unpin(packs)
                 self.bytes_of_packs_read += int(self.pack_bytes[packs].sum())
+                self.reads += 1
                 for p in packs.tolist():
                     self._ahead.pop(p, None)
                     self._consumed.pop(p, None)
@@ -395,53 +428,42 @@ class RangeReader:
     def is_pinned(self, p: int) -> bool:
         return p in self._pins
 
-    def read_ahead(self, batches: Iterable[np.ndarray], reserve: int) -> threading.Event:
-        """Fetch the packs of `batches` (in the order they will be read) in a background thread, keeping
-        `reserve` bytes of the cache free for the batch being built; returns the event that stops it."""
+    def read_ahead(self, batches: Iterable[np.ndarray], reserve: int, window: int = 4) -> threading.Event:
+        """Fetch the packs of `batches` (in the order they will be read, one batch a round) in a background
+        thread, at most `window` batches ahead of the batches read so far and keeping `reserve` bytes of the
+        cache free for the batch being built; returns the event that stops it."""
         stop = threading.Event()
         limit = self.run.cache_limit
+        with self._lock:
+            base = self.reads
 
         def work() -> None:
-            step_batches = iter(enumerate(batches))
-            pending: list[tuple[int, np.ndarray]] = []
-            while not stop.is_set():
-                if not pending:
-                    nxt = next(step_batches, None)
-                    if nxt is None:
-                        return
-                    pending.append((nxt[0], np.unique(nxt[1][nxt[1] >= 0])))
+            for step, packs in enumerate(batches):
+                packs = np.unique(packs[packs >= 0])
                 with self._lock:
-                    round_, size = [], 0
-                    while pending:
-                        step, packs = pending[0]
+                    while not stop.is_set():
+                        done = self.reads - base
+                        if step < done:
+                            break  # the builder got there first
                         todo = packs[~self.present[packs]]
-                        need = int(self.pack_bytes[todo].sum())
-                        ahead_held = int(self.pack_bytes[list(self._ahead)].sum()) if self._ahead else 0
-                        if limit is not None and ahead_held + size + need > limit - reserve:
-                            break  # no room yet (the batch being built may need `reserve`): wait for reads
-                        round_.append((step, todo))
-                        size += need
-                        pending.pop(0)
-                        if size >= ROUND_BYTES:
+                        ahead = int(self.pack_bytes[list(self._ahead)].sum()) if self._ahead else 0
+                        room = limit is None or ahead + self._inflight_bytes + int(self.pack_bytes[todo].sum()) <= \
+                            limit - reserve
+                        if step - done < window and room:
                             break
-                        nxt = next(step_batches, None)
-                        if nxt is not None:
-                            pending.append((nxt[0], np.unique(nxt[1][nxt[1] >= 0])))
-                    if not round_:
                         self._room.wait(0.5)
+                    if stop.is_set():
+                        return
+                    if step < self.reads - base:
                         continue
-                    todo = np.unique(np.concatenate([t for _, t in round_]))
-                    todo = todo[~self.present[todo]]
-                    try:
-                        if len(todo):
-                            self._evict(int(self.pack_bytes[todo].sum()))
-                            self._fetch(todo)
-                    except Exception:
-                        return  # the builder fetches these itself and reports the error where it is seen
-                    for step, t in round_:
-                        for p in t.tolist():
-                            if self.present[p] and p not in self._consumed:
-                                self._ahead[p] = step
+                try:
+                    self._fetch_claimed(packs)
+                except Exception:
+                    return  # the builder fetches these itself and reports the error where it is seen
+                with self._lock:
+                    for p in packs.tolist():
+                        if self.present[p] and p not in self._consumed:
+                            self._ahead[p] = step
 
         threading.Thread(target=work, daemon=True, name="packer-read-ahead").start()
         return stop

@@ -282,6 +282,12 @@ class PackedLoader(torch.utils.data.IterableDataset):
     With prefetch, iter() starts the builder thread; an iterator dropped part way stops it, and the next
     iter() goes on from where the dropped one stood.
 
+    A URL (s3://bucket/run, any fsspec URL of a committed run) is streamed by byte range
+    (packer.core.rangestore): only the packs this rank reads are fetched, each checked against its checksum,
+    `read_ahead` batches ahead of the batch being read (0: each batch fetched when it is built), and at most
+    `cache_limit` bytes of packs are kept in the local cache (per process; None: no limit). A cache_limit below
+    one batch's largest packs is refused here.
+
     It is an IterableDataset with torchdata's state_dict/load_state_dict, so it can also be the
     dataset of a torch DataLoader or torchdata StatefulDataLoader (batch_size=None; its own
     num_workers=0): worker w of W then builds batches w, w + W, ... of this rank's epoch.
@@ -292,7 +298,7 @@ class PackedLoader(torch.utils.data.IterableDataset):
                  flatten: bool | None = None, label_mode: str = "unshifted", pad_id: int | None = None,
                  balance: "str | CostModel" = "tokens", verify: bool = True, prefetch: int = 0, eval: bool = False,
                  cp_rank: int = 0, cp_size: int = 1, cost: "CostModel | tuple[float, float] | None" = None,
-                 cache_limit: int | None = DEFAULT_CACHE_LIMIT):
+                 cache_limit: int | None = DEFAULT_CACHE_LIMIT, read_ahead: int = 4):
         if eval and (shuffle is True or drop_last is True):
             raise ConfigError(f"eval=True never shuffles and never drops; drop shuffle={shuffle} / drop_last={drop_last} "
                               "(the defaults become False)")
@@ -317,6 +323,10 @@ class PackedLoader(torch.utils.data.IterableDataset):
             self._reserve = int(sizes[:batch_size].sum())
             self.dataset.ranges.need(self._reserve, f"one batch of batch_size={batch_size} (its largest packs)")
         self._ahead = None  # the read-ahead thread's stop event (remote runs)
+        if isinstance(read_ahead, bool) or not isinstance(read_ahead, int) or read_ahead < 0:
+            raise ConfigError(f"read_ahead={read_ahead!r}: give how many batches a remote run's packs are fetched ahead "
+                              "(0 for none)")
+        self.read_ahead = read_ahead
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
         self.num_workers, self.pin_memory, self.flatten = num_workers, pin_memory, flatten
@@ -417,7 +427,8 @@ class PackedLoader(torch.utils.data.IterableDataset):
         if self.dataset.ranges is not None:  # a remote run: fetch the coming batches' packs ahead of the builder
             if self._ahead is not None:
                 self._ahead.set()
-            self._ahead = self.dataset.ranges.read_ahead((mine[i] for i in todo), self._reserve)
+            self._ahead = self.dataset.ranges.read_ahead((mine[i] for i in todo), self._reserve,
+                                                         max(1, self.read_ahead)) if self.read_ahead else None
         make = batches.__getitem__
         if self.cp_size > 1:
             def make(i: int, _b=batches) -> dict:
