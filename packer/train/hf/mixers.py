@@ -251,6 +251,11 @@ def _pre_hook(model: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple,
                               "for several examples in one row; pass use_cache=False (training)")
         kwargs["use_cache"] = False
         _check_temperature_tuning(model, shape[1])
+    images = any(kwargs.get(k) is not None for k in ("pixel_values", "pixel_values_videos"))
+    if packed and images and (pos is None or pos.dim() == 2):
+        raise ConfigError("a packed batch with images and no multi-axis position_ids: the images' tokens need their "
+                          "mRoPE positions computed per example (over the row they would continue from the example "
+                          "before); pass position_ids [4, B, T] from packer.train.vision.packed_inputs")
     if pos is not None and pos.dim() == 2:
         kwargs["position_ids"] = mrope_position_ids(model, pos)
     for m in mixers(model):

@@ -1,0 +1,160 @@
+"""Images of vision-language chats: where a part's image comes from, and how the model's processor sizes it.
+
+Image parts, as people have them:
+
+    OpenAI      {"type": "image_url", "image_url": {"url": "data:image/png;base64,..." | PATH | URL}}
+    datasets    {"type": "image", "image": {"bytes": b"...", "path": ...} | PATH | b"..."},
+                {"type": "image", "path": PATH}, {"type": "image", "url": ...}
+
+PATH is a local file (relative paths from the input file's folder); a URL with a scheme is read through
+fsspec (s3://, gs://, hf://, https://: the user's URL says where, nothing is fetched otherwise). Video parts
+are refused (images only, for now).
+
+The processor folder (`--processor DIR`, the model's Hugging Face processor files) decides sizes: its
+preprocessor_config.json must be a Qwen2-VL-family image processor (Qwen2-VL, Qwen2.5-VL, Qwen3-VL), read
+with transformers' PIL backend (Qwen2VLImageProcessorPil; torchvision is not needed). `prepare` resizes an
+image exactly as that processor does and keeps the resized pixels as uint8 [3, H, W]: what Packer stores.
+The loader turns them into the model's pixel_values (rescale, normalize, patchify:
+packer.train.vision.pixel_values), equal to the processor's own output; each image takes
+prod(grid_thw) / merge_size^2 placeholder tokens.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from packer.core.errors import ConfigError, InputError
+from packer.core.storage import is_url, open_input
+from packer.core.vision import ImageMeta
+
+FAMILY = ("Qwen2VLImageProcessor", "Qwen2VLImageProcessorFast", "Qwen2VLImageProcessorPil")
+"""image_processor_type values Packer reads (Qwen2-VL, Qwen2.5-VL and Qwen3-VL all use them)."""
+IMAGE_PARTS = ("image", "image_url", "input_image")
+VIDEO_PARTS = ("video", "video_url", "input_video")
+_DATA_URI = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.I)
+
+
+class VisionProcessor:
+    """A model's image processor, read from its processor folder (see the module docstring)."""
+
+    def __init__(self, folder: str | Path):
+        folder = Path(folder)
+        cfg_path = folder / "preprocessor_config.json"
+        if not cfg_path.is_file():
+            raise ConfigError(f"{folder}: no preprocessor_config.json; --processor takes the model's Hugging Face "
+                              "processor folder (preprocessor_config.json, the tokenizer files and the chat template)")
+        try:
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise ConfigError(f"{cfg_path}: not JSON ({e})") from None
+        kind = cfg.get("image_processor_type")
+        if kind not in FAMILY:
+            raise ConfigError(f"{cfg_path}: image_processor_type {kind!r} is not one Packer packs yet (Qwen2-VL, "
+                              f"Qwen2.5-VL and Qwen3-VL: {', '.join(FAMILY)}); LLaVA-style and Gemma 3 processors "
+                              "are not implemented")
+        try:
+            from transformers import Qwen2VLImageProcessorPil
+        except ImportError as e:
+            raise ConfigError(f"{folder}: reading this image processor needs transformers with "
+                              f"Qwen2VLImageProcessorPil (pip install 'packer[hf]'): {e}") from None
+        try:
+            self._ip = Qwen2VLImageProcessorPil.from_pretrained(str(folder))
+        except Exception as e:  # noqa: BLE001 - whatever the installed transformers says, named
+            raise ConfigError(f"{folder}: the installed transformers cannot load this image processor: "
+                              f"{str(e).splitlines()[0][:300]}") from None
+        ip = self._ip
+        mean, std = (tuple(float(x) for x in (v if isinstance(v, (list, tuple)) else [v] * 3))
+                     for v in (ip.image_mean, ip.image_std))
+        self.meta = ImageMeta(int(ip.patch_size), int(ip.temporal_patch_size), int(ip.merge_size),
+                              float(ip.rescale_factor), mean, std, bool(ip.do_rescale), bool(ip.do_normalize))
+        self.folder = folder
+
+    def prepare(self, image) -> tuple[np.ndarray, tuple[int, int, int]]:
+        """(uint8 [3, H, W] pixels resized as the processor resizes, grid_thw in patches) of a PIL image."""
+        out = self._ip(images=[image], do_rescale=False, do_normalize=False, return_tensors="np")
+        pv, grid = out["pixel_values"], [int(x) for x in out["image_grid_thw"][0]]
+        m = self.meta
+        t, gh, gw = grid
+        P, M, T = m.patch_size, m.merge_size, m.temporal_patch_size
+        x = pv.reshape(gh // M, gw // M, M, M, 3, T, P, P)[:, :, :, :, :, 0]
+        pixels = x.transpose(4, 0, 2, 5, 1, 3, 6).reshape(3, gh * P, gw * P)
+        return np.ascontiguousarray(pixels.round().clip(0, 255).astype(np.uint8)), (t, gh, gw)
+
+    def placeholders(self, grid: tuple[int, int, int]) -> int:
+        """Placeholder tokens of an image of this grid: prod(grid_thw) / merge_size^2."""
+        return int(np.prod(grid)) // self.meta.merge_size ** 2
+
+
+def part_kind(part) -> str | None:
+    """'image', 'video' or None (text and the rest) for a message content part."""
+    if not isinstance(part, dict):
+        return None
+    kind = part.get("type")
+    if kind in IMAGE_PARTS or (kind is None and any(k in part for k in ("image", "image_url"))):
+        return "image"
+    if kind in VIDEO_PARTS or (kind is None and "video" in part):
+        return "video"
+    return None
+
+
+def image_source(part: dict, where: str, line: int | None, field: str):
+    """The part's image as given: bytes, or a path / URL string."""
+    if part.get("type") == "image_url" or "image_url" in part:
+        ref = part.get("image_url")
+        ref = ref.get("url") if isinstance(ref, dict) else ref
+    elif "path" in part and part.get("image") is None:
+        ref = part.get("path")
+    elif "url" in part and part.get("image") is None:
+        ref = part.get("url")
+    else:
+        ref = part.get("image")
+        if isinstance(ref, dict):  # a datasets Image struct: bytes, else its path
+            ref = ref.get("bytes") if ref.get("bytes") is not None else ref.get("path")
+    if isinstance(ref, (bytes, bytearray, memoryview)):
+        return bytes(ref)
+    if isinstance(ref, str) and ref:
+        return ref
+    raise InputError(where, line, field, "is an image part with no image (expected image_url.url, image, path or url)",
+                     "give each image part its bytes, a path or a URL")
+
+
+def load_image(part: dict, where: str, line: int | None, field: str, base: Path | None = None):
+    """The part's image decoded (PIL, RGB), or an InputError naming the record and part."""
+    from PIL import Image, UnidentifiedImageError
+
+    ref = image_source(part, where, line, field)
+    if isinstance(ref, str):
+        if _DATA_URI.match(ref):
+            try:
+                ref = base64.b64decode(ref.split(",", 1)[1], validate=True)
+            except (binascii.Error, ValueError):
+                raise InputError(where, line, field, "is a data: URI whose base64 does not decode",
+                                 "check how the image was encoded") from None
+        elif ref.startswith("data:"):
+            raise InputError(where, line, field, "is a data: URI that is not a base64 image",
+                             "write data:image/<type>;base64,<bytes>")
+        else:
+            path = ref if is_url(ref) or base is None or Path(ref).is_absolute() else str(base / ref)
+            try:
+                with open_input(path) as f:
+                    ref = f.read()
+            except InputError as e:
+                raise InputError(where, line, field, f"names an image that cannot be read: {e}",
+                                 "check the path (relative paths start at the input file's folder) or URL") from None
+    try:
+        img = Image.open(io.BytesIO(ref))
+        img.load()
+        return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise InputError(where, line, field, f"is not a readable image ({str(e).splitlines()[0][:120]}): "
+                         "truncated or not an image", "fix or drop the image, or skip the record with --skip-bad") from None
+
+
+__all__ = ["FAMILY", "VisionProcessor", "image_source", "load_image", "part_kind"]
