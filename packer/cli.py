@@ -115,6 +115,9 @@ tokenize_options = _apply([
                      help="Re-encode with tokenizers a sample of every chunk's spans (first 64 + 1%), or all of them."),
         click.option("--max-render-chars", type=click.IntRange(1, 1 << 30), default=C.TokenizeConfig.max_render_chars,
                      show_default=True, help="chat: most characters one record's chat-template rendering may have."),
+        click.option("--processor", type=click.Path(exists=True, file_okay=False), default=None,
+                     help="chat with image parts: the model's Hugging Face processor folder (preprocessor_config.json, "
+                          "tokenizer, chat template); images are sized by it and their placeholders expanded."),
         click.option("--render-budget", type=click.IntRange(1, 1 << 40), default=C.TokenizeConfig.render_budget,
                      show_default=True, help="chat: most work steps one record's rendering may take (~1.5M a second); "
                                              "deterministic, never the clock."),
@@ -129,6 +132,8 @@ plan_options = _apply([
         click.option("--overlong", type=click.Choice(C.OVERLONG), default=None,
                      help="Over-long examples (default: truncate for sft/chat, split for text)."),
         click.option("--max-segments", type=click.IntRange(1), default=None, help="Cap on examples per pack."),
+        click.option("--max-patches", type=click.IntRange(1), default=None,
+                     help="Runs with images: most vision patches (sum of t*h*w) a pack may hold."),
         click.option("--cp-size", type=click.IntRange(1), default=1, show_default=True,
                      help="Plan for context parallelism over N ranks: examples padded to multiples of 2N (pack length divisible by 2N)."),
         click.option("--layout", type=click.Choice(C.LAYOUTS), default="best-fit", show_default=True,
@@ -168,14 +173,14 @@ def _tokenize_config(kw: dict) -> C.TokenizeConfig:
         tokenizer_backend=kw["tokenizer_backend"], check_tokens=kw["check_tokens"],
         prompt_field=kw["prompt_field"], chosen_field=kw["chosen_field"], rejected_field=kw["rejected_field"],
         completion_field=kw["completion_field"], label_field=kw["label_field"],
-        preference_format=kw["preference_format"])
+        preference_format=kw["preference_format"], processor=kw.get("processor"))
 
 
 def _plan_config(kw: dict, kind: str, weights: tuple[float, ...] = ()) -> C.PlanConfig:
     return C.PlanConfig(pack_len=kw["pack_len"], algorithm=kw["algorithm"],
                         overlong=kw["overlong"] or C.default_overlong(kind), seed=kw["seed"],
                         max_segments=kw["max_segments"], time_limit=kw["time_limit"], weights=weights,
-                        layout=kw["layout"], cp_size=kw["cp_size"])
+                        layout=kw["layout"], cp_size=kw["cp_size"], max_patches=kw.get("max_patches"))
 
 
 def _inputs(data: tuple, mix: str | None) -> list[C.InputSpec]:

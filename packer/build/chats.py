@@ -51,24 +51,29 @@ class Chat:
     messages: list[dict]
     tools: list | None
     weights: list[bool | None]
+    images: tuple = ()
+    """With images=True: the image parts, in the order the messages hold them, as (field, part); each stays
+    in its message's content as {"type": "image"} for the chat template."""
 
 
 def normalize(obj: dict, *, messages_field: str, chat_format: str, tools_field: str, weight_field: str,
-              where: str, line: int | None) -> Chat:
-    """One record as a Chat, or an InputError naming the record, the field and what is wrong."""
+              where: str, line: int | None, images: bool = False) -> Chat:
+    """One record as a Chat, or an InputError naming the record, the field and what is wrong. images: keep
+    image parts (OpenAI and datasets forms, packer.build.images) instead of refusing them."""
     fmt, field = _detect(obj, messages_field, chat_format, where, line)
     turns = obj[field]
     if isinstance(turns, str):  # some exports store the list as a JSON string
         turns = _json(turns, where, line, field)
     if not isinstance(turns, list) or not turns:
         raise InputError(where, line, field, "must be a non-empty list of messages")
-    messages, weights = [], []
+    messages, weights, found = [], [], []
     for i, m in enumerate(turns):
         at = f"{field}[{i}]"
         if not isinstance(m, dict):
             raise InputError(where, line, at, f"is {type(m).__name__}, expected an object")
         m = {k: v for k, v in m.items() if v is not None}
-        msg = _from_sharegpt(m, at, where, line) if fmt == "sharegpt" else _from_openai(m, at, where, line)
+        msg = _from_sharegpt(m, at, where, line) if fmt == "sharegpt" else \
+            _from_openai(m, at, where, line, found if images else None)
         weights.append(_weight(msg.pop(weight_field, None), f"{at}.{weight_field}", where, line))
         messages.append(msg)
     system = obj.get("system") if fmt == "sharegpt" else None
@@ -80,7 +85,7 @@ def normalize(obj: dict, *, messages_field: str, chat_format: str, tools_field: 
         tools = _json(tools, where, line, tools_field)
     if tools is not None and not isinstance(tools, list):
         raise InputError(where, line, tools_field, f"is {type(tools).__name__}, expected a list of tool schemas")
-    return Chat(messages, tools, weights)  # as given: [] is "tools", as transformers' tools=[] is
+    return Chat(messages, tools, weights, tuple(found))  # tools as given: [] is "tools", as transformers' tools=[] is
 
 
 def _detect(obj: dict, messages_field: str, chat_format: str, where: str, line: int | None) -> tuple[str, str]:
@@ -122,10 +127,35 @@ def _weight(value, at: str, where: str, line: int | None) -> bool | None:
     raise InputError(where, line, at, f"is {value!r}; a message's weight is 0 or 1")
 
 
-def _text(content, at: str, where: str, line: int | None) -> str | None:
-    """A message's content as text: strings as they are, lists of text parts joined, null kept."""
+def _with_images(content: list, at: str, where: str, line: int | None, found: list):
+    """A content list holding image parts, as the template takes it: text parts and {"type": "image"} in order
+    (the parts themselves collected in `found` with their field); video parts refused."""
+    from packer.build.images import part_kind
+
+    out = []
+    for k, part in enumerate(content):
+        kind = part_kind(part)
+        if kind == "video":
+            raise InputError(where, line, f"{at}.content[{k}]", "is a video part; Packer packs images only for now",
+                             "drop the part, or the record with --skip-bad")
+        if kind == "image":
+            found.append((f"{at}.content[{k}]", part))
+            out.append({"type": "image"})
+        else:
+            out.append({"type": "text", "text": _text([part], at, where, line)})
+    return out
+
+
+def _text(content, at: str, where: str, line: int | None, found: list | None = None):
+    """A message's content as text: strings as they are, lists of text parts joined, null kept. With `found`
+    (a run with images), a list holding image parts stays a list (_with_images)."""
     if content is None or isinstance(content, str):
         return content
+    if found is not None and isinstance(content, list):
+        from packer.build.images import part_kind
+
+        if any(part_kind(p) for p in content):
+            return _with_images(content, at, where, line, found)
     if isinstance(content, list):
         texts = []
         for k, part in enumerate(content):
@@ -136,8 +166,9 @@ def _text(content, at: str, where: str, line: int | None) -> str | None:
             if kind in ("text", "input_text", "output_text") and isinstance(part.get("text"), str):
                 texts.append(part["text"])
             else:
-                raise InputError(where, line, f"{at}.content[{k}]", f"is a '{kind}' part; Packer packs text only",
-                                 "drop the part, or the record with --skip-bad")
+                raise InputError(where, line, f"{at}.content[{k}]", f"is a '{kind}' part; Packer packs text, and images "
+                                 "with --processor DIR (the model's processor folder)",
+                                 "drop the part, the record with --skip-bad, or pass --processor for image parts")
         return "".join(texts)
     raise InputError(where, line, f"{at}.content", f"is {type(content).__name__}, expected a string, a list "
                      "of text parts or null")
@@ -168,7 +199,7 @@ def _tool_calls(calls, at: str, where: str, line: int | None) -> list[dict]:
     return out
 
 
-def _from_openai(m: dict, at: str, where: str, line: int | None) -> dict:
+def _from_openai(m: dict, at: str, where: str, line: int | None, found: list | None = None) -> dict:
     role = m.get("role")
     if not isinstance(role, str):
         raise InputError(where, line, f"{at}.role", "is missing; every message needs a string 'role'")
@@ -176,7 +207,7 @@ def _from_openai(m: dict, at: str, where: str, line: int | None) -> dict:
         raise InputError(where, line, f"{at}.role", f"'{role}' is not a known role ({', '.join(ROLES)})",
                          "fix the record or pass --skip-bad")
     msg = dict(m)
-    msg["content"] = _text(m.get("content"), at, where, line)
+    msg["content"] = _text(m.get("content"), at, where, line, found)
     if "reasoning" in msg and "reasoning_content" not in msg:
         msg["reasoning_content"] = msg["reasoning"]  # both kept: the template sees what transformers shows it
     if "reasoning_content" in msg and not isinstance(msg["reasoning_content"], str):

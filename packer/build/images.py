@@ -75,9 +75,19 @@ class VisionProcessor:
         self.meta = ImageMeta(int(ip.patch_size), int(ip.temporal_patch_size), int(ip.merge_size),
                               float(ip.rescale_factor), mean, std, bool(ip.do_rescale), bool(ip.do_normalize))
         self.folder = folder
+        self.image_token = "<|image_pad|>"
+        for name in ("processor_config.json", "tokenizer_config.json"):
+            try:
+                token = json.loads((folder / name).read_text(encoding="utf-8")).get("image_token")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(token, str) and token:
+                self.image_token = token
+                break
 
     def prepare(self, image) -> tuple[np.ndarray, tuple[int, int, int]]:
-        """(uint8 [3, H, W] pixels resized as the processor resizes, grid_thw in patches) of a PIL image."""
+        """(uint8 [3, H, W] pixels resized as the processor resizes, grid_thw in patches) of a PIL image.
+        Raises ValueError where the processor refuses the image (an aspect ratio over 200)."""
         out = self._ip(images=[image], do_rescale=False, do_normalize=False, return_tensors="np")
         pv, grid = out["pixel_values"], [int(x) for x in out["image_grid_thw"][0]]
         m = self.meta
@@ -157,4 +167,52 @@ def load_image(part: dict, where: str, line: int | None, field: str, base: Path 
                          "truncated or not an image", "fix or drop the image, or skip the record with --skip-bad") from None
 
 
-__all__ = ["FAMILY", "VisionProcessor", "image_source", "load_image", "part_kind"]
+def folder_identity(folder: str | Path) -> dict[str, str]:
+    """sha256 of each processor file that sizes images (preprocessor_config.json, processor_config.json)."""
+    import hashlib
+
+    out = {}
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        f = Path(folder) / name
+        if f.is_file():
+            out[name] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+class ImageSpans(list):
+    """A chat's spans with its images' placeholders expanded; `images` holds (uint8 pixels, grid) per image."""
+
+    images: list
+
+
+def image_spans(vision: VisionProcessor, chat, spans: list, where: str, line: int | None, field: str) -> ImageSpans:
+    """The record's images loaded and sized, and the k-th placeholder the template wrote expanded to the k-th
+    image's placeholder tokens. A template that wrote another number of placeholders than the record has
+    images is refused (the images would not match their tokens)."""
+    base = None if is_url(where) else Path(where).parent
+    prepared = []
+    for at, part in chat.images:
+        img = load_image(part, where, line, at, base)
+        try:
+            prepared.append(vision.prepare(img))
+        except ValueError as e:
+            raise InputError(where, line, at, f"is refused by the processor: {str(e).splitlines()[0][:150]}",
+                             "drop the image or the record (--skip-bad)") from None
+    token = vision.image_token
+    wrote = sum(text.count(token) for text, _ in spans)
+    if wrote != len(prepared):
+        raise InputError(where, line, field, f"the chat template wrote {wrote} image placeholders ({token}) for "
+                         f"{len(prepared)} image parts", "render with the model's own chat template (the processor "
+                         "folder's), which writes one per image part")
+    counts = iter([vision.placeholders(g) for _, g in prepared])
+    out = ImageSpans()
+    for text, loss in spans:
+        if token in text:
+            pieces = text.split(token)
+            text = pieces[0] + "".join(token * next(counts) + piece for piece in pieces[1:])
+        out.append((text, loss))
+    out.images = prepared
+    return out
+
+
+__all__ = ["FAMILY", "ImageSpans", "folder_identity", "image_spans", "VisionProcessor", "image_source", "load_image", "part_kind"]

@@ -103,7 +103,12 @@ def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, 
         counts["per_file"] = per_file_counts(lengths, cols["file_index"], rows, pieces, len(tok_manifest["inputs"]))
         pieces[:, 0] = rows[pieces[:, 0]]
         p = wrapped_plan(pieces[:, 2], config.pack_len)
+    elif "images" in tok_manifest:
+        p, pieces, counts, rows = vision_plan(tokenized, tok_manifest, cols, config)
     else:
+        if config.max_patches is not None:
+            raise ConfigError("--max-patches bounds the vision patches of runs with images; this run has none "
+                              "(tokenize with --processor)")
         rows = mixture_rows(_sources_of(tok_manifest, cols["file_index"]), config.weights, config.seed,
                             len(tok_manifest.get("sources", [None])))
         pieces, counts = cut_overlong(lengths[rows], prompt_len[rows], config.pack_len, config.overlong)
@@ -135,6 +140,58 @@ def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, 
 
 
 PREFERENCE_LAYOUTS = ("pairs", "shared-prompt")
+
+
+def vision_plan(tokenized, manifest: dict, cols: dict, config: C.PlanConfig) -> tuple[Plan, np.ndarray, dict, np.ndarray]:
+    """Plan a run with images: examples are never cut (an image's placeholders stay with it), an over-long
+    example is dropped (--overlong drop) or refused, and with --max-patches every pack also holds at most that
+    many vision patches (first-fit decreasing over both capacities)."""
+    from packer.build.planners import lower_bound
+    from packer.build.planners.two_capacities import first_fit_two
+
+    if config.layout != "best-fit" or config.cp_size != 1:
+        raise ConfigError("runs with images are planned best-fit without context parallelism for now; drop --layout "
+                          "and --cp-size")
+    lengths = cols["length"]
+    patches = read_columns(tokenized, ["patches"])["patches"]
+    rows = mixture_rows(_sources_of(manifest, cols["file_index"]), config.weights, config.seed,
+                        len(manifest.get("sources", [None])))
+    over = lengths[rows] > config.pack_len
+    if over.any() and config.overlong != "drop":
+        row = int(rows[np.flatnonzero(over)[0]])
+        path, line = _located(manifest, cols, row)
+        raise InputError(path, line, None, f"an example of {int(lengths[row]):,} tokens (with its images' placeholders) "
+                         f"is longer than --pack-len {config.pack_len}; an example with images is never cut "
+                         f"(--overlong {config.overlong})", "raise --pack-len, or pass --overlong drop")
+    if config.max_patches is not None:
+        big = patches[rows] > config.max_patches
+        if big.any():
+            row = int(rows[np.flatnonzero(big)[0]])
+            path, line = _located(manifest, cols, row)
+            raise InputError(path, line, None, f"its images have {int(patches[row]):,} vision patches, more than "
+                             f"--max-patches {config.max_patches:,}; an image is never split", "raise --max-patches, or "
+                             "lower max_pixels in the processor's preprocessor_config.json so the processor sizes it down")
+    dropped = over
+    keep = rows[~dropped]
+    counts = {"overlong_examples": int(over.sum()), "truncated_examples": 0, "truncated_tokens": 0,
+              "dropped_examples": int(dropped.sum()), "dropped_tokens": int(lengths[rows][dropped].sum()),
+              "split_examples": 0, "split_pieces": 0, "images_patches": int(patches[keep].sum())}
+    pieces = np.stack([keep, np.zeros(len(keep), np.int64), lengths[keep]], axis=1).astype(np.int64)
+    counts["per_file"] = per_file_counts(lengths, cols["file_index"], rows, np.stack(
+        [np.flatnonzero(~dropped), np.zeros(len(keep), np.int64), lengths[keep]], axis=1).astype(np.int64),
+        len(manifest["inputs"]))
+    if config.max_patches is None:
+        p = plan(pieces[:, 2], config.pack_len, config.algorithm, seed=config.seed, max_segments=config.max_segments,
+                 time_limit=config.time_limit)
+        return p, pieces, counts, rows
+    if config.algorithm != "ffd":
+        raise ConfigError(f"--max-patches is planned by first-fit decreasing over tokens and patches; --algorithm "
+                          f"{config.algorithm} does not take a second capacity: pass --algorithm ffd")
+    order, offsets = first_fit_two(pieces[:, 2], patches[keep], config.pack_len, config.max_patches,
+                                   config.max_segments)
+    lb = max(lower_bound(pieces[:, 2], config.pack_len), -(-int(patches[keep].sum()) // config.max_patches))
+    return Plan(order, offsets, config.pack_len, lb, True if len(offsets) - 1 == lb else None, "ffd-2d", 0.0,
+                None), pieces, counts, rows
 
 
 def units_of(example_index: np.ndarray, roles: np.ndarray, where: str) -> np.ndarray:

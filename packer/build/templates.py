@@ -129,7 +129,7 @@ def uses_jinja(template: str, chat_template: str | dict | None) -> bool:
 def make_renderer(kind: str, template: str, fields: dict[str, str], chat_template: str | dict[str, str] | None,
                   special: dict[str, str], chat_format: str = "auto", train_on: str = "assistant",
                   tools_field: str = "tools", weight_field: str = "weight", max_render_chars: int = MAX_RENDER_CHARS,
-                  render_budget: int = RENDER_BUDGET, preference_format: str = "auto"
+                  render_budget: int = RENDER_BUDGET, preference_format: str = "auto", vision=None
                   ) -> Callable[[dict, str, int | None], list[Span]]:
     """The function turning one parsed record into spans, for a kind and template choice.
 
@@ -137,8 +137,11 @@ def make_renderer(kind: str, template: str, fields: dict[str, str], chat_templat
     chat template(s); chatml the built-in; a file a Jinja template; any other word one of the tokenizer's
     named templates (chat_template.jinja is 'default', additional_chat_templates/NAME.jinja is NAME).
     Preference records (packer.build.preference) render text pairs as sft does without a template and chats
-    as the chat kind does; their renderer returns the record's rows.
+    as the chat kind does; their renderer returns the record's rows. vision (a packer.build.images.VisionProcessor,
+    chats only): image parts are kept, and the spans come back with the images (packer.build.images.image_spans).
     """
+    if vision is not None and kind != "chat":
+        raise ConfigError(f"images (--processor) are packed for --kind chat, not --kind {kind}")
     if kind == "sft":
         tpl = load_sft_template("alpaca" if template == "auto" else template)
         q, r = fields["query_field"], fields["response_field"]
@@ -177,12 +180,16 @@ def make_renderer(kind: str, template: str, fields: dict[str, str], chat_templat
 
     def chat(obj: dict, path: str, line: int | None) -> list[Span]:
         c = normalize(obj, messages_field=mf, chat_format=chat_format, tools_field=tools_field,
-                      weight_field=weight_field, where=path, line=line)
+                      weight_field=weight_field, where=path, line=line, images=vision is not None)
         trained = trained_turns(c, policy)
         if not any(t and (m.get("content") or m.get("tool_calls")) for m, t in zip(c.messages, trained)):
             raise InputError(path, line, mf, f"has no non-empty turn to train on (--train-on {train_on})",
                              "remove the record or pass --skip-bad")
-        return render(c, trained, path, line)
+        if vision is None:
+            return render(c, trained, path, line)
+        from packer.build.images import image_spans
+
+        return image_spans(vision, c, render(c, trained, path, line), path, line, mf)
 
     return chat
 

@@ -30,7 +30,7 @@ from packer.build import encoders
 from packer.build.encoders.reference import ENCODE_BATCH
 from packer.build.templates import load_sft_template, make_renderer, uses_jinja
 from packer.build.load_tokenizer import TokenizerInfo
-from packer.core.formats.tokenized import FORMAT, SCHEMA, VERSION, chunk_name, examples_table
+from packer.core.formats.tokenized import FORMAT, SCHEMA, SCHEMA_IMAGES, VERSION, chunk_name, examples_table
 
 @dataclass(frozen=True)
 class Job:
@@ -118,8 +118,27 @@ def _renderer(source: int):
                                            train_on=cfg.train_on, tools_field=_fields(spec, cfg)["tools_field"],
                                            weight_field=cfg.weight_field, max_render_chars=cfg.max_render_chars,
                                            render_budget=cfg.render_budget,
-                                           preference_format=cfg.preference_format)
+                                           preference_format=cfg.preference_format, vision=_vision(job))
     return _RENDERERS[source]
+
+
+_VISION: dict = {}
+
+
+def _vision(job: Job):
+    """This process's image processor (runs with --processor), loaded once."""
+    if job.config.processor is None:
+        return None
+    if "proc" not in _VISION:
+        from packer.build.images import VisionProcessor
+
+        proc = VisionProcessor(job.config.processor)
+        token_id = job.tokenizer.build().token_to_id(proc.image_token)
+        if token_id is None:
+            raise ConfigError(f"{job.config.processor}: the tokenizer has no token {proc.image_token!r}, the image "
+                              "placeholder its processor uses; pass the model's own tokenizer (the processor folder)")
+        _VISION.update(proc=proc, token_id=int(token_id))
+    return _VISION["proc"]
 
 
 def _error_reason(e: InputError) -> str:
@@ -142,7 +161,7 @@ def tokenize_chunk(chunk: Chunk) -> ChunkResult:
     counts = Counter()
     fast = _fast_fields(job, source) if sources.kind_of(chunk.path) == "jsonl" else None
     with pa.OSFile(str(Path(job.out) / chunk_name(chunk.index)), "wb") as sink, \
-            pa.ipc.new_file(sink, SCHEMA) as writer:
+            pa.ipc.new_file(sink, SCHEMA_IMAGES if job.config.processor else SCHEMA) as writer:
         number = chunk.first_record
         if fast is not None:  # sft and text from JSON Lines: whole batches decoded and rendered at once
             for block in _blocks(sources.jsonl.lines(chunk), job.config.chunk_records):
@@ -191,6 +210,8 @@ class _Rendered:
     """Per example, its role (packer.build.preference; None: every example plain)."""
     eos: Sequence[bool] | None = None
     """Per example, whether EOS is appended (None: as appends_eos says for the run)."""
+    images: list | None = None
+    """Runs with images: per example its images as (uint8 pixels, grid) (packer.build.images.ImageSpans)."""
 
 
 def _blocks(items, size: int):
@@ -291,8 +312,10 @@ def _render_records(job: Job, render, batch: list, skipped: Counter, errors: lis
     keep_position: list[int] = []
     roles: list[int] = []
     eos: list[bool | None] = []
+    images: list = []
     for number, rec, _, rows in kept:
         for role, spans, add_eos in rows:
+            images.append(getattr(spans, "images", []))
             keep_number.append(number)
             keep_position.append(rec.position)
             wheres.append(f"{rec.where}:{rec.line}" if rec.line is not None else rec.where)
@@ -303,7 +326,8 @@ def _render_records(job: Job, render, batch: list, skipped: Counter, errors: lis
                 texts.append(text)
                 span_loss.append(loss)
     return _Rendered(len(batch), texts, span_loss, spans_per_example, keep_number, keep_position, wheres.__getitem__,
-                     roles if preference else None, eos if preference else None)
+                     roles if preference else None, eos if preference else None,
+                     images if job.config.processor else None)
 
 
 def _skip(job: Job, e: InputError, skipped: Counter, errors: list[str]) -> None:
@@ -359,10 +383,36 @@ def _encode_batch(job: Job, chunk: Chunk, r: _Rendered, writer, counts: Counter)
         loss = np.insert(loss, ends[add_eos], eos_loss[add_eos])
         lengths = lengths + add_eos
     roles = np.asarray(r.roles, np.uint8) if r.roles is not None else np.zeros(n, np.uint8)
+    if r.images is not None:
+        ids, loss = _check_placeholders(job, r, ids, loss, lengths)
     table = examples_table(np.asarray(keep_number, np.int64), np.full(n, chunk.file_index, np.int32),
-                           np.asarray(keep_position, np.int64), lengths, ids, loss, roles)
+                           np.asarray(keep_position, np.int64), lengths, ids, loss, roles, images=r.images)
     writer.write_table(table)
     counts.update(records=r.records, examples=n, tokens=int(lengths.sum()), loss_tokens=int(loss.sum()))
+
+
+def _check_placeholders(job: Job, r: _Rendered, ids: np.ndarray, loss: np.ndarray, lengths: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Every example holds exactly its images' placeholder tokens, one run per image of prod(grid) / merge^2
+    (packer.core.vision); placeholders are never training targets."""
+    from packer.core.vision import PlaceholderError, mrope_positions
+
+    proc, token_id = _VISION["proc"], _VISION["token_id"]
+    is_image = np.asarray(ids) == token_id
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    for k, ims in enumerate(r.images):
+        a, b = int(starts[k]), int(starts[k + 1])
+        if not ims and not is_image[a:b].any():
+            continue
+        try:
+            mrope_positions(ids[a:b], token_id, np.array([g for _, g in ims], np.int64).reshape(-1, 3),
+                            proc.meta.merge_size)
+        except PlaceholderError as e:
+            raise InputError(r.where(k), None, None, f"its tokens do not match its images: {e}",
+                             "the tokenizer must encode the processor's image token as one id (pass the model's "
+                             "own tokenizer)") from None
+    loss = np.where(is_image, 0, loss).astype(np.uint8)
+    return ids, loss
 
 
 def _spans(encoded: tuple[np.ndarray, np.ndarray], span_loss: list[bool], spans_per_example: list[int]
@@ -428,6 +478,19 @@ def tokenize(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, config:
             file_source.append(i)
     input_meta = [dict(identity(f), source=k) for f, k in zip(files, file_source)]
     cols = [columns(specs[k], config) for k in file_source]
+    images = None
+    if config.processor is not None:  # a folder the installed transformers cannot read says so before any work
+        import dataclasses
+
+        from packer.build.images import VisionProcessor, folder_identity
+
+        proc = VisionProcessor(config.processor)
+        token_id = tokenizer.build().token_to_id(proc.image_token)
+        if token_id is None:
+            raise ConfigError(f"{config.processor}: the tokenizer has no token {proc.image_token!r}, the image "
+                              "placeholder its processor uses; pass the model's own tokenizer (the processor folder)")
+        images = {"image_token": proc.image_token, "image_token_id": int(token_id),
+                  "meta": dataclasses.asdict(proc.meta), "processor": folder_identity(config.processor)}
     lineage = {
         "stage": "tokenize", "version": VERSION, "config": C.to_dict(config),
         "sources": [s.reading() for s in specs], "inputs": input_meta,
@@ -436,6 +499,7 @@ def tokenize(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, config:
         # The tokenizer's chat templates and special tokens render the text: editing them re-tokenizes.
         "chat_template": tokenizer.chat_template if config.kind == "chat" else None,
         "special_tokens": tokenizer.special if config.kind == "chat" else None,
+        "images": images,  # the processor's files size the images: editing them re-tokenizes
     }
     digest = C.digest(lineage)
     existing = None if rebuild else current(out, FORMAT, VERSION, digest, rehash=rehash)
@@ -482,6 +546,7 @@ def tokenize(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, config:
                 "skipped_by_reason": dict(sorted(skipped.items())),
             },
             "first_skipped": [e for r in results for e in r.first_errors][:10],
+            **({"images": images} if images is not None else {}),
         }
 
     try:

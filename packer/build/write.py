@@ -44,6 +44,8 @@ class ShardTask:
     vocab_size: int
     shared_prompt: bool = False
     """The plan's layout is shared-prompt: a piece starting at its row's 0 is the pack's shared prompt."""
+    patch_size: int = 0
+    """Runs with images: the processor's patch size (0: no images); the shard's images go beside it."""
 
 
 @dataclass(frozen=True)
@@ -164,11 +166,30 @@ class _Source:
 
 
 _SOURCE: _Source | None = None
+_IMAGES: dict = {}
 
 
 def _init_worker(folder: str) -> None:
     global _SOURCE
     _SOURCE = _Source(folder)
+    _IMAGES.clear()
+    _IMAGES["folder"] = folder
+
+
+def _row_images(rows: np.ndarray) -> list[list[tuple[bytes, tuple[int, int, int]]]]:
+    """Runs with images: each tokenized row's images as (pixel bytes, grid), read from its chunk."""
+    if "tables" not in _IMAGES:
+        _, tables = open_tokenized(_IMAGES["folder"], verify=False)  # checked by the stage before the map
+        _IMAGES["tables"] = tables
+        _IMAGES["starts"] = np.concatenate([[0], np.cumsum([t.num_rows for t in tables])]).astype(np.int64)
+    tables, starts = _IMAGES["tables"], _IMAGES["starts"]
+    out = []
+    for r in rows.tolist():
+        t = int(np.searchsorted(starts, r, side="right") - 1)
+        grid = tables[t].column("image_grid")[r - int(starts[t])].as_py() or []
+        pixels = tables[t].column("image_pixels")[r - int(starts[t])].as_py() or []
+        out.append([(px, tuple(grid[3 * k:3 * k + 3])) for k, px in enumerate(pixels)])
+    return out
 
 
 def write_one(task: ShardTask) -> ShardResult:
@@ -208,6 +229,8 @@ def write_one(task: ShardTask) -> ShardResult:
         loss_mask=blocks("mask"), num_tokens=total, pack_token_offsets=tok_off, pack_segment_offsets=seg_off,
         segment_lengths=seg_len, segment_example=src.example_index[task.pieces[:, 0]],
         segment_start=task.pieces[:, 1], segment_role=role)
+    if task.patch_size:  # a piece of a row with images is always the whole row (the plan never cuts them)
+        fmt.write_images(Path(task.out) / fmt.images_name(task.index), _row_images(task.pieces[:, 0]), task.patch_size)
     return ShardResult(name, len(task.segments_per_pack), len(seg_len), total, loss[0], size,
                        fmt.head_sha256(Path(task.out) / name))
 
@@ -293,9 +316,12 @@ def write_stage(tokenized: str | Path, plan_dir: str | Path, out: str | Path, co
     pack_bytes = fmt.pack_bytes(code, pack_tokens, sizes)
     bounds = _split_shards(pack_bytes, config.shard_bytes - fmt.SHARD_OVERHEAD)
 
+    images = tok_manifest.get("images")
+    patch = int(images["meta"]["patch_size"]) if isinstance(images, dict) else 0
+
     def build(tmp: Path) -> dict:
         vocab = int(tok_manifest["tokenizer"]["vocab_size"])
-        tasks = (ShardTask(i, str(tmp), seq[seg_off[a]:seg_off[b]], sizes[a:b], pack_len, code, vocab, shared)
+        tasks = (ShardTask(i, str(tmp), seq[seg_off[a]:seg_off[b]], sizes[a:b], pack_len, code, vocab, shared, patch)
                  for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])))
         results = list(progress(run.map(write_one, tasks, _init_worker, (str(tokenized),)),
                                 "write", total=len(bounds) - 1, unit="shard"))
@@ -322,6 +348,7 @@ def write_stage(tokenized: str | Path, plan_dir: str | Path, out: str | Path, co
             },
             "shards": [{"file": r.file, "packs": r.packs, "segments": r.segments, "tokens": r.tokens,
                         "bytes": r.bytes, "head_sha256": r.head_sha256} for r in results],
+            **({"images": images} if images else {}),
         }
 
     return commit_stage(Path(out), build)

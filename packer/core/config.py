@@ -209,6 +209,10 @@ class TokenizeConfig:
     """chat: the most work steps (attribute and item reads, calls, range items) one record's chat-template
     renderings may take together (~1.5M steps a second: ~13 s of Jinja on one core): a deterministic limit, never
     the clock."""
+    processor: str | None = None
+    """chat with images: the model's Hugging Face processor folder (preprocessor_config.json; packer.build.images):
+    image parts are kept, sized by its image processor, and each image's placeholder token expanded to its
+    tokens. None: image parts are refused (Packer packs text)."""
     tokenizer_backend: str = dataclasses.field(default="auto", metadata={"lineage": False})
     """auto (the fast backend where it loads the tokenizer and passes the gate, else tokenizers), fast (refuse
     where it cannot be used) or tokenizers (packer.build.encoders). Outside the lineage: every backend gives
@@ -235,6 +239,8 @@ class TokenizeConfig:
         if self.chat_format not in CHAT_FORMATS:
             raise ConfigError(f"chat_format '{self.chat_format}' is not one of {', '.join(CHAT_FORMATS)}")
         train_on(self.train_on)
+        if self.processor is not None and self.kind != "chat":
+            raise ConfigError(f"processor (--processor) is for --kind chat records with image parts, not --kind {self.kind}")
 
 
 @dataclass(frozen=True)
@@ -268,8 +274,13 @@ class PlanConfig:
     """The ortools planner's work budget in deterministic seconds (None: packer.build.planners.ortools.default_budget of
     the number of examples, 1 s + 10 us an example, at most 300): work is counted, not timed, so the
     same lengths and seed give the same plan on any machine, loaded or not."""
+    max_patches: int | None = None
+    """Runs with images: the most vision patches (sum of t x h x w over its images) a pack may hold, so the
+    vision encoder's batch is bounded; planned by first-fit decreasing over both capacities. None: no bound."""
 
     def __post_init__(self) -> None:
+        if self.max_patches is not None:
+            whole("max_patches (--max-patches)", self.max_patches, 1, 1 << 40)
         whole("pack_len (--pack-len)", self.pack_len, 1, MAX_PACK_LEN,
               "the planners' histograms and every batch row grow with the pack length")
         if self.overlong not in OVERLONG:

@@ -129,6 +129,9 @@ class RemoteRun:
         if not isinstance(entries, list) or not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
             raise FormatError(f"{url}/{COMMIT}", "'shards' or tokenizer.vocab_size is missing (a manifest of another "
                               "version?)", "re-run `packer pack ... --out URL` with this packer")
+        if manifest.get("images") is not None:
+            raise ConfigError(f"{url}: streaming a run with images by range is not implemented yet; fetch the whole run "
+                              "(packer.core.runstore.fetch) and open the local copy")
         root = cache_dir() / "ranges"
         root.mkdir(parents=True, exist_ok=True)
         for old in root.iterdir():  # folders of readers that died on this host: nobody maps them any more

@@ -24,7 +24,7 @@ from packer.core.rangestore import DEFAULT_CACHE_LIMIT
 from packer.train import preference
 from packer.train.cost import CostModel
 from packer.core.config import whole
-from packer.core.errors import ConfigError
+from packer.core.errors import REBUILD_HINT, ConfigError, FormatError
 from packer.train.prefetch import Progress
 from packer.train.prefetch import prefetch as in_background
 from packer.core.context_parallel import cp_indices, padded_lengths
@@ -42,8 +42,19 @@ def pack_costs(ds: PackedShards, balance: str | CostModel) -> np.ndarray:
     if balance == "compute":
         raise ConfigError("balance='compute' needs the model's cost: pass cost=packer.train.cost.cost_model(model.config) "
                           "(or cost=(a, b) for a x tokens + b x sum of squared lengths)")
+    if balance == "patches":  # runs with images: each pack's vision patches (the vision encoder's work)
+        if ds.images_meta is None:
+            raise ConfigError("balance='patches' deals packs by their images' vision patches; this run has no images")
+        out = []
+        for sh, im in zip(ds.shards, ds.images):
+            g = im.image_grid.reshape(-1, 3).astype(np.float64)
+            per_image = g.prod(axis=1)
+            per_seg = np.add.reduceat(np.concatenate([per_image, [0.0]]), im.segment_image_offsets[:-1]) * \
+                (np.diff(im.segment_image_offsets) > 0)
+            out.append(np.add.reduceat(per_seg, sh.pack_segment_offsets[:-1]) if sh.num_packs else per_seg[:0])
+        return np.concatenate(out) if out else np.zeros(0)
     if balance not in BALANCE:
-        raise ConfigError(f"balance '{balance}' is not one of {', '.join(BALANCE)}, or a CostModel")
+        raise ConfigError(f"balance '{balance}' is not one of {', '.join(BALANCE)}, patches, or a CostModel")
     parts = []
     for sh in ds.shards:
         if balance == "tokens":
@@ -169,7 +180,38 @@ class _Batches(torch.utils.data.Dataset):
             _mark_eval(batch, self.ds, packs, empty, self.flatten)
         if self.global_pairs is not None:
             preference.mark(batch, self.ds, packs, self.flatten, int(self.global_pairs[i]))
+        if self.ds.images_meta is not None:
+            vision_batch(batch, self.ds, packs)
         return batch
+
+
+def vision_batch(batch: dict, ds: PackedShards, packs: np.ndarray) -> None:
+    """Runs with images: the batch's pixel_values and image_grid_thw (its packs' images in token order) and
+    position_ids [4, B, L] (or [4, 1, T] flat): the text row restarting per example, then each example's own
+    mRoPE positions (packer.core.vision), as transformers' Qwen-VL models read packed rows. Placeholders that
+    do not match their images are refused (a damaged run)."""
+    from packer.core.vision import ImageMeta, PlaceholderError, packed_positions
+    from packer.train.vision import pixel_values
+
+    info = ds.images_meta
+    meta = ImageMeta(**{**info["meta"], "image_mean": tuple(info["meta"]["image_mean"]),
+                        "image_std": tuple(info["meta"]["image_std"])})
+    grids, pixels = [], []
+    for p in packs.tolist():
+        g, px = ds.images_of(p)
+        grids.append(g)
+        pixels.extend(px)
+    grid = np.concatenate(grids) if grids else np.zeros((0, 3), np.int64)
+    ids = batch["input_ids"]
+    try:
+        pos = packed_positions(ids.reshape(-1).numpy(), batch["cu_seqlens"].numpy(), int(info["image_token_id"]), grid,
+                               meta.merge_size)
+    except PlaceholderError as e:
+        raise FormatError(str(ds.path), f"packs {packs.tolist()}: image placeholders do not match their images ({e})",
+                          REBUILD_HINT) from None
+    batch["position_ids"] = torch.from_numpy(pos).view(4, *ids.shape)
+    batch["pixel_values"] = torch.from_numpy(pixel_values(pixels, meta))
+    batch["image_grid_thw"] = torch.from_numpy(grid)
 
 
 def _check_cp(ds: PackedShards, cp_rank: int, cp_size: int, flatten: bool, num_workers: int, eval: bool) -> None:

@@ -151,7 +151,7 @@ def test_sharegpt_equals_openai(template_file):
                                                        "tool_calls": [{"function": {"arguments": "{}"}}]}]},
      r"messages\[1\]\.tool_calls\[0\]\.function\.name' is missing: a tool call needs a name"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
-     r"messages\[0\]\.content\[0\]' is a 'image_url' part; Packer packs text only"),
+     r"messages\[0\]\.content\[0\]' is a 'image_url' part; Packer packs text, and images"),
     ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None}]},
      r"messages\[1\]\.content' is null, and the message calls no tool"),
     ({"conversations": [{"from": "alien", "value": "x"}]}, r"conversations\[0\]\.from' 'alien' is not a known ShareGPT"),

@@ -57,8 +57,9 @@ MAGIC = b"PKSHARD\0"
 VERSION = 3  # 2: segment_role; 3: the head first, with per-pack labels and xxh3 checksums (range streaming)
 MAX_ROLE = MAX_SEGMENT_ROLE
 FOLDER_FORMAT = "packer-shards"  # the shards folder's manifest.json: format name and version
-FOLDER_VERSION = 5  # 2: manifests carry manifest_sha256; readers check structure on every open; 3: sources, input
-# identities; 4: the tokenize config's rendering limits and counts.per_file (from stages 1 and 2); 5: shards[*].head_sha256
+FOLDER_VERSION = 6  # 2: manifests carry manifest_sha256; readers check structure on every open; 3: sources, input
+# identities; 4: the tokenize config's rendering limits and counts.per_file (from stages 1 and 2); 5: shards[*].head_sha256;
+# 6: the tokenize config's processor, the plan config's max_patches, and runs with images (images, images-NNNNN.bin)
 HEADER = struct.Struct("<8sIIQQQQ16x")  # 64 bytes
 ALIGN = 64
 TOKEN_DTYPES = {1: np.dtype("<u2"), 2: np.dtype("<u4")}
@@ -392,7 +393,11 @@ def check_manifest(folder: Path, manifest: dict) -> tuple[list[dict], int, int]:
         total = sum(e[key] for e in entries)
         if total != _int(counts, key, "counts", folder):
             raise FormatError(str(where), f"the shards hold {total} {key}, counts.{key} says {counts[key]}", REBUILD_HINT)
-    extra = sorted(set(files) - {e["file"] for e in entries})
+    sidecars = {images_name(i) for i in range(len(entries))} if isinstance(manifest.get("images"), dict) else set()
+    missing = sorted(sidecars - set(files))
+    if missing:
+        raise FormatError(str(where), f"'files' does not list {missing[0]}, the images of its shard", REBUILD_HINT)
+    extra = sorted(set(files) - {e["file"] for e in entries} - sidecars)
     if extra:
         raise FormatError(str(where), f"'files' lists {extra[0]}, which no shard entry names", REBUILD_HINT)
     return entries, pack_len, vocab
@@ -501,6 +506,16 @@ class ShardSet:
             self.shards.append(shard)
         self.ranges = None
         """A remote run's RangeReader (packer.core.rangestore): packs are fetched before they are read."""
+        self.images_meta = self.manifest.get("images") if isinstance(self.manifest.get("images"), dict) else None
+        """Runs with images: image_token, image_token_id, meta (packer.core.vision.ImageMeta's fields)."""
+        self.images: list[ShardImages] = []
+        if self.images_meta is not None:
+            patch = self.images_meta.get("meta", {}).get("patch_size")
+            if not isinstance(patch, int) or patch < 1 or not isinstance(self.images_meta.get("image_token_id"), int):
+                raise FormatError(str(self.path / MANIFEST), "'images' lacks meta.patch_size or image_token_id",
+                                  REBUILD_HINT)
+            self.images = [open_images(self.path / images_name(i), len(sh.segment_lengths), patch)
+                           for i, sh in enumerate(self.shards)]
         self._len = sum(s.num_packs for s in self.shards)
         # Per pack: its shard and index there, as Python lists (the fastest scalar lookup).
         counts = [s.num_packs for s in self.shards]
@@ -516,6 +531,12 @@ class ShardSet:
             raise IndexError(f"pack {i} out of range for {self._len} packs")
         i %= self._len
         return self.shards[self._shard_of[i]], self._local[i]
+
+    def images_of(self, i: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Runs with images: grids int64 [I, 3] and uint8 [3, H, W] pixels of pack i's images, in token order."""
+        sh, j = self.locate(i)
+        k = self.shards.index(sh)
+        return self.images[k].of_segments(int(sh.pack_segment_offsets[j]), int(sh.pack_segment_offsets[j + 1]))
 
     def reading(self, packs):
         """Context in which `packs` (global indices) can be read from the maps: for a remote run, fetched, checked
@@ -537,6 +558,111 @@ class ShardSet:
         return {"tokens": sh.tokens[a:b], "loss_mask": sh.loss_mask[a:b],
                 "seg_lens": sh.segment_lengths[sa:sb], "example_index": sh.segment_example[sa:sb],
                 "segment_start": sh.segment_start[sa:sb], "role": sh.segment_role[sa:sb]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Images of a run with images: one images-NNNNN.bin beside each shard-NNNNN.bin (docs/FORMAT.md).
+
+IMAGES_MAGIC = b"PKIMAGE\0"
+IMAGES_VERSION = 1
+IMAGES_HEADER = struct.Struct("<8sIIQQQQ16x")  # magic, version, 0, segments, images, pixel bytes, patch size
+
+
+def images_name(index: int) -> str:
+    """File name of the images of shard `index` (runs with images)."""
+    return f"images-{index:05d}.bin"
+
+
+def _images_layout(segments: int, images: int, pixel_bytes: int) -> list[tuple[str, np.dtype, int, int]]:
+    spec = [("segment_image_offsets", np.dtype("<i8"), segments + 1), ("image_grid", np.dtype("<i4"), 3 * images),
+            ("image_pixel_offsets", np.dtype("<i8"), images + 1), ("pixels", np.dtype("u1"), pixel_bytes)]
+    out, pos = [], IMAGES_HEADER.size
+    for name, dt, n in spec:
+        pos = -(-pos // ALIGN) * ALIGN
+        out.append((name, dt, n, pos))
+        pos += n * dt.itemsize
+    return out
+
+
+def write_images(path: str | Path, segment_images: list, patch_size: int) -> int:
+    """Write the images of one shard: per segment (in the shard's order) its images as (uint8 pixel bytes,
+    grid t, h, w). Returns the file's size."""
+    counts = [len(ims) for ims in segment_images]
+    grids = np.array([g for ims in segment_images for _, g in ims], np.int32).reshape(-1, 3)
+    sizes = [len(px) for ims in segment_images for px, _ in ims]
+    arrays = {"segment_image_offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+              "image_grid": grids.reshape(-1), "image_pixel_offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)}
+    layout = _images_layout(len(counts), len(grids), int(sum(sizes)))
+    with open(path, "wb") as f:
+        f.write(IMAGES_HEADER.pack(IMAGES_MAGIC, IMAGES_VERSION, 0, len(counts), len(grids), int(sum(sizes)), patch_size))
+        for name, dt, n, off in layout:
+            f.write(b"\0" * (off - f.tell()))
+            if name == "pixels":
+                for ims in segment_images:
+                    for px, _ in ims:
+                        f.write(px)
+            else:
+                f.write(memoryview(np.ascontiguousarray(arrays[name], dt)).cast("B"))
+        return f.tell()
+
+
+@dataclass(frozen=True)
+class ShardImages:
+    """Memory-mapped views of one shard's images (see write_images)."""
+
+    path: str
+    segment_image_offsets: np.ndarray
+    image_grid: np.ndarray
+    image_pixel_offsets: np.ndarray
+    pixels: np.ndarray
+    patch_size: int
+
+    def of_segments(self, a: int, b: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Grids [I, 3] and uint8 [3, H, W] pixels of the images of segments [a, b), in order."""
+        i0, i1 = int(self.segment_image_offsets[a]), int(self.segment_image_offsets[b])
+        grids = self.image_grid[3 * i0:3 * i1].reshape(-1, 3).astype(np.int64)
+        P = self.patch_size
+        px = [self.pixels[int(self.image_pixel_offsets[i]):int(self.image_pixel_offsets[i + 1])].reshape(3, h * P, w * P)
+              for i, (_, h, w) in zip(range(i0, i1), grids.tolist())]
+        return grids, px
+
+
+def open_images(path: str | Path, segments: int, patch_size: int) -> ShardImages:
+    """Map and check a shard's images file: header, size, offsets, grids (still images: t = 1) and each
+    image's pixel bytes (3 x h*P x w*P); FormatError names the file and the first bad entry."""
+    path = str(path)
+    p = Path(path)
+    if not p.is_file():
+        raise FormatError(path, "images file is missing", REBUILD_HINT)
+    size = p.stat().st_size
+    if size < IMAGES_HEADER.size:
+        raise FormatError(path, "truncated images file", REBUILD_HINT)
+    with open(path, "rb") as f:
+        magic, version, _, S, I, X, P = IMAGES_HEADER.unpack(f.read(IMAGES_HEADER.size))
+    if magic != IMAGES_MAGIC or version != IMAGES_VERSION:
+        raise FormatError(path, f"not a version-{IMAGES_VERSION} packer images file", REBUILD_HINT)
+    if S != segments or P != patch_size:
+        raise FormatError(path, f"{S} segments of patch size {P}; its shard has {segments} segments and the manifest "
+                          f"patch size {patch_size}", REBUILD_HINT)
+    layout = _images_layout(S, I, X)
+    name, dt, n, off = layout[-1]
+    if size != off + n:
+        raise FormatError(path, f"truncated or padded: {size} bytes, header implies {off + n}", REBUILD_HINT)
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    v = {name: np.frombuffer(mm, dtype=dt, count=n, offset=off) for name, dt, n, off in layout}
+    seg, grid, pix = v["segment_image_offsets"], v["image_grid"].reshape(-1, 3), v["image_pixel_offsets"]
+    for what, o, end in (("segment_image_offsets", seg, I), ("image_pixel_offsets", pix, X)):
+        if o[0] != 0 or o[-1] != end or (np.diff(o) < 0).any():
+            raise FormatError(path, f"{what} do not run from 0 to {end} without going back", REBUILD_HINT)
+    if I and (grid[:, 0] != 1).any() or (grid[:, 1:] < 1).any():
+        raise FormatError(path, "an image grid that is not a still image of positive size (t = 1, h, w >= 1)",
+                          REBUILD_HINT)
+    want = 3 * grid[:, 1].astype(np.int64) * grid[:, 2] * P * P
+    bad = np.flatnonzero(np.diff(pix) != want)
+    if bad.size:
+        raise FormatError(path, f"image {int(bad[0])}: {int(np.diff(pix)[bad[0]])} pixel bytes for its grid "
+                          f"{grid[bad[0]].tolist()} (3 x h*{P} x w*{P})", REBUILD_HINT)
+    return ShardImages(path, seg, v["image_grid"], pix, v["pixels"], int(P))
 
 
 def verify(path: str | Path) -> str:

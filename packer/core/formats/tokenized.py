@@ -16,6 +16,13 @@ example (Arrow IPC file, no compression, so readers memory-map it):
                               5 KTO's mismatched (KL) row (packer.build.preference). A record's rows are
                               consecutive and share its example_index.
 
+Runs with images (`--processor`, version 6) have three more columns (SCHEMA_IMAGES):
+
+    patches       int64       vision patches of the example's images: sum of t * h * w
+    image_grid    list<int32> t, h, w (in patches) of each image, in placeholder order
+    image_pixels  list<large_binary>  each image's pixels as its processor resized them: uint8 [3, H, W],
+                              H = h * patch_size, W = w * patch_size (packer.build.images)
+
 The one module that builds (examples_table, write_chunk) and reads (open_tokenized, read_columns) it;
 docs/FORMAT.md is its specification.
 """
@@ -33,9 +40,9 @@ from packer.core.manifest import check_files, read_manifest, verify_once
 from packer.core.roles import MAX_ROW_ROLE
 
 FORMAT = "packer-tokenized"
-VERSION = 5  # 2: manifests carry manifest_sha256; 3: sources, input identities (size, sha256 or ETag), line = row
+VERSION = 6  # 2: manifests carry manifest_sha256; 3: sources, input identities (size, sha256 or ETag), line = row
 # for tables; 4: config.max_render_chars and config.render_budget (chat rendering limits); 5: the role column and
-# the preference kind's config fields
+# the preference kind's config fields; 6: config.processor, and the image columns of runs with images
 
 
 SCHEMA = pa.schema([
@@ -48,16 +55,31 @@ SCHEMA = pa.schema([
     ("loss_mask", pa.list_(pa.uint8())),
     ("role", pa.uint8()),
 ])
+SCHEMA_IMAGES = pa.schema(list(SCHEMA) + [
+    ("patches", pa.int64()),
+    ("image_grid", pa.list_(pa.int32())),
+    ("image_pixels", pa.list_(pa.large_binary())),
+])
 MAX_ROLE = MAX_ROW_ROLE
 
 
 def examples_table(example_index: np.ndarray, file_index: np.ndarray, line: np.ndarray, lengths: np.ndarray,
-                   ids: np.ndarray, loss: np.ndarray, roles: np.ndarray | None = None) -> pa.Table:
+                   ids: np.ndarray, loss: np.ndarray, roles: np.ndarray | None = None,
+                   images: Sequence[Sequence[tuple[np.ndarray, tuple[int, int, int]]]] | None = None) -> pa.Table:
     """The stage-1 table (SCHEMA, see the module docstring) of N examples: per example its record
     number int64 [N], input file int32 [N], line int64 [N] and length [N]; flat ids [T] and loss mask
-    [T] (0/1), T = lengths.sum(). prompt_len is derived here. The one place that builds this format."""
+    [T] (0/1), T = lengths.sum(). prompt_len is derived here. The one place that builds this format.
+    images (runs with images): per example its images as (uint8 [3, H, W] pixels, grid t, h, w)."""
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     loss = np.asarray(loss, dtype=np.uint8)
+    extra = {}
+    if images is not None:
+        extra = {
+            "patches": pa.array([sum(int(np.prod(g)) for _, g in ims) for ims in images], pa.int64()),
+            "image_grid": pa.array([[int(x) for _, g in ims for x in g] for ims in images], pa.list_(pa.int32())),
+            "image_pixels": pa.array([[np.ascontiguousarray(px, np.uint8).tobytes() for px, _ in ims] for ims in images],
+                                     pa.list_(pa.large_binary())),
+        }
     return pa.table({
         "example_index": pa.array(np.asarray(example_index, np.int64), pa.int64()),
         "file_index": pa.array(np.asarray(file_index, np.int32), pa.int32()),
@@ -67,16 +89,17 @@ def examples_table(example_index: np.ndarray, file_index: np.ndarray, line: np.n
         "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.asarray(ids).astype(np.uint32))),
         "loss_mask": pa.ListArray.from_arrays(pa.array(offsets), pa.array(loss)),
         "role": pa.array(np.zeros(len(lengths), np.uint8) if roles is None else np.asarray(roles, np.uint8), pa.uint8()),
-    }, schema=SCHEMA)
+        **extra,
+    }, schema=SCHEMA if images is None else SCHEMA_IMAGES)
 
 
 def write_chunk(table: pa.Table, dest: str | Path | pa.NativeFile) -> None:
     """Write one chunk (Arrow IPC file format, uncompressed, so readers memory-map it) to a path or stream."""
     if isinstance(dest, pa.NativeFile):
-        with pa.ipc.new_file(dest, SCHEMA) as writer:
+        with pa.ipc.new_file(dest, table.schema) as writer:
             writer.write_table(table)
         return
-    with pa.OSFile(str(dest), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
+    with pa.OSFile(str(dest), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
 
 
@@ -152,7 +175,7 @@ def _checked_table(path: Path, source, entry: dict, hint: str) -> pa.Table:
     """One chunk read from `source`, checked for the schema, Arrow's structure and the manifest's row count."""
     try:
         table = pa.ipc.open_file(source).read_all()
-        if not table.schema.equals(SCHEMA):
+        if not (table.schema.equals(SCHEMA) or table.schema.equals(SCHEMA_IMAGES)):
             raise ValueError(f"schema {table.schema.names} is not the tokenized schema")
         table.validate()
     except (pa.ArrowException, OSError, ValueError) as e:

@@ -317,6 +317,7 @@ def batch_to_kwargs(batch: dict) -> dict:
         "cu_seq_lens_k": cu,
         "max_length_q": int(batch["max_seqlen"]),
         "max_length_k": int(batch["max_seqlen"]),
+        **{k: batch[k] for k in ("pixel_values", "image_grid_thw") if k in batch},  # runs with images
     }
 
 

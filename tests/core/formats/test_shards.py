@@ -268,7 +268,7 @@ def test_version_3_manifests_carry_sources_and_identities_and_version_2_is_refus
     pack([f"{data}#weight=2"], tmp_path / "r", plan_config=C.PlanConfig(pack_len=256))
     tok, plan, shards = (json.loads((tmp_path / "r" / s / "manifest.json").read_text())
                          for s in ("tokenized", "plan", "shards"))
-    assert (tok["version"], plan["version"], shards["version"]) == (5, 4, 5)  # 3 until issue 26, tokenized 5 since preference roles
+    assert (tok["version"], plan["version"], shards["version"]) == (6, 5, 6)  # 3 until issue 26, tokenized 5 since preference roles
     source = {"path": str(data), "query_field": None, "response_field": None, "messages_field": None,
               "text_field": None, "tools_field": None, "chat_format": None, "files": [0]}
     assert tok["sources"] == [source] and shards["sources"] == [{**source, "weight": 2.0}]
@@ -278,7 +278,7 @@ def test_version_3_manifests_carry_sources_and_identities_and_version_2_is_refus
     old = {k: v for k, v in shards.items() if k != SEAL}
     old["version"] = 2
     (tmp_path / "r" / "shards" / "manifest.json").write_text(json.dumps({**old, SEAL: seal(old)}))
-    with pytest.raises(FormatError, match="version 2 is not the supported [45].*re-run"):
+    with pytest.raises(FormatError, match="version 2 is not the supported [4-6].*re-run"):
         PackedShards(tmp_path / "r")
 
 
@@ -297,7 +297,7 @@ def test_version_4_manifests_carry_render_limits_and_per_file_counts_and_version
     pack([f"{data}#weight=2"], tmp_path / "r", plan_config=C.PlanConfig(pack_len=256))
     tok, plan, shards = (json.loads((tmp_path / "r" / s / "manifest.json").read_text())
                          for s in ("tokenized", "plan", "shards"))
-    assert (tok["version"], plan["version"], shards["version"]) == (5, 4, 5)
+    assert (tok["version"], plan["version"], shards["version"]) == (6, 5, 6)
     assert tok["config"]["max_render_chars"] == 1 << 24 and tok["config"]["render_budget"] == 20_000_000
     (per_file,) = plan["counts"]["per_file"]
     assert shards["counts"]["per_file"] == [per_file] and sorted(per_file) == sorted([
@@ -313,7 +313,7 @@ def test_version_4_manifests_carry_render_limits_and_per_file_counts_and_version
         old = {k: v for k, v in m.items() if k != SEAL}
         old["version"] = 3
         path.write_text(json.dumps({**old, SEAL: seal(old)}))
-        with pytest.raises(FormatError, match="version 3 is not the supported [45].*re-run"):
+        with pytest.raises(FormatError, match="version 3 is not the supported [4-6].*re-run"):
             read(tmp_path / "r" / stage)
         path.write_text(json.dumps(m))
 
@@ -330,16 +330,42 @@ def test_version_5_shards_manifests_carry_head_digests_and_version_4_is_refused(
     pack([str(data)], tmp_path / "r", plan_config=C.PlanConfig(pack_len=256))
     path = tmp_path / "r" / "shards" / "manifest.json"
     m = json.loads(path.read_text())
-    assert m["version"] == 5 and m["shard_format_version"] == 3
+    assert m["version"] == 6 and m["shard_format_version"] == 3
     for e in m["shards"]:
         assert e["head_sha256"] == fmt.head_sha256(tmp_path / "r" / "shards" / e["file"])
     old = {k: v for k, v in m.items() if k != SEAL}
     old["version"] = 4
     path.write_text(json.dumps({**old, SEAL: seal(old)}))
-    with pytest.raises(FormatError, match="version 4 is not the supported 5.*re-run"):
+    with pytest.raises(FormatError, match="version 4 is not the supported 6.*re-run"):
         PackedShards(tmp_path / "r")
     old = {k: v for k, v in m.items() if k != SEAL}
     del old["shards"][0]["head_sha256"]
     path.write_text(json.dumps({**old, SEAL: seal(old)}))
     with pytest.raises(FormatError, match=r"shards\[0\] has no head_sha256"):
         PackedShards(tmp_path / "r")
+
+
+def test_version_6_manifests_carry_the_processor_and_max_patches_and_version_5_is_refused(tmp_path):
+    """Issue 31 added config keys (tokenize: processor; plan: max_patches) and runs with images (tokenized columns,
+    the shards manifest's images and images-NNNNN.bin): tokenized 6, plan 5, shards folder 6; older are refused."""
+    import json
+
+    from conftest import sft_records, write_jsonl
+    from packer.core.formats.plan import read_plan
+    from packer.core.formats.tokenized import open_tokenized
+    from packer.core.manifest import SEAL, seal
+    from packer.pipeline import pack
+
+    data = write_jsonl(tmp_path / "d.jsonl", sft_records(20))
+    pack([str(data)], tmp_path / "r", plan_config=C.PlanConfig(pack_len=256))
+    ms = {s: json.loads((tmp_path / "r" / s / "manifest.json").read_text()) for s in ("tokenized", "plan", "shards")}
+    assert ms["tokenized"]["config"]["processor"] is None and ms["plan"]["config"]["max_patches"] is None
+    assert "images" not in ms["shards"]
+    for stage, read, old in (("tokenized", open_tokenized, 5), ("plan", read_plan, 4), ("shards", PackedShards, 5)):
+        path = tmp_path / "r" / stage / "manifest.json"
+        body = {k: v for k, v in ms[stage].items() if k != SEAL}
+        body["version"] = old
+        path.write_text(json.dumps({**body, SEAL: seal(body)}))
+        with pytest.raises(FormatError, match=f"version {old} is not the supported {old + 1}.*re-run"):
+            read(tmp_path / "r" / stage)
+        path.write_text(json.dumps(ms[stage]))

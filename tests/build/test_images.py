@@ -1,0 +1,253 @@
+"""Chats with images packed offline (--processor): images never split, every pack's placeholders match its
+images, two capacities (tokens and vision patches), the loader's vision batches, a packed batch trained by a
+tiny Qwen2.5-VL equal to its examples alone, and the bad-input errors. Images and the processor folder are
+generated here."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("PIL")
+pytest.importorskip("transformers")
+
+from packer.core import config as C  # noqa: E402
+from packer.core.errors import ConfigError, InputError  # noqa: E402
+from packer.pipeline import pack  # noqa: E402
+
+SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]
+TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.content is string %}{{ m.content }}{% else %}"
+            "{% for c in m.content %}{% if c.type == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+            "{% else %}{{ c.text }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}")
+
+
+@pytest.fixture(scope="module")
+def processor(tmp_path_factory):
+    """A Qwen2.5-VL-style processor folder: a byte-level tokenizer with the vision tokens, a chat template
+    that writes one placeholder per image part, and a small preprocessor_config.json."""
+    from tokenizers import Tokenizer
+
+    from packer.build.load_tokenizer import load_tokenizer
+
+    folder = tmp_path_factory.mktemp("proc")
+    tok = Tokenizer.from_str(load_tokenizer("byte").json)
+    tok.add_special_tokens(SPECIALS)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": TEMPLATE, "eos_token": "<|im_end|>"}))
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "Qwen2VLImageProcessor", "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+        "min_pixels": 4 * 28 * 28, "max_pixels": 24 * 28 * 28, "image_mean": [0.48, 0.45, 0.40],
+        "image_std": [0.26, 0.26, 0.27]}))
+    return folder
+
+
+def png(rng, h, w) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def records(n=40, seed=0, folder=None):
+    """Chats with 0-3 images each of a long-tailed size mix: OpenAI image_url data: URIs, local paths and
+    datasets-style image parts."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        content = [{"type": "text", "text": f"look {i}"}]
+        for k in range(i % 4):
+            big = rng.random() < 0.2
+            h, w = (int(rng.integers(150, 220)), int(rng.integers(150, 220))) if big else \
+                (int(rng.integers(30, 90)), int(rng.integers(30, 90)))
+            data = png(rng, h, w)
+            if k == 0:
+                content.append({"type": "image_url", "image_url": {"url": "data:image/png;base64," +
+                                                                   base64.b64encode(data).decode()}})
+            elif k == 1 and folder is not None:
+                (folder / f"img{i}.png").write_bytes(data)
+                content.append({"type": "image", "path": f"img{i}.png"})
+            else:
+                content.append({"type": "image", "image": "data:image/png;base64," + base64.b64encode(data).decode()})
+        out.append({"messages": [{"role": "user", "content": content},
+                                 {"role": "assistant", "content": f"answer {i} " * (i % 5 + 1)}]})
+    return out
+
+
+def _write(path, recs):
+    path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    return path
+
+
+def _pack(tmp_path, processor, recs, **plan):
+    data = _write(tmp_path / "d.jsonl", recs)
+    return pack([str(data)], tmp_path / "run", tokenizer=str(processor),
+                tokenize_config=C.TokenizeConfig(kind="chat", processor=str(processor)),
+                plan_config=C.PlanConfig(**{"pack_len": 512, "algorithm": "ffd", **plan}))
+
+
+def test_every_pack_holds_its_images_placeholders_and_both_capacities(tmp_path, processor):
+    from packer.core.vision import image_runs, placeholders
+    from packer.train.reader import PackedShards
+
+    _pack(tmp_path, processor, records(60, folder=tmp_path), max_patches=300)
+    ds = PackedShards(tmp_path / "run")
+    token = ds.images_meta["image_token_id"]
+    images = patches = 0
+    for p in range(len(ds)):
+        v = ds.arrays(p)
+        grids, pixels = ds.images_of(p)
+        ids = np.asarray(v["tokens"])
+        assert int((ids == token).sum()) == int(placeholders(grids, 2).sum()), f"pack {p}"
+        assert len(image_runs(ids, token)[0]) == len(grids), f"pack {p}: an image's placeholders split"
+        assert int(grids.prod(axis=1).sum()) <= 300 and len(ids) <= 512
+        # every segment's images sit inside it: the runs of each segment match its own images
+        assert [px.shape for px in pixels] == [(3, h * 14, w * 14) for _, h, w in grids.tolist()]
+        images += len(grids)
+        patches += int(grids.prod(axis=1).sum())
+    assert images == sum(i % 4 for i in range(60)) and patches > 300
+
+
+def test_the_loaders_vision_batches_and_patch_balance(tmp_path, processor):
+    from packer.train.loader import PackedLoader
+
+    _pack(tmp_path, processor, records(80), max_patches=300)
+    for flatten in (False, True):
+        for b in PackedLoader(tmp_path / "run", 2, flatten=flatten, seed=1):
+            n = b["input_ids"].numel()
+            assert b["position_ids"].shape == (4, *b["input_ids"].shape)
+            assert b["pixel_values"].shape == (int(b["image_grid_thw"].prod(dim=1).sum()), 3 * 2 * 14 * 14)
+            assert int(b["position_ids"][0].reshape(-1)[0]) == 0 and n > 0
+    from packer.train.loader import imbalance, pack_costs
+
+    by_tokens = PackedLoader(tmp_path / "run", 2, world_size=4, seed=0, balance="tokens")
+    by_patches = PackedLoader(tmp_path / "run", 2, world_size=4, seed=0, balance="patches")
+    patches = pack_costs(by_tokens.dataset, "patches")
+    assert patches.sum() == sum(int(by_tokens.dataset.images_of(p)[0].prod(axis=1).sum()) for p in range(len(patches)))
+    dealt_by_patches = imbalance(patches, by_patches._plan())["step_mean"]
+    assert dealt_by_patches <= imbalance(patches, by_tokens._plan())["step_mean"]
+    with pytest.raises(ConfigError, match="this run has no images"):
+        from conftest import sft_records, write_jsonl
+
+        plain = write_jsonl(tmp_path / "p.jsonl", sft_records(20))
+        pack([str(plain)], tmp_path / "plain", plan_config=C.PlanConfig(pack_len=256))
+        PackedLoader(tmp_path / "plain", 1, balance="patches")
+
+
+@pytest.mark.slow
+def test_a_packed_batch_trains_a_tiny_qwen25_vl_equal_to_its_examples_alone(tmp_path, processor):
+    import copy
+
+    import torch
+    import transformers
+
+    from packer.train.hf.integration import batch_to_kwargs, use_packer_attention
+    from packer.train.loader import PackedLoader
+    from packer.train.vision import pixel_values
+    from packer.core.vision import ImageMeta
+
+    _pack(tmp_path, processor, records(24), max_patches=400)
+    loader = PackedLoader(tmp_path / "run", 2, flatten=True, seed=0)
+    ds = loader.dataset
+    token = ds.images_meta["image_token_id"]
+    cfg = transformers.Qwen2_5_VLConfig(
+        image_token_id=token, video_token_id=token + 1, vision_start_token_id=259, vision_end_token_id=260,
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                           fullatt_block_indexes=[1]),
+        text_config=dict(vocab_size=264, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}))
+    torch.manual_seed(0)
+    alone = transformers.Qwen2_5_VLForConditionalGeneration._from_config(cfg, attn_implementation="sdpa").float()
+    packed = use_packer_attention(copy.deepcopy(alone), allow_unverified=True)
+    meta = ImageMeta(**{**ds.images_meta["meta"], "image_mean": tuple(ds.images_meta["meta"]["image_mean"]),
+                        "image_std": tuple(ds.images_meta["meta"]["image_std"])})
+    batch = next(iter(loader))
+    assert len(batch["image_grid_thw"]) >= 2 and batch["cu_seqlens"].numel() >= 4
+    out = packed(**batch_to_kwargs(batch), use_cache=False)
+    labels = batch["labels"]
+    ids, cu = batch["input_ids"], batch["cu_seqlens"].long()
+    # each example alone: its own ids, images and labels (its first label is -100: nothing predicts it)
+    grids = batch["image_grid_thw"]
+    seen, total, count = 0, 0.0, 0
+    for k in range(len(cu) - 1):
+        a, b = int(cu[k]), int(cu[k + 1])
+        e_ids = ids[:, a:b]
+        n_img = len(__import__("packer.core.vision", fromlist=["image_runs"]).image_runs(e_ids[0].numpy(), token)[0])
+        kw = {}
+        if n_img:
+            g = grids[seen:seen + n_img]
+            start = int(grids[:seen].prod(dim=1).sum())
+            kw = dict(pixel_values=batch["pixel_values"][start:start + int(g.prod(dim=1).sum())], image_grid_thw=g)
+            seen += n_img
+        res = alone(input_ids=e_ids, mm_token_type_ids=(e_ids == token).long(), labels=labels[:, a:b],
+                    use_cache=False, **kw)
+        assert (res.logits - out.logits[:, a:b]).abs().max() < 1e-5, f"example {k}"
+        m = int((labels[:, a + 1:b] != -100).sum())
+        total, count = total + res.loss * m, count + m
+    assert seen == len(grids)
+    assert abs(float(out.loss) - float(total / count)) < 1e-5
+    # the loader's pixel values are the processor's for the stored pixels
+    _, pixels = ds.images_of(int(batch["pack_index"][0]))
+    assert np.array_equal(pixel_values(pixels[:1], meta), batch["pixel_values"][:len(pixel_values(pixels[:1], meta))].numpy())
+
+
+def test_bad_images_and_processors_say_what_to_do(tmp_path, processor):
+    rng = np.random.default_rng(1)
+    good = "data:image/png;base64," + base64.b64encode(png(rng, 40, 50)).decode()
+    truncated = "data:image/png;base64," + base64.b64encode(png(rng, 40, 50)[:60]).decode()
+
+    def chat(*parts):
+        return {"messages": [{"role": "user", "content": [{"type": "text", "text": "q"}, *parts]},
+                             {"role": "assistant", "content": "a"}]}
+
+    img = lambda url: {"type": "image_url", "image_url": {"url": url}}  # noqa: E731
+    with pytest.raises(InputError, match=r"d\.jsonl:2: field 'messages\[0\]\.content\[2\]' is not a readable image"):
+        _pack(tmp_path, processor, [chat(img(good)), chat(img(good), img(truncated))])
+    with pytest.raises(InputError, match=r"messages\[0\]\.content\[1\].*video part"):
+        _pack(tmp_path, processor, [chat({"type": "video", "video": "v.mp4"})])
+    with pytest.raises(InputError, match=r"content\[1\].*names an image that cannot be read"):
+        _pack(tmp_path, processor, [chat({"type": "image", "path": "nowhere.png"})])
+    # --skip-bad counts it instead
+    data = _write(tmp_path / "d.jsonl", [chat(img(good)), chat(img(truncated))] * 3)
+    m = pack([str(data)], tmp_path / "skip", tokenizer=str(processor),
+             tokenize_config=C.TokenizeConfig(kind="chat", processor=str(processor), skip_bad=True, max_bad="50%"),
+             plan_config=C.PlanConfig(pack_len=512, algorithm="ffd"))
+    assert m["skipped_records"] == 3
+    with pytest.raises(InputError, match=r"vision patches, more than --max-patches 10; an image is never split"):
+        _pack(tmp_path, processor, [chat(img(good))], max_patches=10)
+    with pytest.raises(InputError, match=r"longer than --pack-len 16; an example with images is never cut"):
+        _pack(tmp_path, processor, [chat(img(good))], pack_len=16)
+    with pytest.raises(ConfigError, match=r"--algorithm ortools does not take a second capacity"):
+        _pack(tmp_path, processor, [chat(img(good))], max_patches=1000, algorithm="ortools")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "preprocessor_config.json").write_text(json.dumps({"image_processor_type": "SiglipImageProcessor"}))
+    with pytest.raises(ConfigError, match="SiglipImageProcessor.*not one Packer packs yet"):
+        pack([str(data)], tmp_path / "o", tokenizer=str(processor),
+             tokenize_config=C.TokenizeConfig(kind="chat", processor=str(other)))
+    with pytest.raises(ConfigError, match="--processor.*not --kind sft"):
+        C.TokenizeConfig(kind="sft", processor=str(processor))
+    # the same run without --processor refuses the image part and says how to pack it
+    with pytest.raises(InputError, match=r"pass --processor for image parts"):
+        pack([str(data)], tmp_path / "t", tokenizer=str(processor), tokenize_config=C.TokenizeConfig(kind="chat"))
+
+
+def test_runs_with_images_are_byte_identical_on_rerun(tmp_path, processor):
+    import hashlib
+
+    recs = records(20)
+    digests = []
+    for k in range(2):
+        data = _write(tmp_path / "d.jsonl", recs)
+        pack([str(data)], tmp_path / f"r{k}", tokenizer=str(processor),
+             tokenize_config=C.TokenizeConfig(kind="chat", processor=str(processor)),
+             plan_config=C.PlanConfig(pack_len=512, algorithm="ffd", max_patches=300))
+        digests.append(sorted((p.name, hashlib.sha256(p.read_bytes()).hexdigest())
+                              for p in (tmp_path / f"r{k}" / "shards").iterdir()))
+    assert digests[0] == digests[1] and any(n.startswith("images-") for n, _ in digests[0])
