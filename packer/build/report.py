@@ -129,6 +129,7 @@ def compute(path: str | Path, seconds: dict[str, float] | None = None, baseline_
         **({"preference": dict(c["preference"], tokens=tokens,
                                tokens_without_sharing=tokens + int(c["preference"]["shared_prompt_tokens_saved"]))}
            if c.get("preference") else {}),
+        **({"images": _images(ds)} if ds.images_meta is not None else {}),
         "baseline_batch": baseline_batch,
         "waste_pad_to_pack": 1 - tokens / max(1, pad_pack_tokens),
         "waste_pad_to_longest": 1 - tokens / max(1.0, pad_longest_tokens),
@@ -150,6 +151,36 @@ def compute(path: str | Path, seconds: dict[str, float] | None = None, baseline_
         },
     }
     return report
+
+
+def _images(ds: ShardSet, world: int = 4) -> dict:
+    """Runs with images: images, vision patches per pack, and how evenly a step's patches land on `world`
+    ranks (one pack each, snake-dealt by patches, the loader's balance='patches')."""
+    per_pack = []
+    count = 0
+    for sh, im in zip(ds.shards, ds.images):
+        grid = im.image_grid.reshape(-1, 3).astype(np.int64)
+        per_image = np.concatenate([grid.prod(axis=1), [0]])
+        count += len(grid)
+        seg = np.add.reduceat(per_image, im.segment_image_offsets[:-1]) * (np.diff(im.segment_image_offsets) > 0)
+        if sh.num_packs:
+            per_pack.append(np.add.reduceat(seg, sh.pack_segment_offsets[:-1]))
+    pp = _cat(per_pack)
+    steps = len(pp) // world
+    if steps:
+        load = np.sort(pp[: steps * world].reshape(steps, world), axis=1)  # in pack order: one step's packs
+        ratio = load.max(axis=1) / np.maximum(1, load.mean(axis=1))
+    else:
+        ratio = np.ones(1)
+    return {"images": count, "vision_patches": int(pp.sum()), "patches_per_pack_mean": float(pp.mean()) if len(pp) else 0.0,
+            "patches_per_pack_max": int(pp.max()) if len(pp) else 0, "vision_step_max_over_mean": float(ratio.mean()),
+            "vision_balance_ranks": world}
+
+
+def images_line(v: dict) -> str:
+    return (f"images: {v['images']:,} ({v['vision_patches']:,} vision patches; per pack mean "
+            f"{v['patches_per_pack_mean']:.0f}, max {v['patches_per_pack_max']:,}); vision patches per step over "
+            f"{v['vision_balance_ranks']} ranks, one pack each: max/mean {v['vision_step_max_over_mean']:.3f}")
 
 
 def labels(paths: list[str]) -> list[str]:
@@ -310,6 +341,8 @@ def summary(report: dict) -> str:
                   f"{p['share_achieved']:.1%} (asked {p['share_asked']:.1%})" for p in r["per_source"]]
     if r.get("preference"):
         lines.append(preference_line(r["preference"]))
+    if r.get("images"):
+        lines.append(images_line(r["images"]))
     return "\n".join(lines)
 
 
@@ -334,6 +367,8 @@ def markdown(report: dict) -> str:
         text += ("\n## Per source (mixture)\n\n" + "\n".join(source_table(report["per_source"])) + "\n")
     if report.get("preference"):
         text += f"\n## Preference data\n\n{preference_line(report['preference'])}\n"
+    if report.get("images"):
+        text += f"\n## Images\n\n{images_line(report['images'])}\n"
     return text
 
 

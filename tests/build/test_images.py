@@ -110,6 +110,9 @@ def test_every_pack_holds_its_images_placeholders_and_both_capacities(tmp_path, 
         images += len(grids)
         patches += int(grids.prod(axis=1).sum())
     assert images == sum(i % 4 for i in range(60)) and patches > 300
+    report = json.loads((tmp_path / "run" / "report.json").read_text())["images"]
+    assert report["images"] == images and report["vision_patches"] == patches
+    assert "images:" in (tmp_path / "run" / "report.md").read_text()
 
 
 def test_the_loaders_vision_batches_and_patch_balance(tmp_path, processor):
