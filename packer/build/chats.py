@@ -141,8 +141,15 @@ def _with_images(content: list, at: str, where: str, line: int | None, found: li
         if kind == "image":
             found.append((f"{at}.content[{k}]", part))
             out.append({"type": "image"})
+        elif isinstance(part, str):
+            out.append({"type": "text", "text": part})
+        elif isinstance(part, dict) and part.get("type") in ("text", "input_text", "output_text") and \
+                isinstance(part.get("text"), str):
+            out.append({"type": "text", "text": part["text"]})
         else:
-            out.append({"type": "text", "text": _text([part], at, where, line)})
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            raise InputError(where, line, f"{at}.content[{k}]", f"is a '{kind}' part; Packer packs text and images",
+                             "drop the part, or the record with --skip-bad")
     return out
 
 

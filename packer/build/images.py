@@ -135,8 +135,13 @@ def image_source(part: dict, where: str, line: int | None, field: str):
                      "give each image part its bytes, a path or a URL")
 
 
-def load_image(part: dict, where: str, line: int | None, field: str, base: Path | None = None):
-    """The part's image decoded (PIL, RGB), or an InputError naming the record and part."""
+def load_image(part: dict, where: str, line: int | None, field: str, base: str | None = None,
+               files: dict | None = None):
+    """The part's image decoded (PIL, RGB), or an InputError naming the record and part. A path is relative
+    to `base` (the input file's folder, local or URL); `files` collects sha256 by path of what was read from
+    files or URLs (not data: URIs), so a rerun knows when an image changed."""
+    import hashlib
+
     from PIL import Image, UnidentifiedImageError
 
     ref = image_source(part, where, line, field)
@@ -151,10 +156,12 @@ def load_image(part: dict, where: str, line: int | None, field: str, base: Path 
             raise InputError(where, line, field, "is a data: URI that is not a base64 image",
                              "write data:image/<type>;base64,<bytes>")
         else:
-            path = ref if is_url(ref) or base is None or Path(ref).is_absolute() else str(base / ref)
+            path = ref if is_url(ref) or base is None or ref.startswith("/") else f"{base.rstrip('/')}/{ref}"
             try:
                 with open_input(path) as f:
                     ref = f.read()
+                if files is not None:
+                    files[path] = hashlib.sha256(ref).hexdigest()
             except InputError as e:
                 raise InputError(where, line, field, f"names an image that cannot be read: {e}",
                                  "check the path (relative paths start at the input file's folder) or URL") from None
@@ -165,6 +172,22 @@ def load_image(part: dict, where: str, line: int | None, field: str, base: Path 
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise InputError(where, line, field, f"is not a readable image ({str(e).splitlines()[0][:120]}): "
                          "truncated or not an image", "fix or drop the image, or skip the record with --skip-bad") from None
+
+
+def changed_files(files: dict[str, str]) -> list[str]:
+    """The image files or URLs (of a tokenized stage's manifest) whose bytes are no longer the recorded ones."""
+    import hashlib
+
+    changed = []
+    for path, digest in sorted(files.items()):
+        try:
+            with open_input(path) as f:
+                now = hashlib.sha256(f.read()).hexdigest()
+        except (InputError, OSError):
+            now = None
+        if now != digest:
+            changed.append(path)
+    return changed
 
 
 def folder_identity(folder: str | Path) -> dict[str, str]:
@@ -180,19 +203,21 @@ def folder_identity(folder: str | Path) -> dict[str, str]:
 
 
 class ImageSpans(list):
-    """A chat's spans with its images' placeholders expanded; `images` holds (uint8 pixels, grid) per image."""
+    """A chat's spans with its images' placeholders expanded; `images` holds (uint8 pixels, grid) per image,
+    `files` the sha256 of each image file or URL read (by path)."""
 
     images: list
+    files: dict
 
 
 def image_spans(vision: VisionProcessor, chat, spans: list, where: str, line: int | None, field: str) -> ImageSpans:
     """The record's images loaded and sized, and the k-th placeholder the template wrote expanded to the k-th
     image's placeholder tokens. A template that wrote another number of placeholders than the record has
     images is refused (the images would not match their tokens)."""
-    base = None if is_url(where) else Path(where).parent
-    prepared = []
+    base = where.rsplit("/", 1)[0] if is_url(where) else str(Path(where).parent)
+    prepared, files = [], {}
     for at, part in chat.images:
-        img = load_image(part, where, line, at, base)
+        img = load_image(part, where, line, at, base, files)
         try:
             prepared.append(vision.prepare(img))
         except ValueError as e:
@@ -212,7 +237,8 @@ def image_spans(vision: VisionProcessor, chat, spans: list, where: str, line: in
             text = pieces[0] + "".join(token * next(counts) + piece for piece in pieces[1:])
         out.append((text, loss))
     out.images = prepared
+    out.files = files
     return out
 
 
-__all__ = ["FAMILY", "ImageSpans", "folder_identity", "image_spans", "VisionProcessor", "image_source", "load_image", "part_kind"]
+__all__ = ["FAMILY", "ImageSpans", "changed_files", "folder_identity", "image_spans", "VisionProcessor", "image_source", "load_image", "part_kind"]

@@ -153,7 +153,11 @@ def vision_plan(tokenized, manifest: dict, cols: dict, config: C.PlanConfig) -> 
         raise ConfigError("runs with images are planned best-fit without context parallelism for now; drop --layout "
                           "and --cp-size")
     lengths = cols["length"]
-    patches = read_columns(tokenized, ["patches"])["patches"]
+    try:
+        patches = read_columns(tokenized, ["patches"])["patches"]
+    except KeyError:
+        raise FormatError(str(tokenized), "its manifest names images but its chunks have no image columns",
+                          "the tokenized stage is damaged; delete it and re-run `packer pack`") from None
     rows = mixture_rows(_sources_of(manifest, cols["file_index"]), config.weights, config.seed,
                         len(manifest.get("sources", [None])))
     over = lengths[rows] > config.pack_len

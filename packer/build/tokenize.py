@@ -58,6 +58,8 @@ class ChunkResult:
     first_errors: list[str] = field(default_factory=list)
     spans: int = 0
     spans_checked: int = 0
+    image_files: dict = field(default_factory=dict)
+    """Runs with images: sha256 of every image file or URL the records name (not data: URIs), by reference."""
     """Spans the run-time gate re-encoded with tokenizers (the fast backend only)."""
 
 
@@ -129,6 +131,10 @@ def _vision(job: Job):
     """This process's image processor (runs with --processor), loaded once."""
     if job.config.processor is None:
         return None
+    key = (job.config.processor, job.tokenizer.fingerprint)
+    if _VISION.get("key") != key:  # another run in this process (workers=0) with another processor or tokenizer
+        _VISION.clear()
+        _VISION["key"] = key
     if "proc" not in _VISION:
         from packer.build.images import VisionProcessor
 
@@ -189,7 +195,8 @@ def tokenize_chunk(chunk: Chunk) -> ChunkResult:
                          f"{chunk.records}", "the input changed while it was read; run again")
     pa.default_memory_pool().release_unused()  # hand the chunk's buffers back: memory stays one chunk
     return ChunkResult(chunk.index, chunk.file_index, counts["records"], counts["examples"], counts["tokens"],
-                       counts["loss_tokens"], dict(skipped), errors, counts["spans"], counts["spans_checked"])
+                       counts["loss_tokens"], dict(skipped), errors, counts["spans"], counts["spans_checked"],
+                       dict(sorted(_VISION.pop("files", {}).items())))
 
 
 @dataclass
@@ -316,6 +323,8 @@ def _render_records(job: Job, render, batch: list, skipped: Counter, errors: lis
     for number, rec, _, rows in kept:
         for role, spans, add_eos in rows:
             images.append(getattr(spans, "images", []))
+            if getattr(spans, "files", None):
+                _VISION.setdefault("files", {}).update(spans.files)
             keep_number.append(number)
             keep_position.append(rec.position)
             wheres.append(f"{rec.where}:{rec.line}" if rec.line is not None else rec.where)
@@ -503,6 +512,11 @@ def tokenize(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, config:
     }
     digest = C.digest(lineage)
     existing = None if rebuild else current(out, FORMAT, VERSION, digest, rehash=rehash)
+    if existing is not None and images is not None:
+        from packer.build.images import changed_files
+
+        if changed_files((existing.get("images") or {}).get("files") or {}):
+            existing = None  # an image the records name changed: its pixels would be stale
     if existing is not None:
         details.update(backend=None, reason="up to date: not tokenized again")
         return existing
@@ -546,7 +560,8 @@ def tokenize(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, config:
                 "skipped_by_reason": dict(sorted(skipped.items())),
             },
             "first_skipped": [e for r in results for e in r.first_errors][:10],
-            **({"images": images} if images is not None else {}),
+            **({"images": dict(images, files={k: v for r in results for k, v in r.image_files.items()})}
+               if images is not None else {}),
         }
 
     try:

@@ -71,6 +71,17 @@ def _punch(fd: int, offset: int, length: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def _write_all(fd: int, data: bytes, offset: int, path: str) -> None:
+    """pwrite every byte (a full cache disk is an error naming the cache file, never a pack cut short)."""
+    view = memoryview(data)
+    while len(view):
+        n = os.pwrite(fd, view, offset)
+        if n <= 0:
+            raise OSError(f"{path}: could not write the local cache copy (disk full?); free space in the cache "
+                          "(PACKER_CACHE) or lower cache_limit")
+        view, offset = view[n:], offset + n
+
+
 def _store_identity(info: dict) -> dict:
     """What names one version of an object: ETag / version id / generation, and its size."""
     keys = ("ETag", "VersionId", "generation", "md5Hash", "size", "mtime", "LastModified")
@@ -219,6 +230,7 @@ class RangeReader:
     def __init__(self, run: RemoteRun, shards: list):
         self.run = run
         self.shards = shards
+        self.pid = os.getpid()  # another process (a forked DataLoader worker) must open the URL itself
         self._fds = [os.open(s.path, os.O_RDWR) for s in shards]
         self._ends = [os.fstat(fd).st_size for fd in self._fds]
         weakref.finalize(self, lambda fds: [os.close(fd) for fd in fds], list(self._fds))
@@ -302,7 +314,7 @@ class RangeReader:
             for s, a, b, p, which in g:
                 if not self._ok(p, which, view[a - base:b - base]):
                     bad.append((s, a, b, p, which))
-            os.pwrite(self._fds[g[0][0]], data, base)
+            _write_all(self._fds[g[0][0]], data, base, self.shards[g[0][0]].path)
         for s, a, b, p, which in bad:  # fetched once more, alone; then refused
             (again,) = self.run._cat([f"{self.run.inner}/shards/{self.run.files[s]}"], [a], [b])
             if not self._ok(p, which, memoryview(again)):
@@ -311,7 +323,7 @@ class RangeReader:
                 raise FormatError(f"{self.run.url}/shards/{self.run.files[s]}", f"pack {local} (bytes {a}-{b}, its "
                                   f"{('tokens', 'loss mask')[which]}) fails its checksum after a second fetch: the object "
                                   "is damaged", HINT)
-            os.pwrite(self._fds[s], again, a)
+            _write_all(self._fds[s], again, a, self.shards[s].path)
 
     def _ok(self, p: int, which: int, data: memoryview) -> bool:
         sh = self.shards[int(self._shard_of[p])]
@@ -363,16 +375,26 @@ class RangeReader:
         (so freed space never leaks as partial pages), never past its array's region."""
         s = int(self._shard_of[p])
         sh, j = self.shards[s], int(self._local[p])
-        left = j > 0 and (self.present[p - 1] or p - 1 in self._inflight)
-        right = j + 1 < sh.num_packs and (self.present[p + 1] or p + 1 in self._inflight)
-        for (a, b), (lo, hi) in ((self.tok_ranges[p], (sh.head, sh.mask_at)),
-                                 (self.mask_ranges[p], (sh.mask_at, self._ends[s]))):
-            a, b = int(a), int(b)
-            if not left:
-                a = max(lo, a - a % _PAGE)
-            if not right:
-                b = min(hi, -(-b // _PAGE) * _PAGE)
-            _punch(self._fds[s], a, b - a)
+        first, last = p - j, p - j + sh.num_packs - 1  # this shard's packs
+        for ranges, (lo, hi) in ((self.tok_ranges, (sh.head, sh.mask_at)),
+                                 (self.mask_ranges, (sh.mask_at, self._ends[s]))):
+            a, b = int(ranges[p, 0]), int(ranges[p, 1])
+            # Widen to whole pages only over packs that are not held or coming (their bytes are holes already):
+            # the widened range stops at the nearest held or in-flight pack on each side, however small packs are.
+            floor, ceil = max(lo, a - a % _PAGE), min(hi, -(-b // _PAGE) * _PAGE)
+            q = p - 1
+            while q >= first and int(ranges[q, 1]) > floor:
+                if self.present[q] or q in self._inflight:
+                    floor = int(ranges[q, 1])
+                    break
+                q -= 1
+            q = p + 1
+            while q <= last and int(ranges[q, 0]) < ceil:
+                if self.present[q] or q in self._inflight:
+                    ceil = int(ranges[q, 0])
+                    break
+                q += 1
+            _punch(self._fds[s], floor, ceil - floor)
         self.present[p] = False
         self.held -= int(self.pack_bytes[p])
         self._consumed.pop(p, None)

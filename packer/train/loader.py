@@ -10,8 +10,6 @@ Batches are built by `packer.train.collate` (its docstring draws the padded and 
 
 from __future__ import annotations
 
-import os
-import pickle
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,7 +103,33 @@ def epoch_plan(costs: np.ndarray, batch_size: int, world_size: int, seed: int, e
     ranks = np.where((np.arange(steps) % 2 == 1)[:, None], world_size - 1 - rank[None, :], rank[None, :])
     out = np.empty((world_size, steps, batch_size), np.int64)
     out[ranks, np.arange(steps)[:, None], lap[None, :]] = packs
+    if world_size > 1 and batch_size > 1:
+        _even_out(costs, out)
     return out
+
+
+def _even_out(costs: np.ndarray, plan: np.ndarray, rounds: int = 64) -> None:
+    """Per step, swap packs between the most and the least loaded rank while a swap lowers the larger of
+    the two (the snake deal is the start): each rank keeps batch_size packs, the step keeps its packs, and
+    the per-step max/mean falls to what the packs allow far more often than dealing alone. In place;
+    deterministic (ties go to the lowest index)."""
+    W, steps, B = plan.shape
+    for s in range(steps):
+        c = costs[plan[:, s, :]]  # [W, B]
+        for _ in range(rounds):
+            load = c.sum(axis=1)
+            hi, lo = int(np.argmax(load)), int(np.argmin(load))
+            gap = load[hi] - load[lo]
+            if gap <= 0:
+                break
+            delta = c[hi][:, None] - c[lo][None, :]  # moving pack i of hi for pack j of lo lowers hi by delta
+            gain = np.where((delta > 0) & (delta < gap), np.minimum(delta, gap - delta), -1.0)
+            k = int(np.argmax(gain))
+            if gain.flat[k] <= 0:
+                break
+            i, j = divmod(k, B)
+            plan[hi, s, i], plan[lo, s, j] = plan[lo, s, j], plan[hi, s, i]
+            c[hi, i], c[lo, j] = c[lo, j], c[hi, i]
 
 
 def eval_plan(num_packs: int, batch_size: int, world_size: int) -> np.ndarray:
@@ -144,7 +168,6 @@ class _Batches(torch.utils.data.Dataset):
         """Preference runs: units (pairs and unpaired completions) per step over every rank; else None."""
         self.flatten, self.pad_id, self.pin_memory, self.share_memory = flatten, pad_id, pin_memory, share_memory
         self._src = src
-        self._pid = os.getpid()
         self.filler = filler
         """Eval: the pack that stands in for an empty slot (-1) with no labels, or None (training)."""
 
@@ -156,10 +179,8 @@ class _Batches(torch.utils.data.Dataset):
         return len(self.plan)
 
     def __getitem__(self, i: int) -> dict:
-        if self._pid != os.getpid() and self.ds.ranges is not None:
-            # A forked DataLoader worker: a remote run's cache and connections are its parent's; open the URL
-            # again in this process (its own cache, its own store client).
-            self.ds, self._src, self._pid = pickle.loads(pickle.dumps(self.ds)), None, os.getpid()
+        if self.ds.own():  # a forked DataLoader worker opened the remote run itself: rebuild from its maps
+            self._src = None
         with self.ds.reading(self.plan[i] if self.filler is None else np.where(self.plan[i] < 0, self.filler,
                                                                                 self.plan[i])):
             return self._build(i)
@@ -429,6 +450,8 @@ class PackedLoader(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         """This rank's batches of the current epoch, from where the loader stands (state_dict)."""
+        if self.dataset.own():  # in a forked worker of an outer DataLoader: a remote run opened here, afresh
+            self._src, self._ahead = None, None
         plan = self._plan()
         mine = plan[self.rank]
         global_loss = np.where(plan >= 0, self._loss[np.maximum(plan, 0)], 0).sum(axis=(0, 2))

@@ -13,6 +13,7 @@ packer.core.labels. This module only turns a pack into tensors.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,19 @@ class PackedShards(ShardSet, torch.utils.data.Dataset):
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["path"], label_mode=state["label_mode"], verify=False,  # the parent verified
                       cache_limit=state.get("cache_limit", DEFAULT_CACHE_LIMIT))
+
+    def own(self) -> bool:
+        """In a process other than the one that opened a remote run (a forked DataLoader worker), open the URL
+        again here: its own cache, its own store client (the parent's cache copies are the parent's to evict).
+        Returns True when it did (the memory maps changed)."""
+        if self.ranges is None or self.ranges.pid == os.getpid():
+            return False
+        self.__setstate__(self.__getstate__())
+        return True
+
+    def reading(self, packs):
+        self.own()
+        return super().reading(packs)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
         with self.reading([i]):

@@ -254,3 +254,20 @@ def test_runs_with_images_are_byte_identical_on_rerun(tmp_path, processor):
         digests.append(sorted((p.name, hashlib.sha256(p.read_bytes()).hexdigest())
                               for p in (tmp_path / f"r{k}" / "shards").iterdir()))
     assert digests[0] == digests[1] and any(n.startswith("images-") for n, _ in digests[0])
+
+
+def test_an_image_file_changed_since_the_run_is_read_again(tmp_path, processor):
+    """Images named by path are not part of the input's bytes: the run records each one's sha256 and a rerun
+    re-tokenizes when one changed (never stale pixels), and reuses the stage when none did."""
+    rng = np.random.default_rng(4)
+    (tmp_path / "a.png").write_bytes(png(rng, 60, 60))
+    recs = [{"messages": [{"role": "user", "content": [{"type": "text", "text": "q"}, {"type": "image", "path": "a.png"}]},
+                          {"role": "assistant", "content": "a"}]}]
+    _pack(tmp_path, processor, recs)
+    first = (tmp_path / "run" / "shards" / "images-00000.bin").read_bytes()
+    stamp = (tmp_path / "run" / "tokenized" / "chunk-00000.arrow").stat().st_mtime_ns
+    _pack(tmp_path, processor, recs)
+    assert (tmp_path / "run" / "tokenized" / "chunk-00000.arrow").stat().st_mtime_ns == stamp, "reused when unchanged"
+    (tmp_path / "a.png").write_bytes(png(rng, 60, 60))
+    _pack(tmp_path, processor, recs)
+    assert (tmp_path / "run" / "shards" / "images-00000.bin").read_bytes() != first

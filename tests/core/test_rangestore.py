@@ -188,3 +188,41 @@ def test_an_unreachable_store_says_what_was_tried(monkeypatch, tmp_path):
             PackedShards("s3://nowhere/run")
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_evicting_small_packs_never_zeroes_a_held_neighbour(tmp_path, monkeypatch):
+    """Packs far smaller than a page (pack_len 512: a mask range of a few hundred bytes, several a page):
+    eviction frees whole pages only up to the nearest held or coming pack, so every batch still equals the
+    local run's. (fsspec's memory:// store: the same code path as s3://, without a server.)"""
+    import fsspec
+
+    from packer.train.loader import PackedLoader
+
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "c"))
+    data = write_jsonl(tmp_path / "d.jsonl", sft_records(900, seed=5, long_every=40))
+    pack([str(data)], tmp_path / "local", plan_config=PLAN)
+    fs = fsspec.filesystem("memory")
+    for f in (tmp_path / "local" / "shards").iterdir():
+        fs.pipe(f"/smallpacks/r/shards/{f.name}", f.read_bytes())
+    try:
+        for prefetch in (0, 2):
+            remote = PackedLoader("memory://smallpacks/r", 2, seed=3, prefetch=prefetch, cache_limit=40000)
+            assert _batches(remote) == _batches(PackedLoader(tmp_path / "local", 2, seed=3)), f"prefetch={prefetch}"
+            assert remote.dataset.ranges.held <= 40000
+    finally:
+        fs.rm("/smallpacks", recursive=True)
+
+
+def test_an_outer_dataloaders_forked_workers_open_the_url_themselves(run, monkeypatch, tmp_path):
+    import torch
+
+    from packer.train.loader import PackedLoader
+
+    local, url = run
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "c"))
+    remote = PackedLoader(url, 2, seed=5, cache_limit=1 << 20)
+    remote.dataset[0]  # the parent has a cache with a pack in it, and maps of its own, before the workers fork
+    got = [(b["pack_index"].tolist(), b["input_ids"].tolist()) for b in
+           torch.utils.data.DataLoader(remote, batch_size=None, num_workers=2)]
+    want = [(b["pack_index"].tolist(), b["input_ids"].tolist()) for b in PackedLoader(local, 2, seed=5)]
+    assert got == want

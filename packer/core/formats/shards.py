@@ -510,9 +510,18 @@ class ShardSet:
         """Runs with images: image_token, image_token_id, meta (packer.core.vision.ImageMeta's fields)."""
         self.images: list[ShardImages] = []
         if self.images_meta is not None:
-            patch = self.images_meta.get("meta", {}).get("patch_size")
-            if not isinstance(patch, int) or patch < 1 or not isinstance(self.images_meta.get("image_token_id"), int):
-                raise FormatError(str(self.path / MANIFEST), "'images' lacks meta.patch_size or image_token_id",
+            meta = self.images_meta.get("meta") if isinstance(self.images_meta.get("meta"), dict) else {}
+            patch = meta.get("patch_size")
+            whole_ok = all(isinstance(meta.get(k), int) and not isinstance(meta.get(k), bool) and meta[k] >= 1
+                           for k in ("patch_size", "merge_size", "temporal_patch_size"))
+            triples = all(isinstance(meta.get(k), list) and len(meta[k]) == 3 and
+                          all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in meta[k])
+                          for k in ("image_mean", "image_std"))
+            if not whole_ok or not triples or 0 in meta["image_std"] or \
+                    not isinstance(meta.get("rescale_factor"), (int, float)) or \
+                    not isinstance(self.images_meta.get("image_token_id"), int):
+                raise FormatError(str(self.path / MANIFEST), "'images' has no valid meta (patch_size, merge_size, "
+                                  "temporal_patch_size, image_mean, image_std, rescale_factor) or image_token_id",
                                   REBUILD_HINT)
             self.images = [open_images(self.path / images_name(i), len(sh.segment_lengths), patch)
                            for i, sh in enumerate(self.shards)]

@@ -272,6 +272,14 @@ def check_vocab(model: torch.nn.Module, data) -> int:
     key = (id(model), rows, str(ds.path))
     if key in _vocab_checked:
         return _vocab_checked[key]
+    if ds.ranges is not None:  # a streamed run: its packs are not all here to scan
+        vocab = int(ds.vocab_size)
+        if vocab > rows:
+            raise ConfigError(f"{ds.url}: the run's tokenizer has {vocab} ids and {type(model).__name__} embeds {rows}; "
+                              "a streamed run is not scanned whole for its largest id: check a local copy with "
+                              "use_packer_attention(model, data=LOCAL_RUN), or train the model it was packed for")
+        _vocab_checked[key] = vocab - 1
+        return vocab - 1  # every id read is checked against the vocabulary, batch by batch
     top = max((int(sh.tokens.max()) for sh in ds.shards if len(sh.tokens)), default=-1)
     if top >= rows:
         tok = ds.manifest.get("tokenizer", {})

@@ -52,6 +52,11 @@ def reference_logps(model, run: str | Path, *, name: str = "reference", batch_si
     """Every row's summed log-prob under `model` (the reference), computed once and stored as
     RUN/reference/NAME.npz: logp float64 [records, 7] and count int64 [records, 7] by (record, role), with the
     shards' seal, written to a temporary name and renamed. Returns the path."""
+    from packer.core.storage import is_url
+
+    if isinstance(run, str) and is_url(run):
+        raise ConfigError(f"{run}: reference_logps writes RUN/reference/{name}.npz beside the run, so it takes a local "
+                          "run folder; fetch the run (packer.core.runstore.fetch) and pass the local copy")
     ds = PackedShards(run)
     records = int(ds.manifest["counts"]["records"])
     logp = np.full((records, MAX_ROLE + 1), np.nan)
