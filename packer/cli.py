@@ -427,10 +427,20 @@ def inspect(path, index, tokenizer, color):
         cuts = np.flatnonzero(np.diff(m.astype(np.int8))) + 1
         text = "".join((on if r[0] else "") + tok.decode(t.tolist(), skip_special_tokens=False) + (off if r[0] else "")
                        for t, r in zip(np.split(tokens[a:b], cuts), np.split(m, cuts)))
+        images = ""
+        if ds.images_meta is not None:  # runs with images: each image's placeholders shown as one marker
+            sh, j = ds.locate(index)
+            first = int(sh.pack_segment_offsets[j]) + k
+            grids, _ = ds.images[ds.shards.index(sh)].of_segments(first, first + 1)
+            token = ds.images_meta.get("image_token", "<|image_pad|>")
+            for t, h, w in grids.tolist():
+                n = t * h * w // ds.images_meta["meta"]["merge_size"] ** 2
+                text = text.replace(token * n, f"{token}x{n}[image {t}x{h}x{w} patches]", 1)
+            images = f", {len(grids)} images" if len(grids) else ""
         role = int(p["role"][k])
         marked = f" [{ROLE_NAMES[role]}]" if role else ""  # preference runs: prompt, chosen, rejected, ...
         click.echo(f"--- segment {k}: record {int(p['example_index'][k])}{marked}, tokens {int(p['segment_start'][k])}.."
-                   f"{int(p['segment_start'][k]) + int(b - a)} of it, {int(m.sum())} trained")
+                   f"{int(p['segment_start'][k]) + int(b - a)} of it, {int(m.sum())} trained{images}")
         click.echo(text)
 
 

@@ -211,12 +211,11 @@ def vision_batch(batch: dict, ds: PackedShards, packs: np.ndarray) -> None:
     position_ids [4, B, L] (or [4, 1, T] flat): the text row restarting per example, then each example's own
     mRoPE positions (packer.core.vision), as transformers' Qwen-VL models read packed rows. Placeholders that
     do not match their images are refused (a damaged run)."""
-    from packer.core.vision import ImageMeta, PlaceholderError, packed_positions
+    from packer.core.vision import PlaceholderError, packed_positions
     from packer.train.vision import pixel_values
 
     info = ds.images_meta
-    meta = ImageMeta(**{**info["meta"], "image_mean": tuple(info["meta"]["image_mean"]),
-                        "image_std": tuple(info["meta"]["image_std"])})
+    meta = ds.image_meta()
     grids, pixels = [], []
     for p in packs.tolist():
         g, px = ds.images_of(p)

@@ -96,4 +96,19 @@ class PackedShards(ShardSet, torch.utils.data.Dataset):
         if self.cp_size > 1:  # planned for context parallelism: where each segment sits once padded
             pad = padded_lengths(seg, self.cp_size)
             item["cu_seqlens_padded"] = torch.from_numpy(np.concatenate([[0], np.cumsum(pad)]).astype(np.int32))
+        if self.images_meta is not None:  # runs with images: the pack's images and its [4, n] positions
+            from packer.train.vision import packed_inputs
+
+            grids, pixels = self.images_of(i)
+            vis = packed_inputs(item["input_ids"], item["cu_seqlens"], pixels, grids, self.image_meta(),
+                                int(self.images_meta["image_token_id"]))
+            item.update(position_ids=vis["position_ids"][:, 0], pixel_values=vis["pixel_values"],
+                        image_grid_thw=vis["image_grid_thw"])
         return item
+
+    def image_meta(self):
+        """Runs with images: what turns stored pixels into pixel values (packer.core.vision.ImageMeta)."""
+        from packer.core.vision import ImageMeta
+
+        m = self.images_meta["meta"]
+        return ImageMeta(**{**m, "image_mean": tuple(m["image_mean"]), "image_std": tuple(m["image_std"])})

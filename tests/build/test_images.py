@@ -271,3 +271,93 @@ def test_an_image_file_changed_since_the_run_is_read_again(tmp_path, processor):
     (tmp_path / "a.png").write_bytes(png(rng, 60, 60))
     _pack(tmp_path, processor, recs)
     assert (tmp_path / "run" / "shards" / "images-00000.bin").read_bytes() != first
+
+
+def test_inspect_shows_each_image_as_one_marker(tmp_path, processor):
+    from click.testing import CliRunner
+
+    from packer.cli import main
+
+    _pack(tmp_path, processor, records(8))
+    res = CliRunner().invoke(main, ["inspect", str(tmp_path / "run"), "--pack", "0", "--tokenizer", str(processor)])
+    assert res.exit_code == 0, res.output
+    assert "[image 1x" in res.output and " images" in res.output
+
+
+def _tiny_qwen25_vl(token):
+    import transformers
+
+    cfg = transformers.Qwen2_5_VLConfig(
+        image_token_id=token, video_token_id=token + 1, vision_start_token_id=259, vision_end_token_id=260,
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                           fullatt_block_indexes=[1]),
+        text_config=dict(vocab_size=264, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}))
+    return transformers.Qwen2_5_VLForConditionalGeneration._from_config(cfg, attn_implementation="sdpa").float()
+
+
+@pytest.mark.slow
+def test_one_trainer_step_on_packed_images_equals_the_examples_alone(tmp_path, processor):
+    """Trainer + PackedCollator on a run with images (PackedShards items carry pixel values, grids and [4, n]
+    positions): one SGD step equals the same step taken on every example alone (loss and weights); the
+    collator refuses images without their positions."""
+    import copy
+
+    import torch
+    import transformers
+
+    from packer.core.vision import image_runs
+    from packer.hf import PackedCollator, use_packer_attention
+    from packer.train.reader import PackedShards
+
+    _pack(tmp_path, processor, records(16), max_patches=400)
+    ds = PackedShards(tmp_path / "run")
+    token = ds.images_meta["image_token_id"]
+    torch.manual_seed(0)
+    ref = _tiny_qwen25_vl(token)
+    model = use_packer_attention(copy.deepcopy(ref), allow_unverified=True)
+    two = torch.utils.data.Subset(ds, [0, 1])
+    args = transformers.TrainingArguments(str(tmp_path / "hf"), per_device_train_batch_size=2, max_steps=1,
+                                          learning_rate=0.5, optim="sgd", lr_scheduler_type="constant",
+                                          weight_decay=0.0, max_grad_norm=0.0, remove_unused_columns=False,
+                                          report_to=[], use_cpu=True, save_strategy="no", seed=0)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=two, data_collator=PackedCollator())
+    loss = trainer.train().training_loss
+
+    # the same step, every example alone: the mean token loss over both packs, then one SGD step
+    total, count = 0.0, 0
+    for p in (0, 1):
+        item = ds[p]
+        cu = item["cu_seqlens"].long()
+        grids, start = item["image_grid_thw"], 0
+        for k in range(len(cu) - 1):
+            a, b = int(cu[k]), int(cu[k + 1])
+            ids = item["input_ids"][a:b][None]
+            n_img = len(image_runs(ids[0].numpy(), token)[0])
+            kw = {}
+            if n_img:
+                g = grids[:n_img]
+                rows = int(g.prod(dim=1).sum())
+                kw = dict(pixel_values=item["pixel_values"][start:start + rows], image_grid_thw=g)
+                grids, start = grids[n_img:], start + rows
+            labels = item["labels"][a:b][None]
+            logits = ref(input_ids=ids, mm_token_type_ids=(ids == token).long(), use_cache=False, **kw).logits
+            total = total + torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100,
+                                                              reduction="sum")
+            count += int((labels[0, 1:] != -100).sum())
+    (total / count).backward()
+    with torch.no_grad():
+        update, off = 0.0, 0.0
+        for p_ref, p_new in zip(ref.parameters(), model.parameters()):
+            if p_ref.grad is None:
+                continue
+            stepped = p_ref - 0.5 * p_ref.grad
+            update = max(update, float((0.5 * p_ref.grad).abs().max()))
+            off = max(off, float((stepped - p_new).abs().max()))
+    assert abs(loss - float(total / count)) <= 1e-5 * abs(float(total / count))
+    assert off <= 1e-4 * update, (off, update)
+    item = ds[0]
+    with pytest.raises(ConfigError, match="has images but no \\[4, n\\] position_ids"):
+        PackedCollator()([{**item, "position_ids": item["position_ids"][0]}])

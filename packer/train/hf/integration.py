@@ -329,6 +329,12 @@ def batch_to_kwargs(batch: dict) -> dict:
     }
 
 
+def _text_row(position_ids) -> torch.Tensor:
+    """A feature's text positions: position_ids itself, or row 0 of [4, n] (runs with images)."""
+    p = torch.as_tensor(position_ids, dtype=torch.long)
+    return (p[0] if p.dim() == 2 and p.shape[0] == 4 else p).reshape(-1)
+
+
 def _segments(f: dict, i: int, x: torch.Tensor) -> torch.Tensor:
     """Segment boundaries (int64, [k + 1]) of one feature: a pack, a TRL-packed row, or one example."""
     n = len(x)
@@ -341,7 +347,7 @@ def _segments(f: dict, i: int, x: torch.Tensor) -> torch.Tensor:
                               f"to the {n} input_ids")
         cu = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)])
     elif "position_ids" in f:  # rows packed elsewhere: positions restart at 0 in each example
-        p = torch.as_tensor(f["position_ids"], dtype=torch.long).reshape(-1)
+        p = _text_row(f["position_ids"])
         starts = torch.nonzero(p == 0).flatten()
         if n and (len(starts) == 0 or int(starts[0]) != 0):
             raise ConfigError(f"PackedCollator: feature {i}: position_ids must start at 0")
@@ -352,7 +358,7 @@ def _segments(f: dict, i: int, x: torch.Tensor) -> torch.Tensor:
         raise ConfigError(f"PackedCollator: feature {i}: segment boundaries {cu.tolist()} do not split its "
                           f"{n} tokens into non-empty segments")
     if "position_ids" in f:
-        p = torch.as_tensor(f["position_ids"], dtype=torch.long).reshape(-1)
+        p = _text_row(f["position_ids"])
         want = torch.arange(n) - torch.repeat_interleave(cu[:-1], cu[1:] - cu[:-1])
         if p.shape != want.shape or not torch.equal(p, want):
             raise ConfigError(f"PackedCollator: feature {i}: position_ids must count 0, 1, 2, ... within each "
@@ -362,7 +368,8 @@ def _segments(f: dict, i: int, x: torch.Tensor) -> torch.Tensor:
 
 # Keys a feature may carry; each is either used or (the bookkeeping ones) not part of the batch.
 _FEATURE_KEYS = frozenset({"input_ids", "labels", "position_ids", "cu_seqlens", "max_seqlen", "seq_lengths",
-                           "attention_mask", "completion_mask", "assistant_masks", "example_index"})
+                           "attention_mask", "completion_mask", "assistant_masks", "example_index",
+                           "pixel_values", "image_grid_thw"})
 
 
 class PackedCollator:
@@ -393,6 +400,7 @@ class PackedCollator:
 
     def __call__(self, features: list[dict]) -> dict:
         ids, pos, labels, bounds = [], [], [], [0]
+        mrope, pixels, grids = [], [], []  # runs with images: [3, n] positions, pixel values, grids
         for i, f in enumerate(features):
             extra = sorted(set(f) - _FEATURE_KEYS)
             if extra:
@@ -421,6 +429,22 @@ class PackedCollator:
                                   "use PackedShards(..., label_mode='unshifted')")
             y[firsts] = IGNORE  # no example's first token is predicted from the example before it
             p = torch.arange(len(x)) - torch.repeat_interleave(cu[:-1], cu[1:] - cu[:-1])
+            given = torch.as_tensor(f["position_ids"]) if "position_ids" in f else None
+            if given is not None and given.dim() == 2:  # [4, n]: the text row, then mRoPE rows (packer.core.vision)
+                if given.shape != (4, len(x)) or not torch.equal(given[0].long(), p):
+                    raise ConfigError(f"PackedCollator: feature {i}: position_ids of shape {tuple(given.shape)} are not "
+                                      "[4, n] with the text row restarting per example (PackedShards gives these)")
+                mrope.append(given[1:].long())
+            else:
+                mrope.append(p.expand(3, -1))  # text: the same position on every axis
+            if ("pixel_values" in f) != ("image_grid_thw" in f):
+                raise ConfigError(f"PackedCollator: feature {i} has pixel_values without image_grid_thw (or the reverse)")
+            if "pixel_values" in f:
+                if given is None or given.dim() != 2:
+                    raise ConfigError(f"PackedCollator: feature {i} has images but no [4, n] position_ids: its image "
+                                      "tokens need their mRoPE positions (PackedShards of a run with images gives them)")
+                pixels.append(torch.as_tensor(f["pixel_values"]))
+                grids.append(torch.as_tensor(f["image_grid_thw"]).reshape(-1, 3))
             ids.append(x)
             pos.append(p)
             labels.append(y)
@@ -431,10 +455,18 @@ class PackedCollator:
         if pad:
             ids.append(torch.full((pad,), self.pad_token_id, dtype=torch.long))
             pos.append(torch.arange(pad))
+            mrope.append(torch.arange(pad).expand(3, -1))
             labels.append(torch.full((pad,), IGNORE, dtype=torch.long))
             bounds.append(total + pad)
         cu_all = torch.tensor(bounds, dtype=torch.int32)
         max_len = int((cu_all[1:] - cu_all[:-1]).max()) if len(cu_all) > 1 else 0
-        return {"input_ids": torch.cat(ids)[None], "position_ids": torch.cat(pos)[None],
-                "labels": torch.cat(labels)[None], "cu_seq_lens_q": cu_all, "cu_seq_lens_k": cu_all,
-                "max_length_q": max_len, "max_length_k": max_len}
+        out = {"input_ids": torch.cat(ids)[None], "position_ids": torch.cat(pos)[None],
+               "labels": torch.cat(labels)[None], "cu_seq_lens_q": cu_all, "cu_seq_lens_k": cu_all,
+               "max_length_q": max_len, "max_length_k": max_len}
+        if pixels or any(f.get("position_ids") is not None and torch.as_tensor(f["position_ids"]).dim() == 2
+                         for f in features):
+            out["position_ids"] = torch.cat([out["position_ids"][None], torch.cat(mrope, 1)[:, None]], 0)  # [4, 1, T]
+        if pixels:
+            out["pixel_values"] = torch.cat(pixels)
+            out["image_grid_thw"] = torch.cat(grids)
+        return out
