@@ -25,24 +25,29 @@ TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.content is
             "{% else %}{{ c.text }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}")
 
 
-@pytest.fixture(scope="module")
-def processor(tmp_path_factory):
-    """A Qwen2.5-VL-style processor folder: a byte-level tokenizer with the vision tokens, a chat template
-    that writes one placeholder per image part, and a small preprocessor_config.json."""
+def make_processor(folder, patch=14, mean=(0.48, 0.45, 0.40), std=(0.26, 0.26, 0.27)):
+    """A Qwen-VL-style processor folder: a byte-level tokenizer with the vision tokens, a chat template that
+    writes one placeholder per image part, and a small preprocessor_config.json (patch 14: Qwen2.5-VL; 16:
+    Qwen3-VL)."""
     from tokenizers import Tokenizer
 
     from packer.build.load_tokenizer import load_tokenizer
 
-    folder = tmp_path_factory.mktemp("proc")
     tok = Tokenizer.from_str(load_tokenizer("byte").json)
     tok.add_special_tokens(SPECIALS)
     tok.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": TEMPLATE, "eos_token": "<|im_end|>"}))
+    f = 2 * patch
     (folder / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "Qwen2VLImageProcessor", "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
-        "min_pixels": 4 * 28 * 28, "max_pixels": 24 * 28 * 28, "image_mean": [0.48, 0.45, 0.40],
-        "image_std": [0.26, 0.26, 0.27]}))
+        "image_processor_type": "Qwen2VLImageProcessor", "patch_size": patch, "temporal_patch_size": 2,
+        "merge_size": 2, "min_pixels": 4 * f * f, "max_pixels": 24 * f * f, "image_mean": list(mean),
+        "image_std": list(std)}))
     return folder
+
+
+@pytest.fixture(scope="module")
+def processor(tmp_path_factory):
+    return make_processor(tmp_path_factory.mktemp("proc"))
 
 
 def png(rng, h, w) -> bytes:
@@ -142,7 +147,8 @@ def test_the_loaders_vision_batches_and_patch_balance(tmp_path, processor):
 
 
 @pytest.mark.slow
-def test_a_packed_batch_trains_a_tiny_qwen25_vl_equal_to_its_examples_alone(tmp_path, processor):
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_a_packed_batch_trains_a_tiny_vl_model_equal_to_its_examples_alone(tmp_path, processor, family):
     import copy
 
     import torch
@@ -153,20 +159,31 @@ def test_a_packed_batch_trains_a_tiny_qwen25_vl_equal_to_its_examples_alone(tmp_
     from packer.train.vision import pixel_values
     from packer.core.vision import ImageMeta
 
+    if family == "qwen3_vl":
+        (tmp_path / "proc3").mkdir()
+        processor = make_processor(tmp_path / "proc3", patch=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     _pack(tmp_path, processor, records(24), max_patches=400)
     loader = PackedLoader(tmp_path / "run", 2, flatten=True, seed=0)
     ds = loader.dataset
     token = ds.images_meta["image_token_id"]
-    cfg = transformers.Qwen2_5_VLConfig(
-        image_token_id=token, video_token_id=token + 1, vision_start_token_id=259, vision_end_token_id=260,
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                           fullatt_block_indexes=[1]),
-        text_config=dict(vocab_size=264, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}))
+    ids = dict(image_token_id=token, video_token_id=token + 1, vision_start_token_id=259, vision_end_token_id=260)
+    text = dict(vocab_size=264, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=4096)
+    if family == "qwen2_5_vl":
+        cfg = transformers.Qwen2_5_VLConfig(**ids, vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
+            spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1]),
+            text_config=dict(**text, rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}))
+        cls = transformers.Qwen2_5_VLForConditionalGeneration
+    else:
+        cfg = transformers.Qwen3VLConfig(**ids, vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16,
+            spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=256, deepstack_visual_indexes=[0, 1]),
+            text_config=dict(**text, head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 1e4,
+                                                                 "mrope_section": [4, 2, 2], "mrope_interleaved": True}))
+        cls = transformers.Qwen3VLForConditionalGeneration
     torch.manual_seed(0)
-    alone = transformers.Qwen2_5_VLForConditionalGeneration._from_config(cfg, attn_implementation="sdpa").float()
+    alone = cls._from_config(cfg, attn_implementation="sdpa").float()
     packed = use_packer_attention(copy.deepcopy(alone), allow_unverified=True)
     meta = ImageMeta(**{**ds.images_meta["meta"], "image_mean": tuple(ds.images_meta["meta"]["image_mean"]),
                         "image_std": tuple(ds.images_meta["meta"]["image_std"])})
