@@ -11,8 +11,10 @@ fsspec (s3://, gs://, hf://, https://: the user's URL says where, nothing is fet
 are refused (images only, for now).
 
 The processor folder (`--processor DIR`, the model's Hugging Face processor files) decides sizes: its
-preprocessor_config.json must be a Qwen2-VL-family image processor (Qwen2-VL, Qwen2.5-VL, Qwen3-VL), read
-with transformers' PIL backend (Qwen2VLImageProcessorPil; torchvision is not needed). `prepare` resizes an
+preprocessor_config.json must be a Qwen2-VL-family image processor (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) or
+LLaVA-1.5's CLIP processor (with processor_config.json's patch_size, vision_feature_select_strategy and
+num_additional_image_tokens), read with transformers' PIL backends (Qwen2VLImageProcessorPil,
+CLIPImageProcessorPil; torchvision is not needed). `prepare` resizes an
 image exactly as that processor does and keeps the resized pixels as uint8 [3, H, W]: what Packer stores.
 The loader turns them into the model's pixel_values (rescale, normalize, patchify:
 packer.train.vision.pixel_values), equal to the processor's own output; each image takes
@@ -35,7 +37,9 @@ from packer.core.storage import is_url, open_input
 from packer.core.vision import ImageMeta
 
 FAMILY = ("Qwen2VLImageProcessor", "Qwen2VLImageProcessorFast", "Qwen2VLImageProcessorPil")
-"""image_processor_type values Packer reads (Qwen2-VL, Qwen2.5-VL and Qwen3-VL all use them)."""
+"""image_processor_type values Packer reads as Qwen-VL (Qwen2-VL, Qwen2.5-VL and Qwen3-VL all use them)."""
+LLAVA = ("CLIPImageProcessor", "CLIPImageProcessorFast", "CLIPImageProcessorPil")
+"""image_processor_type values Packer reads as LLaVA (1.5): fixed-size images, plain causal image tokens."""
 IMAGE_PARTS = ("image", "image_url", "input_image")
 VIDEO_PARTS = ("video", "video_url", "input_video")
 _DATA_URI = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.I)
@@ -55,32 +59,47 @@ class VisionProcessor:
         except ValueError as e:
             raise ConfigError(f"{cfg_path}: not JSON ({e})") from None
         kind = cfg.get("image_processor_type")
-        if kind not in FAMILY:
+        if kind not in FAMILY + LLAVA:
             raise ConfigError(f"{cfg_path}: image_processor_type {kind!r} is not one Packer packs yet (Qwen2-VL, "
-                              f"Qwen2.5-VL and Qwen3-VL: {', '.join(FAMILY)}); LLaVA-style and Gemma 3 processors "
-                              "are not implemented")
+                              f"Qwen2.5-VL and Qwen3-VL: {', '.join(FAMILY)}; LLaVA: {', '.join(LLAVA)}); Gemma 3's "
+                              "processor is not implemented (its image tokens attend to each other both ways)")
+        self.family = "qwen" if kind in FAMILY else "llava"
+        name = "Qwen2VLImageProcessorPil" if self.family == "qwen" else "CLIPImageProcessorPil"
         try:
-            from transformers import Qwen2VLImageProcessorPil
-        except ImportError as e:
-            raise ConfigError(f"{folder}: reading this image processor needs transformers with "
-                              f"Qwen2VLImageProcessorPil (pip install 'packer[hf]'): {e}") from None
+            import transformers
+
+            cls = getattr(transformers, name)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"{folder}: reading this image processor needs transformers with {name} (pip install "
+                              f"'packer[hf]'): {e}") from None
         try:
-            self._ip = Qwen2VLImageProcessorPil.from_pretrained(str(folder))
+            self._ip = cls.from_pretrained(str(folder))
         except Exception as e:  # noqa: BLE001 - whatever the installed transformers says, named
             raise ConfigError(f"{folder}: the installed transformers cannot load this image processor: "
                               f"{str(e).splitlines()[0][:300]}") from None
         ip = self._ip
+        proc = _json(folder / "processor_config.json")
         mean, std = (tuple(float(x) for x in (v if isinstance(v, (list, tuple)) else [v] * 3))
                      for v in (ip.image_mean, ip.image_std))
-        self.meta = ImageMeta(int(ip.patch_size), int(ip.temporal_patch_size), int(ip.merge_size),
-                              float(ip.rescale_factor), mean, std, bool(ip.do_rescale), bool(ip.do_normalize))
+        if self.family == "qwen":
+            self.meta = ImageMeta(int(ip.patch_size), int(ip.temporal_patch_size), int(ip.merge_size),
+                                  float(ip.rescale_factor), mean, std, bool(ip.do_rescale), bool(ip.do_normalize))
+        else:  # LLaVA: whole images of a fixed size, tokens per image from the processor's patch size
+            patch = proc.get("patch_size")
+            if not isinstance(patch, int) or patch < 1:
+                raise ConfigError(f"{folder}/processor_config.json: a LLaVA processor needs patch_size (the vision "
+                                  "tower's), which decides each image's placeholder tokens")
+            strategy = proc.get("vision_feature_select_strategy", "default")
+            if strategy not in ("default", "full"):
+                raise ConfigError(f"{folder}/processor_config.json: vision_feature_select_strategy {strategy!r} is not "
+                                  "default or full")
+            extra = int(proc.get("num_additional_image_tokens", 0)) - (1 if strategy == "default" else 0)
+            self.meta = ImageMeta(patch, 1, 1, float(ip.rescale_factor), mean, std, bool(ip.do_rescale),
+                                  bool(ip.do_normalize), mrope=False, extra_tokens=extra, layout="images")
         self.folder = folder
-        self.image_token = "<|image_pad|>"
-        for name in ("processor_config.json", "tokenizer_config.json"):
-            try:
-                token = json.loads((folder / name).read_text(encoding="utf-8")).get("image_token")
-            except (OSError, ValueError, AttributeError):
-                continue
+        self.image_token = "<|image_pad|>" if self.family == "qwen" else "<image>"
+        for cfg_file in (proc, _json(folder / "tokenizer_config.json")):
+            token = cfg_file.get("image_token")
             if isinstance(token, str) and token:
                 self.image_token = token
                 break
@@ -89,8 +108,15 @@ class VisionProcessor:
         """(uint8 [3, H, W] pixels resized as the processor resizes, grid_thw in patches) of a PIL image.
         Raises ValueError where the processor refuses the image (an aspect ratio over 200)."""
         out = self._ip(images=[image], do_rescale=False, do_normalize=False, return_tensors="np")
-        pv, grid = out["pixel_values"], [int(x) for x in out["image_grid_thw"][0]]
         m = self.meta
+        if self.family == "llava":  # resized and cropped to the tower's size: the image itself
+            pixels = np.asarray(out["pixel_values"][0])
+            _, H, W = pixels.shape
+            if H % m.patch_size or W % m.patch_size:
+                raise ValueError(f"the processor gives {H}x{W} images, not a multiple of patch_size {m.patch_size}")
+            return np.ascontiguousarray(pixels.round().clip(0, 255).astype(np.uint8)), \
+                (1, H // m.patch_size, W // m.patch_size)
+        pv, grid = out["pixel_values"], [int(x) for x in out["image_grid_thw"][0]]
         t, gh, gw = grid
         P, M, T = m.patch_size, m.merge_size, m.temporal_patch_size
         x = pv.reshape(gh // M, gw // M, M, M, 3, T, P, P)[:, :, :, :, :, 0]
@@ -98,8 +124,16 @@ class VisionProcessor:
         return np.ascontiguousarray(pixels.round().clip(0, 255).astype(np.uint8)), (t, gh, gw)
 
     def placeholders(self, grid: tuple[int, int, int]) -> int:
-        """Placeholder tokens of an image of this grid: prod(grid_thw) / merge_size^2."""
-        return int(np.prod(grid)) // self.meta.merge_size ** 2
+        """Placeholder tokens of an image of this grid: prod(grid_thw) / merge_size^2 (+ LLaVA's extra tokens)."""
+        return int(np.prod(grid)) // self.meta.merge_size ** 2 + self.meta.extra_tokens
+
+
+def _json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def part_kind(part) -> str | None:

@@ -404,7 +404,7 @@ def _check_placeholders(job: Job, r: _Rendered, ids: np.ndarray, loss: np.ndarra
                         ) -> tuple[np.ndarray, np.ndarray]:
     """Every example holds exactly its images' placeholder tokens, one run per image of prod(grid) / merge^2
     (packer.core.vision); placeholders are never training targets."""
-    from packer.core.vision import PlaceholderError, mrope_positions
+    from packer.core.vision import PlaceholderError, check_runs
 
     proc, token_id = _VISION["proc"], _VISION["token_id"]
     is_image = np.asarray(ids) == token_id
@@ -413,9 +413,13 @@ def _check_placeholders(job: Job, r: _Rendered, ids: np.ndarray, loss: np.ndarra
         a, b = int(starts[k]), int(starts[k + 1])
         if not ims and not is_image[a:b].any():
             continue
+        want = [proc.placeholders(g) for _, g in ims]
         try:
-            mrope_positions(ids[a:b], token_id, np.array([g for _, g in ims], np.int64).reshape(-1, 3),
-                            proc.meta.merge_size)
+            if proc.meta.mrope:  # Qwen-VL: positions are taken per run, so one run per image
+                check_runs(ids[a:b], np.array([0, b - a]), token_id, want)
+            elif int(is_image[a:b].sum()) != sum(want):  # LLaVA: the features fill the placeholders in order
+                raise PlaceholderError(f"{int(is_image[a:b].sum())} image placeholders for {len(want)} images of "
+                                       f"{sum(want)} tokens")
         except PlaceholderError as e:
             raise InputError(r.where(k), None, None, f"its tokens do not match its images: {e}",
                              "the tokenizer must encode the processor's image token as one id (pass the model's "

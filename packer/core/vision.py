@@ -34,6 +34,14 @@ class ImageMeta:
     image_std: tuple[float, float, float]
     do_rescale: bool = True
     do_normalize: bool = True
+    mrope: bool = True
+    """The model rotates by multi-axis positions (Qwen-VL): batches carry [4, rows, L] position ids."""
+    extra_tokens: int = 0
+    """Placeholders per image beyond prod(grid) / merge_size^2 (LLaVA: its additional tokens, less the CLS
+    token the default feature strategy drops)."""
+    layout: str = "patches"
+    """pixel_values as the model takes them: 'patches' (Qwen-VL: rows of flattened patches) or 'images'
+    (LLaVA: [n, 3, H, W])."""
 
 
 class PlaceholderError(ValueError):
@@ -47,10 +55,28 @@ def image_runs(ids: np.ndarray, image_token_id: int) -> tuple[np.ndarray, np.nda
     return np.flatnonzero(d == 1), np.flatnonzero(d == -1)
 
 
-def placeholders(grids: np.ndarray, merge: int) -> np.ndarray:
-    """int64 [I]: placeholder tokens of each image: prod(grid_thw) / merge^2."""
+def placeholders(grids: np.ndarray, merge: int, extra: int = 0) -> np.ndarray:
+    """int64 [I]: placeholder tokens of each image: prod(grid_thw) / merge^2 (+ extra, LLaVA's)."""
     g = np.asarray(grids, np.int64).reshape(-1, 3)
-    return g.prod(axis=1) // (merge * merge)
+    return g.prod(axis=1) // (merge * merge) + extra
+
+
+def check_runs(ids: np.ndarray, cu_seqlens: np.ndarray, image_token_id: int, counts: np.ndarray) -> None:
+    """The placeholder runs of a row (segments cu_seqlens) are the images' in order, one run of counts[k]
+    tokens per image, none crossing a segment boundary; else PlaceholderError."""
+    starts, ends = image_runs(ids, image_token_id)
+    counts = np.asarray(counts, np.int64)
+    if len(starts) != len(counts):
+        raise PlaceholderError(f"{len(starts)} runs of image placeholders for {len(counts)} images (adjacent images' "
+                               "placeholders merge into one run: the chat template must write something between them)")
+    bad = np.flatnonzero(ends - starts != counts)
+    if bad.size:
+        k = int(bad[0])
+        raise PlaceholderError(f"image {k} has {int(ends[k] - starts[k])} placeholders, not {int(counts[k])} (two "
+                               "images' placeholders touching also count as one run)")
+    cu = np.asarray(cu_seqlens, np.int64)
+    if len(starts) and ((np.searchsorted(cu, starts, "right") != np.searchsorted(cu, ends - 1, "right")).any()):
+        raise PlaceholderError("an image's placeholders are split between two examples")
 
 
 def mrope_positions(ids: np.ndarray, image_token_id: int, grids: np.ndarray, merge: int) -> np.ndarray:
@@ -108,4 +134,4 @@ def packed_positions(ids: np.ndarray, cu_seqlens: np.ndarray, image_token_id: in
     return out
 
 
-__all__ = ["ImageMeta", "PlaceholderError", "image_runs", "mrope_positions", "packed_positions", "placeholders"]
+__all__ = ["ImageMeta", "PlaceholderError", "check_runs", "image_runs", "mrope_positions", "packed_positions", "placeholders"]

@@ -30,10 +30,17 @@ def pixel_values(pixels: list[np.ndarray], meta: ImageMeta) -> np.ndarray:
         x = (px.astype(np.float64) * meta.rescale_factor).astype(np.float32) if meta.do_rescale else px.astype(np.float32)
         if meta.do_normalize:
             x = (x - mean) / std
+        if meta.layout == "images":  # LLaVA: the normalized images themselves, [n, 3, H, W]
+            out.append(x[None])
+            continue
         gh, gw = H // P, W // P
         x = x.reshape(c, gh // M, M, P, gw // M, M, P).transpose(1, 4, 2, 5, 0, 3, 6)
         x = np.broadcast_to(x[:, :, :, :, :, None], (*x.shape[:5], T, P, P))
         out.append(x.reshape(gh * gw, c * T * P * P))
+    if meta.layout == "images":
+        if len({o.shape for o in out}) > 1:
+            raise ValueError("images of different sizes cannot be one [n, 3, H, W] batch")
+        return np.concatenate(out) if out else np.zeros((0, 3, P, P), np.float32)
     return np.concatenate(out) if out else np.zeros((0, 3 * T * P * P), np.float32)
 
 

@@ -378,3 +378,85 @@ def test_one_trainer_step_on_packed_images_equals_the_examples_alone(tmp_path, p
     item = ds[0]
     with pytest.raises(ConfigError, match="has images but no \\[4, n\\] position_ids"):
         PackedCollator()([{**item, "position_ids": item["position_ids"][0]}])
+
+
+def make_llava_processor(folder, size=56, patch=14):
+    """A LLaVA-1.5-style processor folder: CLIP image processor (shortest edge, centre crop), processor_config
+    with the tower's patch size and the default feature strategy, a tokenizer with <image>."""
+    from tokenizers import Tokenizer
+
+    from packer.build.load_tokenizer import load_tokenizer
+
+    tok = Tokenizer.from_str(load_tokenizer("byte").json)
+    tok.add_special_tokens(["<|im_start|>", "<|im_end|>", "<image>"])
+    tok.save(str(folder / "tokenizer.json"))
+    tmpl = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.content is string %}{{ m.content }}{% else %}"
+            "{% for c in m.content %}{% if c.type == 'image' %}<image>{% else %}{{ c.text }}{% endif %}{% endfor %}"
+            "{% endif %}<|im_end|>\n{% endfor %}")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": tmpl, "eos_token": "<|im_end|>"}))
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": size},
+        "crop_size": {"height": size, "width": size}, "do_center_crop": True, "resample": 3,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}))
+    (folder / "processor_config.json").write_text(json.dumps({
+        "patch_size": patch, "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1,
+        "image_token": "<image>"}))
+    return folder
+
+
+@pytest.mark.slow
+def test_llava_style_runs_pack_and_train_equal_to_their_examples_alone(tmp_path):
+    """LLaVA (1.5): fixed-size images, (size/patch)^2 placeholders each (the CLS token dropped), plain causal
+    image tokens and 1-D positions: a packed loader batch through a tiny Llava with Packer attention equals
+    every example alone, and its pixel values equal the CLIP processor's."""
+    import copy
+
+    import torch
+    import transformers
+    from transformers import CLIPImageProcessorPil
+
+    from packer.train.hf.integration import batch_to_kwargs, use_packer_attention
+    from packer.train.loader import PackedLoader
+
+    (tmp_path / "llava").mkdir()
+    proc = make_llava_processor(tmp_path / "llava")
+    data = _write(tmp_path / "d.jsonl", records(20))
+    pack([str(data)], tmp_path / "run", tokenizer=str(proc),
+         tokenize_config=C.TokenizeConfig(kind="chat", processor=str(proc)),
+         plan_config=C.PlanConfig(pack_len=512, algorithm="ffd", max_patches=200))
+    loader = PackedLoader(tmp_path / "run", 2, flatten=True, seed=0)
+    token = loader.dataset.images_meta["image_token_id"]
+    batch = next(iter(loader))
+    assert "image_grid_thw" not in batch and batch["position_ids"].dim() == 2
+    assert batch["pixel_values"].shape[1:] == (3, 56, 56)
+    assert int((batch["input_ids"] == token).sum()) == 16 * len(batch["pixel_values"])
+    cfg = transformers.LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=56, patch_size=14),
+        text_config=dict(model_type="llama", vocab_size=token + 1, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+        image_token_index=token, vision_feature_select_strategy="default", vision_feature_layer=-2)
+    torch.manual_seed(0)
+    alone = transformers.LlavaForConditionalGeneration._from_config(cfg, attn_implementation="sdpa").float()
+    packed = use_packer_attention(copy.deepcopy(alone), allow_unverified=True)
+    out = packed(**batch_to_kwargs(batch), use_cache=False)
+    cu, ids, seen = batch["cu_seqlens"].long(), batch["input_ids"], 0
+    for k in range(len(cu) - 1):
+        a, b = int(cu[k]), int(cu[k + 1])
+        n = int((ids[0, a:b] == token).sum()) // 16  # 16 placeholders an image (adjacent images' runs touch)
+        kw = dict(pixel_values=batch["pixel_values"][seen:seen + n]) if n else {}
+        seen += n
+        logits = alone(input_ids=ids[:, a:b], use_cache=False, **kw).logits
+        assert (logits - out.logits[:, a:b]).abs().max() < 1e-5, f"example {k}"
+    assert seen == len(batch["pixel_values"])
+    ref = CLIPImageProcessorPil.from_pretrained(str(proc))
+    from PIL import Image
+
+    im = Image.fromarray(np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8))
+    from packer.build.images import VisionProcessor
+    from packer.train.vision import pixel_values
+
+    vp = VisionProcessor(proc)
+    px, grid = vp.prepare(im)
+    assert grid == (1, 4, 4) and vp.placeholders(grid) == 16
+    assert np.array_equal(pixel_values([px], vp.meta), ref(images=[im], return_tensors="np")["pixel_values"])

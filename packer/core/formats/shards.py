@@ -517,7 +517,9 @@ class ShardSet:
             triples = all(isinstance(meta.get(k), list) and len(meta[k]) == 3 and
                           all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in meta[k])
                           for k in ("image_mean", "image_std"))
-            if not whole_ok or not triples or 0 in meta["image_std"] or \
+            kinds_ok = isinstance(meta.get("mrope", True), bool) and meta.get("layout", "patches") in ("patches", "images") \
+                and isinstance(meta.get("extra_tokens", 0), int) and meta.get("extra_tokens", 0) >= -1
+            if not whole_ok or not triples or not kinds_ok or 0 in meta["image_std"] or \
                     not isinstance(meta.get("rescale_factor"), (int, float)) or \
                     not isinstance(self.images_meta.get("image_token_id"), int):
                 raise FormatError(str(self.path / MANIFEST), "'images' has no valid meta (patch_size, merge_size, "

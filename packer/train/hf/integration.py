@@ -142,6 +142,13 @@ def packer_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
                       "Packer attention is for training on packed batches; generate with 'sdpa' or 'eager'")
     cu = kwargs.get("cu_seq_lens_q")
     cu_k = kwargs.get("cu_seq_lens_k")
+    if cu is not None and int(cu[-1]) != b * s and not getattr(module, "is_causal", True) and \
+            kwargs.get("is_causal") is not True and "vision" in str(getattr(getattr(module, "config", None),
+                                                                            "model_type", "")):
+        # A bidirectional encoder inside the model (a vision tower: CLIP's attention in LLaVA) handed the text's
+        # boundaries by the model's forward: its rows are its own sequences (one image each), as sdpa reads them.
+        cu = cu_k = None
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("max_length_q", "max_length_k", "position_ids")}
     if cu is not None and cu_k is not None and (cu_k.shape != cu.shape or not torch.equal(cu_k.to(cu.device), cu)):
         raise _refuse(module, "cu_seq_lens_k different from cu_seq_lens_q", "pass the same boundaries for both")
     if cu is not None:
@@ -437,14 +444,16 @@ class PackedCollator:
                 mrope.append(given[1:].long())
             else:
                 mrope.append(p.expand(3, -1))  # text: the same position on every axis
-            if ("pixel_values" in f) != ("image_grid_thw" in f):
-                raise ConfigError(f"PackedCollator: feature {i} has pixel_values without image_grid_thw (or the reverse)")
+            if "image_grid_thw" in f and "pixel_values" not in f:
+                raise ConfigError(f"PackedCollator: feature {i} has image_grid_thw without pixel_values")
             if "pixel_values" in f:
-                if given is None or given.dim() != 2:
-                    raise ConfigError(f"PackedCollator: feature {i} has images but no [4, n] position_ids: its image "
-                                      "tokens need their mRoPE positions (PackedShards of a run with images gives them)")
+                if "image_grid_thw" in f:  # Qwen-VL: the grids, and the mRoPE positions they need
+                    if given is None or given.dim() != 2:
+                        raise ConfigError(f"PackedCollator: feature {i} has images but no [4, n] position_ids: its "
+                                          "image tokens need their mRoPE positions (PackedShards of a run with images "
+                                          "gives them)")
+                    grids.append(torch.as_tensor(f["image_grid_thw"]).reshape(-1, 3))
                 pixels.append(torch.as_tensor(f["pixel_values"]))
-                grids.append(torch.as_tensor(f["image_grid_thw"]).reshape(-1, 3))
             ids.append(x)
             pos.append(p)
             labels.append(y)
@@ -468,5 +477,8 @@ class PackedCollator:
             out["position_ids"] = torch.cat([out["position_ids"][None], torch.cat(mrope, 1)[:, None]], 0)  # [4, 1, T]
         if pixels:
             out["pixel_values"] = torch.cat(pixels)
-            out["image_grid_thw"] = torch.cat(grids)
+            if grids:
+                if len(grids) != len(pixels):
+                    raise ConfigError("PackedCollator: some features have image_grid_thw and others not")
+                out["image_grid_thw"] = torch.cat(grids)
         return out

@@ -252,7 +252,7 @@ def _pre_hook(model: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple,
         kwargs["use_cache"] = False
         _check_temperature_tuning(model, shape[1])
     images = any(kwargs.get(k) is not None for k in ("pixel_values", "pixel_values_videos"))
-    if packed and images and (pos is None or pos.dim() == 2):
+    if packed and images and (pos is None or pos.dim() == 2) and _uses_mrope(model):
         raise ConfigError("a packed batch with images and no multi-axis position_ids: the images' tokens need their "
                           "mRoPE positions computed per example (over the row they would continue from the example "
                           "before); pass position_ids [4, B, T] from packer.train.vision.packed_inputs")
@@ -277,6 +277,16 @@ def mrope_position_ids(model: torch.nn.Module, position_ids: torch.Tensor) -> to
     if types_ & MROPE_FOUR_ROWS:
         return position_ids[None].expand(4, *position_ids.shape)
     return position_ids
+
+
+def _uses_mrope(model: torch.nn.Module) -> bool:
+    """Whether the model rotates by multi-axis positions (an mrope_section in its or its text config's rope)."""
+    for config in (getattr(model, "config", None), getattr(getattr(model, "config", None), "text_config", None)):
+        rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+        if isinstance(rope, dict) and rope.get("mrope_section"):
+            return True
+    types_ = {getattr(getattr(m, "config", None), "model_type", None) for m in (model, *model.children())}
+    return bool(types_ & (MROPE_FOUR_ROWS | {"qwen3_vl", "qwen3_vl_moe", "qwen3_vl_text"}))
 
 
 def _check_temperature_tuning(model: torch.nn.Module, width: int) -> None:
