@@ -315,8 +315,24 @@ def _tiny_qwen25_vl(token):
     return transformers.Qwen2_5_VLForConditionalGeneration._from_config(cfg, attn_implementation="sdpa").float()
 
 
+def _tiny_qwen3_vl(token):
+    import transformers
+
+    cfg = transformers.Qwen3VLConfig(
+        image_token_id=token, video_token_id=token + 1, vision_start_token_id=259, vision_end_token_id=260,
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=256,
+                           deepstack_visual_indexes=[0, 1]),
+        text_config=dict(vocab_size=264, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [4, 2, 2],
+                                          "mrope_interleaved": True}))
+    return transformers.Qwen3VLForConditionalGeneration._from_config(cfg, attn_implementation="sdpa").float()
+
+
 @pytest.mark.slow
-def test_one_trainer_step_on_packed_images_equals_the_examples_alone(tmp_path, processor):
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_one_trainer_step_on_packed_images_equals_the_examples_alone(tmp_path, processor, family):
     """Trainer + PackedCollator on a run with images (PackedShards items carry pixel values, grids and [4, n]
     positions): one SGD step equals the same step taken on every example alone (loss and weights); the
     collator refuses images without their positions."""
@@ -329,11 +345,14 @@ def test_one_trainer_step_on_packed_images_equals_the_examples_alone(tmp_path, p
     from packer.hf import PackedCollator, use_packer_attention
     from packer.train.reader import PackedShards
 
+    if family == "qwen3_vl":
+        (tmp_path / "proc3").mkdir()
+        processor = make_processor(tmp_path / "proc3", patch=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     _pack(tmp_path, processor, records(16), max_patches=400)
     ds = PackedShards(tmp_path / "run")
     token = ds.images_meta["image_token_id"]
     torch.manual_seed(0)
-    ref = _tiny_qwen25_vl(token)
+    ref = _tiny_qwen25_vl(token) if family == "qwen2_5_vl" else _tiny_qwen3_vl(token)
     model = use_packer_attention(copy.deepcopy(ref), allow_unverified=True)
     two = torch.utils.data.Subset(ds, [0, 1])
     args = transformers.TrainingArguments(str(tmp_path / "hf"), per_device_train_batch_size=2, max_steps=1,
