@@ -208,6 +208,52 @@ def load_image(part: dict, where: str, line: int | None, field: str, base: str |
                          "truncated or not an image", "fix or drop the image, or skip the record with --skip-bad") from None
 
 
+def check_stores(records, limit: int = 8) -> None:
+    """Before any work: every object store the image URLs of `records` (the first chunk of each input) name is
+    reached once, with its first URL (at most `limit` stores); an unreachable store fails the run here, naming
+    the record, the part and what was tried. A missing object elsewhere fails at its record (or is counted
+    under --skip-bad)."""
+    from urllib.parse import urlsplit
+
+    from packer.core.storage import filesystem, unreachable
+
+    seen: dict[tuple[str, str], tuple] = {}
+
+    def walk(value, where, line, at):
+        if isinstance(value, dict):
+            if part_kind(value) == "image":
+                try:
+                    ref = image_source(value, where, line, at)
+                except InputError:
+                    return
+                if isinstance(ref, str) and is_url(ref) and not ref.startswith("data:"):
+                    u = urlsplit(ref)
+                    seen.setdefault((u.scheme, u.netloc), (ref, where, line, at))
+                return
+            for k, v in value.items():
+                walk(v, where, line, f"{at}.{k}" if at else str(k))
+        elif isinstance(value, list):
+            for k, v in enumerate(value):
+                walk(v, where, line, f"{at}[{k}]")
+
+    for rec in records:
+        if not isinstance(rec.value, InputError):
+            walk(rec.value, rec.where, rec.line, "")
+        if len(seen) >= limit:
+            break
+    for ref, where, line, at in seen.values():
+        try:
+            fs, inner = filesystem(ref)
+            fs.info(inner)
+        except InputError as e:
+            raise InputError(where, line, at, f"names an image at {ref} that cannot be read: {e.reason}",
+                             e._init[4] or "check the URL and the store's credentials") from None
+        except Exception as e:  # noqa: BLE001 - the store's answer, named
+            err = unreachable(ref, e)
+            raise InputError(where, line, at, f"names an image the store does not give: {err.reason}", err._init[4]) \
+                from None
+
+
 def changed_files(files: dict[str, str]) -> list[str]:
     """The image files or URLs (of a tokenized stage's manifest) whose bytes are no longer the recorded ones."""
     import hashlib
@@ -275,4 +321,4 @@ def image_spans(vision: VisionProcessor, chat, spans: list, where: str, line: in
     return out
 
 
-__all__ = ["FAMILY", "ImageSpans", "changed_files", "folder_identity", "image_spans", "VisionProcessor", "image_source", "load_image", "part_kind"]
+__all__ = ["FAMILY", "ImageSpans", "changed_files", "check_stores", "folder_identity", "image_spans", "VisionProcessor", "image_source", "load_image", "part_kind"]

@@ -532,6 +532,13 @@ def tokenize(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, config:
         # Workers count the JSON Lines ranges; the driver sees sizes and counts, never the records.
         chunks = sources.scan(files, config.chunk_records, cols, lambda fn, items: run.map(fn, items),
                               sizes=[m["size"] for m in input_meta])
+        if images is not None:  # an image store that cannot be reached fails now, not part way through
+            from packer.build.images import check_stores
+
+            firsts = {}
+            for c in chunks:
+                firsts.setdefault(c.file_index, c)
+            check_stores(r for c in firsts.values() for r in sources.read(c, cols[c.file_index]))
         results = list(progress(run.map(tokenize_chunk, chunks, _init_worker, (job,)),
                                 "tokenize", total=len(chunks), unit="chunk"))
         skipped: Counter[str] = Counter()

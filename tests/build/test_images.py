@@ -479,3 +479,26 @@ def test_llava_style_runs_pack_and_train_equal_to_their_examples_alone(tmp_path)
     px, grid = vp.prepare(im)
     assert grid == (1, 4, 4) and vp.placeholders(grid) == 16
     assert np.array_equal(pixel_values([px], vp.meta), ref(images=[im], return_tensors="np")["pixel_values"])
+
+
+def test_an_unreachable_image_store_fails_before_any_work(tmp_path, processor, monkeypatch):
+    """An image URL whose store cannot be reached fails the run before tokenizing, naming the record and part
+    and what was tried; nothing is written."""
+    pytest.importorskip("s3fs")
+    import s3fs
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    s3fs.S3FileSystem.clear_instance_cache()
+    recs = records(3) + [{"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "q"}, {"type": "image_url", "image_url": {"url": "s3://nowhere/img.png"}}]},
+        {"role": "assistant", "content": "a"}]}]
+    try:
+        with pytest.raises(InputError, match=r"d\.jsonl:4: field 'messages\[0\]\.content\[1\]' names an image .*"
+                                             r"tried endpoint http://127\.0\.0\.1:9"):
+            _pack(tmp_path, processor, recs)
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+    assert not (tmp_path / "run" / "tokenized" / "manifest.json").exists()
