@@ -147,7 +147,7 @@ def vision_plan(tokenized, manifest: dict, cols: dict, config: C.PlanConfig) -> 
     example is dropped (--overlong drop) or refused, and with --max-patches every pack also holds at most that
     many vision patches (first-fit decreasing over both capacities)."""
     from packer.build.planners import lower_bound
-    from packer.build.planners.two_capacities import first_fit_two
+    from packer.build.planners.two_capacities import even_patches, first_fit_two
 
     if config.layout != "best-fit" or config.cp_size != 1:
         raise ConfigError("runs with images are planned best-fit without context parallelism for now; drop --layout "
@@ -193,6 +193,8 @@ def vision_plan(tokenized, manifest: dict, cols: dict, config: C.PlanConfig) -> 
                           f"{config.algorithm} does not take a second capacity: pass --algorithm ffd")
     order, offsets = first_fit_two(pieces[:, 2], patches[keep], config.pack_len, config.max_patches,
                                    config.max_segments)
+    order, offsets = even_patches(order, offsets, pieces[:, 2], patches[keep], config.pack_len, config.max_patches,
+                                  config.max_segments)
     lb = max(lower_bound(pieces[:, 2], config.pack_len), -(-int(patches[keep].sum()) // config.max_patches))
     return Plan(order, offsets, config.pack_len, lb, True if len(offsets) - 1 == lb else None, "ffd-2d", 0.0,
                 None), pieces, counts, rows

@@ -502,3 +502,31 @@ def test_an_unreachable_image_store_fails_before_any_work(tmp_path, processor, m
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
     assert not (tmp_path / "run" / "tokenized" / "manifest.json").exists()
+
+
+
+def test_two_capacity_plans_hold_every_item_once_within_both_capacities_and_even_out_patches():
+    """first_fit_two then even_patches, over random items (hypothesis): every item in exactly one pack, tokens
+    <= pack_len and patches <= max_patches in every pack, as many packs as first fit made, and the packs' patch
+    spread (max - min) never wider than before."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from packer.build.planners.two_capacities import even_patches, first_fit_two
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.tuples(st.integers(1, 300), st.integers(0, 90)), min_size=1, max_size=80),
+           st.integers(300, 700), st.integers(90, 400))
+    def check(items, pack_len, max_patches):
+        lengths = np.array([t for t, _ in items])
+        patches = np.array([p for _, p in items])
+        order, offsets = first_fit_two(lengths, patches, pack_len, max_patches)
+        spread = lambda o, off: np.ptp([patches[o[a:b]].sum() for a, b in zip(off[:-1], off[1:])])  # noqa: E731
+        before = spread(order, offsets)
+        o2, off2 = even_patches(order, offsets, lengths, patches, pack_len, max_patches)
+        assert sorted(o2.tolist()) == list(range(len(items))) and len(off2) == len(offsets)
+        for a, b in zip(off2[:-1], off2[1:]):
+            assert b > a and lengths[o2[a:b]].sum() <= pack_len and patches[o2[a:b]].sum() <= max_patches
+        assert spread(o2, off2) <= before
+
+    check()
