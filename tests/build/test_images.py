@@ -530,3 +530,26 @@ def test_two_capacity_plans_hold_every_item_once_within_both_capacities_and_even
         assert spread(o2, off2) <= before
 
     check()
+
+
+def test_datasets_image_structs_from_parquet(tmp_path, processor):
+    """The datasets layout: a Parquet column of messages whose image parts hold an Image struct {bytes, path}."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(7)
+    rows = []
+    for i in range(6):
+        parts = [{"type": "text", "text": f"look {i}", "image": None}]
+        parts += [{"type": "image", "text": None, "image": {"bytes": png(rng, 50 + 10 * k, 60), "path": None}}
+                  for k in range(i % 3)]
+        rows.append({"messages": [{"role": "user", "content": parts},
+                                  {"role": "assistant", "content": [{"type": "text", "text": f"a{i}", "image": None}]}]})
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    pack([str(tmp_path / "d.parquet")], tmp_path / "run", tokenizer=str(processor),
+         tokenize_config=C.TokenizeConfig(kind="chat", processor=str(processor)),
+         plan_config=C.PlanConfig(pack_len=512, algorithm="ffd"))
+    from packer.train.reader import PackedShards
+
+    ds = PackedShards(tmp_path / "run")
+    assert sum(len(ds.images_of(p)[0]) for p in range(len(ds))) == sum(i % 3 for i in range(6))
