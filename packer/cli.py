@@ -239,7 +239,7 @@ def pack(data, out, mix, workers, executor, baseline_batch, rehash, split, **kw)
                  baseline_batch=baseline_batch, rehash=rehash, split=split)
     click.echo(summary(report))
     if is_url(out):
-        click.echo(f"committed: {out.rstrip('/')}/shards (PackedShards('{out}') fetches it into the cache)\n"
+        click.echo(f"committed: {out.rstrip('/')}/shards (PackedShards('{out}') streams it by range)\n"
                    f"report: {out.rstrip('/')}/report.html (also .json, .md)")
     else:
         click.echo(f"shards: {Path(out) / 'shards'}\nreport: {Path(out) / 'report.html'} (also .json, .md)")

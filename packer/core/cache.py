@@ -1,7 +1,10 @@
 """The user's Packer cache folder: what it holds, and pruning what was not used lately (`packer cache`).
 
     CACHE/staging/KEY/    runs built for `pack(out="s3://...")`, reused when the same URL is packed again
-    CACHE/runs/HASH/      local copies of runs fetched from object stores (PackedShards("s3://..."))
+    CACHE/runs/HASH/      whole local copies of runs fetched from object stores (runstore.fetch: packer export)
+    CACHE/ranges/HOST-PID-N-R/  sparse copies of runs streamed by range (PackedShards("s3://...")), one per
+                          reader process, removed when it ends (a dead one's by the next reader on the host);
+                          not an entry `packer cache` lists or prunes
     CACHE/files/KEY/      runs of packed_dataset_from_files (its default cache_dir)
     CACHE/verified/KEY    markers of runs whose sha256s were checked on this machine
 
