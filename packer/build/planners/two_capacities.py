@@ -57,7 +57,8 @@ def even_patches(order: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, pa
     """The same packs with their vision patches evened out: repeatedly, between one of the 16 packs with the
     most patches and one of the 16 with the fewest (most against fewest first), swap two items (or move one) when
     both packs stay within pack_len and max_patches (and max_segments) and the larger of their patch counts
-    falls; until no such swap is left. The number of packs and every
+    falls; when none is left, a text-only item of one of the low packs moves to the pack with the most token room
+    (once per item), so a low pack can take an image from a high one; until neither is left. The number of packs and every
     item stay; so the loader's steps of few packs get near-equal vision work. Deterministic."""
     lengths = np.asarray(lengths, np.int64)
     patches = np.asarray(patches, np.int64)
@@ -67,6 +68,7 @@ def even_patches(order: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, pa
         return order, offsets
     tok = np.array([int(lengths[p].sum()) for p in packs], np.int64)
     pat = np.array([int(patches[p].sum()) for p in packs], np.int64)
+    moved: set[int] = set()  # text-only items moved to make room move once
     for _ in range(rounds if rounds is not None else 20 * n):
         done = False
         by = np.argsort(pat, kind="stable")
@@ -104,8 +106,34 @@ def even_patches(order: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, pa
             pat[lo] += d_p
             done = True
             break
+        if not done:  # make room: a text-only item of a low pack moves to the pack with the most token room
+            done = _make_room(packs, by[:16].tolist(), tok, lengths, patches, pack_len, max_segments, moved)
         if not done:
             break
     order = np.array([i for p in packs for i in p], np.int64)
     offsets = np.concatenate([[0], np.cumsum([len(p) for p in packs])]).astype(np.int64)
     return order, offsets
+
+
+def _make_room(packs: list[list[int]], low: list[int], tok: np.ndarray, lengths: np.ndarray, patches: np.ndarray,
+               pack_len: int, max_segments: int | None, moved: set[int]) -> bool:
+    """Move the longest text-only (no patches) item of a low pack, not moved before, to the pack with the most
+    token room that takes it; True when one moved."""
+    room = pack_len - tok
+    for lo in low:
+        items = [i for i in packs[lo] if patches[i] == 0 and i not in moved]
+        for x in sorted(items, key=lambda i: (-int(lengths[i]), i)):
+            fits = np.flatnonzero(room >= lengths[x])
+            fits = fits[fits != lo]
+            if max_segments is not None:
+                fits = np.array([q for q in fits.tolist() if len(packs[q]) < max_segments], np.int64)
+            if not len(fits):
+                continue
+            q = int(fits[np.argmax(room[fits])])
+            packs[lo].remove(x)
+            packs[q].append(x)
+            tok[lo] -= lengths[x]
+            tok[q] += lengths[x]
+            moved.add(x)
+            return True
+    return False
