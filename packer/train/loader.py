@@ -211,11 +211,9 @@ def vision_batch(batch: dict, ds: PackedShards, packs: np.ndarray) -> None:
     position_ids [4, B, L] (or [4, 1, T] flat): the text row restarting per example, then each example's own
     mRoPE positions (packer.core.vision), as transformers' Qwen-VL models read packed rows. Placeholders that
     do not match their images are refused (a damaged run)."""
-    from packer.core.vision import PlaceholderError, packed_positions, placeholders
-    from packer.train.vision import pixel_values
+    from packer.core.vision import PlaceholderError
+    from packer.train.vision import packed_inputs
 
-    info = ds.images_meta
-    meta = ds.image_meta()
     grids, pixels = [], []
     for p in packs.tolist():
         g, px = ds.images_of(p)
@@ -223,19 +221,14 @@ def vision_batch(batch: dict, ds: PackedShards, packs: np.ndarray) -> None:
         pixels.extend(px)
     grid = np.concatenate(grids) if grids else np.zeros((0, 3), np.int64)
     ids = batch["input_ids"]
-    flat, cu, token = ids.reshape(-1).numpy(), batch["cu_seqlens"].numpy(), int(info["image_token_id"])
     try:
-        if meta.mrope:
-            pos = packed_positions(flat, cu, token, grid, meta.merge_size)
-        elif int((flat == token).sum()) != int(placeholders(grid, meta.merge_size, meta.extra_tokens).sum()):
-            raise PlaceholderError(f"{int((flat == token).sum())} placeholders for {len(grid)} images")
+        vis = packed_inputs(ids, batch["cu_seqlens"], pixels, grid, ds.image_meta(), int(ds.images_meta["image_token_id"]))
     except PlaceholderError as e:
         raise FormatError(str(ds.path), f"packs {packs.tolist()}: image placeholders do not match their images ({e})",
                           REBUILD_HINT) from None
-    batch["pixel_values"] = torch.from_numpy(pixel_values(pixels, meta))
-    if meta.mrope:  # Qwen-VL: [4, rows, L] positions and the grids; LLaVA: plain positions, no grids
-        batch["position_ids"] = torch.from_numpy(pos).view(4, *ids.shape)
-        batch["image_grid_thw"] = torch.from_numpy(grid)
+    if "position_ids" in vis:  # Qwen-VL: [4, rows, L] positions and the grids; LLaVA: plain positions, no grids
+        vis["position_ids"] = vis["position_ids"].view(4, *ids.shape)
+    batch.update(vis)
 
 
 def _check_cp(ds: PackedShards, cp_rank: int, cp_size: int, flatten: bool, num_workers: int, eval: bool) -> None:

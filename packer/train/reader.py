@@ -97,23 +97,18 @@ class PackedShards(ShardSet, torch.utils.data.Dataset):
             pad = padded_lengths(seg, self.cp_size)
             item["cu_seqlens_padded"] = torch.from_numpy(np.concatenate([[0], np.cumsum(pad)]).astype(np.int32))
         if self.images_meta is not None:  # runs with images: the pack's images and its [4, n] positions
+            from packer.core.errors import REBUILD_HINT, FormatError
+            from packer.core.vision import PlaceholderError
             from packer.train.vision import packed_inputs
 
             grids, pixels = self.images_of(i)
-            meta, token = self.image_meta(), int(self.images_meta["image_token_id"])
-            if meta.mrope:
-                vis = packed_inputs(item["input_ids"], item["cu_seqlens"], pixels, grids, meta, token)
-                item.update(position_ids=vis["position_ids"][:, 0], pixel_values=vis["pixel_values"],
-                            image_grid_thw=vis["image_grid_thw"])
-            else:  # LLaVA: plain positions; the placeholders checked against the images
-                from packer.core.errors import REBUILD_HINT, FormatError
-                from packer.core.vision import placeholders
-                from packer.train.vision import pixel_values
-
-                if int((ids == token).sum()) != int(placeholders(grids, meta.merge_size, meta.extra_tokens).sum()):
-                    raise FormatError(str(self.path), f"pack {i}: its image placeholders do not match its images",
-                                      REBUILD_HINT)
-                item["pixel_values"] = torch.from_numpy(pixel_values(pixels, meta))
+            try:
+                vis = packed_inputs(item["input_ids"], item["cu_seqlens"], pixels, grids, self.image_meta(),
+                                    int(self.images_meta["image_token_id"]))
+            except PlaceholderError as e:
+                raise FormatError(str(self.path), f"pack {i}: its image placeholders do not match its images ({e})",
+                                  REBUILD_HINT) from None
+            item.update(vis)  # Qwen-VL: position_ids [4, n] replace the 1-D ones, and the grids; LLaVA: pixels only
         return item
 
     def image_meta(self):

@@ -7,7 +7,7 @@ patch_size, merge_size x merge_size blocks in row-major order, each patch repeat
 times): rows [sum over images of h * w, 3 * temporal_patch_size * patch_size^2], float32.
 
 `packed_inputs` gives a packed row's vision inputs: pixel_values and image_grid_thw of its images in
-placeholder order, and the [4, 1, T] position ids (the text row restarting per example, then each example's
+placeholder order, and the [4, T] position ids (the text row restarting per example, then each example's
 own mRoPE positions: packer.core.vision), which is how transformers' Qwen-VL models read packed rows.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from packer.core.vision import ImageMeta, packed_positions
+from packer.core.vision import ImageMeta, PlaceholderError, packed_positions, placeholders
 
 
 def pixel_values(pixels: list[np.ndarray], meta: ImageMeta) -> np.ndarray:
@@ -46,13 +46,20 @@ def pixel_values(pixels: list[np.ndarray], meta: ImageMeta) -> np.ndarray:
 
 def packed_inputs(input_ids: torch.Tensor, cu_seqlens: torch.Tensor, pixels: list[np.ndarray],
                   grids: np.ndarray, meta: ImageMeta, image_token_id: int) -> dict[str, torch.Tensor]:
-    """pixel_values, image_grid_thw and position_ids [4, 1, T] for one packed row (input_ids [1, T] or [T],
-    cu_seqlens its examples' boundaries, the row's images in placeholder order)."""
+    """A packed row's vision inputs (input_ids of any shape, rows concatenated; cu_seqlens its examples'
+    boundaries; the row's images in placeholder order): pixel_values, and for mRoPE models (Qwen-VL)
+    image_grid_thw and position_ids [4, T] (the caller shapes them to its rows). Raises PlaceholderError when
+    the placeholders do not match the images (per run and example for Qwen-VL; in total for LLaVA, whose
+    features fill them in order)."""
     ids = input_ids.reshape(-1).cpu().numpy()
-    pos = packed_positions(ids, cu_seqlens.cpu().numpy(), image_token_id, grids, meta.merge_size)
-    return {"pixel_values": torch.from_numpy(pixel_values(pixels, meta)),
-            "image_grid_thw": torch.as_tensor(np.asarray(grids, np.int64).reshape(-1, 3)),
-            "position_ids": torch.from_numpy(pos)[:, None, :]}
+    grid = np.asarray(grids, np.int64).reshape(-1, 3)
+    out = {"pixel_values": torch.from_numpy(pixel_values(pixels, meta))}
+    if meta.mrope:
+        pos = packed_positions(ids, cu_seqlens.cpu().numpy(), image_token_id, grid, meta.merge_size)
+        out.update(image_grid_thw=torch.from_numpy(grid), position_ids=torch.from_numpy(pos))
+    elif int((ids == image_token_id).sum()) != int(placeholders(grid, meta.merge_size, meta.extra_tokens).sum()):
+        raise PlaceholderError(f"{int((ids == image_token_id).sum())} placeholders for {len(grid)} images")
+    return out
 
 
 __all__ = ["packed_inputs", "pixel_values"]

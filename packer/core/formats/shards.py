@@ -90,7 +90,12 @@ def _layout(code: int, packs: int, segments: int, tokens: int) -> list[tuple[str
         ("tokens", TOKEN_DTYPES[code], tokens),
         ("loss_mask", np.dtype("u1"), tokens),
     ]
-    out, pos = [], HEADER.size
+    return _place(spec, HEADER.size)
+
+
+def _place(spec: list[tuple[str, np.dtype, int]], start: int) -> list[tuple[str, np.dtype, int, int]]:
+    """(name, dtype, count, byte offset) of arrays laid out from `start`, each at the next multiple of ALIGN."""
+    out, pos = [], start
     for name, dt, n in spec:
         pos = -(-pos // ALIGN) * ALIGN
         out.append((name, dt, n, pos))
@@ -587,12 +592,7 @@ def images_name(index: int) -> str:
 def _images_layout(segments: int, images: int, pixel_bytes: int) -> list[tuple[str, np.dtype, int, int]]:
     spec = [("segment_image_offsets", np.dtype("<i8"), segments + 1), ("image_grid", np.dtype("<i4"), 3 * images),
             ("image_pixel_offsets", np.dtype("<i8"), images + 1), ("pixels", np.dtype("u1"), pixel_bytes)]
-    out, pos = [], IMAGES_HEADER.size
-    for name, dt, n in spec:
-        pos = -(-pos // ALIGN) * ALIGN
-        out.append((name, dt, n, pos))
-        pos += n * dt.itemsize
-    return out
+    return _place(spec, IMAGES_HEADER.size)
 
 
 def write_images(path: str | Path, segment_images: list, patch_size: int) -> int:

@@ -166,6 +166,7 @@ def test_packed_equals_unpacked_logits_loss_and_gradients(tmp_path, family):
     ids = torch.from_numpy(np.concatenate([e[0] for e in exs]))[None]
     cu = torch.tensor(np.concatenate([[0], np.cumsum([len(e[0]) for e in exs])]))
     inputs = packed_inputs(ids, cu, [p for e in exs for p in e[1]], np.concatenate([e[2] for e in exs]), proc.meta, 262)
+    inputs["position_ids"] = inputs["position_ids"][:, None, :]  # [4, 1, T]: one row
     logits = packed_model(input_ids=ids, mm_token_type_ids=(ids == 262).long(), use_cache=False, **inputs).logits
     packed_total = 0.0
     for k, (e_ids, _, _) in enumerate(exs):
