@@ -152,7 +152,6 @@ def test_a_packed_batch_trains_a_tiny_vl_model_equal_to_its_examples_alone(tmp_p
     import copy
 
     import torch
-    import transformers
 
     from packer.train.hf.integration import batch_to_kwargs, use_packer_attention
     from packer.train.loader import PackedLoader
@@ -166,24 +165,8 @@ def test_a_packed_batch_trains_a_tiny_vl_model_equal_to_its_examples_alone(tmp_p
     loader = PackedLoader(tmp_path / "run", 2, flatten=True, seed=0)
     ds = loader.dataset
     token = ds.images_meta["image_token_id"]
-    ids = dict(image_token_id=token, video_token_id=token + 1, vision_start_token_id=259, vision_end_token_id=260)
-    text = dict(vocab_size=264, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=4096)
-    if family == "qwen2_5_vl":
-        cfg = transformers.Qwen2_5_VLConfig(**ids, vision_config=dict(
-            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
-            spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1]),
-            text_config=dict(**text, rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}))
-        cls = transformers.Qwen2_5_VLForConditionalGeneration
-    else:
-        cfg = transformers.Qwen3VLConfig(**ids, vision_config=dict(
-            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16,
-            spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=256, deepstack_visual_indexes=[0, 1]),
-            text_config=dict(**text, head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 1e4,
-                                                                 "mrope_section": [4, 2, 2], "mrope_interleaved": True}))
-        cls = transformers.Qwen3VLForConditionalGeneration
     torch.manual_seed(0)
-    alone = cls._from_config(cfg, attn_implementation="sdpa").float()
+    alone = _tiny_qwen25_vl(token) if family == "qwen2_5_vl" else _tiny_qwen3_vl(token)
     packed = use_packer_attention(copy.deepcopy(alone), allow_unverified=True)
     meta = ImageMeta(**{**ds.images_meta["meta"], "image_mean": tuple(ds.images_meta["meta"]["image_mean"]),
                         "image_std": tuple(ds.images_meta["meta"]["image_std"])})
