@@ -71,17 +71,30 @@ class RayExecutor:
                      runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "HF_"))}})
         return ray
 
+    def _slots(self, ray) -> list[str]:
+        """One entry per task the cluster runs at once: each alive node's id as many times as it has room
+        for tasks, interleaved (a, b, a, b, a, ...) so dealing them in turn keeps every node busy in proportion
+        to its CPUs. Fixed order (by id), so a re-run deals the same way."""
+        room = {n["NodeID"]: int(n.get("Resources", {}).get("CPU", 0) // self.num_cpus)
+                for n in ray.nodes() if n.get("Alive")}
+        nodes = sorted(node for node, k in room.items() if k > 0)
+        return [node for turn in range(max(room.values(), default=0)) for node in nodes if room[node] > turn]
+
     def map(self, fn: Callable[[T], R], items: Iterable[T], initializer: Callable[..., Any] | None = None,
             initargs: tuple = ()) -> Iterator[R]:
         """Yield fn(item) for each item, in order, with at most max_in_flight tasks submitted (default:
-        2 x the cluster's CPUs), so the driver never holds more than that many items or results."""
+        2 x the tasks the cluster runs at once), so the driver never holds more than that many items or results."""
         ray = self._connect()
         call = uuid.uuid4().hex
         setup = ray.put((initializer, initargs))
-        # SPREAD: tasks go round the nodes instead of filling the driver's node first (the default packs short
-        # tasks onto one node while the others idle), so every node reads and writes its share.
-        remote = ray.remote(num_cpus=self.num_cpus, max_retries=self.max_retries, scheduling_strategy="SPREAD")(_task)
-        window = self.max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        remote = ray.remote(num_cpus=self.num_cpus, max_retries=self.max_retries)(_task)
+        # Tasks are dealt round the nodes' task slots (soft affinity: a task whose node is gone runs elsewhere).
+        # Ray's default fills the driver's node first and its SPREAD is best-effort; both can leave a node idle
+        # for a whole stage of short tasks.
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        strategies = [NodeAffinitySchedulingStrategy(node, soft=True) for node in self._slots(ray)] or ["SPREAD"]
+        window = self.max_in_flight or max(2, 2 * len(strategies))
         self.nodes = Counter()
         pending: deque = deque()
 
@@ -90,8 +103,9 @@ class RayExecutor:
             self.nodes[node] += 1
             return result
 
-        for item in items:
-            pending.append(remote.remote(call, setup, fn, item))
+        for i, item in enumerate(items):
+            task = remote.options(scheduling_strategy=strategies[i % len(strategies)])
+            pending.append(task.remote(call, setup, fn, item))
             if len(pending) >= window:
                 yield take()
         while pending:
