@@ -3,7 +3,7 @@
 Generates chats with 0-4 images each, sizes long-tailed (log-normal sides, a few large), packs them with a
 Qwen2.5-VL-style processor folder built here (byte tokenizer with the vision tokens, patch 14, merge 2) at
 pack_len 4096 and --max-patches, then deals each step's packs to 4 ranks by tokens (the default) and by vision
-patches (balance="patches") and prints, per batch size, the mean and worst per-step max/mean of the ranks'
+patches (balance="patches"), and by patches with the epoch's order grouped by cost (group_by_cost) and prints, per batch size, the mean and worst per-step max/mean of the ranks'
 vision patches, with the tokens' beside them. Run: python benchmarks/bench_vision_balance.py [--records N]
 """
 
@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=1500)
     ap.add_argument("--max-patches", type=int, default=4096)
     ap.add_argument("--world", type=int, default=4)
+    ap.add_argument("--group", type=int, default=128, help="group_by_cost window, in packs, for the grouped rows")
     a = ap.parse_args()
     from packer.core import config as C
     from packer.pipeline import pack
@@ -82,10 +83,11 @@ def main() -> None:
     print("| batch | dealt by | patches max/mean per step (mean, worst) | tokens max/mean per step (mean, worst) |")
     print("|---|---|---|---|")
     for b in (1, 2, 4):
-        for how in ("tokens", "patches"):
-            plan = PackedLoader(tmp / "run", b, world_size=a.world, balance=how)._plan()
+        for how, group in (("tokens", 0), ("patches", 0), ("patches", a.group)):
+            plan = PackedLoader(tmp / "run", b, world_size=a.world, balance=how, group_by_cost=group)._plan()
             ip, it = imbalance(patches, plan), imbalance(tokens, plan)
-            print(f"| {b} | {how} | {1 + ip['step_mean']:.3f}, {1 + ip['step_max']:.3f} | "
+            name = f"{how}, grouped by cost ({group} packs)" if group else how
+            print(f"| {b} | {name} | {1 + ip['step_mean']:.3f}, {1 + ip['step_max']:.3f} | "
                   f"{1 + it['step_mean']:.3f}, {1 + it['step_max']:.3f} |")
 
 

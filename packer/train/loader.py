@@ -71,23 +71,40 @@ def loss_counts(ds: PackedShards) -> np.ndarray:
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
-def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
-    """The epoch's order of the packs: a function of (seed, epoch) only, never of world size or batch size."""
-    return np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True, costs: np.ndarray | None = None,
+                group: int = 0) -> np.ndarray:
+    """The epoch's order of the packs: a function of (seed, epoch) (and, when grouped, of the packs' costs)
+    only, never of world size or batch size.
+
+    group > 1 (grouping by cost, as length-grouped samplers do): the shuffled order is cut into windows of
+    `group` packs and each window sorted by cost, heaviest first in even windows and lightest first in odd
+    ones, so neighbouring packs cost alike across window edges too. Any step of a few packs then holds packs
+    of nearly one cost and its ranks' work is even however few packs each rank reads; the price is that a
+    window's packs come heavy to light (or back) instead of at random. Ties keep the shuffled order.
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    if group > 1 and n:
+        if costs is None or len(costs) != n:
+            raise ConfigError("grouping the epoch's order by cost needs one cost per pack")
+        window = np.arange(n) // group
+        direction = np.where(window % 2 == 0, -1.0, 1.0)
+        order = order[np.lexsort((np.arange(n), direction * costs[order], window))]
+    return order
 
 
 def epoch_plan(costs: np.ndarray, batch_size: int, world_size: int, seed: int, epoch: int,
-               shuffle: bool = True, drop_last: bool = True, start: int = 0) -> np.ndarray:
+               shuffle: bool = True, drop_last: bool = True, start: int = 0, group: int = 0) -> np.ndarray:
     """int64 [world_size, steps, batch_size]: the packs every rank reads at every step of an epoch.
 
     Step k reads the next batch_size x world_size packs of the epoch's order (epoch_order), dealt to the ranks
     by cost; so after k steps the whole job has consumed exactly the order's first k x batch_size x world_size
     packs, whatever the shape. start: packs of the order already consumed (a resume on another shape).
     drop_last=False completes the last step by repeating packs from the start of the (remaining) order
-    (as torch's DistributedSampler does), so every rank runs the same number of steps.
+    (as torch's DistributedSampler does), so every rank runs the same number of steps. group: epoch_order's
+    windows of packs sorted by cost (0: none).
     """
     n = len(costs)
-    order = epoch_order(n, seed, epoch, shuffle)[start:]
+    order = epoch_order(n, seed, epoch, shuffle, costs, group)[start:]
     n = len(order)
     g = batch_size * world_size
     steps = n // g if drop_last else -(-n // g)
@@ -347,6 +364,12 @@ class PackedLoader(torch.utils.data.IterableDataset):
     `cache_limit` bytes of packs are kept in the local cache (per process; None: no limit). A cache_limit below
     one batch's largest packs is refused here.
 
+    group_by_cost=N orders each window of N packs of the shuffled epoch by the balance cost (epoch_order), so a
+    step's packs cost alike and its ranks' work is even even at one pack a rank (a long-tailed mix dealt by cost
+    alone is only as even as the few packs a step holds); the order stays a function of (seed, epoch) and the
+    packs' costs, so resuming on another shape still reads every pack once. Heavy and light steps then come in
+    waves through each window: take N a few times batch_size x world_size or more.
+
     It is an IterableDataset with torchdata's state_dict/load_state_dict, so it can also be the
     dataset of a torch DataLoader or torchdata StatefulDataLoader (batch_size=None; its own
     num_workers=0): worker w of W then builds batches w, w + W, ... of this rank's epoch.
@@ -357,7 +380,7 @@ class PackedLoader(torch.utils.data.IterableDataset):
                  flatten: bool | None = None, label_mode: str = "unshifted", pad_id: int | None = None,
                  balance: "str | CostModel" = "tokens", verify: bool = True, prefetch: int = 0, eval: bool = False,
                  cp_rank: int = 0, cp_size: int = 1, cost: "CostModel | tuple[float, float] | None" = None,
-                 cache_limit: int | None = DEFAULT_CACHE_LIMIT, read_ahead: int = 4):
+                 cache_limit: int | None = DEFAULT_CACHE_LIMIT, read_ahead: int = 4, group_by_cost: int = 0):
         if eval and (shuffle is True or drop_last is True):
             raise ConfigError(f"eval=True never shuffles and never drops; drop shuffle={shuffle} / drop_last={drop_last} "
                               "(the defaults become False)")
@@ -386,6 +409,13 @@ class PackedLoader(torch.utils.data.IterableDataset):
             raise ConfigError(f"read_ahead={read_ahead!r}: give how many batches a remote run's packs are fetched ahead "
                               "(0 for none)")
         self.read_ahead = read_ahead
+        if isinstance(group_by_cost, bool) or not isinstance(group_by_cost, int) or group_by_cost < 0:
+            raise ConfigError(f"group_by_cost={group_by_cost!r}: give the window, in packs, whose packs are ordered by "
+                              "cost (0 for none; a few times batch_size x world_size evens out every step)")
+        if group_by_cost and eval:
+            raise ConfigError(f"group_by_cost={group_by_cost} with eval=True: evaluation reads the packs in order; "
+                              "drop group_by_cost")
+        self.group_by_cost = group_by_cost
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
         self.num_workers, self.pin_memory, self.flatten = num_workers, pin_memory, flatten
@@ -429,7 +459,8 @@ class PackedLoader(torch.utils.data.IterableDataset):
         if self._plan_cache is None or self._plan_cache[0] != key:
             self._plan_cache = (key, eval_plan(len(self.costs), self.batch_size, self.world_size) if self.eval
                                 else epoch_plan(self.costs, self.batch_size, self.world_size, self.seed,
-                                                self.epoch, self.shuffle, self.drop_last, self._start))
+                                                self.epoch, self.shuffle, self.drop_last, self._start,
+                                                self.group_by_cost))
         return self._plan_cache[1]
 
     def set_epoch(self, epoch: int) -> None:
@@ -533,7 +564,8 @@ class PackedLoader(torch.utils.data.IterableDataset):
                 "seed": self.seed, "cp_size": self.cp_size,
                 "batch_size": self.batch_size, "world_size": self.world_size, "rank": self.rank,
                 "num_packs": len(self.dataset), "shuffle": self.shuffle, "drop_last": self.drop_last,
-                "balance": self._balance_name(), "eval": self.eval, **self._identity()}
+                "balance": self._balance_name(), "group_by_cost": self.group_by_cost, "eval": self.eval,
+                **self._identity()}
 
     def _balance_name(self) -> str:
         return self.cost.describe() if self.balance == "compute" and self.cost is not None else self.balance
@@ -557,7 +589,8 @@ class PackedLoader(torch.utils.data.IterableDataset):
                 what = "shards (the manifest's seal)" if key == "run" else "plan (its digest)"
                 raise ConfigError(f"the loader state is of another run: its {what} {str(state[key])[:16]} is not this "
                                   f"run's {str(mine)[:16]}; resume on the run the checkpoint was trained on")
-        for key in ("seed", "num_packs", "shuffle", "drop_last", "balance", "eval"):
+        state = {"group_by_cost": 0, **state}  # states saved before grouping existed were ungrouped
+        for key in ("seed", "num_packs", "shuffle", "drop_last", "balance", "group_by_cost", "eval"):
             mine = {"num_packs": len(self.dataset), "balance": self._balance_name()}.get(key, getattr(self, key, None))
             if key in state and state[key] != mine:
                 raise ConfigError(f"state was saved with {key}={state[key]}, this loader has {key}={mine}; "

@@ -271,8 +271,8 @@ def _packs(batches) -> list[int]:
 
 @settings(max_examples=25, deadline=None)
 @given(first=st.tuples(st.integers(1, 5), st.integers(1, 4)), then=st.tuples(st.integers(1, 5), st.integers(1, 4)),
-       steps=st.integers(0, 6), epoch=st.integers(0, 3))
-def test_elastic_resume_consumes_every_pack_once_in_the_order(run, first, then, steps, epoch):
+       steps=st.integers(0, 6), epoch=st.integers(0, 3), group=st.sampled_from([0, 5]))
+def test_elastic_resume_consumes_every_pack_once_in_the_order(run, first, then, steps, epoch, group):
     """Stop after `steps` steps on (batch_size, world_size) = first, resume on `then`: across the resume every pack
     of the epoch is read at most once, nothing is skipped that the new shape could read, and the rest comes in the
     order of the epoch (the order a run on the new shape reads from that point)."""
@@ -280,7 +280,7 @@ def test_elastic_resume_consumes_every_pack_once_in_the_order(run, first, then, 
 
     (b1, w1), (b2, w2) = first, then
     n = len(PackedShards(run))
-    loaders = [PackedLoader(run, b1, rank=r, world_size=w1, seed=7) for r in range(w1)]
+    loaders = [PackedLoader(run, b1, rank=r, world_size=w1, seed=7, group_by_cost=group) for r in range(w1)]
     for ld in loaders:
         ld.set_epoch(epoch)
     iters = [iter(ld) for ld in loaders]
@@ -293,12 +293,12 @@ def test_elastic_resume_consumes_every_pack_once_in_the_order(run, first, then, 
     assert len({s["packs_consumed"] for s in states}) == 1  # every rank agrees where the job stands
     after = []
     for r in range(w2):
-        ld = PackedLoader(run, b2, rank=r, world_size=w2, seed=7)
+        ld = PackedLoader(run, b2, rank=r, world_size=w2, seed=7, group_by_cost=group)
         ld.load_state_dict(states[r % w1])  # any rank's state resumes any rank
         after.append(_packs(ld))
     read = before + [p for a in after for p in a]
     assert len(read) == len(set(read)), "a pack read twice"
-    order = epoch_order(n, 7, epoch).tolist()
+    order = epoch_order(n, 7, epoch, costs=loaders[0].costs, group=group).tolist()
     consumed = states[0]["packs_consumed"]
     assert sorted(before) == sorted(order[:consumed])
     g2 = b2 * w2
@@ -308,6 +308,47 @@ def test_elastic_resume_consumes_every_pack_once_in_the_order(run, first, then, 
     for k in range(steps2):  # step k of the resumed job reads the next g2 packs of the order
         got = sorted(p for a in after for p in a[k * b2:(k + 1) * b2])
         assert got == sorted(rest[k * g2:(k + 1) * g2])
+
+
+@settings(max_examples=50, deadline=None)
+@given(costs=st.lists(st.integers(0, 9), min_size=0, max_size=40), group=st.integers(0, 12),
+       seed=st.integers(0, 3), shuffle=st.booleans())
+def test_an_order_grouped_by_cost_is_the_shuffled_order_sorted_in_windows(costs, group, seed, shuffle):
+    """Grouping keeps every pack once; each window of `group` packs holds the same packs as the ungrouped order's
+    window, sorted by cost (heaviest first, then lightest first in the next window), ties in the ungrouped order."""
+    from packer.train.loader import epoch_order
+
+    c = np.array(costs, dtype=np.int64)
+    plain = epoch_order(len(c), seed, 0, shuffle).tolist()
+    got = epoch_order(len(c), seed, 0, shuffle, c, group).tolist()
+    assert sorted(got) == list(range(len(c)))
+    w = group if group > 1 else len(c) or 1
+    for i, k in enumerate(range(0, len(c), w)):
+        window = plain[k:k + w]
+        if group > 1:
+            window = sorted(window, key=lambda p: (-c[p] if i % 2 == 0 else c[p], window.index(p)))
+        assert got[k:k + w] == window
+
+
+def test_grouping_by_cost_evens_out_steps_of_one_pack_a_rank(tmp_path, byte_tok):
+    """A long-tailed mix at one pack a rank: dealing alone is only as even as each step's four packs; ordered by
+    cost in windows of 32 packs, a step's packs cost alike."""
+    recs = [{"query": "p " * 3, "response": "w " * (4 + 60 * (i % 13 == 0) + 25 * (i % 5 == 0) + i % 7)}
+            for i in range(600)]
+    write_jsonl(tmp_path / "d.jsonl", recs)
+    pack([str(tmp_path / "d.jsonl")], tmp_path / "run", tokenizer=byte_tok, plan_config=C.PlanConfig(pack_len=256))
+    plain = PackedLoader(tmp_path / "run", 1, world_size=4, seed=0, balance="attention")
+    grouped = PackedLoader(tmp_path / "run", 1, world_size=4, seed=0, balance="attention", group_by_cost=32)
+    a, b = plain.imbalance(), grouped.imbalance()
+    assert sorted(grouped._plan().reshape(-1).tolist()) == sorted(plain._plan().reshape(-1).tolist())
+    assert b["step_mean"] < a["step_mean"] / 3, (a, b)
+    state = grouped.state_dict()
+    with pytest.raises(ConfigError, match="state was saved with group_by_cost=32, this loader has group_by_cost=0"):
+        plain.load_state_dict(state)
+    with pytest.raises(ConfigError, match="group_by_cost=-1"):
+        PackedLoader(tmp_path / "run", 1, group_by_cost=-1)
+    with pytest.raises(ConfigError, match="eval=True"):
+        PackedLoader(tmp_path / "run", 1, group_by_cost=8, eval=True)
 
 
 def test_elastic_state_of_another_epoch_order_is_refused(run):
