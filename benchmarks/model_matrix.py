@@ -1,6 +1,7 @@
 """Which transformers causal-LM families train packed exactly as unpacked? (`make models`)
 
-For every architecture in the installed transformers' causal-LM mapping: a tiny random config
+For every architecture in the installed transformers' causal-LM mapping, and the image-text families whose
+images Packer packs (verify.VISION_FAMILIES; checked with images in the packed row too): a tiny random config
 (packer.train.hf.verify.tiny_config: windows of 8 tokens, soft-caps of 2, examples of 2-31 tokens), then
 logits, loss and gradients packed (attn "packer") vs one example at a time (attn "eager"), fp32 on CPU.
 Writes docs/MODELS.md (the table, with the reason for every refusal) and packer/train/hf/families.py (what
@@ -32,12 +33,12 @@ def _one(model_type: str, queue) -> None:
 
     import packer.train.hf.integration as hf
     from packer.train.hf.mixers import mixers as mixers_of
-    from packer.train.hf.verify import tiny_config, verify
+    from packer.train.hf.verify import VISION_FAMILIES, tiny_config, tiny_vision_config, verify, verify_images
 
     hf.FAMILIES = {}  # judge every family afresh, not by the previous matrix
     hf.register(allow_unverified=True)
     try:
-        cfg = tiny_config(model_type)
+        cfg = (tiny_vision_config if model_type in VISION_FAMILIES else tiny_config)(model_type)
     except Exception as e:  # noqa: BLE001
         queue.put(("untested", f"no tiny config could be made here: {_short(e)}", {}, []))
         return
@@ -46,11 +47,15 @@ def _one(model_type: str, queue) -> None:
         if why is not None:
             queue.put(("refused", why, {}, []))
             return
-        cls_name = transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]
+        auto = transformers.models.auto.modeling_auto
+        vision = model_type in VISION_FAMILIES
+        cls_name = (auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES if vision
+                    else auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)[model_type]
+        factory = transformers.AutoModelForImageTextToText if vision else transformers.AutoModelForCausalLM
 
         def make(attn: str):
             torch.manual_seed(0)
-            return transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation=attn).float()
+            return factory.from_config(cfg, attn_implementation=attn).float()
 
         try:  # the reference itself must build and run, or the family cannot be judged here
             ref = make("eager")
@@ -70,6 +75,13 @@ def _one(model_type: str, queue) -> None:
                        f"({_short(e)})", {}, []))
             return
         v = verify(make)
+        if vision and v.equal:  # image-text families: with images in the packed row too
+            vi = verify_images(make)
+            if not vi.equal:
+                queue.put(("refused", f"packed differs from unpacked with images in the row ({vi})", {}, []))
+                return
+            v.logits, v.loss, v.grads = max(v.logits, vi.logits), max(v.loss, vi.loss), max(v.grads, vi.grads)
+            v.config_types |= vi.config_types
     except hf.UnsupportedModelError as e:
         queue.put(("refused", str(e).split(": ", 1)[-1], {}, []))
         return
@@ -170,9 +182,10 @@ def write(results: dict, version: str) -> None:
     families: dict[str, dict[str, str]] = {}
     for kind, (status, _, fig, _) in results.items():  # what each verified family needed, from its tiny config
         if status == "verified":
-            from packer.train.hf.verify import tiny_config
+            from packer.train.hf.verify import VISION_FAMILIES, tiny_config, tiny_vision_config
 
-            fig["mechanisms"] = mechanisms(tiny_config(kind), fig.get("mixers") or [])
+            fig["mechanisms"] = mechanisms((tiny_vision_config if kind in VISION_FAMILIES else tiny_config)(kind),
+                                           fig.get("mixers") or [])
     for kind, (status, reason, _, types) in sorted(results.items()):
         families[kind] = {"status": "verified" if status == "verified" else "refused",
                           "reason": reason if status != "untested" else f"not verified: {reason}"}
@@ -198,7 +211,10 @@ def write(results: dict, version: str) -> None:
         "that when only the batch shape changes, within twice that movement and never beyond 10x the",
         "tolerances; the reason column says so). Every other family is refused by `use_packer_attention`",
         "before the first step with the reason below (families not verified here are refused too, unless",
-        "`allow_unverified=True`).",
+        "`allow_unverified=True`). The image-text families whose images Packer packs (llava, qwen2_vl, qwen2_5_vl,",
+        "qwen3_vl) are checked a second time with images in the packed row: two images in one example, one in the",
+        "next, none in the third, Packer's mRoPE position rows, against each example alone with the model's own",
+        "positions (packer.train.hf.verify.verify_images); the figures are the worse of the two checks.",
         "",
         f"**{n['verified']} verified, {n['refused']} refused, {n['untested']} could not be tested here "
         "(refused at run time as unverified).**",
@@ -276,7 +292,10 @@ def main() -> None:
 
     import packer.train.hf.verify  # noqa: F401
 
-    kinds = [k for k in sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) if not args.only or k in args.only.split(",")]
+    from packer.train.hf.verify import VISION_FAMILIES
+
+    kinds = [k for k in sorted({*MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, *VISION_FAMILIES})
+             if not args.only or k in args.only.split(",")]
     results = {}
     if args.resume and Path(args.resume).is_file():
         for line in Path(args.resume).read_text().splitlines():

@@ -167,7 +167,7 @@ def test_a_packed_batch_trains_a_tiny_vl_model_equal_to_its_examples_alone(tmp_p
     token = ds.images_meta["image_token_id"]
     torch.manual_seed(0)
     alone = _tiny_qwen25_vl(token) if family == "qwen2_5_vl" else _tiny_qwen3_vl(token)
-    packed = use_packer_attention(copy.deepcopy(alone), allow_unverified=True)
+    packed = use_packer_attention(copy.deepcopy(alone))
     meta = ImageMeta(**{**ds.images_meta["meta"], "image_mean": tuple(ds.images_meta["meta"]["image_mean"]),
                         "image_std": tuple(ds.images_meta["meta"]["image_std"])})
     batch = next(iter(loader))
@@ -336,7 +336,7 @@ def test_one_trainer_step_on_packed_images_equals_the_examples_alone(tmp_path, p
     token = ds.images_meta["image_token_id"]
     torch.manual_seed(0)
     ref = _tiny_qwen25_vl(token) if family == "qwen2_5_vl" else _tiny_qwen3_vl(token)
-    model = use_packer_attention(copy.deepcopy(ref), allow_unverified=True)
+    model = use_packer_attention(copy.deepcopy(ref))
     two = torch.utils.data.Subset(ds, [0, 1])
     args = transformers.TrainingArguments(str(tmp_path / "hf"), per_device_train_batch_size=2, max_steps=1,
                                           learning_rate=0.5, optim="sgd", lr_scheduler_type="constant",
@@ -440,7 +440,7 @@ def test_llava_style_runs_pack_and_train_equal_to_their_examples_alone(tmp_path)
         image_token_index=token, vision_feature_select_strategy="default", vision_feature_layer=-2)
     torch.manual_seed(0)
     alone = transformers.LlavaForConditionalGeneration._from_config(cfg, attn_implementation="sdpa").float()
-    packed = use_packer_attention(copy.deepcopy(alone), allow_unverified=True)
+    packed = use_packer_attention(copy.deepcopy(alone))
     out = packed(**batch_to_kwargs(batch), use_cache=False)
     cu, ids, seen = batch["cu_seqlens"].long(), batch["input_ids"], 0
     for k in range(len(cu) - 1):

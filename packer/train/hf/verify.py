@@ -374,3 +374,137 @@ def _reference_floor(make_model, exs: list[torch.Tensor], alone_logits: list[tor
         return None
     moved = max((o.logits[r, :len(e)].float() - alone_logits[r]).abs().max().item() for r, e in enumerate(exs))
     return moved / max(scale, 1e-12), _grad_difference(g_alone, _grads(plain))[0]
+
+
+# Image-text families whose images Packer packs (packer.build.images reads their processors): the model
+# matrix verifies them with images in the packed row too (verify_images).
+VISION_FAMILIES = ("llava", "qwen2_5_vl", "qwen2_vl", "qwen3_vl")
+
+
+def tiny_vision_config(model_type: str):
+    """tiny_config for an image-text family, with its special vision token ids moved inside the tiny vocabulary
+    (the top ids, in name order) and LLaVA's images shrunk to 4 x 4 patches."""
+    cfg = tiny_config(model_type)
+    vocab = cfg.get_text_config().vocab_size
+    names = sorted(k for k, v in cfg.to_dict().items() if (k.endswith("_token_id") or k.endswith("_token_index"))
+                   and k not in ("pad_token_id", "bos_token_id", "eos_token_id") and isinstance(v, int) and v >= vocab)
+    for i, name in enumerate(names):
+        setattr(cfg, name, vocab - 1 - i)
+    if getattr(cfg.vision_config, "image_size", None) and not hasattr(cfg.vision_config, "spatial_merge_size"):
+        cfg.vision_config.image_size = 4 * cfg.vision_config.patch_size
+    return cfg
+
+
+def _image_inputs(config, image_token: int, vocab: int, seed: int):
+    """Three examples for verify_images: two images, one image, none (ids with each image's placeholder run,
+    its pixel values, and for mRoPE families its grid)."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(seed)
+    vision = config.vision_config
+    text = lambda n: [int(x) for x in torch.randint(1, vocab, (n,), generator=g) if int(x) != image_token] or [1]
+    if hasattr(vision, "spatial_merge_size"):  # Qwen2-VL family: patches of C x T x P x P, merged m x m
+        m, p = vision.spatial_merge_size, vision.patch_size
+        t = getattr(vision, "temporal_patch_size", 2)
+        c = getattr(vision, "in_channels", getattr(vision, "in_chans", 3))
+        shapes = ([(1, 2 * m, 2 * m), (1, m, 3 * m)], [(1, 2 * m, m)], [])
+
+        def image(grid):
+            n = int(np.prod(grid))
+            return torch.randn(n, c * t * p * p, generator=g), n // (m * m)
+    else:  # LLaVA: one fixed-size image each, (size / patch)^2 tokens (the CLS token dropped by default)
+        size, p = vision.image_size, vision.patch_size
+        drop = 1 if getattr(config, "vision_feature_select_strategy", "default") == "default" else 0
+        shapes = ([None, None], [None], [])
+
+        def image(_):
+            return torch.randn(1, 3, size, size, generator=g), (size // p) ** 2 + 1 - drop
+    out = []
+    for grids in shapes:
+        ids, pixels = text(5), []
+        for grid in grids:
+            px, n = image(grid)
+            ids += [image_token] * n + text(4)
+            pixels.append(px)
+        out.append((torch.tensor(ids), pixels, [list(gr) for gr in grids if gr is not None]))
+    return out
+
+
+def verify_images(make_model: Callable[[str], torch.nn.Module], *, seed: int = 0) -> Verdict:
+    """verify() for an image-text model (VISION_FAMILIES) with images in the row: one packed row of three
+    examples (two images, one, none) through attn "packer" with Packer's position ids (for mRoPE families the
+    text row restarting per example, then each example's own mRoPE rows: packer.core.vision), against each
+    example alone through attn "eager" with the model's own positions. Compares logits, the token-summed loss
+    (image placeholders are not targets) and the gradients of the language model and the vision tower."""
+    import inspect
+
+    import numpy as np
+
+    import packer.train.hf.integration as hf
+    from packer.core.vision import packed_positions
+
+    hf.register(allow_unverified=hf._settings["allow_unverified"])
+    packed = make_model(hf.NAME)
+    packed.train()
+    hf.check_model(packed)
+    config = packed.config
+    image_token = getattr(config, "image_token_id", None)
+    image_token = getattr(config, "image_token_index", None) if image_token is None else image_token
+    vocab = packed.get_input_embeddings().num_embeddings
+    exs = _image_inputs(config, image_token, vocab, seed)
+    mrope = bool(exs[0][2])
+    takes_types = "mm_token_type_ids" in inspect.signature(packed.forward).parameters
+
+    def inputs(ids: torch.Tensor, pixels: list, grids: list) -> dict:
+        kw = {"input_ids": ids[None], "use_cache": False}
+        if takes_types:
+            kw["mm_token_type_ids"] = (ids[None] == image_token).long()
+        if pixels:
+            kw["pixel_values"] = torch.cat(pixels)
+            if mrope:
+                kw["image_grid_thw"] = torch.tensor(grids)
+        return kw
+
+    def losses(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        labels = ids.clone()
+        labels[labels == image_token] = -100
+        return torch.nn.functional.cross_entropy(logits[:-1].float(), labels[1:], ignore_index=-100, reduction="sum")
+
+    ids = torch.cat([e[0] for e in exs])
+    cu = np.concatenate([[0], np.cumsum([len(e[0]) for e in exs])])
+    kw = inputs(ids, [p for e in exs for p in e[1]], [gr for e in exs for gr in e[2]])
+    if mrope:
+        grids = np.array([gr for e in exs for gr in e[2]], np.int64).reshape(-1, 3)
+        pos = packed_positions(ids.numpy(), cu, image_token, grids, config.vision_config.spatial_merge_size)
+        kw["position_ids"] = torch.from_numpy(pos)[:, None, :]
+    else:
+        kw["position_ids"] = torch.cat([torch.arange(len(e[0])) for e in exs])[None]
+    calls = [0]
+    real = hf.varlen_attention
+
+    def counting(*a, **k):
+        calls[0] += 1
+        return real(*a, **k)
+
+    hf.varlen_attention = counting
+    try:
+        out = packed(**kw)
+    finally:
+        hf.varlen_attention = real
+    packed_loss = sum(losses(out.logits[0, cu[k]:cu[k + 1]], e[0]) for k, e in enumerate(exs))
+    packed_loss.backward()
+    types = {getattr(m.config, "model_type", "") for m in packed.modules() if getattr(m, "config", None) is not None}
+
+    plain = make_model("eager")
+    plain.train()
+    total, worst, scale = 0.0, 0.0, 0.0
+    for k, e in enumerate(exs):
+        logits = plain(**inputs(*e)).logits[0]
+        worst = max(worst, (logits.float() - out.logits[0, cu[k]:cu[k + 1]].float()).abs().max().item())
+        scale = max(scale, logits.float().abs().max().item())
+        total = total + losses(logits, e[0])
+    total.backward()
+    grads, name = _grad_difference(_grads(plain), _grads(packed))
+    return Verdict(logits=worst / max(scale, 1e-12),
+                   loss=abs(total.item() - packed_loss.item()) / max(abs(total.item()), 1e-12),
+                   grads=grads, worst_param=name, attention_calls=calls[0], config_types=types)

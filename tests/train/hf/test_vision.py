@@ -149,7 +149,7 @@ def test_packed_equals_unpacked_logits_loss_and_gradients(tmp_path, family):
     proc = VisionProcessor(processor_folder(tmp_path, family))
     exs = examples(proc, images())
     alone_model = model_of(family).train()
-    packed_model = use_packer_attention(copy.deepcopy(alone_model), allow_unverified=True)
+    packed_model = use_packer_attention(copy.deepcopy(alone_model))
 
     total, alone_logits = 0.0, []
     for ids, pixels, grids in exs:
@@ -194,3 +194,29 @@ def test_packed_equals_unpacked_logits_loss_and_gradients(tmp_path, family):
     with torch.no_grad():
         wrong = packed_model(input_ids=ids, use_cache=False, **{**inputs, "position_ids": flat}).logits
     assert (wrong - logits.detach()).abs().max() > 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["llava", "qwen2_5_vl", "qwen2_vl", "qwen3_vl"])
+def test_the_model_matrix_verifies_the_image_text_families_with_images(kind, monkeypatch):
+    """What `make models` runs for the image-text families: verify_images on a tiny config, equal; the families
+    table lists them as verified, so use_packer_attention takes them without allow_unverified. With the text row
+    given as every mRoPE row (1-D positions), the same check is not equal (for the mRoPE families)."""
+    import packer.core.vision as V
+    from packer.train.hf.families import FAMILIES as MATRIX
+    from packer.train.hf.verify import VISION_FAMILIES, tiny_vision_config, verify_images
+
+    assert kind in VISION_FAMILIES
+    cfg = tiny_vision_config(kind)
+
+    def make(attn):
+        torch.manual_seed(0)
+        return transformers.AutoModelForImageTextToText.from_config(cfg, attn_implementation=attn).float()
+
+    v = verify_images(make)
+    assert v.equal and v.attention_calls > 0, f"{kind}: {v}"
+    assert MATRIX.get(kind, {}).get("status") == "verified"
+    if kind != "llava":
+        real = V.packed_positions
+        monkeypatch.setattr(V, "packed_positions", lambda *a: np.repeat(real(*a)[:1], 4, axis=0))
+        assert not verify_images(make).equal
