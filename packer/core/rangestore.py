@@ -17,8 +17,11 @@ instead of downloading it:
    punched out of the sparse file, fallocate PUNCH_HOLE), consumed packs first and oldest first, then
    read-ahead packs needed furthest ahead. Only this process's own cached copies are ever evicted, and never
    a pack a batch is being built from;
-5. every round that fetches re-reads the commit object's identity: a run replaced (or being replaced)
-   during training is refused, never mixed.
+5. a run replaced (or being replaced) during training is refused, never mixed: every pack's bytes must match
+   the checksums in the heads opened in 2, so a pack of another run cannot pass unnoticed, and whatever does
+   not match (a checksum, a range's length, a missing shard) re-reads the commit object's identity first, to
+   say the run was replaced rather than damaged. (Re-reading it on every round instead would cost a request
+   per batch for nothing the checksums do not already catch.)
 
 A read-ahead thread (`read_ahead`) fetches the packs of the batches to come, in the order they will be
 read, as far as the cache allows beyond one batch; the batch builder then finds its packs present.
@@ -304,7 +307,6 @@ class RangeReader:
                 g.append(r)
             else:
                 groups.append([r])
-        self.run._check_run()
         paths = [f"{self.run.inner}/shards/{self.run.files[g[0][0]]}" for g in groups]
         got = self.run._cat(paths, [g[0][1] for g in groups], [g[-1][2] for g in groups])
         bad = []
@@ -315,6 +317,8 @@ class RangeReader:
                 if not self._ok(p, which, view[a - base:b - base]):
                     bad.append((s, a, b, p, which))
             _write_all(self._fds[g[0][0]], data, base, self.shards[g[0][0]].path)
+        if bad:  # another run's bytes, or damage: say which (docstring, 5)
+            self.run._check_run()
         for s, a, b, p, which in bad:  # fetched once more, alone; then refused
             (again,) = self.run._cat([f"{self.run.inner}/shards/{self.run.files[s]}"], [a], [b])
             if not self._ok(p, which, memoryview(again)):
