@@ -67,7 +67,7 @@ _JOB: Job | None = None
 _RENDERERS: dict[int, object] = {}
 
 
-def _init_worker(job: Job) -> None:
+def _init_worker(job: Job | None) -> None:
     global _JOB
     _JOB = job
     _RENDERERS.clear()
@@ -576,17 +576,21 @@ def tokenize(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, config:
         }
 
     try:
-        manifest = commit_stage(out, build)
-    except encoders.TokenMismatch as e:
-        if config.tokenizer_backend == "fast":
-            raise ConfigError(f"--tokenizer-backend fast: {e}; nothing was written (--tokenizer-backend auto "
-                              "falls back to tokenizers)") from None
-        # auto: the whole run again with the reference, so no id of the fast backend reaches the shards
-        choice = encoders.Choice("tokenizers", encoders.reference.version(),
-                                 f"auto: the fast backend passed the load-time gate, then differed from tokenizers "
-                                 f"during the run, so the whole run was encoded again with tokenizers; first "
-                                 f"difference: {e}")
-        manifest = commit_stage(out, build)
+        try:
+            manifest = commit_stage(out, build)
+        except encoders.TokenMismatch as e:
+            if config.tokenizer_backend == "fast":
+                raise ConfigError(f"--tokenizer-backend fast: {e}; nothing was written (--tokenizer-backend auto "
+                                  "falls back to tokenizers)") from None
+            # auto: the whole run again with the reference, so no id of the fast backend reaches the shards
+            choice = encoders.Choice("tokenizers", encoders.reference.version(),
+                                     f"auto: the fast backend passed the load-time gate, then differed from "
+                                     f"tokenizers during the run, so the whole run was encoded again with tokenizers; "
+                                     f"first difference: {e}")
+            manifest = commit_stage(out, build)
+    finally:  # the later stages run without this stage's encoders (in this process)
+        _init_worker(None)
+        encoders.release()
     details.update(backend=choice.backend, version=choice.version, reason=choice.reason,
                    reference=f"tokenizers {encoders.reference.version()}", check_tokens=config.check_tokens, **gate)
     return manifest
