@@ -641,6 +641,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=2016, help="packs (2016 = 24 x 84: whole global batches)")
     p.add_argument("--seq", type=int, default=4096, help="tokens per pack")
     p.add_argument("--shard-bytes", type=int, default=1 << 20, help="MDS size_limit / litdata chunk_bytes")
+    p.add_argument("--packer-shard-bytes", type=int, default=0,
+                   help="Packer's shard size (0: --shard-bytes, the same layout); a range reader fetches only the "
+                        "packs it reads whatever the shard size, so Packer's default (256 MiB) is a fair row too")
     p.add_argument("--wa", type=int, default=4, help="world size, phase A")
     p.add_argument("--ba", type=int, default=6, help="per-rank batch, phase A")
     p.add_argument("--wb", type=int, default=3, help="world size, phase B (resume)")
@@ -703,7 +706,7 @@ def main() -> None:
                     size = 0
                 a.n_lib[lib] = a.n
             else:
-                _SHARD_BYTES[0] = a.shard_bytes
+                _SHARD_BYTES[0] = a.packer_shard_bytes or a.shard_bytes
                 run = make_packer_run(os.path.join(a.workdir, "src_packer"), tokens, mask)
                 size = upload_folder(s3, run, "run", last=("shards/manifest.json",))
                 a.n_lib[lib] = packer_num_packs(run, a.n)
@@ -743,7 +746,8 @@ def main() -> None:
     table = markdown(a, rows)
     print()
     print(f"N={a.n} packs x {a.seq} uint16 tokens + uint8 mask ({payload_bytes(a.seq)} B/pack, "
-          f"{a.n * payload_bytes(a.seq) / 2**20:.1f} MiB); shards ~{a.shard_bytes / 2**20:g} MiB; "
+          f"{a.n * payload_bytes(a.seq) / 2**20:.1f} MiB); shards ~{a.shard_bytes / 2**20:g} MiB"
+          + (f" (Packer's: {a.packer_shard_bytes / 2**20:g} MiB)" if a.packer_shard_bytes else "") + "; "
           f"phase A W={a.wa} batch={a.ba}; resume W={a.wb} batch={a.bb} after k={a.k} batches/rank; "
           f"sleep {a.sleep * 1e3:g} ms/batch; waits: batches {a.warmup + 1}..{a.warmup + a.steady} pooled over "
           f"ranks; cache limit {a.cache_limit / 2**20:g} MiB/rank; shuffle on, seed 0; num_workers=0")

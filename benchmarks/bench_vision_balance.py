@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=1500)
     ap.add_argument("--max-patches", type=int, default=4096)
     ap.add_argument("--world", type=int, default=4)
-    ap.add_argument("--group", type=int, default=128, help="group_by_cost window, in packs, for the grouped rows")
+    ap.add_argument("--group", type=int, default=64, help="group_by_cost window, in packs, for the grouped rows")
     a = ap.parse_args()
     from packer.core import config as C
     from packer.pipeline import pack
@@ -80,14 +80,15 @@ def main() -> None:
     print(f"{a.records} chats, {len(per_image)} images (patches per image: median {int(np.median(per_image))}, "
           f"p99 {int(np.percentile(per_image, 99))}, max {int(per_image.max())}), {len(patches)} packs at 4096 tokens "
           f"and --max-patches {a.max_patches}; {a.world} ranks")
-    print("| batch | dealt by | patches max/mean per step (mean, worst) | tokens max/mean per step (mean, worst) |")
-    print("|---|---|---|---|")
+    print("| batch | dealt by | patches max/mean per step (mean, worst) | patches, weighted by the steps' work | "
+          "tokens max/mean per step (mean, worst) |")
+    print("|---|---|---|---|---|")
     for b in (1, 2, 4):
         for how, group in (("tokens", 0), ("patches", 0), ("patches", a.group)):
             plan = PackedLoader(tmp / "run", b, world_size=a.world, balance=how, group_by_cost=group)._plan()
             ip, it = imbalance(patches, plan), imbalance(tokens, plan)
             name = f"{how}, grouped by cost ({group} packs)" if group else how
-            print(f"| {b} | {name} | {1 + ip['step_mean']:.3f}, {1 + ip['step_max']:.3f} | "
+            print(f"| {b} | {name} | {1 + ip['step_mean']:.3f}, {1 + ip['step_max']:.3f} | {1 + ip['step_weighted']:.3f} | "
                   f"{1 + it['step_mean']:.3f}, {1 + it['step_max']:.3f} |")
 
 

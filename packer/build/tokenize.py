@@ -524,7 +524,11 @@ def tokenize(inputs: Sequence[str | C.InputSpec | Any], out: str | Path, config:
     if existing is not None:
         details.update(backend=None, reason="up to date: not tokenized again")
         return existing
-    choice = encoders.choose(tokenizer.json, tokenizer.spans_concatenate, config.tokenizer_backend)
+    try:
+        choice = encoders.choose(tokenizer.json, tokenizer.spans_concatenate, config.tokenizer_backend)
+    except BaseException:
+        encoders.release()
+        raise
     gate: dict[str, int] = {}
 
     def build(tmp: Path) -> dict:

@@ -10,6 +10,8 @@ Batches are built by `packer.train.collate` (its docstring draws the padded and 
 
 from __future__ import annotations
 
+import hashlib
+import operator
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,18 +79,24 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True, costs: np.n
     only, never of world size or batch size.
 
     group > 1 (grouping by cost, as length-grouped samplers do): the shuffled order is cut into windows of
-    `group` packs and each window sorted by cost, heaviest first in even windows and lightest first in odd
-    ones, so neighbouring packs cost alike across window edges too. Any step of a few packs then holds packs
+    `group` packs and each window sorted by cost, heaviest first and lightest first by turns, so neighbouring packs cost alike across window edges too. Any step of a few packs then holds packs
     of nearly one cost and its ranks' work is even however few packs each rank reads; the price is that a
-    window's packs come heavy to light (or back) instead of at random. Ties keep the shuffled order.
+    window's packs come heavy to light (or back) instead of at random. Ties keep the shuffled order. Windows
+    are counted back from the end, so the last is a whole one, and it is turned round by a random offset
+    (seeded by seed and epoch): what drop_last drops (the order's last packs, fewer than a step's) is then any
+    of its packs alike, not always the heaviest or the lightest, as long as group is at least
+    batch_size x world_size.
     """
     order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
     if group > 1 and n:
         if costs is None or len(costs) != n:
             raise ConfigError("grouping the epoch's order by cost needs one cost per pack")
-        window = np.arange(n) // group
+        window = (n - 1 - np.arange(n)) // group  # 0: the last `group` packs
         direction = np.where(window % 2 == 0, -1.0, 1.0)
-        order = order[np.lexsort((np.arange(n), direction * costs[order], window))]
+        order = order[np.lexsort((np.arange(n), direction * costs[order], -window))]
+        last = min(group, n)
+        turn = int(np.random.default_rng([seed, epoch, 1]).integers(last))
+        order[n - last:] = np.roll(order[n - last:], -turn)
     return order
 
 
@@ -110,7 +118,13 @@ def epoch_plan(costs: np.ndarray, batch_size: int, world_size: int, seed: int, e
     steps = n // g if drop_last else -(-n // g)
     if steps == 0:
         return np.zeros((world_size, 0, batch_size), np.int64)
-    packs = np.resize(order, steps * g).reshape(steps, g)
+    fill = steps * g - n  # drop_last=False: the last step completed from the start of the (remaining) order,
+    # the shuffled one when grouped (the grouped order starts with the heaviest packs)
+    if fill <= 0:
+        packs = order[:steps * g].reshape(steps, g)
+    else:
+        start_of = epoch_order(len(costs), seed, epoch, shuffle)[start:] if group > 1 else order
+        packs = np.concatenate([order, np.resize(start_of, fill)]).reshape(steps, g)
     by_cost = np.argsort(-costs[packs], axis=1, kind="stable")
     packs = np.take_along_axis(packs, by_cost, axis=1)
     j = np.arange(g)
@@ -161,14 +175,18 @@ def eval_plan(num_packs: int, batch_size: int, world_size: int) -> np.ndarray:
 
 
 def imbalance(costs: np.ndarray, plan: np.ndarray) -> dict[str, float]:
-    """How unequal the ranks' work is: per step (max / mean - 1, averaged and worst) and per epoch."""
+    """How unequal the ranks' work is: per step (max / mean - 1, averaged and worst), weighted by the steps'
+    work (the sum over steps of the slowest rank's work over the sum of the mean rank's, - 1: the time lost to
+    waiting, where a step of little work counts little), and per epoch."""
     if plan.shape[1] == 0:
-        return {"step_mean": 0.0, "step_max": 0.0, "epoch": 0.0}
-    load = costs[plan].sum(axis=2)  # [W, steps]
-    per_step = load.max(axis=0) / load.mean(axis=0) - 1
+        return {"step_mean": 0.0, "step_max": 0.0, "step_weighted": 0.0, "epoch": 0.0}
+    load = costs[plan].sum(axis=2).astype(np.float64)  # [W, steps]
+    mean = load.mean(axis=0)
+    per_step = np.divide(load.max(axis=0), mean, out=np.ones_like(mean), where=mean > 0) - 1
     total = load.sum(axis=1)
     return {"step_mean": float(per_step.mean()), "step_max": float(per_step.max()),
-            "epoch": float(total.max() / total.mean() - 1)}
+            "step_weighted": float(load.max(axis=0).sum() / max(mean.sum(), 1e-300) - 1) if mean.sum() > 0 else 0.0,
+            "epoch": float(total.max() / total.mean() - 1) if total.mean() > 0 else 0.0}
 
 
 class _Batches(torch.utils.data.Dataset):
@@ -367,8 +385,9 @@ class PackedLoader(torch.utils.data.IterableDataset):
     group_by_cost=N orders each window of N packs of the shuffled epoch by the balance cost (epoch_order), so a
     step's packs cost alike and its ranks' work is even even at one pack a rank (a long-tailed mix dealt by cost
     alone is only as even as the few packs a step holds); the order stays a function of (seed, epoch) and the
-    packs' costs, so resuming on another shape still reads every pack once. Heavy and light steps then come in
-    waves through each window: take N a few times batch_size x world_size or more.
+    packs' costs, so resuming on another shape still reads every pack once (under other costs it is refused).
+    Heavy and light steps then come in waves through each window: take N a few times batch_size x world_size
+    (epoch_order says why at least once).
 
     It is an IterableDataset with torchdata's state_dict/load_state_dict, so it can also be the
     dataset of a torch DataLoader or torchdata StatefulDataLoader (batch_size=None; its own
@@ -409,9 +428,14 @@ class PackedLoader(torch.utils.data.IterableDataset):
             raise ConfigError(f"read_ahead={read_ahead!r}: give how many batches a remote run's packs are fetched ahead "
                               "(0 for none)")
         self.read_ahead = read_ahead
-        if isinstance(group_by_cost, bool) or not isinstance(group_by_cost, int) or group_by_cost < 0:
+        try:
+            group = operator.index(group_by_cost) if not isinstance(group_by_cost, bool) else -1
+        except TypeError:
+            group = -1
+        if group < 0:
             raise ConfigError(f"group_by_cost={group_by_cost!r}: give the window, in packs, whose packs are ordered by "
-                              "cost (0 for none; a few times batch_size x world_size evens out every step)")
+                              "cost (0 for none; 4 x batch_size x world_size or more evens out every step)")
+        group_by_cost = group if group > 1 else 0  # a window of one pack orders nothing
         if group_by_cost and eval:
             raise ConfigError(f"group_by_cost={group_by_cost} with eval=True: evaluation reads the packs in order; "
                               "drop group_by_cost")
@@ -564,8 +588,15 @@ class PackedLoader(torch.utils.data.IterableDataset):
                 "seed": self.seed, "cp_size": self.cp_size,
                 "batch_size": self.batch_size, "world_size": self.world_size, "rank": self.rank,
                 "num_packs": len(self.dataset), "shuffle": self.shuffle, "drop_last": self.drop_last,
-                "balance": self._balance_name(), "group_by_cost": self.group_by_cost, "eval": self.eval,
-                **self._identity()}
+                "balance": self._balance_name(), "group_by_cost": self.group_by_cost, "costs": self._costs_digest(),
+                "eval": self.eval, **self._identity()}
+
+    def _costs_digest(self) -> str | None:
+        """Grouped orders follow the packs' costs: their digest, so a resume under a cost that differs in any
+        bit (a model config changed in its 7th digit) is refused rather than reading another order."""
+        if not self.group_by_cost:
+            return None
+        return hashlib.sha256(np.ascontiguousarray(self.costs, np.float64).tobytes()).hexdigest()[:16]
 
     def _balance_name(self) -> str:
         return self.cost.describe() if self.balance == "compute" and self.cost is not None else self.balance
@@ -589,10 +620,15 @@ class PackedLoader(torch.utils.data.IterableDataset):
                 what = "shards (the manifest's seal)" if key == "run" else "plan (its digest)"
                 raise ConfigError(f"the loader state is of another run: its {what} {str(state[key])[:16]} is not this "
                                   f"run's {str(mine)[:16]}; resume on the run the checkpoint was trained on")
-        state = {"group_by_cost": 0, **state}  # states saved before grouping existed were ungrouped
-        for key in ("seed", "num_packs", "shuffle", "drop_last", "balance", "group_by_cost", "eval"):
-            mine = {"num_packs": len(self.dataset), "balance": self._balance_name()}.get(key, getattr(self, key, None))
+        state = {"group_by_cost": 0, "costs": None, **state}  # states saved before grouping existed were ungrouped
+        for key in ("seed", "num_packs", "shuffle", "drop_last", "balance", "group_by_cost", "costs", "eval"):
+            mine = {"num_packs": len(self.dataset), "balance": self._balance_name(),
+                    "costs": self._costs_digest()}.get(key, getattr(self, key, None))
             if key in state and state[key] != mine:
+                if key == "costs":
+                    raise ConfigError(f"the packs' costs (digest {mine}) are not the ones this state's order, grouped by "
+                                      f"cost, was made with (digest {state[key]}); resume with the same balance and cost "
+                                      "model")
                 raise ConfigError(f"state was saved with {key}={state[key]}, this loader has {key}={mine}; "
                                   "resume with the same settings and shards (world_size and batch_size may change)")
         epoch = whole("the loader state's epoch", state["epoch"], 0, 2**31 - 1)

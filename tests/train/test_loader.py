@@ -204,7 +204,7 @@ def test_padded_and_flat_agree_and_padding_is_inert(run, mode):
 def test_imbalance_is_small_and_reported(run):
     ld = PackedLoader(run, 2, world_size=4)
     imb = ld.imbalance()
-    assert set(imb) == {"step_mean", "step_max", "epoch"} and 0 <= imb["epoch"] < 0.05
+    assert set(imb) == {"step_mean", "step_max", "step_weighted", "epoch"} and 0 <= imb["epoch"] < 0.05
     costs = np.array([10.0, 1, 1, 1, 1, 1, 1, 10])
     plan = epoch_plan(costs, 2, 2, 0, 0, shuffle=False)
     # step 0 holds 10,1,1,1 and step 1 holds 1,1,1,10: the heavy pack goes to a different rank each time
@@ -315,19 +315,46 @@ def test_elastic_resume_consumes_every_pack_once_in_the_order(run, first, then, 
        seed=st.integers(0, 3), shuffle=st.booleans())
 def test_an_order_grouped_by_cost_is_the_shuffled_order_sorted_in_windows(costs, group, seed, shuffle):
     """Grouping keeps every pack once; each window of `group` packs holds the same packs as the ungrouped order's
-    window, sorted by cost (heaviest first, then lightest first in the next window), ties in the ungrouped order."""
+    window, sorted by cost (heaviest and lightest first by turns, windows counted back from the end), ties in the
+    ungrouped order; the last window turned round by an offset (what drop_last drops is then random)."""
     from packer.train.loader import epoch_order
 
     c = np.array(costs, dtype=np.int64)
     plain = epoch_order(len(c), seed, 0, shuffle).tolist()
     got = epoch_order(len(c), seed, 0, shuffle, c, group).tolist()
     assert sorted(got) == list(range(len(c)))
-    w = group if group > 1 else len(c) or 1
-    for i, k in enumerate(range(0, len(c), w)):
-        window = plain[k:k + w]
-        if group > 1:
-            window = sorted(window, key=lambda p: (-c[p] if i % 2 == 0 else c[p], window.index(p)))
-        assert got[k:k + w] == window
+    n = len(c)
+    if group <= 1 or not n:
+        assert got == plain
+        return
+    starts = list(range(n - group, 0, -group))[::-1]  # windows counted back from the end: the last is whole
+    edges = [0, *[a for a in starts if a > 0], n] if n > group else [0, n]
+    for k, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+        window = plain[a:b]
+        heavy_first = (len(edges) - 2 - k) % 2 == 0  # the last window heaviest first, then by turns backwards
+        window = sorted(window, key=lambda p: (-c[p] if heavy_first else c[p], window.index(p)))
+        if b == n:  # the last window turned round by some offset
+            assert any(got[a:b] == window[t:] + window[:t] for t in range(len(window))), (got[a:b], window)
+        else:
+            assert got[a:b] == window
+
+
+def test_grouping_by_cost_drops_and_repeats_random_packs():
+    """What drop_last drops (fewer than a step's packs at the end of the order) is a random few with grouping too,
+    not the heaviest or the lightest of the last window epoch after epoch; drop_last=False repeats random packs."""
+    costs = np.random.default_rng(0).lognormal(0, 1, 1000)
+    heavy, light = set(np.argsort(-costs)[:100].tolist()), set(np.argsort(costs)[:100].tolist())
+    dropped, repeated = [], []
+    for epoch in range(200):
+        used = epoch_plan(costs, 16, 4, 0, epoch, group=256).reshape(-1)
+        dropped += sorted(set(range(1000)) - set(used.tolist()))
+        full = epoch_plan(costs, 16, 4, 0, epoch, drop_last=False, group=256).reshape(-1)
+        repeated += full[1000:].tolist() if len(full) > 1000 else []
+    assert len(dropped) == 200 * (1000 % 64)
+    for tenth in (heavy, light):  # each a tenth of the packs: about a tenth of the drops and repeats
+        share = sum(p in tenth for p in dropped) / len(dropped)
+        again = sum(p in tenth for p in repeated) / len(repeated)
+        assert share < 0.2 and again < 0.2, (share, again)
 
 
 def test_grouping_by_cost_evens_out_steps_of_one_pack_a_rank(tmp_path, byte_tok):
@@ -349,6 +376,16 @@ def test_grouping_by_cost_evens_out_steps_of_one_pack_a_rank(tmp_path, byte_tok)
         PackedLoader(tmp_path / "run", 1, group_by_cost=-1)
     with pytest.raises(ConfigError, match="eval=True"):
         PackedLoader(tmp_path / "run", 1, group_by_cost=8, eval=True)
+    assert PackedLoader(tmp_path / "run", 1, group_by_cost=np.int64(1)).group_by_cost == 0  # orders nothing
+    # the order follows the costs: a cost model off in its 7th digit is refused, not read in another order
+    from packer.train.cost import CostModel
+
+    a = PackedLoader(tmp_path / "run", 1, world_size=4, balance=CostModel(1.0, ((2.0, None),)), group_by_cost=32)
+    b = PackedLoader(tmp_path / "run", 1, world_size=4, balance=CostModel(1.0000001, ((2.0, None),)),
+                     group_by_cost=32)
+    assert a._balance_name() == b._balance_name()
+    with pytest.raises(ConfigError, match="costs .* are not the ones this state's order"):
+        b.load_state_dict(a.state_dict())
 
 
 def test_elastic_state_of_another_epoch_order_is_refused(run):

@@ -52,6 +52,18 @@ def _task(call: str, setup: tuple, fn: Callable[[T], R], item: T) -> tuple[str, 
         trim_heap()
 
 
+def _affinity(node: str):
+    """Prefer `node`, run elsewhere when it is busy or gone. Spilling a busy node's task is a flag Ray marks
+    private (`_spill_on_unavailable`); where a Ray version lacks it, SPREAD (best-effort) is used instead, since
+    a plain soft affinity waits on a busy node however free the others are."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    try:
+        return NodeAffinitySchedulingStrategy(node, soft=True, _spill_on_unavailable=True)
+    except TypeError:
+        return "SPREAD"
+
+
 class RayExecutor:
     """Map steps as Ray tasks. `nodes` counts, per Ray node id, the tasks of the last map call."""
 
@@ -88,12 +100,11 @@ class RayExecutor:
         call = uuid.uuid4().hex
         setup = ray.put((initializer, initargs))
         remote = ray.remote(num_cpus=self.num_cpus, max_retries=self.max_retries)(_task)
-        # Tasks are dealt round the nodes' task slots (soft affinity: a task whose node is gone runs elsewhere).
-        # Ray's default fills the driver's node first and its SPREAD is best-effort; both can leave a node idle
-        # for a whole stage of short tasks.
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        strategies = [NodeAffinitySchedulingStrategy(node, soft=True) for node in self._slots(ray)] or ["SPREAD"]
+        # Tasks are dealt round the nodes' task slots. Ray's default fills the driver's node first and its SPREAD
+        # is best-effort; both can leave a node idle for a whole stage of short tasks. The affinity is soft and
+        # spills when the node is busy (its CPUs held by other work) or gone, so no task waits on one node
+        # while another is free.
+        strategies = [_affinity(node) for node in self._slots(ray)] or ["SPREAD"]
         window = self.max_in_flight or max(2, 2 * len(strategies))
         self.nodes = Counter()
         pending: deque = deque()

@@ -443,10 +443,13 @@ def verify_images(make_model: Callable[[str], torch.nn.Module], *, seed: int = 0
     import packer.train.hf.integration as hf
     from packer.core.vision import packed_positions
 
+    from packer.train.hf import mixers as M
+
     hf.register(allow_unverified=hf._settings["allow_unverified"])
     packed = make_model(hf.NAME)
     packed.train()
     hf.check_model(packed)
+    M.install(packed)
     config = packed.config
     image_token = getattr(config, "image_token_id", None)
     image_token = getattr(config, "image_token_index", None) if image_token is None else image_token
@@ -479,6 +482,9 @@ def verify_images(make_model: Callable[[str], torch.nn.Module], *, seed: int = 0
         kw["position_ids"] = torch.from_numpy(pos)[:, None, :]
     else:
         kw["position_ids"] = torch.cat([torch.arange(len(e[0])) for e in exs])[None]
+    longest = int(np.diff(cu).max())  # the boundaries as training passes them (batch_to_kwargs)
+    kw.update(cu_seq_lens_q=torch.tensor(cu, dtype=torch.int32), cu_seq_lens_k=torch.tensor(cu, dtype=torch.int32),
+              max_length_q=longest, max_length_k=longest)
     calls = [0]
     real = hf.varlen_attention
 
@@ -504,7 +510,10 @@ def verify_images(make_model: Callable[[str], torch.nn.Module], *, seed: int = 0
         scale = max(scale, logits.float().abs().max().item())
         total = total + losses(logits, e[0])
     total.backward()
-    grads, name = _grad_difference(_grads(plain), _grads(packed))
+    g_packed = _grads(packed)
+    grads, name = _grad_difference(_grads(plain), g_packed)
+    if not any(("visual" in n or "vision" in n) and bool(g.abs().sum() > 0) for n, g in g_packed.items()):
+        grads, name = float("inf"), "no gradient reached the vision tower (the images never entered the model)"
     return Verdict(logits=worst / max(scale, 1e-12),
                    loss=abs(total.item() - packed_loss.item()) / max(abs(total.item()), 1e-12),
                    grads=grads, worst_param=name, attention_calls=calls[0], config_types=types)

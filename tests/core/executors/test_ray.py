@@ -51,7 +51,7 @@ def test_two_nodes_same_shards_as_local(cluster, tmp_path):
          executor=ray_exec)
     assert files(tmp_path / "ray") == files(tmp_path / "local")
     counts = sorted(ray_exec.nodes.values())
-    assert len(counts) == 2 and counts[1] - counts[0] <= 1, f"the write stage's tasks, dealt evenly: {counts}"
+    assert len(counts) == 2 and counts[0] >= sum(counts) // 4, f"the write stage's tasks ran on both nodes: {counts}"
     pack([str(tmp_path / "d.jsonl")], tmp_path / "ray-jsonl", tokenize_config=tcfg, plan_config=pcfg,
          write_config=wcfg, executor="ray")
     assert files(tmp_path / "ray-jsonl") == files(tmp_path / "local")
@@ -103,3 +103,38 @@ def test_a_killed_worker_is_retried_and_the_shards_are_the_same(cluster, tmp_pat
         "a worker died in each map stage"
     assert files(tmp_path / "killed") == files(tmp_path / "local")
     assert not [p for p in (tmp_path / "killed").rglob("*") if p.name.startswith(".")], "nothing half-written left"
+
+
+def _double(x: int) -> int:
+    return 2 * x
+
+
+def test_a_node_busy_with_other_work_does_not_stall_a_stage(cluster):
+    """Another workload holds one node's only CPU: the tasks dealt to that node run on the free one instead of
+    waiting for it (a plain soft node affinity waits on a busy node however long it stays busy)."""
+    import sys
+    import threading
+
+    import ray
+
+    from packer.core.executors.ray import RayExecutor
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+    @ray.remote(num_cpus=1)
+    class Holder:
+        def ping(self) -> int:
+            return 1
+
+    holder = Holder.remote()
+    ray.get(holder.ping.remote())
+    try:
+        out: list = []
+        th = threading.Thread(target=lambda: out.extend(RayExecutor(address=cluster.address).map(_double, range(6))),
+                              daemon=True)
+        th.start()
+        th.join(90)
+        assert not th.is_alive(), "the stage waited on the busy node"
+        assert out == [0, 2, 4, 6, 8, 10]
+    finally:
+        ray.kill(holder)
