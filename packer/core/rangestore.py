@@ -3,8 +3,7 @@
 `PackedShards("s3://bucket/run")` and `PackedLoader("s3://...")` (any fsspec URL) open a remote run here
 instead of downloading it:
 
-1. the commit object (`shards/manifest.json`) is read once, and the store's identity of it (ETag, version,
-   size) kept;
+1. the commit object (`shards/manifest.json`) is read once, and its bytes kept;
 2. each shard's head (header and metadata: docs/FORMAT.md) is fetched in one range request per shard and
    checked against the manifest's `head_sha256`, then written into a sparse local copy of the shard, of the
    shard's full size, in the user's cache (CACHE/ranges/HOST-PID-N/): the reader memory-maps it as it maps a
@@ -19,9 +18,9 @@ instead of downloading it:
    a pack a batch is being built from;
 5. a run replaced (or being replaced) during training is refused, never mixed: every pack's bytes must match
    the checksums in the heads opened in 2, so a pack of another run cannot pass unnoticed, and whatever does
-   not match (a checksum, a range's length, a missing shard) re-reads the commit object's identity first, to
-   say the run was replaced rather than damaged. (Re-reading it on every round instead would cost a request
-   per batch for nothing the checksums do not already catch.)
+   not match (a checksum, a range's length, a missing shard) re-reads the commit object first (its bytes against
+   the ones opened), to say the run was replaced rather than damaged. (Re-reading it on every round instead
+   would cost a request per batch for nothing the checksums do not already catch.)
 
 A read-ahead thread (`read_ahead`) fetches the packs of the batches to come, in the order they will be
 read, as far as the cache allows beyond one batch; the batch builder then finds its packs present.
@@ -85,12 +84,6 @@ def _write_all(fd: int, data: bytes, offset: int, path: str) -> None:
         view, offset = view[n:], offset + n
 
 
-def _store_identity(info: dict) -> dict:
-    """What names one version of an object: ETag / version id / generation, and its size."""
-    keys = ("ETag", "VersionId", "generation", "md5Hash", "size", "mtime", "LastModified")
-    return {k: str(info.get(k)) for k in keys if info.get(k) is not None}
-
-
 def _alive(name: str) -> bool:
     """Whether the process that made cache folder HOST-PID-N-R still runs (another host's: assumed so)."""
     parts = name.rsplit("-", 3)
@@ -130,7 +123,6 @@ class RemoteRun:
         self.fs.invalidate_cache(f"{self.inner}/shards")
         try:
             raw = self.fs.cat_file(self.commit)
-            self.identity = _store_identity(self.fs.info(self.commit))
         except FileNotFoundError:
             raise FormatError(url, f"holds no committed run: {COMMIT} is missing (the run was interrupted before its "
                               "commit, or the URL is wrong)", HINT) from None
@@ -207,15 +199,17 @@ class RemoteRun:
 
     def _check_run(self) -> None:
         """Refuse when the commit object is no longer the one this reader opened (a run replaced or being
-        replaced at the URL): never a mix of two runs."""
+        replaced at the URL): never a mix of two runs. Its bytes are compared, not the store's ETag: a manifest
+        names every shard's sha256 and head, so equal bytes are the same run (a byte-identical re-run included),
+        and reading it costs no request before anything has gone wrong."""
         try:
             self.fs.invalidate_cache(self.commit)
-            now = _store_identity(self.fs.info(self.commit))
+            now = self.fs.cat_file(self.commit)
         except FileNotFoundError:
             now = None
         except Exception as e:
             raise unreachable(self.url, e) from None
-        if now != self.identity:
+        if now != self.raw:
             raise FormatError(self.url, "the run committed there was replaced (or is being replaced) while this reader "
                               "read it; its packs would mix two runs", "open the URL again (a new loader) to read the "
                               "new run, and resume from a checkpoint of that run")

@@ -172,6 +172,34 @@ def test_a_run_replaced_while_reading_is_refused(s3, tmp_path, monkeypatch):
     assert len(PackedShards("s3://streams/replaced")) > 0  # a new reader reads the new run
 
 
+def test_a_byte_identical_rerun_at_the_url_reads_on_and_a_damaged_pack_is_not_called_a_replacement(s3, tmp_path,
+                                                                                                   monkeypatch):
+    """Same inputs, config and seed give the same bytes: a reader open while such a re-run is published reads on
+    (nothing to mix). A pack damaged in the store is named as damaged, not as a replaced run."""
+    from packer.train.reader import PackedShards
+
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "c"))
+    s3.exists("streams") or s3.mkdir("streams")
+    a = write_jsonl(tmp_path / "a.jsonl", sft_records(200, seed=1))
+    pack([str(a)], "s3://streams/again", plan_config=PLAN, write_config=WRITE)
+    ds = PackedShards("s3://streams/again", cache_limit=None)
+    first = ds[0]["input_ids"].tolist()
+    pack([str(a)], tmp_path / "same", plan_config=PLAN, write_config=WRITE)
+    for f in sorted((tmp_path / "same" / "shards").iterdir()):  # the re-run published over it, manifest last
+        if f.name != "manifest.json":
+            s3.pipe(f"streams/again/shards/{f.name}", f.read_bytes())
+    s3.pipe("streams/again/shards/manifest.json", (tmp_path / "same" / "shards" / "manifest.json").read_bytes())
+    assert [ds[i]["input_ids"].tolist() for i in range(len(ds))][0] == first
+    ds2 = PackedShards("s3://streams/again", cache_limit=None)
+    name = sorted(p for p in s3.ls("streams/again/shards") if p.endswith(".bin"))[-1]
+    data = bytearray(s3.cat_file(name))
+    data[-1] ^= 0xFF  # the last pack's last mask byte
+    s3.pipe(name, bytes(data))
+    with pytest.raises(FormatError, match="fails its checksum after a second fetch: the object is damaged"):
+        for i in range(len(ds2)):
+            ds2[i]
+
+
 def test_an_unreachable_store_says_what_was_tried(monkeypatch, tmp_path):
     pytest.importorskip("s3fs")
     from packer.train.reader import PackedShards
