@@ -38,7 +38,7 @@ import socket
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -109,7 +109,10 @@ class RemoteRun:
     """The run committed at `url`, as a local folder of sparse shard copies whose heads are checked and whose
     packs are fetched on demand (see the module docstring). `folder` is the local shards folder to open."""
 
-    def __init__(self, url: str, cache_limit: int | None = DEFAULT_CACHE_LIMIT):
+    def __init__(self, url: str, cache_limit: int | None = DEFAULT_CACHE_LIMIT,
+                 on_dtype: Callable[[np.dtype], None] | None = None):
+        """on_dtype(token dtype) is called as soon as the manifest gives it, before the heads are fetched (the
+        loader starts loading its kernels then, overlapping the fetch)."""
         if cache_limit is not None and (isinstance(cache_limit, bool) or not isinstance(cache_limit, int)
                                         or cache_limit < 1):
             raise ConfigError(f"cache_limit={cache_limit!r}: give the bytes of packs to keep cached (an int), or None "
@@ -150,6 +153,8 @@ class RemoteRun:
         self.bytes_fetched = 0
         self.requests = 0
         code = token_dtype_code(vocab)
+        if on_dtype is not None:
+            on_dtype(np.dtype(TOKEN_DTYPES[code]))
         heads, self.files = [], []
         for i, e in enumerate(entries):
             counts = [e.get(k) if isinstance(e, dict) else None for k in ("packs", "segments", "tokens")]

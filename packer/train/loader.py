@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from packer.train.collate import BatchSource, collate
+from packer.train.collate import BatchSource, collate, warm
 from packer.train.reader import PackedShards
 from packer.core.rangestore import DEFAULT_CACHE_LIMIT
 from packer.train import preference
@@ -417,7 +417,8 @@ class PackedLoader(torch.utils.data.IterableDataset):
         if prefetch and num_workers:
             raise ConfigError(f"prefetch={prefetch} with num_workers={num_workers}: prefetch is a background thread "
                               "for num_workers=0 (worker processes prefetch on their own); set one of them to 0")
-        self.dataset = PackedShards(path, label_mode=label_mode, verify=verify, cache_limit=cache_limit)
+        # the kernels load in the background from when the token dtype is known (collate.warm)
+        self.dataset = PackedShards(path, label_mode=label_mode, verify=verify, cache_limit=cache_limit, _on_dtype=warm)
         self._reserve = 0  # a remote run: bytes of packs one batch may need at most (kept free by the read-ahead)
         if self.dataset.ranges is not None:
             sizes = np.sort(self.dataset.ranges.pack_bytes)[::-1]
@@ -473,6 +474,8 @@ class PackedLoader(torch.utils.data.IterableDataset):
         self._progress: Progress | None = None  # the prefetch builder of the epoch being read, if any
         self._plan_cache: tuple[int, np.ndarray] | None = None
         self._src: BatchSource | None = None
+        if self.dataset.shards:
+            warm(self.dataset.shards[0].tokens.dtype)  # the kernels load while the caller sets up (collate.warm)
 
     def __getstate__(self) -> dict:
         """A copy sent to a DataLoader worker rebuilds its plan and batch source from the memory maps."""

@@ -148,3 +148,36 @@ def test_arrays_the_kernel_cannot_address_are_refused():
         shard = Shard(**{**{k: getattr(good, k) for k in good.__dataclass_fields__}, field: bad})
         with pytest.raises(FormatError, match="wrong type, length or layout"):
             BatchSource.from_shards([shard], 64)
+
+
+def test_warming_the_kernels_runs_once_per_dtype_and_a_fork_waits_for_it(monkeypatch):
+    """collate.warm loads a dtype's kernels in a background thread, once per process; a fork joins it first (so no
+    child inherits a half-held compiler lock) and the child builds a batch."""
+    import os
+    import time
+
+    from packer.train import collate as K
+
+    real = K.collate
+
+    def slow(*a, **k):  # a warm-up still running when the fork comes
+        time.sleep(0.5)
+        return real(*a, **k)
+
+    monkeypatch.setattr(K, "collate", slow)
+    monkeypatch.setattr(K, "_WARM", {})
+    K.warm(np.uint32)
+    thread = K._WARM[np.dtype(np.uint32).str]
+    K.warm(np.uint32)
+    assert K._WARM[np.dtype(np.uint32).str] is thread
+    K.warm(np.uint8)  # not a token dtype: nothing
+    assert np.dtype(np.uint8).str not in K._WARM
+    assert thread.is_alive()
+    pid = os.fork()
+    if pid == 0:  # the child: the thread was joined before the fork
+        src = K.BatchSource(tokens=[np.arange(4, dtype=np.uint32)], masks=[np.ones(4, np.uint8)],
+                            seg_lens=[np.array([4], np.int32)], pack_table=np.array([[0, 0, 4, 0, 1]]), pack_len=4)
+        ok = real(src, np.zeros(1, np.int64))["input_ids"].tolist() == [[0, 1, 2, 3]]
+        os._exit(0 if ok else 1)
+    assert not thread.is_alive(), "the fork did not wait for the warm-up"
+    assert os.waitpid(pid, 0)[1] == 0
