@@ -50,8 +50,8 @@ def test_two_nodes_same_shards_as_local(cluster, tmp_path):
     pack([str(tmp_path / "d.parquet")], tmp_path / "ray", tokenize_config=tcfg, plan_config=pcfg, write_config=wcfg,
          executor=ray_exec)
     assert files(tmp_path / "ray") == files(tmp_path / "local")
-    counts = sorted(ray_exec.nodes.values())
-    assert len(counts) == 2 and counts[0] >= sum(counts) // 4, f"the write stage's tasks ran on both nodes: {counts}"
+    # Both nodes ran tasks (how many each is Ray's to decide: a node still starting its worker hands tasks on)
+    assert len(ray_exec.nodes) == 2, f"the write stage's tasks ran on both nodes: {dict(ray_exec.nodes)}"
     pack([str(tmp_path / "d.jsonl")], tmp_path / "ray-jsonl", tokenize_config=tcfg, plan_config=pcfg,
          write_config=wcfg, executor="ray")
     assert files(tmp_path / "ray-jsonl") == files(tmp_path / "local")
