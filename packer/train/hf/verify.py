@@ -15,7 +15,8 @@ enough that they do; the model matrix
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -261,6 +262,46 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def _packed(make_model: Callable[[str], torch.nn.Module]) -> torch.nn.Module:
+    """The model built with attn "packer", in training mode, checked and with its token mixers installed, as
+    use_packer_attention leaves it."""
+    import packer.train.hf.integration as hf
+
+    from packer.train.hf import mixers as M
+
+    hf.register(allow_unverified=hf._settings["allow_unverified"])
+    packed = make_model(hf.NAME)
+    packed.train()
+    hf.check_model(packed)
+    M.install(packed)
+    return packed
+
+
+@contextmanager
+def _counting_attention() -> Iterator[list[int]]:
+    """Counts (in the list yielded) the calls of Packer's varlen attention while the block runs: a check that
+    never reached it proves nothing."""
+    import packer.train.hf.integration as hf
+
+    calls = [0]
+    real = hf.varlen_attention
+
+    def counting(*a, **k):
+        calls[0] += 1
+        return real(*a, **k)
+
+    hf.varlen_attention = counting
+    try:
+        yield calls
+    finally:
+        hf.varlen_attention = real
+
+
+def _config_types(model: torch.nn.Module) -> set[str]:
+    """The model_type of every config the model's modules hold (a composite's sub-configs included)."""
+    return {getattr(m.config, "model_type", "") for m in model.modules() if getattr(m, "config", None) is not None}
+
+
 def verify(make_model: Callable[[str], torch.nn.Module], lengths: Sequence[int] = LENGTHS, *,
            seed: int = 0) -> Verdict:
     """Compare packed (attn "packer") with one-by-one (attn "eager") for `make_model(attn)`.
@@ -272,11 +313,7 @@ def verify(make_model: Callable[[str], torch.nn.Module], lengths: Sequence[int] 
 
     from packer.train.hf import mixers as M
 
-    hf.register(allow_unverified=hf._settings["allow_unverified"])
-    packed = make_model(hf.NAME)
-    packed.train()
-    hf.check_model(packed)
-    M.install(packed)
+    packed = _packed(make_model)
     vocab = packed.get_input_embeddings().num_embeddings
     head = packed.get_output_embeddings()  # ids the head predicts (Mllama's embeddings add image tokens)
     if head is not None and getattr(head, "weight", None) is not None:
@@ -287,25 +324,15 @@ def verify(make_model: Callable[[str], torch.nn.Module], lengths: Sequence[int] 
     cu = torch.tensor([0, *torch.tensor([len(e) for e in exs]).cumsum(0).tolist()], dtype=torch.int32)
     labels = ids.clone()
     labels[0, cu[:-1].long()] = hf.IGNORE
-    calls = [0]
-    real = hf.varlen_attention
-
-    def counting(*a, **k):
-        calls[0] += 1
-        return real(*a, **k)
-
-    hf.varlen_attention = counting
     mixer_calls = [0]
     for m in M.mixers(packed):  # a model of mixers only (Mamba) reaches no attention: its mixers count
         m.register_forward_hook(lambda *a: mixer_calls.__setitem__(0, mixer_calls[0] + 1))
-    try:
+    with _counting_attention() as calls:
         out = packed(input_ids=ids, position_ids=pos, labels=labels, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
                      max_length_q=max(lengths), max_length_k=max(lengths), use_cache=False)
-    finally:
-        hf.varlen_attention = real
     out.loss.backward()
     g_packed = _grads(packed)
-    types = {getattr(m.config, "model_type", "") for m in packed.modules() if getattr(m, "config", None) is not None}
+    types = _config_types(packed)
 
     plain = make_model("eager")
     plain.train()
@@ -440,16 +467,9 @@ def verify_images(make_model: Callable[[str], torch.nn.Module], *, seed: int = 0
 
     import numpy as np
 
-    import packer.train.hf.integration as hf
     from packer.core.vision import packed_positions
 
-    from packer.train.hf import mixers as M
-
-    hf.register(allow_unverified=hf._settings["allow_unverified"])
-    packed = make_model(hf.NAME)
-    packed.train()
-    hf.check_model(packed)
-    M.install(packed)
+    packed = _packed(make_model)
     config = packed.config
     image_token = getattr(config, "image_token_id", None)
     image_token = getattr(config, "image_token_index", None) if image_token is None else image_token
@@ -485,21 +505,11 @@ def verify_images(make_model: Callable[[str], torch.nn.Module], *, seed: int = 0
     longest = int(np.diff(cu).max())  # the boundaries as training passes them (batch_to_kwargs)
     kw.update(cu_seq_lens_q=torch.tensor(cu, dtype=torch.int32), cu_seq_lens_k=torch.tensor(cu, dtype=torch.int32),
               max_length_q=longest, max_length_k=longest)
-    calls = [0]
-    real = hf.varlen_attention
-
-    def counting(*a, **k):
-        calls[0] += 1
-        return real(*a, **k)
-
-    hf.varlen_attention = counting
-    try:
+    with _counting_attention() as calls:
         out = packed(**kw)
-    finally:
-        hf.varlen_attention = real
     packed_loss = sum(losses(out.logits[0, cu[k]:cu[k + 1]], e[0]) for k, e in enumerate(exs))
     packed_loss.backward()
-    types = {getattr(m.config, "model_type", "") for m in packed.modules() if getattr(m, "config", None) is not None}
+    types = _config_types(packed)
 
     plain = make_model("eager")
     plain.train()
