@@ -141,6 +141,12 @@ plan_options = _apply([
                           "length; --kind preference: pairs (best-fit's meaning there: prompt+chosen, prompt+rejected) "
                           "or shared-prompt (the prompt once, then both replies)."),
         click.option("--time-limit", type=_Finite(0, C.MAX_TIME_LIMIT), default=None, help="Work budget of the ortools planner, in deterministic seconds (about wall seconds on 2 cores; the plan never depends on the clock). Default: 1 + 1e-5 per example, at most 300."),
+        click.option("--even", type=click.Choice(C.EVEN), default="none", show_default=True,
+                     help="After packing, swap examples between packs so every pack's work is near the mean (same packs, "
+                          "same examples): tokens, or compute (tokens + attention, by --model-config), so the "
+                          "loader's steps cost alike on every rank."),
+        click.option("--model-config", type=click.Path(exists=True), default=None,
+                     help="--even compute: the model's config.json (or its folder), for its attention cost per token."),
         click.option("--seed", type=click.IntRange(0, C.MAX_SEED), default=0, show_default=True),
 ])
 
@@ -180,7 +186,17 @@ def _plan_config(kw: dict, kind: str, weights: tuple[float, ...] = ()) -> C.Plan
     return C.PlanConfig(pack_len=kw["pack_len"], algorithm=kw["algorithm"],
                         overlong=kw["overlong"] or C.default_overlong(kind), seed=kw["seed"],
                         max_segments=kw["max_segments"], time_limit=kw["time_limit"], weights=weights,
-                        layout=kw["layout"], cp_size=kw["cp_size"], max_patches=kw.get("max_patches"))
+                        layout=kw["layout"], cp_size=kw["cp_size"], max_patches=kw.get("max_patches"),
+                        even=kw["even"], even_attention=_attention(kw))
+
+
+def _attention(kw: dict) -> tuple:
+    """--model-config as the plan's even_attention (with --even compute; else PlanConfig names the conflict)."""
+    if kw.get("model_config") is None:
+        return ()
+    from packer.core.cost import cost_model, read_model_config
+
+    return cost_model(read_model_config(kw["model_config"])).relative()
 
 
 def _inputs(data: tuple, mix: str | None) -> list[C.InputSpec]:

@@ -116,6 +116,7 @@ def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, 
         pieces[:, 0] = rows[pieces[:, 0]]  # back to tokenized rows (a repeated example names its row again)
         p = plan(pieces[:, 2], config.pack_len, config.algorithm, seed=config.seed,
                  max_segments=config.max_segments, time_limit=config.time_limit, cp_size=config.cp_size)
+        p, counts["even"] = evened(p, padded_lengths(pieces[:, 2], config.cp_size), config)
         counts["cp_padding_tokens"] = int((padded_lengths(pieces[:, 2], config.cp_size) - pieces[:, 2]).sum())
     if len(pieces) == 0:  # before anything is committed: a run of no packs is an error, not a result
         names = ", ".join(i["path"] for i in tok_manifest["inputs"])
@@ -126,6 +127,7 @@ def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, 
     def build(tmp: Path) -> dict:
         write_plan(tmp, pieces, p.order, p.offsets)
         tokens = int(pieces[:, 2].sum())
+        even_counts = counts.pop("even", {"by": "none"})
         return {
             "format": FORMAT, "version": VERSION, "digest": digest, "config": C.to_dict(config),
             "input_digest": tok_manifest["digest"],
@@ -133,7 +135,7 @@ def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, 
                            tokens=tokens, packs=p.num_packs),
             "plan": {"algorithm": p.algorithm, "num_packs": p.num_packs, "lower_bound": p.lower_bound,
                      "optimal": p.optimal, "gap": p.gap, "time_limit": p.time_limit,
-                     "efficiency": tokens / max(1, p.num_packs * config.pack_len)},
+                     "efficiency": tokens / max(1, p.num_packs * config.pack_len), "even": even_counts},
         }  # no wall time: manifests are byte-identical on rerun; callers time the stage themselves
 
     return commit_stage(Path(out), build)
@@ -187,7 +189,11 @@ def vision_plan(tokenized, manifest: dict, cols: dict, config: C.PlanConfig) -> 
     if config.max_patches is None:
         p = plan(pieces[:, 2], config.pack_len, config.algorithm, seed=config.seed, max_segments=config.max_segments,
                  time_limit=config.time_limit)
+        p, counts["even"] = evened(p, pieces[:, 2], config)
         return p, pieces, counts, rows
+    if config.even != "none":
+        raise ConfigError(f"--max-patches evens the packs' vision patches; --even {config.even} would even something "
+                          "else: drop one of them")
     if config.algorithm != "ffd":
         raise ConfigError(f"--max-patches is planned by first-fit decreasing over tokens and patches; --algorithm "
                           f"{config.algorithm} does not take a second capacity: pass --algorithm ffd")
@@ -288,8 +294,12 @@ def preference_plan(manifest: dict, cols: dict, config: C.PlanConfig) -> tuple[P
                           axis=1).reshape(-1, 3)
     k = 3 if shared else 2
     unit_len = pieces[:, 2].reshape(-1, k).sum(1)
+    if config.even == "compute" and shared:  # the replies attend to the one prompt: not a sum of segments' L^2
+        raise ConfigError("--even compute for --layout shared-prompt is not built yet; use --even tokens, or "
+                          "--layout pairs")
     up_plan = plan(unit_len, config.pack_len, config.algorithm, seed=config.seed, max_segments=None,
                    time_limit=config.time_limit, cp_size=1)
+    up_plan, counts["even"] = evened(up_plan, unit_len, config, pieces[:, 2].reshape(-1, k))
     order = (up_plan.order[:, None] * k + np.arange(k)).reshape(-1)
     p = dataclasses.replace(up_plan, order=order.astype(np.int64), offsets=up_plan.offsets * k)
     paired = roles[ua] == CHOSEN
@@ -300,6 +310,33 @@ def preference_plan(manifest: dict, cols: dict, config: C.PlanConfig) -> tuple[P
                             "shared_prompt_tokens_saved": int(up.sum()) if shared else 0,
                             "prompt_tokens_shareable": int(up.sum())}
     return p, pieces, counts
+
+
+def evened(p: Plan, lengths: np.ndarray, config: C.PlanConfig, segments: np.ndarray | None = None
+           ) -> tuple[Plan, dict]:
+    """The plan with its packs' work evened (config.even; packer.build.planners.even) and what it changed: the
+    lightest and heaviest pack's work over the mean, before and after. lengths: what each item occupies;
+    segments [n, k]: an item's segments where it has several (a preference pair), for the compute work."""
+    if config.even == "none":
+        return p, {"by": "none"}
+    from packer.build.planners.even import even
+    from packer.core.cost import CostModel
+
+    lengths = np.asarray(lengths, np.int64)
+    model = CostModel(1.0, config.even_attention)
+    work = lengths if config.even == "tokens" else model.segment_costs(lengths) if segments is None else \
+        model.segment_costs(segments.reshape(-1)).reshape(segments.shape).sum(1)
+
+    def spread(order: np.ndarray, offsets: np.ndarray) -> list[float]:
+        if len(offsets) < 2:
+            return [1.0, 1.0]
+        load = np.add.reduceat(work[order].astype(np.float64), offsets[:-1])
+        return [round(float(load.min() / load.mean()), 6), round(float(load.max() / load.mean()), 6)]
+
+    order, offsets = even(p.order, p.offsets, lengths, work, config.pack_len, max_segments=config.max_segments)
+    return dataclasses.replace(p, order=order, offsets=offsets), {
+        "by": config.even, "lightest_before": spread(p.order, p.offsets)[0], "heaviest_before":
+        spread(p.order, p.offsets)[1], "lightest": spread(order, offsets)[0], "heaviest": spread(order, offsets)[1]}
 
 
 def _located(manifest: dict, cols: dict, row: int) -> tuple[str, int | None]:

@@ -111,6 +111,7 @@ def compute(path: str | Path, seconds: dict[str, float] | None = None, baseline_
     report = {
         "pack_len": L, "algorithm": m["plan"]["algorithm"], "optimal": m["plan"]["optimal"],
         "plan_budget": m["plan"].get("time_limit"),
+        "even": m["plan"].get("even") or {"by": "none"},
         "layout": ds.layout, "cp_size": ds.cp_size,
         "cp_padding_tokens": int(c.get("cp_padding_tokens", 0)),
         # Segments that continue an example cut before them (wrapped layout, --overlong split): their
@@ -322,6 +323,10 @@ def summary(report: dict) -> str:
         f"vs padding every example to {r['pack_len']}: {r['speedup_tokens_vs_pad_to_pack']:.1f}x fewer tokens; "
         f"vs batches of {r['baseline_batch']} padded to the longest: {r['speedup_tokens_vs_pad_to_longest']:.2f}x",
     ]
+    ev = r.get("even") or {}
+    if ev.get("by", "none") != "none":
+        lines.append(f"packs evened by {ev['by']}: lightest {ev['lightest_before']:.3f} -> {ev['lightest']:.3f} of the "
+                     f"mean, heaviest {ev['heaviest_before']:.3f} -> {ev['heaviest']:.3f}")
     tk = r.get("tokenizer") or {}
     if tk.get("backend"):
         checked = f", {tk['spans_checked']:,} of {tk['spans']:,} spans checked against {tk['reference']}" \

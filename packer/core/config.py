@@ -50,6 +50,7 @@ OVERLONG = ("truncate", "drop", "split", "error")
 TOKENIZER_BACKENDS = ("auto", "fast", "tokenizers")
 CHECK_TOKENS = ("sample", "all")
 LAYOUTS = ("best-fit", "wrapped", "pairs", "shared-prompt")
+EVEN = ("none", "tokens", "compute")
 PREFERENCE_FORMATS = ("auto", "explicit", "openai", "implicit", "unpaired")
 CHAT_FORMATS = ("auto", "openai", "sharegpt")
 TRAIN_ROLES = ("system", "user", "assistant", "tool")
@@ -277,6 +278,14 @@ class PlanConfig:
     max_patches: int | None = None
     """Runs with images: the most vision patches (sum of t x h x w over its images) a pack may hold, so the
     vision encoder's batch is bounded; planned by first-fit decreasing over both capacities. None: no bound."""
+    even: str = "none"
+    """After packing, swap examples between packs so every pack's work is as near the mean as the examples allow
+    (the same packs and examples; packer.build.planners.even): the loader's steps then cost alike on every rank,
+    where a bin packer leaves light packs at its end. tokens evens tokens; compute evens tokens + the attention
+    terms of even_attention (a x tokens + b x L^2 / 2 per example); none keeps the packing as planned."""
+    even_attention: tuple[tuple[float, int | None], ...] = ()
+    """even="compute": per attention group, (cost of one query-key pair / cost of one token, window or None),
+    from packer.core.cost.cost_model(model_config).relative() (the CLI's --model-config)."""
 
     def __post_init__(self) -> None:
         if self.max_patches is not None:
@@ -299,12 +308,22 @@ class PlanConfig:
         check_cp_size(self.pack_len, self.cp_size)
         if self.layout not in LAYOUTS:
             raise ConfigError(f"layout '{self.layout}' is not one of {', '.join(LAYOUTS)}")
+        if self.even not in EVEN:
+            raise ConfigError(f"even '{self.even}' is not one of {', '.join(EVEN)}")
+        object.__setattr__(self, "even_attention", _attention_terms(self.even_attention))
+        if self.even == "compute" and not self.even_attention:
+            raise ConfigError("even 'compute' needs the model's attention cost: pass --model-config (the model's "
+                              "config.json), or even_attention=packer.core.cost.cost_model(config).relative()")
+        if self.even != "compute" and self.even_attention:
+            raise ConfigError(f"even_attention (--model-config) is what --even compute evens by; with --even "
+                              f"{self.even} it would be ignored: drop it or pass --even compute")
         if self.layout == "wrapped":
             given = [name for name, bad in (("algorithm", self.algorithm != "ortools"),
                                             ("time_limit", self.time_limit is not None),
                                             ("max_segments", self.max_segments is not None),
                                             ("overlong", self.overlong != "split"),
-                                            ("cp_size", self.cp_size != 1)) if bad]
+                                            ("cp_size", self.cp_size != 1),
+                                            ("even", self.even != "none")) if bad]
             if given:
                 raise ConfigError(f"layout wrapped cuts documents at every pack_len tokens, so {', '.join(given)} "
                                   "would be ignored: drop " + ", ".join(f"--{g.replace('_', '-')}" for g in given) +
@@ -312,6 +331,20 @@ class PlanConfig:
         if self.time_limit is not None and self.algorithm != "ortools":
             raise ConfigError(f"time_limit applies to the ortools planner only; {self.algorithm} would ignore it: "
                               "drop it (--time-limit) or choose --algorithm ortools")
+
+
+def _attention_terms(terms) -> tuple[tuple[float, int | None], ...]:
+    """even_attention checked: pairs of (weight > 0, window: a whole number >= 1 or None)."""
+    out = []
+    for t in terms:
+        if not isinstance(t, (tuple, list)) or len(t) != 2:
+            raise ConfigError(f"even_attention holds (weight, window) pairs; got {t!r}")
+        weight, window = t
+        number("even_attention weight", weight, 0, 1e300, above=True)
+        if window is not None:
+            whole("even_attention window", window, 1, 1 << 40)
+        out.append((float(weight), None if window is None else int(window)))
+    return tuple(out)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from packer.train.collate import BatchSource, collate, warm
 from packer.train.reader import PackedShards
 from packer.core.rangestore import DEFAULT_CACHE_LIMIT
 from packer.train import preference
-from packer.train.cost import CostModel
+from packer.core.cost import CostModel
 from packer.core.config import whole
 from packer.core.errors import REBUILD_HINT, ConfigError, FormatError
 from packer.train.prefetch import Progress
@@ -35,12 +35,12 @@ BALANCE = ("tokens", "attention")
 
 def pack_costs(ds: PackedShards, balance: str | CostModel) -> np.ndarray:
     """float64 [P]: the work of each pack: its tokens, its attention cost (sum of squared lengths), or a model's
-    training FLOPs (a CostModel: a x tokens + b x sum(L^2), packer.train.cost.cost_model(config))."""
+    training FLOPs (a CostModel: a x tokens + b x sum(L^2), packer.core.cost.cost_model(config))."""
     if isinstance(balance, CostModel):
         return np.concatenate([balance(sh.segment_lengths, sh.pack_segment_offsets) for sh in ds.shards]) \
             if ds.shards else np.zeros(0)
     if balance == "compute":
-        raise ConfigError("balance='compute' needs the model's cost: pass cost=packer.train.cost.cost_model(model.config) "
+        raise ConfigError("balance='compute' needs the model's cost: pass cost=packer.core.cost.cost_model(model.config) "
                           "(or cost=(a, b) for a x tokens + b x sum of squared lengths)")
     if balance == "patches":  # runs with images: each pack's vision patches (the vision encoder's work)
         if ds.images_meta is None:

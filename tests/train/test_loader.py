@@ -378,7 +378,7 @@ def test_grouping_by_cost_evens_out_steps_of_one_pack_a_rank(tmp_path, byte_tok)
         PackedLoader(tmp_path / "run", 1, group_by_cost=8, eval=True)
     assert PackedLoader(tmp_path / "run", 1, group_by_cost=np.int64(1)).group_by_cost == 0  # orders nothing
     # the order follows the costs: a cost model off in its 7th digit is refused, not read in another order
-    from packer.train.cost import CostModel
+    from packer.core.cost import CostModel
 
     a = PackedLoader(tmp_path / "run", 1, world_size=4, balance=CostModel(1.0, ((2.0, None),)), group_by_cost=32)
     b = PackedLoader(tmp_path / "run", 1, world_size=4, balance=CostModel(1.0000001, ((2.0, None),)),

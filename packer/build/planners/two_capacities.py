@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from packer.build.planners.even import even
+
 
 def first_fit_two(lengths: np.ndarray, patches: np.ndarray, pack_len: int, max_patches: int,
                   max_segments: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -54,65 +56,20 @@ __all__ = ["first_fit_two"]
 def even_patches(order: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, patches: np.ndarray, pack_len: int,
                  max_patches: int, max_segments: int | None = None, rounds: int | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """The same packs with their vision patches evened out: repeatedly, between one of the 16 packs with the
-    most patches and one of the 16 with the fewest (most against fewest first), swap two items (or move one) when
-    both packs stay within pack_len and max_patches (and max_segments) and the larger of their patch counts
-    falls; when none is left, a text-only item of one of the low packs moves to the pack with the most token room
-    (once per item), so a low pack can take an image from a high one; until neither is left. The number of packs and every
-    item stay; so the loader's steps of few packs get near-equal vision work. Deterministic."""
+    """The same packs with their vision patches evened out (packer.build.planners.even, with patches as the work
+    and max_patches as a second capacity); when no swap is left, a text-only item of one of the low packs moves
+    to the pack with the most token room (once per item), so a low pack can take an image from a high one; until
+    neither is left. The number of packs and every item stay; so the loader's steps of few packs get near-equal
+    vision work. Deterministic."""
     lengths = np.asarray(lengths, np.int64)
     patches = np.asarray(patches, np.int64)
-    packs = [order[a:b].tolist() for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
-    n = len(packs)
-    if n < 2:
-        return order, offsets
-    tok = np.array([int(lengths[p].sum()) for p in packs], np.int64)
-    pat = np.array([int(patches[p].sum()) for p in packs], np.int64)
     moved: set[int] = set()  # text-only items moved to make room move once
-    for _ in range(rounds if rounds is not None else 20 * n):
-        done = False
-        by = np.argsort(pat, kind="stable")
-        pairs = ((int(hi), int(lo)) for hi in by[::-1][:16] for lo in by[:16])
-        for hi, lo in pairs:
-            gap = int(pat[hi] - pat[lo])
-            if lo == hi or gap <= 0:
-                continue
-            a = np.asarray(packs[hi], np.int64)
-            b = np.asarray(packs[lo] + [-1], np.int64)  # -1: move without a partner
-            pa, ta = patches[a][:, None], lengths[a][:, None]
-            pb = np.where(b >= 0, patches[np.maximum(b, 0)], 0)[None, :]
-            tb = np.where(b >= 0, lengths[np.maximum(b, 0)], 0)[None, :]
-            delta = pa - pb
-            ok = (delta > 0) & (delta < gap) & (tok[hi] - ta + tb <= pack_len) & (tok[lo] - tb + ta <= pack_len) & \
-                (pat[lo] + delta <= max_patches)
-            if max_segments is not None:
-                ok &= (b[None, :] >= 0) | (len(packs[lo]) < max_segments)
-            gain = np.where(ok, np.minimum(delta, gap - delta), 0)
-            k = int(np.argmax(gain))
-            if gain.flat[k] <= 0:
-                continue
-            i, j = divmod(k, len(b))
-            x, y = int(a[i]), int(b[j])
-            packs[hi].remove(x)
-            packs[lo].append(x)
-            if y >= 0:
-                packs[lo].remove(y)
-                packs[hi].append(y)
-            d_t = int(lengths[x] - (lengths[y] if y >= 0 else 0))
-            d_p = int(patches[x] - (patches[y] if y >= 0 else 0))
-            tok[hi] -= d_t
-            tok[lo] += d_t
-            pat[hi] -= d_p
-            pat[lo] += d_p
-            done = True
-            break
-        if not done:  # make room: a text-only item of a low pack moves to the pack with the most token room
-            done = _make_room(packs, by[:16].tolist(), tok, lengths, patches, pack_len, max_segments, moved)
-        if not done:
-            break
-    order = np.array([i for p in packs for i in p], np.int64)
-    offsets = np.concatenate([[0], np.cumsum([len(p) for p in packs])]).astype(np.int64)
-    return order, offsets
+
+    def stuck(packs: list[list[int]], tok: np.ndarray, low: np.ndarray) -> bool:
+        return _make_room(packs, low.tolist(), tok, lengths, patches, pack_len, max_segments, moved)
+
+    return even(order, offsets, lengths, patches, pack_len, max_segments=max_segments,
+                second=(patches, max_patches), rounds=rounds, stuck=stuck)
 
 
 def _make_room(packs: list[list[int]], low: list[int], tok: np.ndarray, lengths: np.ndarray, patches: np.ndarray,

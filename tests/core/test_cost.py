@@ -10,7 +10,7 @@ import pytest
 from packer.core import config as C
 from packer.core.errors import ConfigError
 from packer.pipeline import pack
-from packer.train.cost import CostModel, cost_model
+from packer.core.cost import CostModel, cost_model
 from packer.train.loader import PackedLoader, imbalance, pack_costs
 
 from conftest import write_jsonl

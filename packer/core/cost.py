@@ -10,7 +10,9 @@ FLOPs (both terms alike, so the ratio b / a is what balances).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -28,16 +30,26 @@ class CostModel:
     per_token: float
     pairs: tuple[tuple[float, int | None], ...]
 
-    def __call__(self, seg_lens: np.ndarray, pack_offsets: np.ndarray) -> np.ndarray:
-        """float64 [P]: the cost of each pack, from its segments' lengths and the packs' segment offsets."""
+    def segment_costs(self, seg_lens: np.ndarray) -> np.ndarray:
+        """float64 [n]: the cost of each segment alone (a pack's cost is the sum over its segments)."""
         L = np.asarray(seg_lens, np.float64)
         cost = self.per_token * L
         for per_pair, window in self.pairs:
             span = L if window is None else np.minimum(L, float(window))
             cost = cost + per_pair * L * span / 2
+        return cost
+
+    def __call__(self, seg_lens: np.ndarray, pack_offsets: np.ndarray) -> np.ndarray:
+        """float64 [P]: the cost of each pack, from its segments' lengths and the packs' segment offsets."""
+        cost = self.segment_costs(seg_lens)
         if len(pack_offsets) <= 1:
             return np.zeros(0)
-        return np.add.reduceat(cost, pack_offsets[:-1]) if len(L) else np.zeros(len(pack_offsets) - 1)
+        return np.add.reduceat(cost, pack_offsets[:-1]) if len(cost) else np.zeros(len(pack_offsets) - 1)
+
+    def relative(self) -> tuple[tuple[float, int | None], ...]:
+        """The attention terms per token's cost: ((b / a, window), ...), what PlanConfig(even="compute") takes
+        (the plan evens work, so only the ratio matters)."""
+        return tuple((b / self.per_token, w) for b, w in self.pairs)
 
     def describe(self) -> str:
         return f"compute(a={self.per_token:.6g}, " + ", ".join(
@@ -89,3 +101,21 @@ def cost_model(config) -> CostModel:
     per_token = 3 * (n * (proj + mlp) + 2 * H * vocab)
     pairs = tuple((3.0 * per_layer_pair * count, w) for w, count in sorted(groups.items(), key=lambda x: str(x[0])))
     return CostModel(float(per_token), pairs)
+
+
+def read_model_config(path: str | Path) -> dict:
+    """A model's config.json (the file, or the folder that holds it) as a dict; a one-line error naming the file
+    when it is missing or not a JSON object."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "config.json"
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no model config there; pass the model's config.json or the folder that holds it") \
+            from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{p}: not a readable JSON model config ({e}); pass the model's config.json") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a model config is a JSON object; this file holds {type(data).__name__}")
+    return data
