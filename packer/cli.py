@@ -319,6 +319,10 @@ def plan_cmd(run, weights, **kw):
     p = m["plan"]
     click.echo(f"{p['num_packs']:,} packs (lower bound {p['lower_bound']:,}), efficiency "
                f"{p['efficiency']:.2%} -> {Path(run) / 'plan'}")
+    ev = p.get("even") or {}
+    if ev.get("by", "none") != "none":
+        click.echo(f"packs evened by {ev['by']}: lightest {ev['lightest_before']:.3f} -> {ev['lightest']:.3f} of the mean, "
+                   f"heaviest {ev['heaviest_before']:.3f} -> {ev['heaviest']:.3f}")
 
 
 @main.command("write")
