@@ -196,7 +196,11 @@ def _attention(kw: dict) -> tuple:
         return ()
     from packer.core.cost import cost_model, read_model_config
 
-    return cost_model(read_model_config(kw["model_config"])).relative()
+    terms = cost_model(read_model_config(kw["model_config"])).relative()
+    if not terms:
+        raise click.BadParameter(f"{kw['model_config']}: this model has no attention layers (its cost is per token), "
+                                 "so --even compute is --even tokens: pass --even tokens", param_hint="--model-config")
+    return terms
 
 
 def _inputs(data: tuple, mix: str | None) -> list[C.InputSpec]:

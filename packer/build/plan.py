@@ -127,11 +127,12 @@ def plan_stage(tokenized: str | Path, out: str | Path, config: C.PlanConfig, *, 
     def build(tmp: Path) -> dict:
         write_plan(tmp, pieces, p.order, p.offsets)
         tokens = int(pieces[:, 2].sum())
-        even_counts = counts.pop("even", {"by": "none"})
+        even_counts = counts.get("even", {"by": "none"})
         return {
             "format": FORMAT, "version": VERSION, "digest": digest, "config": C.to_dict(config),
             "input_digest": tok_manifest["digest"],
-            "counts": dict(counts, examples_in=len(lengths), examples_mixed=len(rows), pieces=len(pieces),
+            "counts": dict({k: v for k, v in counts.items() if k != "even"}, examples_in=len(lengths),
+                           examples_mixed=len(rows), pieces=len(pieces),
                            tokens=tokens, packs=p.num_packs),
             "plan": {"algorithm": p.algorithm, "num_packs": p.num_packs, "lower_bound": p.lower_bound,
                      "optimal": p.optimal, "gap": p.gap, "time_limit": p.time_limit,

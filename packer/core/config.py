@@ -279,10 +279,12 @@ class PlanConfig:
     """Runs with images: the most vision patches (sum of t x h x w over its images) a pack may hold, so the
     vision encoder's batch is bounded; planned by first-fit decreasing over both capacities. None: no bound."""
     even: str = "none"
-    """After packing, swap examples between packs so every pack's work is as near the mean as the examples allow
-    (the same packs and examples; packer.build.planners.even): the loader's steps then cost alike on every rank,
-    where a bin packer leaves light packs at its end. tokens evens tokens; compute evens tokens + the attention
-    terms of even_attention (a x tokens + b x L^2 / 2 per example); none keeps the packing as planned."""
+    """After packing, swap examples between packs so every pack's work is as near the mean as swaps of one
+    example for one (or moves) allow (the same packs and examples; packer.build.planners.even): the loader's steps
+    then cost alike on every rank, where a bin packer leaves light packs at its end (a pack of one long example
+    stays as heavy as it is: swaps do not trade one example for several). tokens evens tokens; compute evens
+    tokens + the attention terms of even_attention (a x tokens + b x L^2 / 2 per example); none keeps the packing
+    as planned."""
     even_attention: tuple[tuple[float, int | None], ...] = ()
     """even="compute": per attention group, (cost of one query-key pair / cost of one token, window or None),
     from packer.core.cost.cost_model(model_config).relative() (the CLI's --model-config)."""

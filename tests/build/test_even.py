@@ -126,7 +126,8 @@ def test_even_options_that_would_be_ignored_or_are_not_built_are_refused(tmp_pat
         C.PlanConfig(even="compute", even_attention=((0.0, None),))
     with pytest.raises(ConfigError, match="even_attention window"):
         C.PlanConfig(even="compute", even_attention=((1e-3, 0),))
-    with pytest.raises(ConfigError, match="even"):
+    with pytest.raises(ConfigError, match="layout wrapped cuts documents at every pack_len tokens, so even would be "
+                                          "ignored: drop --even"):
         C.PlanConfig(layout="wrapped", overlong="split", even="tokens")
     assert C.PlanConfig(even="compute", even_attention=[[1e-3, 128]]).even_attention == ((1e-3, 128),)
 
@@ -156,3 +157,40 @@ def test_cli_even_compute_reads_the_model_config(tmp_path, byte_tok):
     r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "r3"), "--even", "compute", "--model-config",
                                          str(tmp_path / "bad.json")])
     assert r.exit_code != 0 and "bad.json: a model config is a JSON object" in r.output
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 6), min_size=65, max_size=300), st.integers(1, 16))
+def test_the_extremes_are_the_ends_of_a_stable_sort_on_every_machine(loads, k):
+    """Ties are the rule (many packs hold exactly pack_len): the packs tried must not depend on the CPU's
+    partition code, so they are exactly the ends of a stable argsort."""
+    from packer.build.planners.even import _extremes
+
+    load = np.array(loads, np.int64)
+    by = np.argsort(load, kind="stable")
+    assert _extremes(load, k).tolist() == by[:k].tolist() + by[-k:].tolist()
+
+
+def test_even_patches_never_empties_a_pack():
+    """Making room moves a light pack's text-only items away; never its last one."""
+    from packer.build.planners.two_capacities import even_patches, first_fit_two
+
+    lengths, patches = np.array([8, 2, 8, 5]), np.array([0, 7, 0, 7])
+    order, offsets = first_fit_two(lengths, patches, 16, 7, 2)
+    order, offsets = even_patches(order, offsets, lengths, patches, 16, 7, 2)
+    assert (np.diff(offsets) >= 1).all() and sorted(order.tolist()) == [0, 1, 2, 3]
+
+
+def test_cli_even_compute_for_a_model_without_attention_says_to_even_tokens(tmp_path):
+    from click.testing import CliRunner
+
+    from packer.cli import main
+
+    data = _long_tail(tmp_path)
+    cfg = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
+           "vocab_size": 300, "layer_types": ["mamba", "mamba"]}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    r = CliRunner().invoke(main, ["pack", str(data), "--tokenizer", "byte", "--pack-len", "4096", "--quiet", "--out",
+                                  str(tmp_path / "r"), "--even", "compute", "--model-config",
+                                  str(tmp_path / "config.json")])
+    assert r.exit_code != 0 and "no attention layers" in r.output and "--even tokens" in r.output, r.output

@@ -56,13 +56,15 @@ def even(order: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, work: np.n
 
 
 def _extremes(load: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k lightest (ascending) then the k heaviest (ascending) packs, ties by index: the two ends
-    of a stable argsort without sorting the middle."""
-    idx = np.arange(len(load))
-    low = np.argpartition(load, k)[:k]
-    high = np.argpartition(load, len(load) - k)[len(load) - k:]
-    low = low[np.lexsort((idx[low], load[low]))]
-    high = high[np.lexsort((idx[high], load[high]))]
+    """Indices of the k lightest (ascending) then the k heaviest (ascending) packs, ties by index: exactly the two
+    ends of a stable argsort, without sorting the middle. (np.argpartition alone would pick among tied packs by
+    the CPU's code path, and the plan must be the same on every machine.)"""
+    n = len(load)
+    lo_v, hi_v = np.partition(load, (k - 1, n - k))[[k - 1, n - k]]
+    low = np.flatnonzero(load <= lo_v)
+    low = low[np.lexsort((low, load[low]))][:k]
+    high = np.flatnonzero(load >= hi_v)
+    high = high[np.lexsort((high, load[high]))][-k:]
     return np.concatenate([low, high])
 
 

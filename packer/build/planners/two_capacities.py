@@ -78,6 +78,8 @@ def _make_room(packs: list[list[int]], low: list[int], tok: np.ndarray, lengths:
     token room that takes it; True when one moved."""
     room = pack_len - tok
     for lo in low:
+        if len(packs[lo]) < 2:
+            continue  # its last item: moving it would leave an empty pack
         items = [i for i in packs[lo] if patches[i] == 0 and i not in moved]
         for x in sorted(items, key=lambda i: (-int(lengths[i]), i)):
             fits = np.flatnonzero(room >= lengths[x])
