@@ -71,7 +71,7 @@ def main() -> None:
         os.environ.setdefault("PACKER_CACHE", str(Path(d) / "cache"))
         folder = Path(d) / "shards"
         build(folder, packs)
-        files = sorted(folder.glob("*.bin"))
+        files = sorted(folder.glob("shard-*.bin"))
         PackedShards(folder, verify=True)  # first open hashes and leaves the marker
         base = timed(lambda: [fmt.open_shard(f) for f in files])
         shards = [fmt.open_shard(f) for f in files]

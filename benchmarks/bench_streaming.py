@@ -388,13 +388,21 @@ def worker_main(cfg_path: str) -> None:
         import torch
         torch.set_num_threads(1)
         side = SIDES[c["lib"]](c)
-        # imports happen before the start line, so that import time is not counted
+        # imports happen before the start line, so that import time is not counted: the library and the S3
+        # client it imports on first use (boto3 for streaming and litdata, obstore for litdata, s3fs for Packer)
         if c["lib"] == "streaming":
             import_streaming()
+            import boto3  # noqa: F401
         elif c["lib"].startswith("litdata"):
             import litdata  # noqa: F401
+            import boto3  # noqa: F401
+            try:
+                import obstore  # noqa: F401
+            except ImportError:
+                pass
         else:
             import packer.train.loader  # noqa: F401
+            import s3fs  # noqa: F401
         import faulthandler  # a rank still running near the phase timeout dumps its threads' stacks to its log
         faulthandler.dump_traceback_later(max(5.0, c["timeout"] - 15), exit=False)
         open(c["ready"], "w").close()

@@ -326,6 +326,7 @@ def write_stage(tokenized: str | Path, plan_dir: str | Path, out: str | Path, co
         results = list(progress(run.map(write_one, tasks, _init_worker, (str(tokenized),)),
                                 "write", total=len(bounds) - 1, unit="shard"))
         tokens = sum(r.tokens for r in results)
+        (tmp / fmt.HEADS).write_bytes(fmt.heads_of([tmp / r.file for r in results]))
         return {
             "format": FORMAT, "version": VERSION, "shard_format_version": fmt.VERSION, "digest": digest,
             "pack_len": pack_len, "token_dtype": str(fmt.TOKEN_DTYPES[code].name),

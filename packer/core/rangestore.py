@@ -4,9 +4,9 @@
 instead of downloading it:
 
 1. the commit object (`shards/manifest.json`) is read once, and its bytes kept;
-2. each shard's head (header and metadata: docs/FORMAT.md) is fetched in one range request per shard and
-   checked against the manifest's `head_sha256`, then written into a sparse local copy of the shard, of the
-   shard's full size, in the user's cache (CACHE/ranges/HOST-PID-N/): the reader memory-maps it as it maps a
+2. every shard's head (header and metadata: docs/FORMAT.md) is fetched from `shards/heads.bin`, the heads
+   end to end, in one request (one per 64 MiB), each checked against the manifest's `head_sha256`, then
+   written into a sparse local copy of the shard, of the shard's full size, in the user's cache (CACHE/ranges/HOST-PID-N/): the reader memory-maps it as it maps a
    local shard, and every open-time check of a local run applies;
 3. before a pack is read (`reading(packs)`), its token and mask byte ranges are fetched: adjacent ranges
    coalesced into one request, a round's requests issued together (fsspec's cat_ranges), each pack checked
@@ -46,7 +46,7 @@ import xxhash
 
 from packer.core.cache import cache_dir
 from packer.core.errors import ConfigError, FormatError
-from packer.core.formats.shards import TOKEN_DTYPES, head_size, token_dtype_code
+from packer.core.formats.shards import HEADS, TOKEN_DTYPES, head_size, token_dtype_code
 from packer.core.manifest import MANIFEST
 from packer.core.runstore import COMMIT, HINT, _listing
 from packer.core.storage import filesystem, unreachable
@@ -165,20 +165,35 @@ class RemoteRun:
             heads.append(head_size(code, *counts))
             self.files.append(e["file"])
         listed = json.loads(raw)["files"]
-        got = self._cat([f"{self.inner}/shards/{n}" for n in self.files], [0] * len(heads), heads)
+        got = self._heads(heads, listed)
         for name, e, head in zip(self.files, entries, got):
             if hashlib.sha256(head).hexdigest() != e["head_sha256"]:
                 self._check_run()
-                raise FormatError(f"{url}/shards/{name}", "its head (header and metadata) differs from the run's "
-                                  "manifest (head_sha256)", HINT)
+                raise FormatError(f"{url}/shards/{HEADS}", f"the head (header and metadata) of {name} there differs "
+                                  "from the run's manifest (head_sha256)", HINT)
             size = listed.get(name, {}).get("bytes")
             if not isinstance(size, int) or size < len(head):
                 raise FormatError(f"{url}/{COMMIT}", f"files.{name}.bytes is {size!r}, shorter than its head", HINT)
             with open(self.folder / name, "wb") as f:  # a sparse copy: the head, then a hole to the full size
                 f.write(head)
                 f.truncate(size)
+        (self.folder / HEADS).write_bytes(b"".join(got))
         (self.folder / MANIFEST).write_bytes(raw)
         self.token_dtype = TOKEN_DTYPES[code]
+
+    def _heads(self, sizes: list[int], listed: dict) -> list[bytes]:
+        """Every shard's head, from heads.bin: one request (a few for a run whose heads pass MAX_REQUEST), not
+        one a shard; each is checked against its head_sha256 by the caller."""
+        total = sum(sizes)
+        if not isinstance(listed.get(HEADS), dict) or listed[HEADS].get("bytes") != total:
+            raise FormatError(f"{self.url}/{COMMIT}", f"files.{HEADS} is missing or not the {total} bytes of the "
+                              "shards' heads", HINT)
+        cuts = list(range(0, total, MAX_REQUEST)) or [0]
+        parts = self._cat([f"{self.inner}/shards/{HEADS}"] * len(cuts), cuts,
+                          [min(c + MAX_REQUEST, total) for c in cuts]) if total else []
+        data = memoryview(b"".join(parts))
+        ends = np.cumsum([0] + list(sizes)).tolist()
+        return [bytes(data[a:b]) for a, b in zip(ends[:-1], ends[1:])]
 
     def _cat(self, paths: list[str], starts: list[int], ends: list[int]) -> list[bytes]:
         """One round of range requests (issued together by stores that can), counted."""

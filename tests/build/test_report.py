@@ -21,7 +21,7 @@ def test_report_numbers_match_the_shards(tmp_path, byte_tok):
     b = write_jsonl(tmp_path / "b.jsonl", sft_records(60, seed=2) + [{"query": "q"}])
     report = pack([str(a), str(b)], tmp_path / "r", tokenizer=byte_tok, plan_config=C.PlanConfig(pack_len=384),
                   tokenize_config=C.TokenizeConfig(skip_bad=True), baseline_batch=4)
-    shards = [fmt.open_shard(p) for p in sorted((tmp_path / "r" / "shards").glob("*.bin"))]
+    shards = [fmt.open_shard(p) for p in sorted((tmp_path / "r" / "shards").glob("shard-*.bin"))]
     seg = np.concatenate([s.segment_lengths for s in shards]).astype(np.int64)
     ex = np.concatenate([s.segment_example for s in shards])
     packs = sum(s.num_packs for s in shards)

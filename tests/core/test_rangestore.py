@@ -254,3 +254,26 @@ def test_an_outer_dataloaders_forked_workers_open_the_url_themselves(run, monkey
            torch.utils.data.DataLoader(remote, batch_size=None, num_workers=2)]
     want = [(b["pack_index"].tolist(), b["input_ids"].tolist()) for b in PackedLoader(local, 2, seed=5)]
     assert got == want
+
+
+def test_opening_takes_two_requests_and_a_damaged_heads_bin_is_named(run, s3, monkeypatch, tmp_path):
+    """The commit object and heads.bin (every shard's head, end to end): two requests before the first batch's
+    packs, whatever the number of shards; a heads.bin whose bytes differ from a head_sha256 is refused, naming it
+    and the shard."""
+    from packer.train.reader import PackedShards
+
+    local, url = run
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "c"))
+    ds = PackedShards(url, cache_limit=None)
+    assert len(ds.shards) >= 3 and ds.ranges.stats()["requests"] == 1  # heads.bin (the commit object is not a range)
+    assert ds[0]["input_ids"].tolist() == PackedShards(local)[0]["input_ids"].tolist()
+    s3.exists("streams") or s3.mkdir("streams")
+    for f in sorted((local / "shards").iterdir()):
+        s3.pipe(f"streams/heads/shards/{f.name}", f.read_bytes())
+    heads = bytearray((local / "shards" / "heads.bin").read_bytes())
+    heads[ds.shards[0].head + 70] ^= 0x01  # a byte of shard 1's metadata (past its 64-byte header)
+    s3.pipe("streams/heads/shards/heads.bin", bytes(heads))
+    s3.pipe("streams/heads/shards/manifest.json", (local / "shards" / "manifest.json").read_bytes())
+    with pytest.raises(FormatError, match=r"heads\.bin: the head \(header and metadata\) of shard-00001\.bin there "
+                                          r"differs from the run's manifest"):
+        PackedShards("s3://streams/heads", cache_limit=None)

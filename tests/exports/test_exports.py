@@ -23,7 +23,7 @@ def run(tmp_path_factory):
     data = write_jsonl(tmp / "d.jsonl", sft_records(260, seed=6, long_every=25))
     pack([str(data)], tmp / "run", plan_config=C.PlanConfig(pack_len=512),
          write_config=C.WriteConfig(shard_bytes=24 << 10))
-    assert len(list((tmp / "run" / "shards").glob("*.bin"))) > 2, "several shards: exports must join them in order"
+    assert len(list((tmp / "run" / "shards").glob("shard-*.bin"))) > 2, "several shards: exports must join them in order"
     return tmp / "run"
 
 
@@ -93,7 +93,7 @@ def test_exports_refuse_damage_existing_folders_and_small_dtypes(run, tmp_path, 
         export(run, "parquet", tmp_path / "taken")
     broken = tmp_path / "broken"
     shutil.copytree(run / "shards", broken)
-    shard = sorted(broken.glob("*.bin"))[0]
+    shard = sorted(broken.glob("shard-*.bin"))[0]
     body = bytearray(shard.read_bytes())
     body[-3] ^= 1
     shard.write_bytes(bytes(body))

@@ -215,7 +215,7 @@ def test_imbalance_is_small_and_reported(run):
 def test_damaged_shard_errors_name_the_file(tmp_path, byte_tok):
     data = write_jsonl(tmp_path / "d.jsonl", sft_records(40))
     pack([str(data)], tmp_path / "r", tokenizer=byte_tok, plan_config=C.PlanConfig(pack_len=256))
-    shard = next((tmp_path / "r" / "shards").glob("*.bin"))
+    shard = next((tmp_path / "r" / "shards").glob("shard-*.bin"))
     raw = bytearray(shard.read_bytes())
     raw[200] ^= 1
     shard.write_bytes(bytes(raw))

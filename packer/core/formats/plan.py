@@ -27,8 +27,9 @@ from packer.core.errors import FormatError
 from packer.core.manifest import check_files, read_manifest, verify_once
 
 FORMAT = "packer-plan"
-VERSION = 5  # 2: manifests carry manifest_sha256; 3: mixture weights (a row may repeat), deterministic solver;
-# 4: counts.per_file (what the over-long policy and the mixture did to each input file); 5: config.max_patches
+VERSION = 6  # 2: manifests carry manifest_sha256; 3: mixture weights (a row may repeat), deterministic solver;
+# 4: counts.per_file (what the over-long policy and the mixture did to each input file); 5: config.max_patches;
+# 6: config.even and config.even_attention, plan.even (what evening the packs' work changed)
 
 
 FILES = ("pieces.npy", "order.npy", "offsets.npy")

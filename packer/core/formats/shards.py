@@ -57,9 +57,11 @@ MAGIC = b"PKSHARD\0"
 VERSION = 3  # 2: segment_role; 3: the head first, with per-pack labels and xxh3 checksums (range streaming)
 MAX_ROLE = MAX_SEGMENT_ROLE
 FOLDER_FORMAT = "packer-shards"  # the shards folder's manifest.json: format name and version
-FOLDER_VERSION = 6  # 2: manifests carry manifest_sha256; readers check structure on every open; 3: sources, input
+FOLDER_VERSION = 7  # 2: manifests carry manifest_sha256; readers check structure on every open; 3: sources, input
 # identities; 4: the tokenize config's rendering limits and counts.per_file (from stages 1 and 2); 5: shards[*].head_sha256;
-# 6: the tokenize config's processor, the plan config's max_patches, and runs with images (images, images-NNNNN.bin)
+# 6: the tokenize config's processor, the plan config's max_patches, and runs with images (images, images-NNNNN.bin);
+# 7: heads.bin (every shard's head, in order: a streaming reader's one request at open), the plan config's even keys
+HEADS = "heads.bin"
 HEADER = struct.Struct("<8sIIQQQQ16x")  # 64 bytes
 ALIGN = 64
 TOKEN_DTYPES = {1: np.dtype("<u2"), 2: np.dtype("<u4")}
@@ -128,6 +130,17 @@ def head_sha256(path: str | Path) -> str:
         _, _, code, packs, segments, ntok, _ = HEADER.unpack(f.read(HEADER.size))
         f.seek(0)
         return hashlib.sha256(f.read(head_size(code, packs, segments, ntok))).hexdigest()
+
+
+def heads_of(paths: list) -> bytes:
+    """The bytes of heads.bin: each shard file's head (header and metadata arrays), in the order given."""
+    out = []
+    for path in paths:
+        with open(path, "rb") as f:
+            _, _, code, packs, segments, ntok, _ = HEADER.unpack(f.read(HEADER.size))
+            f.seek(0)
+            out.append(f.read(head_size(code, packs, segments, ntok)))
+    return b"".join(out)
 
 
 def pack_checksums(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -402,7 +415,18 @@ def check_manifest(folder: Path, manifest: dict) -> tuple[list[dict], int, int]:
     missing = sorted(sidecars - set(files))
     if missing:
         raise FormatError(str(where), f"'files' does not list {missing[0]}, the images of its shard", REBUILD_HINT)
-    extra = sorted(set(files) - {e["file"] for e in entries} - sidecars)
+    meta = files.get(HEADS)  # read by streaming readers only (they check its length and every head's sha256)
+    if not isinstance(meta, dict) or not isinstance(meta.get("bytes"), int):
+        raise FormatError(str(where), f"'files' does not list {HEADS}, the shards' heads", REBUILD_HINT)
+    try:
+        size = (folder / HEADS).stat().st_size
+    except FileNotFoundError:
+        raise FormatError(str(folder / HEADS), "missing (the shards' heads, read by streaming readers)",
+                          REBUILD_HINT) from None
+    if size != meta["bytes"]:
+        raise FormatError(str(folder / HEADS), f"truncated or grown: {size} bytes, manifest.json records "
+                          f"{meta['bytes']}", REBUILD_HINT)
+    extra = sorted(set(files) - {e["file"] for e in entries} - sidecars - {HEADS})
     if extra:
         raise FormatError(str(where), f"'files' lists {extra[0]}, which no shard entry names", REBUILD_HINT)
     return entries, pack_len, vocab

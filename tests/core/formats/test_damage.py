@@ -70,7 +70,7 @@ def good_run(tmp_path_factory, byte_tok):
     data = write_jsonl(base / "d.jsonl", sft_records(60))
     pack([str(data)], base / "run", tokenizer=byte_tok, plan_config=C.PlanConfig(pack_len=PACK_LEN),
          write_config=C.WriteConfig(shard_bytes=16384))
-    assert len(list((base / "run" / "shards").glob("*.bin"))) >= 3
+    assert len(list((base / "run" / "shards").glob("shard-*.bin"))) >= 3
     (base / "readers.py").write_text(READERS)
     want = _read(base, base / "run", None)
     return base, want
@@ -333,7 +333,7 @@ def test_fuzzed_run_never_crashes_the_reader(good_run, reader_server, tmp_path_f
     files = sorted((run / "shards").iterdir())
     target = files[file % len(files)]
     raw = bytearray(target.read_bytes())
-    meta = 64 + len(fmt.open_shard(target).tokens) * 3 if target.suffix == ".bin" and len(raw) > 64 else 0
+    meta = 64 + len(fmt.open_shard(target).tokens) * 3 if target.name.startswith("shard-") and len(raw) > 64 else 0
     for where, value, in_metadata in flips:  # half the flips land in the offsets and segment arrays
         lo = meta if in_metadata and meta < len(raw) else 0
         raw[lo + int(where * (len(raw) - lo))] = value

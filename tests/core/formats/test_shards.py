@@ -111,7 +111,7 @@ def test_checksum_mismatch_found_by_verify(tmp_path, byte_tok):
     data = write_jsonl(tmp_path / "d.jsonl", sft_records(30))
     pack([str(data)], tmp_path / "r", tokenizer=byte_tok, plan_config=C.PlanConfig(pack_len=256))
     PackedShards(tmp_path / "r", verify=True)
-    shard = next((tmp_path / "r" / "shards").glob("*.bin"))
+    shard = next((tmp_path / "r" / "shards").glob("shard-*.bin"))
     raw = bytearray(shard.read_bytes())
     raw[-3] ^= 0x01  # a loss-mask byte: still 0 or 1
     shard.write_bytes(bytes(raw))
@@ -268,7 +268,7 @@ def test_version_3_manifests_carry_sources_and_identities_and_version_2_is_refus
     pack([f"{data}#weight=2"], tmp_path / "r", plan_config=C.PlanConfig(pack_len=256))
     tok, plan, shards = (json.loads((tmp_path / "r" / s / "manifest.json").read_text())
                          for s in ("tokenized", "plan", "shards"))
-    assert (tok["version"], plan["version"], shards["version"]) == (6, 5, 6)  # 3 until issue 26, tokenized 5 since preference roles
+    assert (tok["version"], plan["version"], shards["version"]) == (6, 6, 7)  # 3 until issue 26, tokenized 5 since preference roles
     source = {"path": str(data), "query_field": None, "response_field": None, "messages_field": None,
               "text_field": None, "tools_field": None, "chat_format": None, "files": [0]}
     assert tok["sources"] == [source] and shards["sources"] == [{**source, "weight": 2.0}]
@@ -278,7 +278,7 @@ def test_version_3_manifests_carry_sources_and_identities_and_version_2_is_refus
     old = {k: v for k, v in shards.items() if k != SEAL}
     old["version"] = 2
     (tmp_path / "r" / "shards" / "manifest.json").write_text(json.dumps({**old, SEAL: seal(old)}))
-    with pytest.raises(FormatError, match="version 2 is not the supported [4-6].*re-run"):
+    with pytest.raises(FormatError, match="version 2 is not the supported [4-7].*re-run"):
         PackedShards(tmp_path / "r")
 
 
@@ -297,7 +297,7 @@ def test_version_4_manifests_carry_render_limits_and_per_file_counts_and_version
     pack([f"{data}#weight=2"], tmp_path / "r", plan_config=C.PlanConfig(pack_len=256))
     tok, plan, shards = (json.loads((tmp_path / "r" / s / "manifest.json").read_text())
                          for s in ("tokenized", "plan", "shards"))
-    assert (tok["version"], plan["version"], shards["version"]) == (6, 5, 6)
+    assert (tok["version"], plan["version"], shards["version"]) == (6, 6, 7)
     assert tok["config"]["max_render_chars"] == 1 << 24 and tok["config"]["render_budget"] == 20_000_000
     (per_file,) = plan["counts"]["per_file"]
     assert shards["counts"]["per_file"] == [per_file] and sorted(per_file) == sorted([
@@ -313,7 +313,7 @@ def test_version_4_manifests_carry_render_limits_and_per_file_counts_and_version
         old = {k: v for k, v in m.items() if k != SEAL}
         old["version"] = 3
         path.write_text(json.dumps({**old, SEAL: seal(old)}))
-        with pytest.raises(FormatError, match="version 3 is not the supported [4-6].*re-run"):
+        with pytest.raises(FormatError, match="version 3 is not the supported [4-7].*re-run"):
             read(tmp_path / "r" / stage)
         path.write_text(json.dumps(m))
 
@@ -330,13 +330,13 @@ def test_version_5_shards_manifests_carry_head_digests_and_version_4_is_refused(
     pack([str(data)], tmp_path / "r", plan_config=C.PlanConfig(pack_len=256))
     path = tmp_path / "r" / "shards" / "manifest.json"
     m = json.loads(path.read_text())
-    assert m["version"] == 6 and m["shard_format_version"] == 3
+    assert m["version"] == 7 and m["shard_format_version"] == 3
     for e in m["shards"]:
         assert e["head_sha256"] == fmt.head_sha256(tmp_path / "r" / "shards" / e["file"])
     old = {k: v for k, v in m.items() if k != SEAL}
     old["version"] = 4
     path.write_text(json.dumps({**old, SEAL: seal(old)}))
-    with pytest.raises(FormatError, match="version 4 is not the supported 6.*re-run"):
+    with pytest.raises(FormatError, match="version 4 is not the supported 7.*re-run"):
         PackedShards(tmp_path / "r")
     old = {k: v for k, v in m.items() if k != SEAL}
     del old["shards"][0]["head_sha256"]
@@ -361,11 +361,52 @@ def test_version_6_manifests_carry_the_processor_and_max_patches_and_version_5_i
     ms = {s: json.loads((tmp_path / "r" / s / "manifest.json").read_text()) for s in ("tokenized", "plan", "shards")}
     assert ms["tokenized"]["config"]["processor"] is None and ms["plan"]["config"]["max_patches"] is None
     assert "images" not in ms["shards"]
-    for stage, read, old in (("tokenized", open_tokenized, 5), ("plan", read_plan, 4), ("shards", PackedShards, 5)):
+    for stage, read, old, now in (("tokenized", open_tokenized, 5, 6), ("plan", read_plan, 4, 6),
+                                  ("shards", PackedShards, 5, 7)):
         path = tmp_path / "r" / stage / "manifest.json"
         body = {k: v for k, v in ms[stage].items() if k != SEAL}
         body["version"] = old
         path.write_text(json.dumps({**body, SEAL: seal(body)}))
-        with pytest.raises(FormatError, match=f"version {old} is not the supported {old + 1}.*re-run"):
+        with pytest.raises(FormatError, match=f"version {old} is not the supported {now}.*re-run"):
             read(tmp_path / "r" / stage)
         path.write_text(json.dumps(ms[stage]))
+
+
+def test_version_7_has_heads_bin_and_the_even_keys_and_version_6_is_refused(tmp_path):
+    """Issue 30 (second change): the shards folder's heads.bin (every shard's head end to end, what a streaming
+    reader fetches in one request) and the plan config's even keys: plan 6, shards folder 7; older are refused, and
+    a heads.bin that is missing or of the wrong size is named."""
+    import json
+
+    from conftest import sft_records, write_jsonl
+    from packer.core.formats.plan import read_plan
+    from packer.core.manifest import SEAL, seal
+    from packer.pipeline import pack
+
+    data = write_jsonl(tmp_path / "d.jsonl", sft_records(60))
+    pack([str(data)], tmp_path / "r", plan_config=C.PlanConfig(pack_len=256, even="tokens"),
+         write_config=C.WriteConfig(shard_bytes=8 << 10))
+    shards = tmp_path / "r" / "shards"
+    ms = {s: json.loads((tmp_path / "r" / s / "manifest.json").read_text()) for s in ("plan", "shards")}
+    names = [e["file"] for e in ms["shards"]["shards"]]
+    assert len(names) >= 3
+    assert (shards / "heads.bin").read_bytes() == fmt.heads_of([shards / n for n in names])
+    assert ms["shards"]["files"]["heads.bin"]["bytes"] == (shards / "heads.bin").stat().st_size
+    assert ms["plan"]["config"]["even"] == "tokens" and ms["plan"]["config"]["even_attention"] == []
+    assert ms["shards"]["plan"]["even"]["by"] == "tokens"
+    for stage, read, old, now in (("plan", read_plan, 5, 6), ("shards", PackedShards, 6, 7)):
+        path = tmp_path / "r" / stage / "manifest.json"
+        body = {k: v for k, v in ms[stage].items() if k != SEAL}
+        body["version"] = old
+        path.write_text(json.dumps({**body, SEAL: seal(body)}))
+        with pytest.raises(FormatError, match=f"version {old} is not the supported {now}.*re-run"):
+            read(tmp_path / "r" / stage)
+        path.write_text(json.dumps(ms[stage]))
+    PackedShards(tmp_path / "r")
+    heads = (shards / "heads.bin").read_bytes()
+    (shards / "heads.bin").write_bytes(heads[:-1])
+    with pytest.raises(FormatError, match=r"heads\.bin: truncated or grown"):
+        PackedShards(tmp_path / "r")
+    (shards / "heads.bin").unlink()
+    with pytest.raises(FormatError, match=r"heads\.bin: missing"):
+        PackedShards(tmp_path / "r")
