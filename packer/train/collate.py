@@ -159,6 +159,87 @@ def _fill(shard_table, token_like, pack_table, packs, row_len, pad_id, shifted, 
     return k, loss, longest, top, bits
 
 
+def _sizes_numpy(pack_table: np.ndarray, packs: np.ndarray, row_len: int) -> tuple[int, int, int]:
+    """_sizes without the compiled kernel (the same result and errors)."""
+    if len(packs) and (packs.min() < 0 or packs.max() >= len(pack_table)):
+        raise IndexError("pack index out of range")
+    rows = pack_table[packs]
+    n = rows[:, 2] - rows[:, 1]
+    if row_len > 0 and len(n) and n.max() > row_len:
+        raise IndexError("a pack is longer than the row length")
+    real = int(n.sum())
+    K = int((rows[:, 4] - rows[:, 3]).sum())
+    if row_len > 0:
+        return len(packs) * row_len, K + len(packs), real
+    return real, K, real
+
+
+def _fill_numpy(src: BatchSource, packs: np.ndarray, row_len: int, pad_id: int, shifted: bool, buf: np.ndarray,
+                T: int, K: int) -> tuple[int, int, int, int, int]:
+    """_fill without the compiled kernel: the same bytes into `buf` and the same results, pack by pack with
+    numpy. Used while the kernels are still loading in the background (the first batches of a process), so
+    a first batch never waits ~0.3 s of CPU for them."""
+    B = len(packs)
+    ids, lab, pos = buf[:T], buf[T:2 * T], buf[2 * T:3 * T]
+    buf[3 * T:3 * T + B] = packs
+    tail = buf[3 * T + B:3 * T + B + K + 1].view(np.int32)
+    cu, seq = tail[:K + 1], tail[K + 1:2 * K + 1]
+    cu[0] = 0
+    k = o = loss = longest = top = bits = 0
+    for p in packs.tolist():
+        s, a, b, q0, q1 = (int(x) for x in src.pack_table[p])
+        segs = np.asarray(src.seg_lens[s][q0:q1], np.int64)
+        if b - a != int(segs.sum()) or (segs < 0).any():
+            raise IndexError("segment lengths do not add up to the pack's tokens")
+        row_start, n = o, b - a
+        tok = src.tokens[s][a:b].astype(np.int64)
+        msk = src.masks[s][a:b].astype(np.int64)
+        starts = np.cumsum(segs) - segs  # each segment's first token, within the pack
+        live = segs > 0
+        ids[o:o + n] = tok
+        pos[o:o + n] = np.arange(n) - np.repeat(starts, segs)
+        out = lab[o:o + n]
+        if shifted:  # lab[j] = tok[j+1] where mask[j+1]; each segment's last token predicts nothing
+            out[:-1] = msk[1:] * (tok[1:] - IGNORE) + IGNORE
+            out[(starts + segs - 1)[live]] = IGNORE
+        else:  # lab[j] = tok[j] where mask[j]; never a segment's first token
+            out[:] = msk * (tok - IGNORE) + IGNORE
+            out[starts[live]] = IGNORE
+        loss += int(msk.sum() - msk[starts[live]].sum())
+        if n:
+            top, bits = max(top, int(tok.max())), bits | int(np.bitwise_or.reduce(msk))
+        m = len(segs)
+        seq[k:k + m] = segs
+        cu[k + 1:k + 1 + m] = o + np.cumsum(segs)
+        k, o = k + m, o + n
+        longest = max(longest, int(segs.max()) if m else 0)
+        pad = row_start + row_len - o
+        if pad > 0:  # padding: its own segment, never labelled
+            ids[o:o + pad] = pad_id
+            lab[o:o + pad] = IGNORE
+            pos[o:o + pad] = np.arange(pad)
+            o += pad
+            seq[k] = pad
+            k += 1
+            cu[k] = o
+            longest = max(longest, pad)
+    return k, loss, longest, top, bits
+
+
+def _kernels_ready(token_like: np.ndarray) -> bool:
+    """Whether this process's kernels for this token dtype are loaded. The first call that finds no load under
+    way starts one (warm) and says False, unless the load was deferred (defer): collate takes the numpy path until
+    the background load is done, so no batch waits for it."""
+    key = token_like.dtype.str
+    thread = _WARM.get(key)
+    if thread is None and key in _DEFERRED:
+        return False
+    if thread is None:
+        warm(token_like.dtype)
+        thread = _WARM.get(key)
+    return thread is None or not thread.is_alive()
+
+
 class BufferPool:
     """Batch buffers handed out again once nothing can see them.
 
@@ -277,6 +358,15 @@ def _parts(whole, tail, T: int, B: int, K: int, k: int, shape: tuple[int, int]) 
 
 
 _WARM: dict[str, threading.Thread] = {}  # token dtype -> the thread loading its kernels in this process
+_DEFERRED: set[str] = set()  # token dtypes whose load waits for warm() (collate takes the numpy path meanwhile)
+
+
+def defer(token_dtype) -> None:
+    """Hold the kernels' load for `token_dtype` back until warm() is called: a streamed run's first batch is built
+    by numpy while its packs are fetched, instead of sharing the process with ~0.3 s of compiler work."""
+    key = np.dtype(token_dtype).str
+    if key not in _WARM:
+        _DEFERRED.add(key)
 
 
 def warm(token_dtype) -> None:
@@ -286,6 +376,7 @@ def warm(token_dtype) -> None:
     streamed run's first fetch. A fork waits for it (os.register_at_fork), so no child inherits a half-held
     compiler lock."""
     key = np.dtype(token_dtype).str
+    _DEFERRED.discard(key)
     if key in _WARM or np.dtype(token_dtype) not in (np.uint16, np.uint32):
         return
 
@@ -326,7 +417,8 @@ def collate(src: BatchSource, packs: np.ndarray, *, flatten: bool = False, pad_i
     check_label_mode(label_mode)
     packs = np.ascontiguousarray(packs, dtype=np.int64)
     row_len = 0 if flatten else src.pack_len
-    T, K, real = _sizes(src.pack_table, packs, row_len)
+    compiled = _kernels_ready(src.token_like)
+    T, K, real = (_sizes if compiled else _sizes_numpy)(src.pack_table, packs, row_len)
     B = len(packs)
     n = 3 * T + B + K + 1
     if share_memory:
@@ -334,8 +426,11 @@ def collate(src: BatchSource, packs: np.ndarray, *, flatten: bool = False, pad_i
         buf = whole.numpy()
     else:
         buf = src.pool.get(n)
-    k, loss, longest, top, bits = _fill(src.shard_table, src.token_like, src.pack_table, packs, row_len, pad_id,
-                                        label_mode == "shifted", buf, T, K)
+    if compiled:
+        k, loss, longest, top, bits = _fill(src.shard_table, src.token_like, src.pack_table, packs, row_len, pad_id,
+                                            label_mode == "shifted", buf, T, K)
+    else:
+        k, loss, longest, top, bits = _fill_numpy(src, packs, row_len, pad_id, label_mode == "shifted", buf, T, K)
     if top >= src.vocab_size or bits > 1:
         _refuse_values(src, packs, top, bits)
     shape = (1, T) if flatten else (B, row_len)

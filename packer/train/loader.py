@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from packer.train.collate import BatchSource, collate, warm
+from packer.train.collate import BatchSource, collate, defer, warm
 from packer.train.reader import PackedShards
 from packer.core.rangestore import DEFAULT_CACHE_LIMIT
 from packer.train import preference
@@ -418,7 +418,7 @@ class PackedLoader(torch.utils.data.IterableDataset):
             raise ConfigError(f"prefetch={prefetch} with num_workers={num_workers}: prefetch is a background thread "
                               "for num_workers=0 (worker processes prefetch on their own); set one of them to 0")
         # the kernels load in the background from when the token dtype is known (collate.warm)
-        self.dataset = PackedShards(path, label_mode=label_mode, verify=verify, cache_limit=cache_limit, _on_dtype=warm)
+        self.dataset = PackedShards(path, label_mode=label_mode, verify=verify, cache_limit=cache_limit)
         self._reserve = 0  # a remote run: bytes of packs one batch may need at most (kept free by the read-ahead)
         if self.dataset.ranges is not None:
             sizes = np.sort(self.dataset.ranges.pack_bytes)[::-1]
@@ -474,8 +474,9 @@ class PackedLoader(torch.utils.data.IterableDataset):
         self._progress: Progress | None = None  # the prefetch builder of the epoch being read, if any
         self._plan_cache: tuple[int, np.ndarray] | None = None
         self._src: BatchSource | None = None
-        if self.dataset.shards:
-            warm(self.dataset.shards[0].tokens.dtype)  # the kernels load while the caller sets up (collate.warm)
+        if self.dataset.shards:  # the kernels load while the caller sets up (collate.warm); a streamed run's
+            # after its first batch, built by numpy meanwhile (its fetch is what the caller waits for)
+            (defer if self.dataset.ranges is not None else warm)(self.dataset.shards[0].tokens.dtype)
 
     def __getstate__(self) -> dict:
         """A copy sent to a DataLoader worker rebuilds its plan and batch source from the memory maps."""
@@ -549,6 +550,11 @@ class PackedLoader(torch.utils.data.IterableDataset):
             self._ahead = self.dataset.ranges.read_ahead((mine[i] for i in todo), self._reserve,
                                                          max(1, self.read_ahead)) if self.read_ahead else None
         make = batches.__getitem__
+        if self.dataset.ranges is not None and self.dataset.shards:  # the first batch built, the kernels load
+            def make(i: int, _get=batches.__getitem__, _dtype=self.dataset.shards[0].tokens.dtype) -> dict:
+                batch = _get(i)
+                warm(_dtype)
+                return batch
         if self.cp_size > 1:
             def make(i: int, _b=batches) -> dict:
                 with self.dataset.reading(_b.plan[i]):

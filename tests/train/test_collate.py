@@ -75,13 +75,20 @@ def reference(shards: list[Shard], packs: list[int], pack_len: int, flatten: boo
 @settings(max_examples=150, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n_shards=st.integers(1, 3), pack_len=st.integers(1, 64),
        dtype=st.sampled_from([np.uint16, np.uint32]), flatten=st.booleans(),
-       mode=st.sampled_from(["unshifted", "shifted"]), batch=st.integers(1, 6))
-def test_kernel_equals_numpy_reference(seed, n_shards, pack_len, dtype, flatten, mode, batch):
+       mode=st.sampled_from(["unshifted", "shifted"]), batch=st.integers(1, 6), compiled=st.booleans())
+def test_kernel_equals_numpy_reference(seed, n_shards, pack_len, dtype, flatten, mode, batch, compiled):
+    """Both paths: the compiled kernel, and the numpy one collate takes while the kernels still load."""
+    import packer.train.collate as module
+
     rng = np.random.default_rng(seed)
     shards = [make_shard(rng, pack_len, int(rng.integers(1, 5)), dtype) for _ in range(n_shards)]
     total = sum(s.num_packs for s in shards)
     packs = rng.integers(0, total, size=batch)  # repeats allowed, as drop_last=False makes them
-    got = collate(BatchSource.from_shards(shards, pack_len), packs, flatten=flatten, pad_id=7, label_mode=mode)
+    ready, module._kernels_ready = module._kernels_ready, lambda like: compiled
+    try:
+        got = collate(BatchSource.from_shards(shards, pack_len), packs, flatten=flatten, pad_id=7, label_mode=mode)
+    finally:
+        module._kernels_ready = ready
     want = reference(shards, packs.tolist(), pack_len, flatten, 7, mode)
     T = len(want["input_ids"])
     shape = (1, T) if flatten else (batch, pack_len)
