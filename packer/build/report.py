@@ -28,6 +28,7 @@ FIELDS = [  # (key, label, format) for tables
     ("gap_to_bound", "gap to bound", "{:.2%}"), ("efficiency", "efficiency", "{:.2%}"),
     ("optimal", "proven optimal", "{}"), ("plan_budget", "planner budget (deterministic s)", "{}"),
     ("plan_seconds", "plan seconds", "{:.3f}"),
+    ("packs_evened", "packs evened (lightest pack's work / mean, before -> after)", "{}"),
     ("max_segments_per_pack", "max examples/pack", "{}"),
     ("truncated_examples", "truncated examples", "{:,}"), ("truncated_tokens", "truncated tokens", "{:,}"),
     ("dropped_examples", "dropped examples", "{:,}"),
@@ -112,6 +113,7 @@ def compute(path: str | Path, seconds: dict[str, float] | None = None, baseline_
         "pack_len": L, "algorithm": m["plan"]["algorithm"], "optimal": m["plan"]["optimal"],
         "plan_budget": m["plan"].get("time_limit"),
         "even": m["plan"].get("even") or {"by": "none"},
+        "packs_evened": _evened(m["plan"].get("even") or {}),
         "layout": ds.layout, "cp_size": ds.cp_size,
         "cp_padding_tokens": int(c.get("cp_padding_tokens", 0)),
         # Segments that continue an example cut before them (wrapped layout, --overlong split): their
@@ -304,6 +306,13 @@ def load(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise FormatError(str(p), f"unreadable report (a JSON {type(data).__name__}, not an object)", hint)
     return data
+
+
+def _evened(ev: dict) -> str:
+    """The report's one-cell account of PlanConfig.even."""
+    if ev.get("by", "none") == "none":
+        return "no"
+    return f"by {ev['by']}: {ev['lightest_before']:.3f} -> {ev['lightest']:.3f}"
 
 
 def _cell(report: dict, key: str, fmt: str) -> str:

@@ -90,6 +90,8 @@ def test_evened_run_has_the_same_examples_and_packs_and_steps_that_cost_alike(tm
     ev = manifests["tokens"]["plan"]["even"]
     assert ev["by"] == "tokens" and ev["lightest"] > max(0.9, ev["lightest_before"]), ev
     report = json.loads((runs["tokens"] / "report.json").read_text())
+    assert "packs evened (lightest pack's work / mean, before -> after) | by tokens: " in (
+        runs["tokens"] / "report.md").read_text()
     assert report["even"] == ev and report["num_tokens"] == json.loads(
         (runs["none"] / "report.json").read_text())["num_tokens"]
 
