@@ -232,6 +232,9 @@ class CountingProxy:
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
+            # socketserver's default listen backlog is 5: a client opening a dozen connections at once (s3fs's
+            # concurrent range requests) had SYNs dropped and retried a second later (TCP's initial timeout)
+            request_queue_size = 1024
 
             def handle_error(self, request, client_address):  # a client closing its connection is no news
                 if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
@@ -418,6 +421,7 @@ def worker_main(cfg_path: str) -> None:
             except Exception as e:
                 out["resume_error"] = f"{type(e).__name__}: {e}"[:400]
                 raise
+        out["build_s"] = time.perf_counter() - t0
         it = iter(loader)
         first = next(it)
         out["ttfb"] = time.perf_counter() - t0
