@@ -46,7 +46,7 @@ import xxhash
 
 from packer.core.cache import cache_dir
 from packer.core.errors import ConfigError, FormatError
-from packer.core.formats.shards import HEADS, TOKEN_DTYPES, head_size, token_dtype_code
+from packer.core.formats.shards import FOLDER_VERSION, HEADS, TOKEN_DTYPES, head_size, token_dtype_code
 from packer.core.manifest import MANIFEST
 from packer.core.runstore import COMMIT, HINT, _listing
 from packer.core.storage import filesystem, unreachable
@@ -134,6 +134,10 @@ class RemoteRun:
         self.raw = raw
         _listing(url, raw)  # every name a plain file name before any becomes a local path
         manifest = json.loads(raw)
+        if not isinstance(manifest, dict) or manifest.get("version") != FOLDER_VERSION:
+            raise FormatError(f"{url}/{COMMIT}", f"version {manifest.get('version') if isinstance(manifest, dict) else None}"
+                              f" is not the supported {FOLDER_VERSION}", "re-run `packer pack ... --out URL` with this "
+                              "packer")
         entries, vocab = manifest.get("shards"), (manifest.get("tokenizer") or {}).get("vocab_size")
         if not isinstance(entries, list) or not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
             raise FormatError(f"{url}/{COMMIT}", "'shards' or tokenizer.vocab_size is missing (a manifest of another "

@@ -384,7 +384,10 @@ def warm(token_dtype) -> None:
         try:
             src = BatchSource(tokens=[np.zeros(2, token_dtype)], masks=[np.zeros(2, np.uint8)],
                               seg_lens=[np.array([2], np.int32)], pack_table=np.array([[0, 0, 2, 0, 1]]), pack_len=2)
-            collate(src, np.zeros(1, np.int64))
+            packs = np.zeros(1, np.int64)  # the kernels themselves: collate would take the numpy path meanwhile
+            T, K, _ = _sizes(src.pack_table, packs, 0)
+            _fill(src.shard_table, src.token_like, src.pack_table, packs, 0, 0, False, np.empty(3 * T + K + 2, np.int64),
+                  T, K)
         except Exception:  # noqa: BLE001  (the first real batch loads them itself and reports what fails)
             pass
 
@@ -398,8 +401,8 @@ def _before_fork() -> None:
             thread.join()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork)
+if hasattr(os, "register_at_fork"):  # a child never inherits a deferral: it loads on its first batch
+    os.register_at_fork(before=_before_fork, after_in_child=_DEFERRED.clear)
 
 
 def collate(src: BatchSource, packs: np.ndarray, *, flatten: bool = False, pad_id: int = 0,

@@ -229,6 +229,7 @@ class _Batches(torch.utils.data.Dataset):
             packs = np.where(empty, self.filler, packs)
         batch = collate(self._src, packs, flatten=self.flatten, pad_id=self.pad_id,
                         label_mode=self.ds.label_mode, pin_memory=self.pin_memory, share_memory=self.share_memory)
+        warm(self._src.token_like.dtype)  # a streamed run's kernels load once its first batch is built (loader)
         batch["global_num_loss_tokens"] = int(self.global_loss[i])
         for key, per_step in self.step_totals.items():
             batch[key] = int(per_step[i])
@@ -550,11 +551,6 @@ class PackedLoader(torch.utils.data.IterableDataset):
             self._ahead = self.dataset.ranges.read_ahead((mine[i] for i in todo), self._reserve,
                                                          max(1, self.read_ahead)) if self.read_ahead else None
         make = batches.__getitem__
-        if self.dataset.ranges is not None and self.dataset.shards:  # the first batch built, the kernels load
-            def make(i: int, _get=batches.__getitem__, _dtype=self.dataset.shards[0].tokens.dtype) -> dict:
-                batch = _get(i)
-                warm(_dtype)
-                return batch
         if self.cp_size > 1:
             def make(i: int, _b=batches) -> dict:
                 with self.dataset.reading(_b.plan[i]):

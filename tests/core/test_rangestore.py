@@ -277,3 +277,10 @@ def test_opening_takes_two_requests_and_a_damaged_heads_bin_is_named(run, s3, mo
     with pytest.raises(FormatError, match=r"heads\.bin: the head \(header and metadata\) of shard-00001\.bin there "
                                           r"differs from the run's manifest"):
         PackedShards("s3://streams/heads", cache_limit=None)
+    from packer.core.manifest import SEAL, seal
+
+    old = {k: v for k, v in json.loads((local / "shards" / "manifest.json").read_text()).items() if k != SEAL}
+    old["version"] = 6
+    s3.pipe("streams/heads/shards/manifest.json", json.dumps({**old, SEAL: seal(old)}).encode())
+    with pytest.raises(FormatError, match=r"version 6 is not the supported 7.*re-run"):
+        PackedShards("s3://streams/heads", cache_limit=None)

@@ -165,13 +165,13 @@ def test_warming_the_kernels_runs_once_per_dtype_and_a_fork_waits_for_it(monkeyp
 
     from packer.train import collate as K
 
-    real = K.collate
+    real, fill = K.collate, K._fill
 
     def slow(*a, **k):  # a warm-up still running when the fork comes
         time.sleep(0.5)
-        return real(*a, **k)
+        return fill(*a, **k)
 
-    monkeypatch.setattr(K, "collate", slow)
+    monkeypatch.setattr(K, "_fill", slow)
     monkeypatch.setattr(K, "_WARM", {})
     K.warm(np.uint32)
     thread = K._WARM[np.dtype(np.uint32).str]
@@ -188,3 +188,31 @@ def test_warming_the_kernels_runs_once_per_dtype_and_a_fork_waits_for_it(monkeyp
         os._exit(0 if ok else 1)
     assert not thread.is_alive(), "the fork did not wait for the warm-up"
     assert os.waitpid(pid, 0)[1] == 0
+
+
+def test_warm_loads_the_compiled_kernels_and_a_forked_child_is_never_left_deferred():
+    """warm() must load the kernels themselves (not take collate's numpy path while it runs), and a deferral
+    made before a fork (a streamed loader's, then DataLoader workers) does not hold a child on numpy."""
+    import subprocess
+    import sys
+
+    code = """
+import multiprocessing as mp, numpy as np
+from packer.train import collate as C
+C.defer(np.uint32)
+def child(q):
+    q.put(sorted(C._DEFERRED))
+if __name__ == "__main__":
+    q = mp.get_context("fork").Queue()
+    p = mp.get_context("fork").Process(target=child, args=(q,))
+    p.start(); p.join()
+    print("child deferred", q.get())
+    C.warm(np.uint16)
+    C._WARM[np.dtype(np.uint16).str].join()
+    print("signatures", len(C._fill.signatures), len(C._sizes.signatures))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "child deferred []" in out.stdout, out.stdout
+    fill, sizes = (int(x) for x in out.stdout.split("signatures")[1].split())
+    assert fill >= 1 and sizes >= 1, out.stdout

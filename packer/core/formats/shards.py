@@ -708,5 +708,7 @@ def verify(path: str | Path) -> str:
     for sh in ds.shards:  # whole arrays: one pass over the tokens
         check_values(sh.tokens, sh.loss_mask, ds.vocab_size, sh.path, -1)
         check_pack_sums(sh, np.arange(sh.num_packs))
+    if (ds.path / HEADS).read_bytes() != heads_of([sh.path for sh in ds.shards]):  # what streaming readers read
+        raise FormatError(str(ds.path / HEADS), "differs from the shards' heads", REBUILD_HINT)
     tokens = int(sum(np.int64(len(s.tokens)) for s in ds.shards))
     return f"{len(ds.shards)} shards, {len(ds):,} packs, {tokens:,} tokens"

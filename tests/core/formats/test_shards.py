@@ -404,6 +404,18 @@ def test_version_7_has_heads_bin_and_the_even_keys_and_version_6_is_refused(tmp_
         path.write_text(json.dumps(ms[stage]))
     PackedShards(tmp_path / "r")
     heads = (shards / "heads.bin").read_bytes()
+    # a heads.bin sealed into the manifest but not the shards' heads: packer verify compares them
+    bad = bytearray(heads)
+    bad[70] ^= 0x01
+    (shards / "heads.bin").write_bytes(bytes(bad))
+    body = {k: v for k, v in ms["shards"].items() if k != SEAL}
+    body["files"] = dict(body["files"], **{"heads.bin": {"bytes": len(bad), "sha256": hashlib.sha256(bad).hexdigest()}})
+    (shards / "manifest.json").write_text(json.dumps({**body, SEAL: seal(body)}))
+    with pytest.raises(FormatError, match=r"heads\.bin: differs from the shards' heads"):
+        fmt.verify(tmp_path / "r")
+    (shards / "heads.bin").write_bytes(heads)
+    (shards / "manifest.json").write_text(json.dumps(ms["shards"]))
+    fmt.verify(tmp_path / "r")
     (shards / "heads.bin").write_bytes(heads[:-1])
     with pytest.raises(FormatError, match=r"heads\.bin: truncated or grown"):
         PackedShards(tmp_path / "r")
