@@ -181,7 +181,7 @@ def test_a_damaged_or_hostile_remote_run_is_refused(s3, tmp_path, monkeypatch):
     s3.exists("runs") or s3.mkdir("runs")
     pack([str(write_jsonl(tmp_path / "a.jsonl", sft_records(120, seed=3)))], "s3://runs/r3", plan_config=PLAN)
     manifest = json.loads(s3.cat_file("runs/r3/shards/manifest.json"))
-    name = sorted(manifest["files"])[0]
+    name = manifest["shards"][0]["file"]
     body = bytearray(s3.cat_file(f"runs/r3/shards/{name}"))
     good = bytes(body)
     body[-1] ^= 1  # the last pack's last loss-mask byte
@@ -191,12 +191,14 @@ def test_a_damaged_or_hostile_remote_run_is_refused(s3, tmp_path, monkeypatch):
     with pytest.raises(FormatError, match=rf"s3://runs/r3/shards/{name}: pack {len(ds) - 1} .*its loss mask\) fails "
                        "its checksum after a second fetch"):
         ds[len(ds) - 1]
-    body = bytearray(good)
-    body[70] ^= 1  # a byte of the head
-    s3.pipe_file(f"runs/r3/shards/{name}", bytes(body))
-    with pytest.raises(FormatError, match=f"{name}: its head .* differs from the run's manifest"):
-        PackedShards("s3://runs/r3")
     s3.pipe_file(f"runs/r3/shards/{name}", good)
+    heads = s3.cat_file("runs/r3/shards/heads.bin")  # where a streaming reader gets every shard's head
+    body = bytearray(heads)
+    body[70] ^= 1  # a byte of the first shard's head
+    s3.pipe_file("runs/r3/shards/heads.bin", bytes(body))
+    with pytest.raises(FormatError, match=f"heads.bin: the head .* of {name} there differs from the run's manifest"):
+        PackedShards("s3://runs/r3")
+    s3.pipe_file("runs/r3/shards/heads.bin", heads)
     manifest["files"]["../escape"] = manifest["files"].pop(name)
     s3.pipe_file("runs/r3/shards/manifest.json", json.dumps(manifest).encode())
     with pytest.raises(FormatError, match="not a plain file name"):
