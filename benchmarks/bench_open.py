@@ -43,7 +43,8 @@ def build(folder: Path, packs: int) -> None:
                                    pack_segment_offsets=seg_off[a:b + 1] - sa, segment_lengths=lengths[sa:sb],
                                    segment_example=np.arange(sa, sb), segment_start=np.zeros(sb - sa, np.int32))
             entries.append({"file": shard_name(i), "packs": b - a, "segments": int(sb - sa), "tokens": int(tb - ta),
-                            "bytes": size})
+                            "bytes": size, "head_sha256": fmt.head_sha256(tmp / shard_name(i))})
+        (tmp / fmt.HEADS).write_bytes(fmt.heads_of([tmp / e["file"] for e in entries]))
         return {"format": FORMAT, "version": VERSION, "digest": "bench", "pack_len": 32,
                 "tokenizer": {"vocab_size": 1000, "eos_id": 0}, "shards": entries,
                 "counts": {"packs": packs, "segments": segs, "tokens": int(tok_off[-1])}}
