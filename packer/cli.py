@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from packer.build.planners import ALGORITHMS
-from packer.build.report import MAX_BASELINE_BATCH
+from packer.build.report import MAX_BASELINE_BATCH, evened_line
 from packer.core import config as C
 from packer.core.buildlock import writing
 from packer.core.cache import ENTRY_KINDS
@@ -323,10 +323,8 @@ def plan_cmd(run, weights, **kw):
     p = m["plan"]
     click.echo(f"{p['num_packs']:,} packs (lower bound {p['lower_bound']:,}), efficiency "
                f"{p['efficiency']:.2%} -> {Path(run) / 'plan'}")
-    ev = p.get("even") or {}
-    if ev.get("by", "none") != "none":
-        click.echo(f"packs evened by {ev['by']}: lightest {ev['lightest_before']:.3f} -> {ev['lightest']:.3f} of the mean, "
-                   f"heaviest {ev['heaviest_before']:.3f} -> {ev['heaviest']:.3f}")
+    if evened_line(p.get("even") or {}):
+        click.echo(evened_line(p["even"]))
 
 
 @main.command("write")

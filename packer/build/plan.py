@@ -335,9 +335,10 @@ def evened(p: Plan, lengths: np.ndarray, config: C.PlanConfig, segments: np.ndar
         return [round(float(load.min() / load.mean()), 6), round(float(load.max() / load.mean()), 6)]
 
     order, offsets = even(p.order, p.offsets, lengths, work, config.pack_len, max_segments=config.max_segments)
+    (lightest_before, heaviest_before), (lightest, heaviest) = spread(p.order, p.offsets), spread(order, offsets)
     return dataclasses.replace(p, order=order, offsets=offsets), {
-        "by": config.even, "lightest_before": spread(p.order, p.offsets)[0], "heaviest_before":
-        spread(p.order, p.offsets)[1], "lightest": spread(order, offsets)[0], "heaviest": spread(order, offsets)[1]}
+        "by": config.even, "lightest_before": lightest_before, "heaviest_before": heaviest_before,
+        "lightest": lightest, "heaviest": heaviest}
 
 
 def _located(manifest: dict, cols: dict, row: int) -> tuple[str, int | None]:

@@ -308,6 +308,14 @@ def load(path: str | Path) -> dict:
     return data
 
 
+def evened_line(ev: dict) -> str | None:
+    """The terminal's line on PlanConfig.even (a plan manifest's `plan.even`), or None when nothing was evened."""
+    if ev.get("by", "none") == "none":
+        return None
+    return (f"packs evened by {ev['by']}: lightest {ev['lightest_before']:.3f} -> {ev['lightest']:.3f} of the mean, "
+            f"heaviest {ev['heaviest_before']:.3f} -> {ev['heaviest']:.3f}")
+
+
 def _evened(ev: dict) -> str:
     """The report's one-cell account of PlanConfig.even."""
     if ev.get("by", "none") == "none":
@@ -332,10 +340,8 @@ def summary(report: dict) -> str:
         f"vs padding every example to {r['pack_len']}: {r['speedup_tokens_vs_pad_to_pack']:.1f}x fewer tokens; "
         f"vs batches of {r['baseline_batch']} padded to the longest: {r['speedup_tokens_vs_pad_to_longest']:.2f}x",
     ]
-    ev = r.get("even") or {}
-    if ev.get("by", "none") != "none":
-        lines.append(f"packs evened by {ev['by']}: lightest {ev['lightest_before']:.3f} -> {ev['lightest']:.3f} of the "
-                     f"mean, heaviest {ev['heaviest_before']:.3f} -> {ev['heaviest']:.3f}")
+    if evened_line(r.get("even") or {}):
+        lines.append(evened_line(r["even"]))
     tk = r.get("tokenizer") or {}
     if tk.get("backend"):
         checked = f", {tk['spans_checked']:,} of {tk['spans']:,} spans checked against {tk['reference']}" \

@@ -38,7 +38,7 @@ import socket
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -109,10 +109,7 @@ class RemoteRun:
     """The run committed at `url`, as a local folder of sparse shard copies whose heads are checked and whose
     packs are fetched on demand (see the module docstring). `folder` is the local shards folder to open."""
 
-    def __init__(self, url: str, cache_limit: int | None = DEFAULT_CACHE_LIMIT,
-                 on_dtype: Callable[[np.dtype], None] | None = None):
-        """on_dtype(token dtype) is called as soon as the manifest gives it, before the heads are fetched (the
-        loader starts loading its kernels then, overlapping the fetch)."""
+    def __init__(self, url: str, cache_limit: int | None = DEFAULT_CACHE_LIMIT):
         if cache_limit is not None and (isinstance(cache_limit, bool) or not isinstance(cache_limit, int)
                                         or cache_limit < 1):
             raise ConfigError(f"cache_limit={cache_limit!r}: give the bytes of packs to keep cached (an int), or None "
@@ -132,7 +129,7 @@ class RemoteRun:
         except Exception as e:
             raise unreachable(url, e) from None
         self.raw = raw
-        _listing(url, raw)  # every name a plain file name before any becomes a local path
+        listed = _listing(url, raw)  # every name a plain file name before any becomes a local path
         manifest = json.loads(raw)
         if not isinstance(manifest, dict) or manifest.get("version") != FOLDER_VERSION:
             raise FormatError(f"{url}/{COMMIT}", f"version {manifest.get('version') if isinstance(manifest, dict) else None}"
@@ -157,8 +154,6 @@ class RemoteRun:
         self.bytes_fetched = 0
         self.requests = 0
         code = token_dtype_code(vocab)
-        if on_dtype is not None:
-            on_dtype(np.dtype(TOKEN_DTYPES[code]))
         heads, self.files = [], []
         for i, e in enumerate(entries):
             counts = [e.get(k) if isinstance(e, dict) else None for k in ("packs", "segments", "tokens")]
@@ -168,7 +163,6 @@ class RemoteRun:
                                   "(a manifest of another version?)", "re-run `packer pack ... --out URL` with this packer")
             heads.append(head_size(code, *counts))
             self.files.append(e["file"])
-        listed = json.loads(raw)["files"]
         got = self._heads(heads, listed)
         for name, e, head in zip(self.files, entries, got):
             if hashlib.sha256(head).hexdigest() != e["head_sha256"]:
@@ -192,9 +186,9 @@ class RemoteRun:
         if not isinstance(listed.get(HEADS), dict) or listed[HEADS].get("bytes") != total:
             raise FormatError(f"{self.url}/{COMMIT}", f"files.{HEADS} is missing or not the {total} bytes of the "
                               "shards' heads", HINT)
-        cuts = list(range(0, total, MAX_REQUEST)) or [0]
+        cuts = list(range(0, total, MAX_REQUEST))  # none for a run of no shards
         parts = self._cat([f"{self.inner}/shards/{HEADS}"] * len(cuts), cuts,
-                          [min(c + MAX_REQUEST, total) for c in cuts]) if total else []
+                          [min(c + MAX_REQUEST, total) for c in cuts]) if cuts else []
         data = memoryview(b"".join(parts))
         ends = np.cumsum([0] + list(sizes)).tolist()
         return [bytes(data[a:b]) for a, b in zip(ends[:-1], ends[1:])]

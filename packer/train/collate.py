@@ -372,8 +372,9 @@ def defer(token_dtype) -> None:
 def warm(token_dtype) -> None:
     """Load the compiled kernels for shards of `token_dtype` now, in a background thread: the first batch of a
     process otherwise spends ~0.3 s loading them from numba's cache (benchmarks: 0.34 s first batch against 0.02 s
-    for the next). Started when a loader opens, it overlaps the caller's own setup (building the model) and a
-    streamed run's first fetch. A fork waits for it (os.register_at_fork), so no child inherits a half-held
+    for the next); collate builds batches with numpy until it is done. A loader of a local run starts it when it
+    opens, overlapping the caller's own setup (building the model); a streamed run's loader defers it (defer) until
+    its first batch is built, so that fetch does not share the process with it. A fork waits for it (os.register_at_fork), so no child inherits a half-held
     compiler lock."""
     key = np.dtype(token_dtype).str
     _DEFERRED.discard(key)

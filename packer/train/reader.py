@@ -35,7 +35,7 @@ class PackedShards(ShardSet, torch.utils.data.Dataset):
     """
 
     def __init__(self, path: str | Path, *, label_mode: str = "unshifted", verify: bool = True,
-                 cache_limit: int | None = DEFAULT_CACHE_LIMIT, _on_dtype=None):
+                 cache_limit: int | None = DEFAULT_CACHE_LIMIT):
         """Open and validate a shards (or run) folder (see ShardSet: structure on every open, each
         file's sha256 once per run with verify=True, the default).
 
@@ -47,7 +47,7 @@ class PackedShards(ShardSet, torch.utils.data.Dataset):
         self.label_mode = label_mode
         self.url = str(path) if isinstance(path, str) and is_url(path) else None
         self.cache_limit = cache_limit
-        remote = RemoteRun(self.url, cache_limit, _on_dtype) if self.url else None
+        remote = RemoteRun(self.url, cache_limit) if self.url else None
         super().__init__(remote.folder if remote else path, verify=verify and remote is None)
         if remote is not None:
             self.ranges = RangeReader(remote, self.shards)

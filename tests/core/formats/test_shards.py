@@ -345,6 +345,23 @@ def test_version_5_shards_manifests_carry_head_digests_and_version_4_is_refused(
         PackedShards(tmp_path / "r")
 
 
+def _older_versions_refused(run, manifests: dict, cases) -> None:
+    """For each (stage, reader, old, now): the stage's manifest resealed as version `old` is refused with the
+    one-line re-run error naming `now`; then put back."""
+    import json
+
+    from packer.core.manifest import SEAL, seal
+
+    for stage, read, old, now in cases:
+        path = run / stage / "manifest.json"
+        body = {k: v for k, v in manifests[stage].items() if k != SEAL}
+        body["version"] = old
+        path.write_text(json.dumps({**body, SEAL: seal(body)}))
+        with pytest.raises(FormatError, match=f"version {old} is not the supported {now}.*re-run"):
+            read(run / stage)
+        path.write_text(json.dumps(manifests[stage]))
+
+
 def test_version_6_manifests_carry_the_processor_and_max_patches_and_version_5_is_refused(tmp_path):
     """Issue 31 added config keys (tokenize: processor; plan: max_patches) and runs with images (tokenized columns,
     the shards manifest's images and images-NNNNN.bin): tokenized 6, plan 5, shards folder 6; older are refused."""
@@ -353,7 +370,6 @@ def test_version_6_manifests_carry_the_processor_and_max_patches_and_version_5_i
     from conftest import sft_records, write_jsonl
     from packer.core.formats.plan import read_plan
     from packer.core.formats.tokenized import open_tokenized
-    from packer.core.manifest import SEAL, seal
     from packer.pipeline import pack
 
     data = write_jsonl(tmp_path / "d.jsonl", sft_records(20))
@@ -361,15 +377,8 @@ def test_version_6_manifests_carry_the_processor_and_max_patches_and_version_5_i
     ms = {s: json.loads((tmp_path / "r" / s / "manifest.json").read_text()) for s in ("tokenized", "plan", "shards")}
     assert ms["tokenized"]["config"]["processor"] is None and ms["plan"]["config"]["max_patches"] is None
     assert "images" not in ms["shards"]
-    for stage, read, old, now in (("tokenized", open_tokenized, 5, 6), ("plan", read_plan, 4, 6),
-                                  ("shards", PackedShards, 5, 7)):
-        path = tmp_path / "r" / stage / "manifest.json"
-        body = {k: v for k, v in ms[stage].items() if k != SEAL}
-        body["version"] = old
-        path.write_text(json.dumps({**body, SEAL: seal(body)}))
-        with pytest.raises(FormatError, match=f"version {old} is not the supported {now}.*re-run"):
-            read(tmp_path / "r" / stage)
-        path.write_text(json.dumps(ms[stage]))
+    _older_versions_refused(tmp_path / "r", ms, (("tokenized", open_tokenized, 5, 6), ("plan", read_plan, 4, 6),
+                                                 ("shards", PackedShards, 5, 7)))
 
 
 def test_version_7_has_heads_bin_and_the_even_keys_and_version_6_is_refused(tmp_path):
@@ -394,14 +403,7 @@ def test_version_7_has_heads_bin_and_the_even_keys_and_version_6_is_refused(tmp_
     assert ms["shards"]["files"]["heads.bin"]["bytes"] == (shards / "heads.bin").stat().st_size
     assert ms["plan"]["config"]["even"] == "tokens" and ms["plan"]["config"]["even_attention"] == []
     assert ms["shards"]["plan"]["even"]["by"] == "tokens"
-    for stage, read, old, now in (("plan", read_plan, 5, 6), ("shards", PackedShards, 6, 7)):
-        path = tmp_path / "r" / stage / "manifest.json"
-        body = {k: v for k, v in ms[stage].items() if k != SEAL}
-        body["version"] = old
-        path.write_text(json.dumps({**body, SEAL: seal(body)}))
-        with pytest.raises(FormatError, match=f"version {old} is not the supported {now}.*re-run"):
-            read(tmp_path / "r" / stage)
-        path.write_text(json.dumps(ms[stage]))
+    _older_versions_refused(tmp_path / "r", ms, (("plan", read_plan, 5, 6), ("shards", PackedShards, 6, 7)))
     PackedShards(tmp_path / "r")
     heads = (shards / "heads.bin").read_bytes()
     # a heads.bin sealed into the manifest but not the shards' heads: packer verify compares them
