@@ -23,6 +23,8 @@ Measured per library:
   phase B (world size WB, per-rank batch BB, fresh cold caches): load rank 0's phase-A state, read to the end
     of the epoch; missing / duplicate pack ids of the epoch over (phase-A first K batches + phase B).
   Defaults keep the global batch fixed (4 x 6 = 3 x 8 = 24), as elastic training does.
+  packer-local (in --only): the same Packer run read from local disk with the same loader settings, the
+  baseline for the streamed run's wait per batch ("no longer than today's local prefetch"); it fetches nothing.
 
 Install the other libraries without their dependencies (their pins would replace this project's torch and
 numpy): pip install --no-deps mosaicml-streaming==0.13.0 litdata==0.2.76 (tested versions), then whatever
@@ -56,7 +58,7 @@ BUCKET = "bucket"
 HERE = os.path.abspath(__file__)
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
-LIBS = ("streaming", "litdata", "litdata-boto3", "packer")
+LIBS = ("streaming", "litdata", "litdata-boto3", "packer", "packer-local")
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -361,7 +363,10 @@ class PackerSide:
 
     def build(self):
         c = self.c
-        self.loader = packer_side(f"s3://{BUCKET}/run", c["bs"], c["rank"], c["world"], c["seed"],
+        # packer-local: the same run read from this machine's disk (today's local prefetch: the baseline for
+        # the streamed run's wait per batch)
+        url = c["local"] if c["lib"] == "packer-local" else f"s3://{BUCKET}/run"
+        self.loader = packer_side(url, c["bs"], c["rank"], c["world"], c["seed"],
                                   c["cache_limit"], prefetch=2)
         return self.loader
 
@@ -372,7 +377,8 @@ class PackerSide:
         self.loader.load_state_dict(state)
 
 
-SIDES = {"streaming": StreamingSide, "litdata": LitdataSide, "litdata-boto3": LitdataSide, "packer": PackerSide}
+SIDES = {"streaming": StreamingSide, "litdata": LitdataSide, "litdata-boto3": LitdataSide, "packer": PackerSide,
+         "packer-local": PackerSide}
 
 
 # ------------------------------------------------------------------------------------------ worker
@@ -507,7 +513,7 @@ def run_phase(a, lib: str, mode: str, world: int, bs: int, moto_addr, state: dic
                      max_batches=int(2 * a.n_lib[lib] / (world * bs)) + 10,
                      cache_dir=mnt, cache_limit=a.cache_limit, endpoint=px.url, proxy_port=px.port,
                      ready=os.path.join(rdir, "ready"), go=go, result=os.path.join(rdir, "result.json"),
-                     state_in=state_in, timeout=a.timeout)
+                     state_in=state_in, timeout=a.timeout, local=getattr(a, "local_run", None))
             cfg = os.path.join(rdir, "cfg.json")
             with open(cfg, "w") as f:
                 json.dump(c, f)
@@ -657,7 +663,7 @@ def markdown(a, rows: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--only", default="streaming,litdata,packer", help=f"comma list of {','.join(LIBS)}")
+    p.add_argument("--only", default="streaming,litdata,packer,packer-local", help=f"comma list of {','.join(LIBS)}")
     p.add_argument("--n", type=int, default=2016, help="packs (2016 = 24 x 84: whole global batches)")
     p.add_argument("--seq", type=int, default=4096, help="tokens per pack")
     p.add_argument("--shard-bytes", type=int, default=1 << 20, help="MDS size_limit / litdata chunk_bytes")
@@ -727,8 +733,10 @@ def main() -> None:
                 a.n_lib[lib] = a.n
             else:
                 _SHARD_BYTES[0] = a.packer_shard_bytes or a.shard_bytes
-                run = make_packer_run(os.path.join(a.workdir, "src_packer"), tokens, mask)
-                size = upload_folder(s3, run, "run", last=("shards/manifest.json",))
+                if getattr(a, "local_run", None) is None:
+                    a.local_run = make_packer_run(os.path.join(a.workdir, "src_packer"), tokens, mask)
+                run = a.local_run
+                size = 0 if lib == "packer-local" else upload_folder(s3, run, "run", last=("shards/manifest.json",))
                 a.n_lib[lib] = packer_num_packs(run, a.n)
             prep[lib] = "lit" if lib.startswith("litdata") else lib
             print(f"[prep] {lib}: wrote + uploaded {size / 2**20:.1f} MiB in {time.time() - t:.1f}s", flush=True)

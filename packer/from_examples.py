@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from packer.core import config as C
+from packer.core import arrow, config as C
 from packer.train.reader import PackedShards
 from packer.core.labels import IGNORE
 from packer.core.errors import ConfigError, InputError
@@ -136,8 +136,8 @@ def _tokenized_stage(table: pa.Table, vocab_size: int, eos_id: int | None, out: 
 
     def build(tmp: Path) -> dict:
         (tmp / chunk_name(0)).write_bytes(data)
-        n, tokens = table.num_rows, int(np.sum(table.column("length").to_numpy(), dtype=np.int64))
-        loss_tokens = int(pa.compute.sum(table.column("loss_mask").combine_chunks().flatten()).as_py() or 0)
+        n, tokens = table.num_rows, int(np.sum(arrow.to_numpy(table.column("length")), dtype=np.int64))
+        loss_tokens = int(arrow.to_numpy(table.column("loss_mask").combine_chunks().flatten()).sum(dtype=np.int64))
         return {"format": FORMAT, "version": VERSION, "digest": digest, "config": {"kind": "examples"},
                 "sources": [{"path": SOURCE, "weight": 1.0, "files": [0]}],
                 "inputs": [{"path": SOURCE, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "source": 0,

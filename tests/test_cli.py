@@ -102,3 +102,35 @@ def test_inspect_checks_the_pack_it_shows(tmp_path):
     shard.write_bytes(bytes(data))
     r = CliRunner().invoke(main, ["inspect", str(tmp_path / "o"), "--plain"])
     assert r.exit_code == 1 and "shard-00000.bin: checksum differs" in r.output
+
+
+def test_packing_and_loading_never_import_pandas(tmp_path):
+    """pyarrow's converters and ortools' cp_model import pandas where it is installed (~50 MB of memory kept
+    for the rest of the run); no stage, the CP-SAT merge and the loader use either."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    pytest.importorskip("pandas")  # installed (ortools requires it): the check means something
+    data = write_jsonl(tmp_path / "d.jsonl", sft_records(300))
+    code = f"""
+import sys
+import numpy as np
+import packer
+from packer.build.planners import ortools as planner
+from packer.core import config as C
+from packer.pipeline import pack
+pack([{str(data)!r}], {str(tmp_path / 'run')!r}, tokenize_config=C.TokenizeConfig(),
+     plan_config=C.PlanConfig(pack_len=256))
+solve, merged = planner._solve, []
+planner._solve = lambda *a: merged.append(solve(*a)[0] is not None) or solve(*a)
+lengths = [10, 8, 7, 15, 11, 16, 13, 6, 8, 9, 5, 9, 17, 5, 14, 7, 4, 13, 9, 20, 11, 4, 9, 7, 8, 8, 20, 4, 11, 13, 8]
+packer.plan(np.array(lengths), 23, "ortools", time_limit=0.5, max_segments=3)
+assert any(merged), "CP-SAT merged no packs: the check would miss its import"
+loader = packer.PackedLoader({str(tmp_path / 'run')!r}, batch_size=2)
+next(iter(loader))
+assert "pandas" not in sys.modules, "something imported pandas"
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from packer.core import config as C
+from packer.core import arrow, config as C
 from packer.core.formats import shards as fmt
 from packer.core.errors import ConfigError, FormatError
 from packer.core.executors import Executor, resolve
@@ -66,13 +66,13 @@ def _batch_layout(ids: pa.ListArray, mask: pa.ListArray, mm, folder: str) -> tup
     hint = "the tokenized stage is damaged; delete it and re-run `packer pack`"
     at = []
     for col in (ids, mask):
-        values = col.values.to_numpy(zero_copy_only=True)
+        values = arrow.to_numpy(col.values)
         pos = values.ctypes.data - base
         if not 0 <= pos <= size - values.nbytes:
             raise FormatError(folder, "a token column lies outside its chunk file", hint)
         at.append(pos)
-    off = ids.offsets.to_numpy().astype(np.int64)  # rows + 1 entries, validated by open_tokenized
-    if not np.array_equal(off, mask.offsets.to_numpy()):
+    off = arrow.to_numpy(ids.offsets).astype(np.int64)  # rows + 1 entries, validated by open_tokenized
+    if not np.array_equal(off, arrow.to_numpy(mask.offsets)):
         raise FormatError(folder, "input_ids and loss_mask differ in length", hint)
     return off, at[0], at[1]
 
@@ -116,8 +116,8 @@ class _Source:
                 self.mask_at.append(mask_at)
                 self.fd.append(fd)
                 rows.append(rows[-1] + len(ids))
-                examples.append(index.to_numpy().copy())
-                roles.append(role.to_numpy().copy())
+                examples.append(arrow.to_numpy(index).copy())
+                roles.append(arrow.to_numpy(role).copy())
         self.row_starts = np.asarray(rows, dtype=np.int64)
         self.example_index = np.concatenate(examples) if examples else np.zeros(0, np.int64)
         self.role = np.concatenate(roles).astype(np.uint8) if roles else np.zeros(0, np.uint8)

@@ -203,6 +203,34 @@ def test_ortools_plan_never_depends_on_the_clock(monkeypatch):
     assert np.array_equal(slow.order, fast.order) and np.array_equal(slow.offsets, fast.offsets)
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(1, 3000), min_size=1, max_size=12), st.integers(1, 5), st.integers(1, 4096),
+       st.integers(1, 14))
+def test_the_merge_model_is_the_one_cp_model_builds(items, bins, pack_len, cap):
+    """The CP-SAT merge model is built as a proto, without cp_model (which imports pandas): it must be the
+    very model cp_model's API gives, so the solver (and the plan) sees no difference."""
+    from packer.build.planners import ortools as planner
+
+    mine = planner._merge_model(items, bins, pack_len, cap)
+    assert mine is not None, "this ortools has the native proto"
+    assert str(mine) == str(planner._cp_model(items, bins, pack_len, cap).proto)
+
+
+def test_the_merge_solved_through_cp_model_gives_the_same_plan(monkeypatch):
+    """An ortools with no native proto builds the model through cp_model: the same plan."""
+    from packer.build.planners import ortools as planner
+
+    lengths = np.array([10, 8, 7, 15, 11, 16, 13, 6, 8, 9, 5, 9, 17, 5, 14, 7, 4, 13, 9, 20, 11, 4, 9, 7, 8, 8, 20, 4,
+                        11, 13, 8])
+    solve, merged = planner._solve, []
+    monkeypatch.setattr(planner, "_solve", lambda *a: merged.append(solve(*a)[0] is not None) or solve(*a))
+    lean = packer.plan(lengths, 23, "ortools", time_limit=0.5, max_segments=3)
+    assert any(merged), "the case must merge packs with CP-SAT"
+    monkeypatch.setattr(planner, "_merge_model", lambda *a: None)
+    old = packer.plan(lengths, 23, "ortools", time_limit=0.5, max_segments=3)
+    assert np.array_equal(old.order, lean.order) and np.array_equal(old.offsets, lean.offsets)
+
+
 @settings(max_examples=60, deadline=None)
 @given(lengths_and_len, st.sampled_from([None, 2, 5]))
 def test_ortools_never_worse_than_bfd(data, max_segments):

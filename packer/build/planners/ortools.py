@@ -173,13 +173,66 @@ def _refill(lengths: np.ndarray, pack_len: int, cap: int, budget: _Budget) -> Pa
 
 def _cpsat_merge(groups: list[list[int]], pack_len: int, cap: int, budget: _Budget,
                  seed: int) -> list[list[int]] | None:
-    """Fit the items of `groups` (lists of lengths) into one pack fewer with CP-SAT, or None."""
-    from ortools.sat.python import cp_model
+    """Fit the items of `groups` (lists of lengths) into one pack fewer with CP-SAT, or None.
 
+    The model: x[i][b] = item i in bin b; each item in exactly one bin; each bin's lengths within
+    pack_len and its items within cap; item i only in bins 0..i (symmetry)."""
     items = [v for g in groups for v in g]
     bins = len(groups) - 1
     if bins < 1 or sum(items) > bins * pack_len:
         return None
+    # One worker and a deterministic time limit: the same model and seed give the same answer on any
+    # machine (several workers race, and a wall-clock limit cuts the search at a load-dependent point).
+    solution, seconds = _solve(items, bins, pack_len, cap, min(CPSAT_CALL_SECONDS, budget.left), seed)
+    budget.charge(max(seconds, MIN_CHARGE))
+    if solution is None:
+        return None
+    out: list[list[int]] = [[] for _ in range(bins)]
+    for i, v in enumerate(items):
+        out[next(b for b in range(bins) if solution[i * bins + b])].append(v)
+    return [g for g in out if g]
+
+
+def _merge_model(items: list[int], bins: int, pack_len: int, cap: int):
+    """_cpsat_merge's model as a CpModelProto, built field by field: the proto cp_model.CpModel gives for it
+    (a test holds them equal), without importing cp_model, which imports pandas (~45 MB of memory kept for
+    the rest of a `packer pack`). None where this ortools has no native proto (older releases)."""
+    try:
+        from ortools.sat.python import cp_model_helper as cmh
+
+        proto = cmh.CpModelProto()
+    except (ImportError, AttributeError):
+        return None
+    n = len(items)
+    for i in range(n):
+        for b in range(bins):
+            v = proto.variables.add()
+            v.name = f"x{i}_{b}"
+            v.domain.extend([0, 1])
+    for i in range(n):
+        proto.constraints.add().exactly_one.literals.extend(range(i * bins, (i + 1) * bins))
+    column = [[i * bins + b for i in range(n)] for b in range(bins)]
+    for b in range(bins):
+        rows = [(items, pack_len)] + ([([1] * n, cap)] if cap < n else [])
+        for coeffs, most in rows:
+            linear = proto.constraints.add().linear
+            linear.vars.extend(column[b])
+            linear.coeffs.extend(coeffs)
+            linear.domain.extend([-(1 << 63), most])
+    for i in range(min(n, bins)):
+        for b in range(i + 1, bins):
+            linear = proto.constraints.add().linear
+            linear.vars.append(i * bins + b)
+            linear.coeffs.append(1)
+            linear.domain.extend([0, 0])
+    return proto
+
+
+def _cp_model(items: list[int], bins: int, pack_len: int, cap: int):
+    """The same model through cp_model's API: for an ortools with no native proto, and for the test that
+    holds _merge_model to it."""
+    from ortools.sat.python import cp_model
+
     m = cp_model.CpModel()
     x = [[m.new_bool_var(f"x{i}_{b}") for b in range(bins)] for i in range(len(items))]
     for i in range(len(items)):
@@ -188,24 +241,41 @@ def _cpsat_merge(groups: list[list[int]], pack_len: int, cap: int, budget: _Budg
         m.add(sum(items[i] * x[i][b] for i in range(len(items))) <= pack_len)
         if cap < len(items):
             m.add(sum(x[i][b] for i in range(len(items))) <= cap)
-    # symmetry: item i may only use bins 0..i
     for i in range(min(len(items), bins)):
         for b in range(i + 1, bins):
             m.add(x[i][b] == 0)
-    solver = cp_model.CpSolver()
-    # One worker and a deterministic time limit: the same model and seed give the same answer on any
-    # machine (several workers race, and a wall-clock limit cuts the search at a load-dependent point).
-    solver.parameters.max_deterministic_time = min(CPSAT_CALL_SECONDS, budget.left)
-    solver.parameters.num_workers = 1
-    solver.parameters.random_seed = seed
-    status = solver.solve(m)
-    budget.charge(max(solver.deterministic_time, MIN_CHARGE))
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return None
-    out: list[list[int]] = [[] for _ in range(bins)]
-    for i, v in enumerate(items):
-        out[next(b for b in range(bins) if solver.value(x[i][b]))].append(v)
-    return [g for g in out if g]
+    return m
+
+
+def _solve(items: list[int], bins: int, pack_len: int, cap: int, seconds: float, seed: int
+           ) -> tuple[list[int] | None, float]:
+    """(the solution's values, x[i][b] at i * bins + b, or None; deterministic seconds used) of the merge
+    model, with one worker, `seconds` of deterministic time and `seed`."""
+    proto = _merge_model(items, bins, pack_len, cap)
+    if proto is None:
+        from ortools.sat.python import cp_model
+
+        m = _cp_model(items, bins, pack_len, cap)
+        solver = cp_model.CpSolver()
+        solver.parameters.max_deterministic_time = seconds
+        solver.parameters.num_workers = 1
+        solver.parameters.random_seed = seed
+        status = solver.solve(m)
+        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            return None, solver.deterministic_time
+        return list(solver.response_proto.solution), solver.deterministic_time
+    from ortools.sat.python import cp_model_helper as cmh
+
+    params = cmh.SatParameters()
+    params.max_deterministic_time = seconds
+    params.num_workers = 1
+    params.random_seed = seed
+    solver = cmh.SolveWrapper()
+    solver.set_parameters(params)
+    response = solver.solve(proto)
+    if response.status not in (cmh.CpSolverStatus.OPTIMAL, cmh.CpSolverStatus.FEASIBLE):
+        return None, response.deterministic_time
+    return list(response.solution), response.deterministic_time
 
 
 def _assign(packs: Packs, lengths: np.ndarray, pack_len: int) -> binpack.Packing:

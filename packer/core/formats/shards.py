@@ -221,7 +221,7 @@ def write_shard(path: str | Path, *, pack_len: int, code: int, tokens, loss_mask
         return size
 
 
-_SUM_TOKENS = 1 << 22  # packs are summed and hashed about this many tokens at a time (memory stays flat)
+_SUM_TOKENS = 1 << 20  # packs are summed and hashed about this many tokens at a time (memory stays flat)
 
 
 def _fill_pack_sums(f, layout: list, tok_off: np.ndarray, seg_off: np.ndarray, seg_lens: np.ndarray,

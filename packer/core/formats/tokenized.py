@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from packer.core import arrow
 from packer.core.errors import FormatError
 from packer.core.manifest import check_files, read_manifest, verify_once
 from packer.core.roles import MAX_ROW_ROLE
@@ -72,25 +73,27 @@ def examples_table(example_index: np.ndarray, file_index: np.ndarray, line: np.n
     images (runs with images): per example its images as (uint8 [3, H, W] pixels, grid t, h, w)."""
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     loss = np.asarray(loss, dtype=np.uint8)
-    extra = {}
+    columns = [
+        arrow.array(example_index, pa.int64()),
+        arrow.array(file_index, pa.int32()),
+        arrow.array(line, pa.int64()),
+        arrow.array(lengths, pa.int32()),
+        arrow.array(_first_true(loss, offsets), pa.int32()),
+        arrow.list_array(offsets, arrow.array(ids, pa.uint32())),
+        arrow.list_array(offsets, arrow.array(loss, pa.uint8())),
+        arrow.array(np.zeros(len(lengths), np.uint8) if roles is None else roles, pa.uint8()),
+    ]
     if images is not None:
-        extra = {
-            "patches": pa.array([sum(int(np.prod(g)) for _, g in ims) for ims in images], pa.int64()),
-            "image_grid": pa.array([[int(x) for _, g in ims for x in g] for ims in images], pa.list_(pa.int32())),
-            "image_pixels": pa.array([[np.ascontiguousarray(px, np.uint8).tobytes() for px, _ in ims] for ims in images],
-                                     pa.list_(pa.large_binary())),
-        }
-    return pa.table({
-        "example_index": pa.array(np.asarray(example_index, np.int64), pa.int64()),
-        "file_index": pa.array(np.asarray(file_index, np.int32), pa.int32()),
-        "line": pa.array(np.asarray(line, np.int64), pa.int64()),
-        "length": pa.array(np.asarray(lengths).astype(np.int32), pa.int32()),
-        "prompt_len": pa.array(_first_true(loss, offsets).astype(np.int32), pa.int32()),
-        "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.asarray(ids).astype(np.uint32))),
-        "loss_mask": pa.ListArray.from_arrays(pa.array(offsets), pa.array(loss)),
-        "role": pa.array(np.zeros(len(lengths), np.uint8) if roles is None else np.asarray(roles, np.uint8), pa.uint8()),
-        **extra,
-    }, schema=SCHEMA if images is None else SCHEMA_IMAGES)
+        grids = [int(x) for ims in images for _, g in ims for x in g]
+        columns += [
+            arrow.array([sum(int(np.prod(g)) for _, g in ims) for ims in images], pa.int64()),
+            arrow.list_array(np.cumsum([0] + [sum(len(g) for _, g in ims) for ims in images]),
+                             arrow.array(grids, pa.int32())),
+            arrow.list_array(np.cumsum([0] + [len(ims) for ims in images]), arrow.large_binary(
+                [np.ascontiguousarray(px, np.uint8).tobytes() for ims in images for px, _ in ims])),
+        ]
+    # Built from buffers (packer.core.arrow): pa.array and pa.table would import pandas, 50 MB of memory.
+    return pa.Table.from_arrays(columns, schema=SCHEMA if images is None else SCHEMA_IMAGES)
 
 
 def write_chunk(table: pa.Table, dest: str | Path | pa.NativeFile) -> None:
@@ -182,7 +185,7 @@ def _checked_table(path: Path, source, entry: dict, hint: str) -> pa.Table:
         raise FormatError(str(path), f"unreadable tokenized chunk ({str(e).splitlines()[0][:120]})", hint) from None
     if table.num_rows != entry.get("examples"):
         raise FormatError(str(path), f"{table.num_rows} rows, manifest.json records {entry.get('examples')}", hint)
-    if table.num_rows and int(np.max(table.column("role").to_numpy())) > MAX_ROLE:
+    if table.num_rows and int(np.max(arrow.to_numpy(table.column("role")))) > MAX_ROLE:
         raise FormatError(str(path), f"a role above {MAX_ROLE} (the roles are 0-{MAX_ROLE})", hint)
     return table
 
@@ -205,7 +208,7 @@ def read_columns(folder: str | Path, names: Sequence[str], *, verify: bool = Tru
         except OSError as e:
             raise FormatError(str(path), f"unreadable tokenized chunk ({str(e).splitlines()[0][:120]})", hint) from None
         for n in names:
-            parts[n].append(table.column(n).to_numpy().astype(np.int64))
+            parts[n].append(arrow.to_numpy(table.column(n)).astype(np.int64))
         del table
         pa.default_memory_pool().release_unused()  # one chunk's buffers at a time, not the pool's high-water
     return {n: np.concatenate(p) if p else np.zeros(0, np.int64) for n, p in parts.items()}
