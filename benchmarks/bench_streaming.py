@@ -23,8 +23,9 @@ Measured per library:
   phase B (world size WB, per-rank batch BB, fresh cold caches): load rank 0's phase-A state, read to the end
     of the epoch; missing / duplicate pack ids of the epoch over (phase-A first K batches + phase B).
   Defaults keep the global batch fixed (4 x 6 = 3 x 8 = 24), as elastic training does.
-  packer-local (in --only): the same Packer run read from local disk with the same loader settings, the
-  baseline for the streamed run's wait per batch ("no longer than today's local prefetch"); it fetches nothing.
+  packer-blocks: Packer with shuffle_blocks=BLOCKS (runs of neighbouring packs: a batch in two requests a shard).
+  packer-local: the same Packer run read from local disk with the same loader settings, the baseline for the
+  streamed run's wait per batch ("no longer than today's local prefetch"); it fetches nothing.
 
 Install the other libraries without their dependencies (their pins would replace this project's torch and
 numpy): pip install --no-deps mosaicml-streaming==0.13.0 litdata==0.2.76 (tested versions), then whatever
@@ -58,7 +59,7 @@ BUCKET = "bucket"
 HERE = os.path.abspath(__file__)
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
-LIBS = ("streaming", "litdata", "litdata-boto3", "packer", "packer-local")
+LIBS = ("streaming", "litdata", "litdata-boto3", "packer", "packer-blocks", "packer-local")
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -348,13 +349,13 @@ class LitdataSide:
 
 
 def packer_side(url: str, batch_size: int, rank: int, world_size: int, seed: int, cache_limit: int,
-                prefetch: int = 2):
+                prefetch: int = 2, shuffle_blocks: int = 0):
     """Packer: PackedLoader over the run at `url` (AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 point at this
     rank's proxy; PACKER_CACHE / XDG_CACHE_HOME at this rank's cold cache). Iterating yields dict batches
     with 'pack_index' (int64 tensor of pack ids); state_dict()/load_state_dict(state) with any world size."""
     from packer import PackedLoader
     return PackedLoader(url, batch_size, rank=rank, world_size=world_size, seed=seed, cache_limit=cache_limit or None,
-                        prefetch=prefetch)
+                        prefetch=prefetch, shuffle_blocks=shuffle_blocks)
 
 
 class PackerSide:
@@ -367,7 +368,8 @@ class PackerSide:
         # the streamed run's wait per batch)
         url = c["local"] if c["lib"] == "packer-local" else f"s3://{BUCKET}/run"
         self.loader = packer_side(url, c["bs"], c["rank"], c["world"], c["seed"],
-                                  c["cache_limit"], prefetch=2)
+                                  c["cache_limit"], prefetch=2,
+                                  shuffle_blocks=c["blocks"] if c["lib"] == "packer-blocks" else 0)
         return self.loader
 
     def state(self):
@@ -378,7 +380,7 @@ class PackerSide:
 
 
 SIDES = {"streaming": StreamingSide, "litdata": LitdataSide, "litdata-boto3": LitdataSide, "packer": PackerSide,
-         "packer-local": PackerSide}
+         "packer-blocks": PackerSide, "packer-local": PackerSide}
 
 
 # ------------------------------------------------------------------------------------------ worker
@@ -513,7 +515,7 @@ def run_phase(a, lib: str, mode: str, world: int, bs: int, moto_addr, state: dic
                      max_batches=int(2 * a.n_lib[lib] / (world * bs)) + 10,
                      cache_dir=mnt, cache_limit=a.cache_limit, endpoint=px.url, proxy_port=px.port,
                      ready=os.path.join(rdir, "ready"), go=go, result=os.path.join(rdir, "result.json"),
-                     state_in=state_in, timeout=a.timeout, local=getattr(a, "local_run", None))
+                     state_in=state_in, timeout=a.timeout, local=getattr(a, "local_run", None), blocks=a.blocks)
             cfg = os.path.join(rdir, "cfg.json")
             with open(cfg, "w") as f:
                 json.dump(c, f)
@@ -663,7 +665,7 @@ def markdown(a, rows: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--only", default="streaming,litdata,packer,packer-local", help=f"comma list of {','.join(LIBS)}")
+    p.add_argument("--only", default="streaming,litdata,packer,packer-blocks,packer-local", help=f"comma list of {','.join(LIBS)}")
     p.add_argument("--n", type=int, default=2016, help="packs (2016 = 24 x 84: whole global batches)")
     p.add_argument("--seq", type=int, default=4096, help="tokens per pack")
     p.add_argument("--shard-bytes", type=int, default=1 << 20, help="MDS size_limit / litdata chunk_bytes")
@@ -680,6 +682,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10, help="batches before steady-state timing")
     p.add_argument("--steady", type=int, default=50, help="batches timed for the wait distribution")
     p.add_argument("--cache-limit", type=int, default=16 << 20, help="per-rank cache limit in bytes (0: none)")
+    p.add_argument("--blocks", type=int, default=24,
+                   help="packer-blocks: PackedLoader(shuffle_blocks=...) (24: a multiple of both batch sizes)")
     p.add_argument("--litdata-nodes", choices=("world", "1"), default="world",
                    help="litdata NNODES: one node per rank (as the other libraries run) or all ranks on 1 node")
     p.add_argument("--timeout", type=float, default=120, help="seconds per phase before its ranks are killed")

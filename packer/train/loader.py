@@ -29,6 +29,7 @@ from packer.train.prefetch import Progress
 from packer.train.prefetch import prefetch as in_background
 from packer.core.context_parallel import cp_indices, padded_lengths
 from packer.core.labels import make_labels, positions
+from packer.core.ranges import concat_ranges
 
 BALANCE = ("tokens", "attention")
 
@@ -74,9 +75,16 @@ def loss_counts(ds: PackedShards) -> np.ndarray:
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True, costs: np.ndarray | None = None,
-                group: int = 0) -> np.ndarray:
+                group: int = 0, blocks: int = 0) -> np.ndarray:
     """The epoch's order of the packs: a function of (seed, epoch) (and, when grouped, of the packs' costs)
     only, never of world size or batch size.
+
+    blocks > 1 (shuffle_blocks): the packs, in the shards' order turned round by a random offset (so a
+    block's edges move from epoch to epoch), are cut into runs of `blocks` neighbours, and the runs are
+    shuffled (a short last run stays last); a run keeps its packs in the shards' order. The shard writer shuffles packs as it writes them,
+    so neighbours are a random group, but a fixed one: packs near each other in the shards share batches
+    every epoch. What it buys: a rank's batch is one or two runs of neighbouring packs, each a single byte
+    range of a shard, so a run streamed from object storage fetches a batch in a few requests, not two a pack.
 
     group > 1 (grouping by cost, as length-grouped samplers do): the shuffled order is cut into windows of
     `group` packs and each window sorted by cost, heaviest first and lightest first by turns, so neighbouring packs cost alike across window edges too. Any step of a few packs then holds packs
@@ -87,6 +95,14 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True, costs: np.n
     of its packs alike, not always the heaviest or the lightest, as long as group is at least
     batch_size x world_size.
     """
+    if blocks > 1 and shuffle and n:
+        rng = np.random.default_rng([seed, epoch, 2])
+        shift = int(rng.integers(n))
+        # whole runs shuffled, a short last run (n not a multiple of blocks) kept last: every whole run then
+        # starts at a multiple of blocks, so with blocks a multiple of batch_size no batch straddles two
+        starts = np.arange(0, n - n % blocks, blocks, dtype=np.int64)[rng.permutation(n // blocks)]
+        starts = np.append(starts, n - n % blocks) if n % blocks else starts
+        return (concat_ranges(starts, np.minimum(blocks, n - starts)) + shift) % n
     order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
     if group > 1 and n:
         if costs is None or len(costs) != n:
@@ -101,7 +117,8 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True, costs: np.n
 
 
 def epoch_plan(costs: np.ndarray, batch_size: int, world_size: int, seed: int, epoch: int,
-               shuffle: bool = True, drop_last: bool = True, start: int = 0, group: int = 0) -> np.ndarray:
+               shuffle: bool = True, drop_last: bool = True, start: int = 0, group: int = 0,
+               blocks: int = 0) -> np.ndarray:
     """int64 [world_size, steps, batch_size]: the packs every rank reads at every step of an epoch.
 
     Step k reads the next batch_size x world_size packs of the epoch's order (epoch_order), dealt to the ranks
@@ -109,10 +126,12 @@ def epoch_plan(costs: np.ndarray, batch_size: int, world_size: int, seed: int, e
     packs, whatever the shape. start: packs of the order already consumed (a resume on another shape).
     drop_last=False completes the last step by repeating packs from the start of the (remaining) order
     (as torch's DistributedSampler does), so every rank runs the same number of steps. group: epoch_order's
-    windows of packs sorted by cost (0: none).
+    windows of packs sorted by cost (0: none). blocks > 1: epoch_order's runs of neighbouring packs, and each
+    rank reads the next batch_size packs of the order in turn (rank r of step k: the step's packs
+    r x batch_size onward), not packs dealt by cost, so a batch stays one or two runs.
     """
     n = len(costs)
-    order = epoch_order(n, seed, epoch, shuffle, costs, group)[start:]
+    order = epoch_order(n, seed, epoch, shuffle, costs, group, blocks)[start:]
     n = len(order)
     g = batch_size * world_size
     steps = n // g if drop_last else -(-n // g)
@@ -125,6 +144,8 @@ def epoch_plan(costs: np.ndarray, batch_size: int, world_size: int, seed: int, e
     else:
         start_of = epoch_order(len(costs), seed, epoch, shuffle)[start:] if group > 1 else order
         packs = np.concatenate([order, np.resize(start_of, fill)]).reshape(steps, g)
+    if blocks > 1:
+        return packs.reshape(steps, world_size, batch_size).transpose(1, 0, 2).copy()
     by_cost = np.argsort(-costs[packs], axis=1, kind="stable")
     packs = np.take_along_axis(packs, by_cost, axis=1)
     j = np.arange(g)
@@ -349,6 +370,29 @@ class _From(torch.utils.data.Sampler):
         return self.stop - self.start
 
 
+def _shuffle_blocks(blocks, shuffle: bool, eval: bool, group: int, balance, cost) -> int:
+    """PackedLoader's shuffle_blocks, checked: runs of neighbouring packs replace the deal by cost, so it
+    goes with none of the options that order or deal packs by cost (or do not shuffle)."""
+    try:
+        n = operator.index(blocks) if not isinstance(blocks, bool) else -1
+    except TypeError:
+        n = -1
+    if n < 0:
+        raise ConfigError(f"shuffle_blocks={blocks!r}: give the packs per run of neighbours the epoch shuffles "
+                          "(0 for every pack alone; a few times batch_size is enough)")
+    if n <= 1:
+        return 0
+    clash = ("eval=True (evaluation reads the packs in order)" if eval else
+             "shuffle=False (nothing is shuffled)" if not shuffle else
+             f"group_by_cost={group}" if group else
+             f"balance={balance!r}" if balance is not None else
+             "cost=" if cost is not None else None)
+    if clash:
+        raise ConfigError(f"shuffle_blocks={n} with {clash}: shuffle_blocks gives each rank runs of neighbouring "
+                          "packs in turn, not packs dealt by cost; drop one of them")
+    return n
+
+
 class PackedLoader(torch.utils.data.IterableDataset):
     """Batches of packs from a shards (or run) folder, as dicts of torch tensors.
 
@@ -390,6 +434,13 @@ class PackedLoader(torch.utils.data.IterableDataset):
     Heavy and light steps then come in waves through each window: take N a few times batch_size x world_size
     (epoch_order says why at least once).
 
+    shuffle_blocks=N shuffles runs of N packs that are neighbours in the shards instead of single packs, and each
+    rank reads the next batch_size packs of the order in turn (epoch_order): a batch is then one or two byte
+    ranges of a shard, which a run streamed from object storage fetches in a few requests instead of two per
+    pack (benchmarks/bench_streaming.py). The price is a coarser shuffle: packs near each other in the shards
+    share batches every epoch (the shard writer shuffled them once), and there is no deal by cost (balance=,
+    cost= and group_by_cost are refused with it). Take N a multiple of batch_size.
+
     It is an IterableDataset with torchdata's state_dict/load_state_dict, so it can also be the
     dataset of a torch DataLoader or torchdata StatefulDataLoader (batch_size=None; its own
     num_workers=0): worker w of W then builds batches w, w + W, ... of this rank's epoch.
@@ -398,9 +449,10 @@ class PackedLoader(torch.utils.data.IterableDataset):
     def __init__(self, path: str | Path, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
                  shuffle: bool | None = None, drop_last: bool | None = None, num_workers: int = 0, pin_memory: bool = False,
                  flatten: bool | None = None, label_mode: str = "unshifted", pad_id: int | None = None,
-                 balance: "str | CostModel" = "tokens", verify: bool = True, prefetch: int = 0, eval: bool = False,
+                 balance: "str | CostModel | None" = None, verify: bool = True, prefetch: int = 0, eval: bool = False,
                  cp_rank: int = 0, cp_size: int = 1, cost: "CostModel | tuple[float, float] | None" = None,
-                 cache_limit: int | None = DEFAULT_CACHE_LIMIT, read_ahead: int = 4, group_by_cost: int = 0):
+                 cache_limit: int | None = DEFAULT_CACHE_LIMIT, read_ahead: int = 4, group_by_cost: int = 0,
+                 shuffle_blocks: int = 0):
         if eval and (shuffle is True or drop_last is True):
             raise ConfigError(f"eval=True never shuffles and never drops; drop shuffle={shuffle} / drop_last={drop_last} "
                               "(the defaults become False)")
@@ -442,6 +494,8 @@ class PackedLoader(torch.utils.data.IterableDataset):
             raise ConfigError(f"group_by_cost={group_by_cost} with eval=True: evaluation reads the packs in order; "
                               "drop group_by_cost")
         self.group_by_cost = group_by_cost
+        self.shuffle_blocks = _shuffle_blocks(shuffle_blocks, shuffle, eval, group_by_cost, balance, cost)
+        balance = "tokens" if balance is None else balance
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
         self.num_workers, self.pin_memory, self.flatten = num_workers, pin_memory, flatten
@@ -489,7 +543,7 @@ class PackedLoader(torch.utils.data.IterableDataset):
             self._plan_cache = (key, eval_plan(len(self.costs), self.batch_size, self.world_size) if self.eval
                                 else epoch_plan(self.costs, self.batch_size, self.world_size, self.seed,
                                                 self.epoch, self.shuffle, self.drop_last, self._start,
-                                                self.group_by_cost))
+                                                self.group_by_cost, self.shuffle_blocks))
         return self._plan_cache[1]
 
     def set_epoch(self, epoch: int) -> None:
@@ -594,6 +648,7 @@ class PackedLoader(torch.utils.data.IterableDataset):
                 "batch_size": self.batch_size, "world_size": self.world_size, "rank": self.rank,
                 "num_packs": len(self.dataset), "shuffle": self.shuffle, "drop_last": self.drop_last,
                 "balance": self._balance_name(), "group_by_cost": self.group_by_cost, "costs": self._costs_digest(),
+                "shuffle_blocks": self.shuffle_blocks,
                 "eval": self.eval, **self._identity()}
 
     def _costs_digest(self) -> str | None:
@@ -625,8 +680,10 @@ class PackedLoader(torch.utils.data.IterableDataset):
                 what = "shards (the manifest's seal)" if key == "run" else "plan (its digest)"
                 raise ConfigError(f"the loader state is of another run: its {what} {str(state[key])[:16]} is not this "
                                   f"run's {str(mine)[:16]}; resume on the run the checkpoint was trained on")
-        state = {"group_by_cost": 0, "costs": None, **state}  # states saved before grouping existed were ungrouped
-        for key in ("seed", "num_packs", "shuffle", "drop_last", "balance", "group_by_cost", "costs", "eval"):
+        # states saved before grouping or blocks existed were neither
+        state = {"group_by_cost": 0, "costs": None, "shuffle_blocks": 0, **state}
+        for key in ("seed", "num_packs", "shuffle", "drop_last", "balance", "group_by_cost", "costs", "shuffle_blocks",
+                    "eval"):
             mine = {"num_packs": len(self.dataset), "balance": self._balance_name(),
                     "costs": self._costs_digest()}.get(key, getattr(self, key, None))
             if key in state and state[key] != mine:

@@ -284,3 +284,25 @@ def test_opening_takes_two_requests_and_a_damaged_heads_bin_is_named(run, s3, mo
     s3.pipe("streams/heads/shards/manifest.json", json.dumps({**old, SEAL: seal(old)}).encode())
     with pytest.raises(FormatError, match=r"version 6 is not the supported 7.*re-run"):
         PackedShards("s3://streams/heads", cache_limit=None)
+
+
+def test_shuffle_blocks_fetches_a_batch_in_two_requests_a_run(run, monkeypatch, tmp_path):
+    """shuffle_blocks: a batch is one run of neighbouring packs, so it costs two range requests (its tokens, its
+    loss masks) per shard it touches, not two per pack; the batches equal the local run's."""
+    from packer.train.loader import PackedLoader
+
+    local, url = run
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "c"))
+    kw = dict(rank=1, world_size=2, seed=3, shuffle_blocks=8, read_ahead=0, cache_limit=None)
+    remote = PackedLoader(url, 4, **kw)
+    opened = remote.dataset.ranges.stats()["requests"]
+    got = _batches(remote)
+    assert got == _batches(PackedLoader(local, 4, **kw))
+    shard_of = remote.dataset.ranges._shard_of
+    pieces = sum(len({(int(shard_of[p]), p - i) for i, p in enumerate(sorted(b))}) for b, *_ in got)
+    assert pieces <= 1.5 * len(got), "the batches are not runs of neighbours"
+    assert remote.dataset.ranges.stats()["requests"] - opened == 2 * pieces
+    plain = PackedLoader(url, 4, **{**kw, "shuffle_blocks": 0})
+    opened = plain.dataset.ranges.stats()["requests"]
+    _batches(plain)
+    assert plain.dataset.ranges.stats()["requests"] - opened > 3 * 2 * pieces

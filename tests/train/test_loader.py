@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import gc
 import threading
 import time
@@ -271,16 +273,19 @@ def _packs(batches) -> list[int]:
 
 @settings(max_examples=25, deadline=None)
 @given(first=st.tuples(st.integers(1, 5), st.integers(1, 4)), then=st.tuples(st.integers(1, 5), st.integers(1, 4)),
-       steps=st.integers(0, 6), epoch=st.integers(0, 3), group=st.sampled_from([0, 5]))
-def test_elastic_resume_consumes_every_pack_once_in_the_order(run, first, then, steps, epoch, group):
+       steps=st.integers(0, 6), epoch=st.integers(0, 3), group=st.sampled_from([0, 5]),
+       blocks=st.sampled_from([0, 0, 4, 7]))
+def test_elastic_resume_consumes_every_pack_once_in_the_order(run, first, then, steps, epoch, group, blocks):
     """Stop after `steps` steps on (batch_size, world_size) = first, resume on `then`: across the resume every pack
     of the epoch is read at most once, nothing is skipped that the new shape could read, and the rest comes in the
     order of the epoch (the order a run on the new shape reads from that point)."""
     from packer.train.loader import epoch_order
 
     (b1, w1), (b2, w2) = first, then
+    group = 0 if blocks else group  # runs of neighbours are not grouped by cost (refused together)
     n = len(PackedShards(run))
-    loaders = [PackedLoader(run, b1, rank=r, world_size=w1, seed=7, group_by_cost=group) for r in range(w1)]
+    loaders = [PackedLoader(run, b1, rank=r, world_size=w1, seed=7, group_by_cost=group, shuffle_blocks=blocks)
+               for r in range(w1)]
     for ld in loaders:
         ld.set_epoch(epoch)
     iters = [iter(ld) for ld in loaders]
@@ -293,12 +298,12 @@ def test_elastic_resume_consumes_every_pack_once_in_the_order(run, first, then, 
     assert len({s["packs_consumed"] for s in states}) == 1  # every rank agrees where the job stands
     after = []
     for r in range(w2):
-        ld = PackedLoader(run, b2, rank=r, world_size=w2, seed=7, group_by_cost=group)
+        ld = PackedLoader(run, b2, rank=r, world_size=w2, seed=7, group_by_cost=group, shuffle_blocks=blocks)
         ld.load_state_dict(states[r % w1])  # any rank's state resumes any rank
         after.append(_packs(ld))
     read = before + [p for a in after for p in a]
     assert len(read) == len(set(read)), "a pack read twice"
-    order = epoch_order(n, 7, epoch, costs=loaders[0].costs, group=group).tolist()
+    order = epoch_order(n, 7, epoch, costs=loaders[0].costs, group=group, blocks=blocks).tolist()
     consumed = states[0]["packs_consumed"]
     assert sorted(before) == sorted(order[:consumed])
     g2 = b2 * w2
@@ -442,3 +447,42 @@ def test_resume_two_then_three_then_one_rank_reads_every_pack_exactly_once(run):
     order = epoch_order(n, 11, 1).tolist()
     assert sorted(read[:12]) == sorted(order[:12]) and sorted(read[12:24]) == sorted(order[12:24])  # legs in order
     assert state["packs_consumed"] == n
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(0, 300), runs=st.integers(1, 12), batch=st.integers(1, 6), world=st.integers(1, 4),
+       seed=st.integers(0, 3), epoch=st.integers(0, 3))
+def test_shuffle_blocks_reads_runs_of_neighbours(n, runs, batch, world, seed, epoch):
+    """shuffle_blocks=N: the order is every pack once, in runs of N neighbours (turned round the end of the
+    shards) that move from epoch to epoch, and with N a multiple of batch_size every rank's batch is one run."""
+    from packer.train.loader import epoch_order
+
+    blocks = runs * batch
+    order = epoch_order(n, seed, epoch, blocks=blocks)
+    assert sorted(order.tolist()) == list(range(n))
+    if n == 0:
+        return
+    steps = np.diff(order) % n  # 1 inside a run
+    assert (steps[np.arange(1, n) % blocks != 0] == 1).all(), "a run is not N neighbours in order"
+    plan = epoch_plan(np.ones(n), batch, world, seed, epoch, blocks=blocks)
+    for r in range(world):
+        for b in plan[r]:
+            assert ((np.diff(b) % n) == 1).all(), "a batch is not one run of neighbours"
+    if blocks > 1 and n >= 2 * blocks:
+        firsts = {tuple(epoch_order(n, seed, e, blocks=blocks)[:blocks]) for e in range(6)}
+        assert len(firsts) > 1, "the same runs every epoch"
+
+
+def test_shuffle_blocks_is_refused_with_what_deals_by_cost(run):
+    for extra, what in (({"balance": "tokens"}, "balance='tokens'"), ({"group_by_cost": 8}, "group_by_cost=8"),
+                        ({"shuffle": False}, "shuffle=False"), ({"eval": True}, "eval=True"),
+                        ({"cost": (1.0, 0.1)}, "cost=")):
+        with pytest.raises(ConfigError, match=f"shuffle_blocks=8 with {re.escape(what)}"):
+            PackedLoader(run, 2, shuffle_blocks=8, **extra)
+    with pytest.raises(ConfigError, match="shuffle_blocks=-1"):
+        PackedLoader(run, 2, shuffle_blocks=-1)
+    a = PackedLoader(run, 2, world_size=2, seed=1, shuffle_blocks=4)
+    next(iter(a))
+    with pytest.raises(ConfigError, match="state was saved with shuffle_blocks=4, this loader has shuffle_blocks=0"):
+        PackedLoader(run, 2, world_size=2, seed=1).load_state_dict(a.state_dict())
+    assert PackedLoader(run, 2, shuffle_blocks=1).shuffle_blocks == 0  # a run of one is plain shuffling
