@@ -349,13 +349,13 @@ class LitdataSide:
 
 
 def packer_side(url: str, batch_size: int, rank: int, world_size: int, seed: int, cache_limit: int,
-                prefetch: int = 2, shuffle_blocks: int = 0):
+                prefetch: int = 2, shuffle_blocks: int = 0, read_ahead: int = 4):
     """Packer: PackedLoader over the run at `url` (AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 point at this
     rank's proxy; PACKER_CACHE / XDG_CACHE_HOME at this rank's cold cache). Iterating yields dict batches
     with 'pack_index' (int64 tensor of pack ids); state_dict()/load_state_dict(state) with any world size."""
     from packer import PackedLoader
     return PackedLoader(url, batch_size, rank=rank, world_size=world_size, seed=seed, cache_limit=cache_limit or None,
-                        prefetch=prefetch, shuffle_blocks=shuffle_blocks)
+                        prefetch=prefetch, shuffle_blocks=shuffle_blocks, read_ahead=read_ahead)
 
 
 class PackerSide:
@@ -369,7 +369,8 @@ class PackerSide:
         url = c["local"] if c["lib"] == "packer-local" else f"s3://{BUCKET}/run"
         self.loader = packer_side(url, c["bs"], c["rank"], c["world"], c["seed"],
                                   c["cache_limit"], prefetch=2,
-                                  shuffle_blocks=c["blocks"] if c["lib"] == "packer-blocks" else 0)
+                                  shuffle_blocks=c["blocks"] if c["lib"] == "packer-blocks" else 0,
+                                  read_ahead=c["read_ahead"])
         return self.loader
 
     def state(self):
@@ -515,7 +516,8 @@ def run_phase(a, lib: str, mode: str, world: int, bs: int, moto_addr, state: dic
                      max_batches=int(2 * a.n_lib[lib] / (world * bs)) + 10,
                      cache_dir=mnt, cache_limit=a.cache_limit, endpoint=px.url, proxy_port=px.port,
                      ready=os.path.join(rdir, "ready"), go=go, result=os.path.join(rdir, "result.json"),
-                     state_in=state_in, timeout=a.timeout, local=getattr(a, "local_run", None), blocks=a.blocks)
+                     state_in=state_in, timeout=a.timeout, local=getattr(a, "local_run", None), blocks=a.blocks,
+                     read_ahead=a.read_ahead)
             cfg = os.path.join(rdir, "cfg.json")
             with open(cfg, "w") as f:
                 json.dump(c, f)
@@ -684,6 +686,7 @@ def main() -> None:
     p.add_argument("--cache-limit", type=int, default=16 << 20, help="per-rank cache limit in bytes (0: none)")
     p.add_argument("--blocks", type=int, default=24,
                    help="packer-blocks: PackedLoader(shuffle_blocks=...) (24: a multiple of both batch sizes)")
+    p.add_argument("--read-ahead", type=int, default=4, help="Packer's read_ahead (batches; its default: 4)")
     p.add_argument("--litdata-nodes", choices=("world", "1"), default="world",
                    help="litdata NNODES: one node per rank (as the other libraries run) or all ranks on 1 node")
     p.add_argument("--timeout", type=float, default=120, help="seconds per phase before its ranks are killed")

@@ -470,41 +470,56 @@ class RangeReader:
         return p in self._pins
 
     def read_ahead(self, batches: Iterable[np.ndarray], reserve: int, window: int = 4) -> threading.Event:
-        """Fetch the packs of `batches` (in the order they will be read, one batch a round) in a background
-        thread, at most `window` batches ahead of the batches read so far and keeping `reserve` bytes of the
-        cache free for the batch being built; returns the event that stops it."""
+        """Fetch the packs of `batches` (in the order they will be read) in a background thread, at most `window`
+        batches ahead of the batches read so far and keeping `reserve` bytes of the cache free for the batch being
+        built; returns the event that stops it.
+
+        Each round fetches every batch that is inside the window and fits, in one round of requests: ahead of
+        the reader that is the one batch that just entered the window, but a fetch that fell behind (a store
+        slower per request than a step is long) catches up with as many batches a round as the window holds,
+        so the rate is the window's over one round's latency, not one batch per round trip."""
         stop = threading.Event()
         limit = self.run.cache_limit
         with self._lock:
             base = self.reads
+        queue = ((step, np.unique(packs[packs >= 0])) for step, packs in enumerate(batches))
 
         def work() -> None:
-            for step, packs in enumerate(batches):
-                packs = np.unique(packs[packs >= 0])
+            pending = next(queue, None)
+            while pending is not None:
+                group: list[tuple[int, np.ndarray]] = []
+                wanted = 0  # bytes of the group's packs not held yet
                 with self._lock:
-                    while not stop.is_set():
+                    while pending is not None and not stop.is_set():
+                        step, packs = pending
                         done = self.reads - base
-                        if step < done:
-                            break  # the builder got there first
-                        todo = packs[~self.present[packs]]
+                        if step < done:  # the builder got there first
+                            pending = next(queue, None)
+                            continue
+                        todo = int(self.pack_bytes[packs[~self.present[packs]]].sum())
                         ahead = int(self.pack_bytes[list(self._ahead)].sum()) if self._ahead else 0
-                        room = limit is None or ahead + self._inflight_bytes + int(self.pack_bytes[todo].sum()) <= \
-                            limit - reserve
+                        room = limit is None or ahead + self._inflight_bytes + wanted + todo <= limit - reserve
                         if step - done < window and room:
-                            break
-                        self._room.wait(0.5)
+                            group.append(pending)
+                            wanted += todo
+                            pending = next(queue, None)
+                        elif group:
+                            break  # fetch what is in hand first
+                        else:
+                            self._room.wait(0.5)
                     if stop.is_set():
                         return
-                    if step < self.reads - base:
-                        continue
+                if not group:
+                    return
                 try:
-                    self._fetch_claimed(packs)
+                    self._fetch_claimed(np.unique(np.concatenate([packs for _, packs in group])))
                 except Exception:
                     return  # the builder fetches these itself and reports the error where it is seen
                 with self._lock:
-                    for p in packs.tolist():
-                        if self.present[p] and p not in self._consumed:
-                            self._ahead[p] = step
+                    for step, packs in group:
+                        for p in packs.tolist():
+                            if self.present[p] and p not in self._consumed:
+                                self._ahead[p] = step
 
         threading.Thread(target=work, daemon=True, name="packer-read-ahead").start()
         return stop

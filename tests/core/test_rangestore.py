@@ -306,3 +306,32 @@ def test_shuffle_blocks_fetches_a_batch_in_two_requests_a_run(run, monkeypatch, 
     opened = plain.dataset.ranges.stats()["requests"]
     _batches(plain)
     assert plain.dataset.ranges.stats()["requests"] - opened > 3 * 2 * pieces
+
+
+def test_a_read_ahead_that_fell_behind_fetches_the_window_in_one_round(run, monkeypatch, tmp_path):
+    """Each round of the read-ahead fetches every batch inside its window: on a store slower per round trip than a
+    step, its rate is the window's per round trip, not one batch's. The batches are the local run's."""
+    import threading
+    import time
+
+    from packer.core.rangestore import RangeReader, RemoteRun
+    from packer.train.loader import PackedLoader
+
+    local, url = run
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "c"))
+    cat, fetch, rounds = RemoteRun._cat, RangeReader._fetch_claimed, []
+
+    def slow(self, *a):
+        time.sleep(0.2)
+        return cat(self, *a)
+
+    def counted(self, packs):
+        if threading.current_thread().name == "packer-read-ahead":
+            rounds.append(len(packs))
+        return fetch(self, packs)
+
+    monkeypatch.setattr(RemoteRun, "_cat", slow)
+    monkeypatch.setattr(RangeReader, "_fetch_claimed", counted)
+    kw = dict(rank=0, world_size=2, seed=3, read_ahead=4, cache_limit=None)
+    assert _batches(PackedLoader(url, 2, **kw), 8) == _batches(PackedLoader(local, 2, **kw), 8)
+    assert rounds and max(rounds) >= 3 * 2, f"one batch a round ({rounds})"
