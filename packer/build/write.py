@@ -64,6 +64,8 @@ def _batch_layout(ids: pa.ListArray, mask: pa.ListArray, mm, folder: str) -> tup
     its file of input_ids' and loss_mask's element 0, each checked to lie inside the file."""
     base, size = pa.py_buffer(mm).address, len(mm)
     hint = "the tokenized stage is damaged; delete it and re-run `packer pack`"
+    if ids.null_count or mask.null_count or ids.values.null_count or mask.values.null_count:
+        raise FormatError(folder, "a token column holds nulls, which the tokenized format never has", hint)
     at = []
     for col in (ids, mask):
         values = arrow.to_numpy(col.values)
@@ -116,6 +118,9 @@ class _Source:
                 self.mask_at.append(mask_at)
                 self.fd.append(fd)
                 rows.append(rows[-1] + len(ids))
+                if index.null_count or role.null_count:
+                    raise FormatError(folder, "example_index or role holds nulls, which the tokenized format never "
+                                      "has", "the tokenized stage is damaged; delete it and re-run `packer pack`")
                 examples.append(arrow.to_numpy(index).copy())
                 roles.append(arrow.to_numpy(role).copy())
         self.row_starts = np.asarray(rows, dtype=np.int64)

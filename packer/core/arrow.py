@@ -18,8 +18,15 @@ _NUMPY = {pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32, pa.int
 
 
 def array(values, type: pa.DataType) -> pa.Array:
-    """A fixed-width Arrow array (no nulls) of `values` (any array-like), cast to `type` as numpy casts."""
-    data = np.ascontiguousarray(np.asarray(values).astype(_NUMPY[type], copy=False))
+    """A fixed-width Arrow array (no nulls) of `values` (any array-like) as `type`; ValueError for an integer
+    that `type` cannot hold (as pa.array refuses it), never a wrapped one."""
+    values = np.asarray(values)
+    target = np.dtype(_NUMPY[type])
+    if values.size and values.dtype != target and values.dtype.kind in "iub" and target.kind in "iu":
+        lo, hi = int(values.min()), int(values.max())
+        if lo < np.iinfo(target).min or hi > np.iinfo(target).max:
+            raise ValueError(f"values {lo}..{hi} do not fit {type}")
+    data = np.ascontiguousarray(values.astype(target, copy=False))
     return pa.Array.from_buffers(type, len(data), [None, pa.py_buffer(data)])
 
 
@@ -37,8 +44,8 @@ def large_binary(items: list[bytes]) -> pa.Array:
 
 
 def to_numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A fixed-width column (no nulls) as numpy: a read-only view of one array's buffer, or the chunks of a
-    chunked column concatenated. ValueError for a type or nulls this does not convert."""
+    """A fixed-width column (no nulls) as numpy: a view of one array's buffer (shared memory: do not write to
+    it), or the chunks of a chunked column concatenated. ValueError for a type or nulls this does not convert."""
     if isinstance(column, pa.ChunkedArray):
         dtype = _dtype(column.type)
         parts = [to_numpy(c) for c in column.chunks]

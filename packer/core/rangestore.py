@@ -477,7 +477,9 @@ class RangeReader:
         Each round fetches every batch that is inside the window and fits, in one round of requests: ahead of
         the reader that is the one batch that just entered the window, but a fetch that fell behind (a store
         slower per request than a step is long) catches up with as many batches a round as the window holds,
-        so the rate is the window's over one round's latency, not one batch per round trip."""
+        so the rate is the window's over one round's latency, not one batch per round trip. The batch the
+        builder reads next goes in a round of its own, so it never waits for the batches after it; a round holds
+        at most `window` batches' packs in memory."""
         stop = threading.Event()
         limit = self.run.cache_limit
         with self._lock:
@@ -503,6 +505,8 @@ class RangeReader:
                             group.append(pending)
                             wanted += todo
                             pending = next(queue, None)
+                            if step == done:
+                                break  # the batch the builder needs now goes alone: it never waits for others
                         elif group:
                             break  # fetch what is in hand first
                         else:
@@ -525,9 +529,12 @@ class RangeReader:
         return stop
 
     def stats(self) -> dict:
-        """bytes_fetched (heads included), requests, bytes_of_packs_read, bytes held now."""
-        return {"bytes_fetched": self.run.bytes_fetched, "requests": self.run.requests,
-                "bytes_of_packs_read": self.bytes_of_packs_read, "bytes_held": self.held}
+        """bytes_fetched (heads included), requests, bytes_of_packs_read, bytes held now, and of those the bytes
+        of packs fetched ahead for batches not read yet (bytes_ahead)."""
+        with self._lock:
+            ahead = int(self.pack_bytes[[p for p in self._ahead if self.present[p]]].sum()) if self._ahead else 0
+            return {"bytes_fetched": self.run.bytes_fetched, "requests": self.run.requests,
+                    "bytes_of_packs_read": self.bytes_of_packs_read, "bytes_held": self.held, "bytes_ahead": ahead}
 
 
 __all__ = ["DEFAULT_CACHE_LIMIT", "RangeReader", "RemoteRun"]

@@ -95,6 +95,9 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True, costs: np.n
     of its packs alike, not always the heaviest or the lightest, as long as group is at least
     batch_size x world_size.
     """
+    if blocks > 1 and group > 1:
+        raise ConfigError(f"blocks={blocks} with group={group}: runs of neighbouring packs are not grouped by cost; "
+                          "give one of them")
     if blocks > 1 and shuffle and n:
         rng = np.random.default_rng([seed, epoch, 2])
         shift = int(rng.integers(n))
@@ -370,9 +373,10 @@ class _From(torch.utils.data.Sampler):
         return self.stop - self.start
 
 
-def _shuffle_blocks(blocks, shuffle: bool, eval: bool, group: int, balance, cost) -> int:
+def _shuffle_blocks(blocks, shuffle: bool, eval: bool, group: int, balance, cost, packs: int) -> int:
     """PackedLoader's shuffle_blocks, checked: runs of neighbouring packs replace the deal by cost, so it
-    goes with none of the options that order or deal packs by cost (or do not shuffle)."""
+    goes with none of the options that order or deal packs by cost (or do not shuffle), and the run must
+    hold at least two whole runs (one is the shards' order, only turned round)."""
     try:
         n = operator.index(blocks) if not isinstance(blocks, bool) else -1
     except TypeError:
@@ -390,6 +394,9 @@ def _shuffle_blocks(blocks, shuffle: bool, eval: bool, group: int, balance, cost
     if clash:
         raise ConfigError(f"shuffle_blocks={n} with {clash}: shuffle_blocks gives each rank runs of neighbouring "
                           "packs in turn, not packs dealt by cost; drop one of them")
+    if packs // n < 2:
+        raise ConfigError(f"shuffle_blocks={n} on a run of {packs} packs: fewer than two whole runs, so nothing "
+                          f"would be shuffled; give at most {max(packs // 2, 1)} (or 0)")
     return n
 
 
@@ -494,7 +501,8 @@ class PackedLoader(torch.utils.data.IterableDataset):
             raise ConfigError(f"group_by_cost={group_by_cost} with eval=True: evaluation reads the packs in order; "
                               "drop group_by_cost")
         self.group_by_cost = group_by_cost
-        self.shuffle_blocks = _shuffle_blocks(shuffle_blocks, shuffle, eval, group_by_cost, balance, cost)
+        self.shuffle_blocks = _shuffle_blocks(shuffle_blocks, shuffle, eval, group_by_cost, balance, cost,
+                                              len(self.dataset))
         balance = "tokens" if balance is None else balance
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last

@@ -211,24 +211,47 @@ def test_the_merge_model_is_the_one_cp_model_builds(items, bins, pack_len, cap):
     very model cp_model's API gives, so the solver (and the plan) sees no difference."""
     from packer.build.planners import ortools as planner
 
-    mine = planner._merge_model(items, bins, pack_len, cap)
-    assert mine is not None, "this ortools has the native proto"
-    assert str(mine) == str(planner._cp_model(items, bins, pack_len, cap).proto)
+    assert str(planner._merge_model(items, bins, pack_len, cap)) == str(_cp_model(items, bins, pack_len, cap).proto)
 
 
-def test_the_merge_solved_through_cp_model_gives_the_same_plan(monkeypatch):
-    """An ortools with no native proto builds the model through cp_model: the same plan."""
+def _cp_model(items: list[int], bins: int, pack_len: int, cap: int):
+    """The merge model through cp_model's own API (as the planner built it before it built the proto)."""
+    from ortools.sat.python import cp_model
+
+    m = cp_model.CpModel()
+    x = [[m.new_bool_var(f"x{i}_{b}") for b in range(bins)] for i in range(len(items))]
+    for i in range(len(items)):
+        m.add_exactly_one(x[i])
+    for b in range(bins):
+        m.add(sum(items[i] * x[i][b] for i in range(len(items))) <= pack_len)
+        if cap < len(items):
+            m.add(sum(x[i][b] for i in range(len(items))) <= cap)
+    for i in range(min(len(items), bins)):
+        for b in range(i + 1, bins):
+            m.add(x[i][b] == 0)
+    return m
+
+
+def test_the_merge_solved_as_a_proto_gives_what_cp_model_gives(monkeypatch):
+    """The same solution and the same deterministic time as cp_model's CpSolver with the same parameters, on a
+    case where CP-SAT merges packs."""
+    from ortools.sat.python import cp_model
+
     from packer.build.planners import ortools as planner
 
     lengths = np.array([10, 8, 7, 15, 11, 16, 13, 6, 8, 9, 5, 9, 17, 5, 14, 7, 4, 13, 9, 20, 11, 4, 9, 7, 8, 8, 20, 4,
                         11, 13, 8])
-    solve, merged = planner._solve, []
-    monkeypatch.setattr(planner, "_solve", lambda *a: merged.append(solve(*a)[0] is not None) or solve(*a))
-    lean = packer.plan(lengths, 23, "ortools", time_limit=0.5, max_segments=3)
-    assert any(merged), "the case must merge packs with CP-SAT"
-    monkeypatch.setattr(planner, "_merge_model", lambda *a: None)
-    old = packer.plan(lengths, 23, "ortools", time_limit=0.5, max_segments=3)
-    assert np.array_equal(old.order, lean.order) and np.array_equal(old.offsets, lean.offsets)
+    solve, calls = planner._solve, []
+    monkeypatch.setattr(planner, "_solve", lambda *a: calls.append((a, solve(*a))) or calls[-1][1])
+    packer.plan(lengths, 23, "ortools", time_limit=0.5, max_segments=3)
+    assert any(got[0] is not None for _, got in calls), "the case must merge packs with CP-SAT"
+    for (items, bins, pack_len, cap, seconds, seed), got in calls:
+        solver = cp_model.CpSolver()
+        solver.parameters.max_deterministic_time = seconds
+        solver.parameters.num_workers = 1
+        solver.parameters.random_seed = seed
+        ok = solver.solve(_cp_model(items, bins, pack_len, cap)) in (cp_model.OPTIMAL, cp_model.FEASIBLE)
+        assert got == (list(solver.response_proto.solution) if ok else None, solver.deterministic_time)
 
 
 @settings(max_examples=60, deadline=None)

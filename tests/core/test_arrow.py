@@ -42,3 +42,19 @@ def test_nulls_and_other_types_are_refused():
         arrow.to_numpy(pa.array([1, None], pa.int64()))
     with pytest.raises(ValueError, match="string"):
         arrow.to_numpy(pa.array(["a"]))
+
+
+def test_a_tokenized_chunk_with_nulls_is_a_format_error_naming_it(tmp_path):
+    """Nulls (which the format never has) in a chunk read back: the file named, never a bare ValueError."""
+    from packer.core.errors import FormatError
+    from packer.core.formats import tokenized as tok
+
+    table = tok.examples_table(np.arange(2), np.zeros(2), np.arange(2), np.array([2, 1]), np.array([5, 6, 7]),
+                               np.array([0, 1, 1]))
+    damaged = table.set_column(table.schema.get_field_index("role"), "role", pa.array([0, None], pa.uint8()))
+    path = tmp_path / "chunk-00000.arrow"
+    tok.write_chunk(damaged, path)
+    with pa.OSFile(str(path), "r") as f, pytest.raises(FormatError, match="chunk-00000.arrow.*role"):
+        tok._checked_table(path, f, {"examples": 2}, "re-run")
+    with pytest.raises(ValueError, match="do not fit uint8"):
+        arrow.array([1, 300], pa.uint8())

@@ -335,3 +335,4 @@ def test_a_read_ahead_that_fell_behind_fetches_the_window_in_one_round(run, monk
     kw = dict(rank=0, world_size=2, seed=3, read_ahead=4, cache_limit=None)
     assert _batches(PackedLoader(url, 2, **kw), 8) == _batches(PackedLoader(local, 2, **kw), 8)
     assert rounds and max(rounds) >= 3 * 2, f"one batch a round ({rounds})"
+    assert rounds[0] == 2, "the batch the builder reads first waited for the batches after it"

@@ -486,3 +486,10 @@ def test_shuffle_blocks_is_refused_with_what_deals_by_cost(run):
     with pytest.raises(ConfigError, match="state was saved with shuffle_blocks=4, this loader has shuffle_blocks=0"):
         PackedLoader(run, 2, world_size=2, seed=1).load_state_dict(a.state_dict())
     assert PackedLoader(run, 2, shuffle_blocks=1).shuffle_blocks == 0  # a run of one is plain shuffling
+    n = len(PackedShards(run))
+    with pytest.raises(ConfigError, match=f"shuffle_blocks={n // 2 + 1} on a run of {n} packs: fewer than two whole"):
+        PackedLoader(run, 2, shuffle_blocks=n // 2 + 1)
+    assert PackedLoader(run, 2, shuffle_blocks=n // 2).shuffle_blocks == n // 2
+    from packer.train.loader import epoch_order
+    with pytest.raises(ConfigError, match="blocks=4 with group=5"):
+        epoch_order(20, 0, 0, costs=np.ones(20), group=5, blocks=4)

@@ -194,15 +194,13 @@ def _cpsat_merge(groups: list[list[int]], pack_len: int, cap: int, budget: _Budg
 
 
 def _merge_model(items: list[int], bins: int, pack_len: int, cap: int):
-    """_cpsat_merge's model as a CpModelProto, built field by field: the proto cp_model.CpModel gives for it
-    (a test holds them equal), without importing cp_model, which imports pandas (~45 MB of memory kept for
-    the rest of a `packer pack`). None where this ortools has no native proto (older releases)."""
-    try:
-        from ortools.sat.python import cp_model_helper as cmh
+    """_cpsat_merge's model as a CpModelProto (ortools >= 9.15, whose protos are native), built field by field:
+    the proto cp_model.CpModel gives for it (a test holds them equal), and the solve is the one CpSolver.solve
+    makes (SolveWrapper, these parameters), without importing cp_model, which imports pandas (~45 MB of
+    memory kept for the rest of a `packer pack`)."""
+    from ortools.sat.python import cp_model_helper as cmh
 
-        proto = cmh.CpModelProto()
-    except (ImportError, AttributeError):
-        return None
+    proto = cmh.CpModelProto()
     n = len(items)
     for i in range(n):
         for b in range(bins):
@@ -228,43 +226,13 @@ def _merge_model(items: list[int], bins: int, pack_len: int, cap: int):
     return proto
 
 
-def _cp_model(items: list[int], bins: int, pack_len: int, cap: int):
-    """The same model through cp_model's API: for an ortools with no native proto, and for the test that
-    holds _merge_model to it."""
-    from ortools.sat.python import cp_model
-
-    m = cp_model.CpModel()
-    x = [[m.new_bool_var(f"x{i}_{b}") for b in range(bins)] for i in range(len(items))]
-    for i in range(len(items)):
-        m.add_exactly_one(x[i])
-    for b in range(bins):
-        m.add(sum(items[i] * x[i][b] for i in range(len(items))) <= pack_len)
-        if cap < len(items):
-            m.add(sum(x[i][b] for i in range(len(items))) <= cap)
-    for i in range(min(len(items), bins)):
-        for b in range(i + 1, bins):
-            m.add(x[i][b] == 0)
-    return m
-
-
 def _solve(items: list[int], bins: int, pack_len: int, cap: int, seconds: float, seed: int
            ) -> tuple[list[int] | None, float]:
     """(the solution's values, x[i][b] at i * bins + b, or None; deterministic seconds used) of the merge
     model, with one worker, `seconds` of deterministic time and `seed`."""
-    proto = _merge_model(items, bins, pack_len, cap)
-    if proto is None:
-        from ortools.sat.python import cp_model
-
-        m = _cp_model(items, bins, pack_len, cap)
-        solver = cp_model.CpSolver()
-        solver.parameters.max_deterministic_time = seconds
-        solver.parameters.num_workers = 1
-        solver.parameters.random_seed = seed
-        status = solver.solve(m)
-        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            return None, solver.deterministic_time
-        return list(solver.response_proto.solution), solver.deterministic_time
     from ortools.sat.python import cp_model_helper as cmh
+
+    proto = _merge_model(items, bins, pack_len, cap)
 
     params = cmh.SatParameters()
     params.max_deterministic_time = seconds

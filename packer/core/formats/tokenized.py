@@ -185,7 +185,11 @@ def _checked_table(path: Path, source, entry: dict, hint: str) -> pa.Table:
         raise FormatError(str(path), f"unreadable tokenized chunk ({str(e).splitlines()[0][:120]})", hint) from None
     if table.num_rows != entry.get("examples"):
         raise FormatError(str(path), f"{table.num_rows} rows, manifest.json records {entry.get('examples')}", hint)
-    if table.num_rows and int(np.max(arrow.to_numpy(table.column("role")))) > MAX_ROLE:
+    try:
+        roles = arrow.to_numpy(table.column("role"))
+    except ValueError as e:  # nulls where the format has none
+        raise FormatError(str(path), f"unreadable tokenized chunk (role: {e})", hint) from None
+    if table.num_rows and int(np.max(roles)) > MAX_ROLE:
         raise FormatError(str(path), f"a role above {MAX_ROLE} (the roles are 0-{MAX_ROLE})", hint)
     return table
 
@@ -208,7 +212,10 @@ def read_columns(folder: str | Path, names: Sequence[str], *, verify: bool = Tru
         except OSError as e:
             raise FormatError(str(path), f"unreadable tokenized chunk ({str(e).splitlines()[0][:120]})", hint) from None
         for n in names:
-            parts[n].append(arrow.to_numpy(table.column(n)).astype(np.int64))
+            try:
+                parts[n].append(arrow.to_numpy(table.column(n)).astype(np.int64))
+            except ValueError as e:  # nulls where the format has none
+                raise FormatError(str(path), f"unreadable tokenized chunk ({n}: {e})", hint) from None
         del table
         pa.default_memory_pool().release_unused()  # one chunk's buffers at a time, not the pool's high-water
     return {n: np.concatenate(p) if p else np.zeros(0, np.int64) for n, p in parts.items()}
