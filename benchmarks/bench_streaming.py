@@ -445,7 +445,10 @@ def worker_main(cfg_path: str) -> None:
                 out["samples_at_frac"] = len(ids)
                 ranges = getattr(getattr(loader, "dataset", None), "ranges", None)  # Packer, streamed
                 if c["lib"].startswith("packer") and ranges is not None:
-                    out["ahead_at_frac"] = ranges.stats()["bytes_ahead"]  # fetched for the coming batches
+                    # pack bytes its builder has read (the prefetched batches too), holds or is fetching for the
+                    # coming batches
+                    st = ranges.stats()
+                    out["read_or_ahead_at_frac"] = st["bytes_of_packs_read"] + st["bytes_ahead"] + st["bytes_in_flight"]
             if c["mode"] == "A" and nb == c["k_save"]:
                 state = side.state()
                 out["state"] = state
@@ -612,10 +615,11 @@ def summarize(a, lib: str, A: list[dict], B: list[dict] | None) -> dict:
     row["samples10_mean"] = float(np.mean(samp)) if samp else float("nan")
     row["ratio10"] = sum(s["bytes"] for s in s10) / max(1, sum(samp) * pb)
     row["data_ratio10"] = sum(s["bytes"] - s.get("meta_bytes", 0) for s in s10) / max(1, sum(samp) * pb)
-    if any("ahead_at_frac" in r for r in A):  # what the read-ahead holds for the next batches is not waste
-        row["data_ratio10_less_read_ahead"] = round(sum(
-            s["bytes"] - s.get("meta_bytes", 0) - r.get("ahead_at_frac", 0)
-            for r, s in zip((r for r in A if r.get("stats_at_frac")), s10)) / max(1, sum(samp) * pb), 3)
+    if any("read_or_ahead_at_frac" in r for r in A):
+        # Against what the loader has read (its prefetched batches too) or holds for the coming batches, not
+        # the samples handed over: what it fetched and will never read is the waste.
+        row["data_ratio10_of_read_or_ahead"] = round(sum(s["bytes"] - s.get("meta_bytes", 0) for s in s10) / max(
+            1, sum(r.get("read_or_ahead_at_frac", 0) for r in A if r.get("stats_at_frac"))), 3)
     row["epoch_bytes_mean"] = float(np.mean([r["stats_final"]["bytes"] for r in A]))
     row["epoch_ratio"] = sum(r["stats_final"]["bytes"] for r in A) / max(1, sum(len(r["ids"]) for r in A) * pb)
     waits = np.array([w for r in A for w in r["waits"]]) * 1e3
@@ -797,7 +801,7 @@ def main() -> None:
     print(table)
     print()
     for r in rows:
-        extra = {k: r[k] for k in ("data_ratio10_less_read_ahead", "epoch_batches", "A_max_next_s@batch", "resume_batches_B",
+        extra = {k: r[k] for k in ("data_ratio10_of_read_or_ahead", "epoch_batches", "A_max_next_s@batch", "resume_batches_B",
                                                  "resume_ttfb_s", "B_max_next_s@batch", "B_elapsed_s", "phase_wall_s") if k in r}
         if extra:
             print(f"- {r['lib']}: {json.dumps(extra)}")

@@ -530,11 +530,12 @@ class RangeReader:
 
     def stats(self) -> dict:
         """bytes_fetched (heads included), requests, bytes_of_packs_read, bytes held now, and of those the bytes
-        of packs fetched ahead for batches not read yet (bytes_ahead)."""
+        of packs fetched ahead for batches not read yet (bytes_ahead); bytes_in_flight: packs being fetched now."""
         with self._lock:
             ahead = int(self.pack_bytes[[p for p in self._ahead if self.present[p]]].sum()) if self._ahead else 0
             return {"bytes_fetched": self.run.bytes_fetched, "requests": self.run.requests,
-                    "bytes_of_packs_read": self.bytes_of_packs_read, "bytes_held": self.held, "bytes_ahead": ahead}
+                    "bytes_of_packs_read": self.bytes_of_packs_read, "bytes_held": self.held, "bytes_ahead": ahead,
+                    "bytes_in_flight": self._inflight_bytes}
 
 
 __all__ = ["DEFAULT_CACHE_LIMIT", "RangeReader", "RemoteRun"]
