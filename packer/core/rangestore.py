@@ -346,15 +346,20 @@ class RangeReader:
         want = (sh.pack_tokens_xxh3 if which == 0 else sh.pack_mask_xxh3)[int(self._local[p])]
         return xxhash.xxh3_64_intdigest(data) == int(want)
 
-    def _claim(self, packs: np.ndarray) -> np.ndarray:
+    def _claim(self, packs: np.ndarray, ahead: bool = False) -> np.ndarray:
         """Under the lock: wait while another thread fetches any of `packs`, then claim the absent ones for this
-        thread (room made for them under cache_limit); returns them."""
+        thread (room made for them under cache_limit); returns them. ahead (the read-ahead): nothing is claimed
+        where room cannot be made, since only a batch being read may go over cache_limit (the builder fetches
+        these itself when it gets there)."""
         while any(p in self._inflight for p in packs.tolist()):
             self._room.wait()
         missing = packs[~self.present[packs]]
         if len(missing):
             size = int(self.pack_bytes[missing].sum())
             self._evict(size)
+            limit = self.run.cache_limit
+            if ahead and limit is not None and self.held + self._inflight_bytes + size > limit:
+                return missing[:0]
             self._inflight.update(missing.tolist())
             self._inflight_bytes += size
         return missing
@@ -416,10 +421,10 @@ class RangeReader:
         self._consumed.pop(p, None)
         self._ahead.pop(p, None)
 
-    def _fetch_claimed(self, packs: np.ndarray) -> None:
-        """Claim, fetch and settle `packs` (the caller holds no lock)."""
+    def _fetch_claimed(self, packs: np.ndarray, ahead: bool = False) -> None:
+        """Claim, fetch and settle `packs` (the caller holds no lock; ahead: for the read-ahead, see _claim)."""
         with self._lock:
-            missing = self._claim(packs)
+            missing = self._claim(packs, ahead)
         if not len(missing):
             return
         try:
@@ -516,7 +521,7 @@ class RangeReader:
                 if not group:
                     return
                 try:
-                    self._fetch_claimed(np.unique(np.concatenate([packs for _, packs in group])))
+                    self._fetch_claimed(np.unique(np.concatenate([packs for _, packs in group])), ahead=True)
                 except Exception:
                     return  # the builder fetches these itself and reports the error where it is seen
                 with self._lock:

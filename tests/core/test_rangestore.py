@@ -325,10 +325,10 @@ def test_a_read_ahead_that_fell_behind_fetches_the_window_in_one_round(run, monk
         time.sleep(0.2)
         return cat(self, *a)
 
-    def counted(self, packs):
+    def counted(self, packs, **kw):
         if threading.current_thread().name == "packer-read-ahead":
             rounds.append(len(packs))
-        return fetch(self, packs)
+        return fetch(self, packs, **kw)
 
     monkeypatch.setattr(RemoteRun, "_cat", slow)
     monkeypatch.setattr(RangeReader, "_fetch_claimed", counted)
