@@ -373,14 +373,19 @@ class _From(torch.utils.data.Sampler):
         return self.stop - self.start
 
 
+def _count(value) -> int:
+    """An int option's value, or -1 where it is not an int (a bool included)."""
+    try:
+        return operator.index(value) if not isinstance(value, bool) else -1
+    except TypeError:
+        return -1
+
+
 def _shuffle_blocks(blocks, shuffle: bool, eval: bool, group: int, balance, cost, packs: int) -> int:
     """PackedLoader's shuffle_blocks, checked: runs of neighbouring packs replace the deal by cost, so it
     goes with none of the options that order or deal packs by cost (or do not shuffle), and the run must
     hold at least two whole runs (one is the shards' order, only turned round)."""
-    try:
-        n = operator.index(blocks) if not isinstance(blocks, bool) else -1
-    except TypeError:
-        n = -1
+    n = _count(blocks)
     if n < 0:
         raise ConfigError(f"shuffle_blocks={blocks!r}: give the packs per run of neighbours the epoch shuffles "
                           "(0 for every pack alone; a few times batch_size is enough)")
@@ -489,10 +494,7 @@ class PackedLoader(torch.utils.data.IterableDataset):
             raise ConfigError(f"read_ahead={read_ahead!r}: give how many batches a remote run's packs are fetched ahead "
                               "(0 for none)")
         self.read_ahead = read_ahead
-        try:
-            group = operator.index(group_by_cost) if not isinstance(group_by_cost, bool) else -1
-        except TypeError:
-            group = -1
+        group = _count(group_by_cost)
         if group < 0:
             raise ConfigError(f"group_by_cost={group_by_cost!r}: give the window, in packs, whose packs are ordered by "
                               "cost (0 for none; 4 x batch_size x world_size or more evens out every step)")
