@@ -174,12 +174,17 @@ def _listed(folder: str | Path, verify: bool) -> tuple[dict, str]:
     return manifest, hint
 
 
-def _checked_table(path: Path, source, entry: dict, hint: str) -> pa.Table:
-    """One chunk read from `source`, checked for the schema, Arrow's structure and the manifest's row count."""
+def _checked_table(path: Path, source, entry: dict, hint: str, fields: Sequence[str] | None = None) -> pa.Table:
+    """One chunk read from `source`, checked for the schema, Arrow's structure and the manifest's row count.
+    fields: read only these columns (and role, which is checked), not the token lists."""
     try:
-        table = pa.ipc.open_file(source).read_all()
-        if not (table.schema.equals(SCHEMA) or table.schema.equals(SCHEMA_IMAGES)):
-            raise ValueError(f"schema {table.schema.names} is not the tokenized schema")
+        reader = pa.ipc.open_file(source)
+        if not (reader.schema.equals(SCHEMA) or reader.schema.equals(SCHEMA_IMAGES)):
+            raise ValueError(f"schema {reader.schema.names} is not the tokenized schema")
+        if fields is not None:
+            keep = sorted({reader.schema.get_field_index(n) for n in (*fields, "role")} - {-1})
+            reader = pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(included_fields=keep))
+        table = reader.read_all()
         table.validate()
     except (pa.ArrowException, OSError, ValueError) as e:
         raise FormatError(str(path), f"unreadable tokenized chunk ({str(e).splitlines()[0][:120]})", hint) from None
@@ -194,13 +199,16 @@ def _checked_table(path: Path, source, entry: dict, hint: str) -> pa.Table:
     return table
 
 
-def read_columns(folder: str | Path, names: Sequence[str], *, verify: bool = True) -> dict[str, np.ndarray]:
+def read_columns(folder: str | Path, names: Sequence[str], *, verify: bool = True,
+                 whole: bool = False) -> dict[str, np.ndarray]:
     """The per-example columns `names` (not the token lists) of a tokenize stage folder, as int64 arrays
     (every file's sha256 checked once per run with verify=True, the default).
 
     Each chunk is read (not mapped), checked as open_tokenized checks it, and dropped before the next:
     mapping would fault whole page-cache folios into this process for a few bytes a row (~40 MB at
-    150k examples on Linux 6.18), so memory would grow with the data.
+    150k examples on Linux 6.18), so memory would grow with the data. Only the columns asked for (and
+    role) are read, not the token lists (which are most of a chunk's bytes); whole=True reads and checks
+    every column (`packer verify`).
     """
     manifest, hint = _listed(folder, verify)
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
@@ -208,7 +216,7 @@ def read_columns(folder: str | Path, names: Sequence[str], *, verify: bool = Tru
         path = Path(folder) / c["file"]
         try:
             with pa.OSFile(str(path), "r") as f:
-                table = _checked_table(path, f, c, hint)
+                table = _checked_table(path, f, c, hint, None if whole else names)
         except OSError as e:
             raise FormatError(str(path), f"unreadable tokenized chunk ({str(e).splitlines()[0][:120]})", hint) from None
         for n in names:
@@ -227,5 +235,5 @@ def verify(folder: str | Path) -> str:
     Returns a one-line summary; FormatError names the first bad file."""
     manifest, _ = _listed(folder, verify=False)
     check_files(Path(folder), manifest)
-    lengths = read_columns(folder, ["length"], verify=False)["length"]
+    lengths = read_columns(folder, ["length"], verify=False, whole=True)["length"]
     return f"{len(manifest['chunks'])} chunks, {len(lengths):,} examples, {int(lengths.sum()):,} tokens"
