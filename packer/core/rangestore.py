@@ -356,9 +356,7 @@ class RangeReader:
         missing = packs[~self.present[packs]]
         if len(missing):
             size = int(self.pack_bytes[missing].sum())
-            self._evict(size)
-            limit = self.run.cache_limit
-            if ahead and limit is not None and self.held + self._inflight_bytes + size > limit:
+            if not self._evict(size) and ahead:
                 return missing[:0]
             self._inflight.update(missing.tolist())
             self._inflight_bytes += size
@@ -376,20 +374,22 @@ class RangeReader:
             self.held += size
         self._room.notify_all()
 
-    def _evict(self, room: int) -> None:
+    def _evict(self, room: int) -> bool:
         """Evict unpinned packs until `room` more bytes fit under cache_limit with what is held and in flight
-        (consumed packs first, then read-ahead packs needed furthest ahead). The caller holds the lock."""
+        (consumed packs first, then read-ahead packs needed furthest ahead); whether they fit. The caller holds
+        the lock."""
         limit = self.run.cache_limit
         if limit is None:
-            return
+            return True
         while self.held + self._inflight_bytes + room > limit:
             victim = next((p for p in self._consumed if p not in self._pins), None)
             if victim is None:
                 ahead = [p for p in self._ahead if p not in self._pins]
                 if not ahead:
-                    return  # everything held is being read: over the limit for this batch only
+                    return False  # everything held is being read: over the limit for this batch only
                 victim = max(ahead, key=self._ahead.__getitem__)
             self._drop(victim)
+        return True
 
     def _drop(self, p: int) -> None:
         """Evict pack p: its ranges punched out, with the pages they share with neighbours that are not held
@@ -504,8 +504,8 @@ class RangeReader:
                             pending = next(queue, None)
                             continue
                         todo = int(self.pack_bytes[packs[~self.present[packs]]].sum())
-                        ahead = int(self.pack_bytes[list(self._ahead)].sum()) if self._ahead else 0
-                        room = limit is None or ahead + self._inflight_bytes + wanted + todo <= limit - reserve
+                        room = limit is None or self._ahead_bytes() + self._inflight_bytes + wanted + todo <= \
+                            limit - reserve
                         if step - done < window and room:
                             group.append(pending)
                             wanted += todo
@@ -537,10 +537,13 @@ class RangeReader:
         """bytes_fetched (heads included), requests, bytes_of_packs_read, bytes held now, and of those the bytes
         of packs fetched ahead for batches not read yet (bytes_ahead); bytes_in_flight: packs being fetched now."""
         with self._lock:
-            ahead = int(self.pack_bytes[[p for p in self._ahead if self.present[p]]].sum()) if self._ahead else 0
             return {"bytes_fetched": self.run.bytes_fetched, "requests": self.run.requests,
-                    "bytes_of_packs_read": self.bytes_of_packs_read, "bytes_held": self.held, "bytes_ahead": ahead,
-                    "bytes_in_flight": self._inflight_bytes}
+                    "bytes_of_packs_read": self.bytes_of_packs_read, "bytes_held": self.held,
+                    "bytes_ahead": self._ahead_bytes(), "bytes_in_flight": self._inflight_bytes}
+
+    def _ahead_bytes(self) -> int:
+        """Bytes of the packs held for the read-ahead's coming batches (each held: _drop forgets it)."""
+        return int(self.pack_bytes[list(self._ahead)].sum()) if self._ahead else 0
 
 
 __all__ = ["DEFAULT_CACHE_LIMIT", "RangeReader", "RemoteRun"]

@@ -81,13 +81,15 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True, costs: np.n
 
     blocks > 1 (shuffle_blocks): the packs, in the shards' order turned round by a random offset (so a
     block's edges move from epoch to epoch), are cut into runs of `blocks` neighbours, and the runs are
-    shuffled (a short last run stays last); a run keeps its packs in the shards' order. The shard writer shuffles packs as it writes them,
-    so neighbours are a random group, but a fixed one: packs near each other in the shards share batches
-    every epoch. What it buys: a rank's batch is one or two runs of neighbouring packs, each a single byte
-    range of a shard, so a run streamed from object storage fetches a batch in a few requests, not two a pack.
+    shuffled (a short last run stays last); a run keeps its packs in the shards' order. The shard writer
+    shuffles packs as it writes them, so neighbours are a random group, but a fixed one: packs near each
+    other in the shards share batches every epoch. What it buys: a rank's batch is one or two runs of
+    neighbouring packs, each a single byte range of a shard, so a run streamed from object storage fetches
+    a batch in a few requests, not two a pack.
 
     group > 1 (grouping by cost, as length-grouped samplers do): the shuffled order is cut into windows of
-    `group` packs and each window sorted by cost, heaviest first and lightest first by turns, so neighbouring packs cost alike across window edges too. Any step of a few packs then holds packs
+    `group` packs and each window sorted by cost, heaviest first and lightest first by turns, so
+    neighbouring packs cost alike across window edges too. Any step of a few packs then holds packs
     of nearly one cost and its ranks' work is even however few packs each rank reads; the price is that a
     window's packs come heavy to light (or back) instead of at random. Ties keep the shuffled order. Windows
     are counted back from the end, so the last is a whole one, and it is turned round by a random offset

@@ -210,8 +210,8 @@ def _merge_model(items: list[int], bins: int, pack_len: int, cap: int):
     for i in range(n):
         proto.constraints.add().exactly_one.literals.extend(range(i * bins, (i + 1) * bins))
     column = [[i * bins + b for i in range(n)] for b in range(bins)]
+    rows = [(items, pack_len)] + ([([1] * n, cap)] if cap < n else [])  # per bin: its lengths, its count
     for b in range(bins):
-        rows = [(items, pack_len)] + ([([1] * n, cap)] if cap < n else [])
         for coeffs, most in rows:
             linear = proto.constraints.add().linear
             linear.vars.extend(column[b])
@@ -233,7 +233,6 @@ def _solve(items: list[int], bins: int, pack_len: int, cap: int, seconds: float,
     from ortools.sat.python import cp_model_helper as cmh
 
     proto = _merge_model(items, bins, pack_len, cap)
-
     params = cmh.SatParameters()
     params.max_deterministic_time = seconds
     params.num_workers = 1
