@@ -55,15 +55,16 @@ def _short(ids: list[int]) -> str:
     return str(ids) if len(ids) <= 24 else f"{ids[:24]}... ({len(ids)} ids)"
 
 
-_LOADED: dict[tuple[str, str], Encoder] = {}  # this process's encoders, by (backend, tokenizer fingerprint)
+_LOADED: dict[tuple[str, str], Encoder] = {}  # this process's encoders, by (backend, tokenizer.json text)
 
 
 def load(backend: str, json_text: str) -> Encoder:
     """The `backend` encoder of a tokenizer.json, built once per process (building fastokens' Llama 3 takes
-    ~2 s): the driver's gate and an in-process worker share it. One tokenizer is held at a time."""
-    key = (backend, hashlib.sha256(json_text.encode()).hexdigest())
+    ~2 s): the driver's gate and an in-process worker share it. One tokenizer is held at a time. Keyed by the
+    text itself: Python keeps a str's hash, so a lookup per batch costs nothing (a sha256 of it did)."""
+    key = (backend, json_text)
     if key not in _LOADED:
-        if len({k[1] for k in _LOADED} | {key[1]}) > 1:
+        if any(k[1] != json_text for k in _LOADED):
             _LOADED.clear()
         _LOADED[key] = ENCODERS[backend].load(json_text)
     return _LOADED[key]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import IO
 
 import msgspec
+import numpy as np
 
 from packer.core.errors import InputError
 from packer.build.sources.base import Chunk, Columns, Record
@@ -99,9 +100,14 @@ def ranges(path: str, size: int, range_bytes: int | None = None) -> list[Range]:
     return [Range(str(path), a, min(a + range_bytes, size)) for a in range(0, size, range_bytes)]
 
 
-def _owned(rng: Range) -> Iterator[tuple[int, bytes]]:
-    """(byte position, line) of every line that starts inside the range; a compressed stream's positions
-    are offsets into its decompressed bytes. Damaged compression is an InputError naming the line."""
+READ_BYTES = 1 << 20  # bytes a read takes; its lines are split in C (bytes.split), not one readline each
+
+
+def _owned(rng: Range) -> Iterator[tuple[np.ndarray, list[bytes]]]:
+    """The lines that start inside the range, a read's worth at a time: (their byte positions, the lines
+    without their newlines); a compressed stream's positions are offsets into its decompressed bytes. A line
+    longer than a read is joined once, not copied per read. Damaged compression is an InputError naming the
+    line."""
     line_no = 0
     with open_input(rng.path) as raw:
         try:
@@ -113,13 +119,28 @@ def _owned(rng: Range) -> Iterator[tuple[int, bytes]]:
                     raw.seek(rng.start - 1)
                     if raw.read(1) != b"\n":
                         pos += len(raw.readline())
+            pending: list[bytes] = []  # the start of a line whose end is not read yet
             while rng.end is None or pos < rng.end:
-                line = f.readline()
-                if not line:
-                    break
-                yield pos, line
-                pos += len(line)
-                line_no += 1
+                block = f.read(READ_BYTES)
+                if not block:
+                    if pending:  # the last line, with no newline after it
+                        yield np.array([pos], np.int64), [b"".join(pending)]
+                    return
+                pending.append(block)
+                if b"\n" not in block:
+                    continue
+                lines = b"".join(pending).split(b"\n")
+                tail = lines.pop()  # after the read's last newline: the start of the next line, or b""
+                pending = [tail] if tail else []
+                ends = pos + np.cumsum(np.fromiter(map(len, lines), np.int64, len(lines)) + 1)
+                starts = np.concatenate([[pos], ends[:-1]])
+                if rng.end is not None and ends[-1] > rng.end:  # the range ends in this read
+                    k = int(np.searchsorted(starts, rng.end))
+                    yield starts[:k], lines[:k]
+                    return
+                yield starts, lines
+                pos = int(ends[-1])
+                line_no += len(lines)
         except (EOFError, OSError) as e:  # truncated or damaged compression: never a quiet short read
             raise InputError(rng.path, line_no + 1, None, f"cannot be decompressed ({_why(e)})",
                              "the file is truncated or damaged; re-download or re-compress it "
@@ -129,6 +150,11 @@ def _owned(rng: Range) -> Iterator[tuple[int, bytes]]:
                 raise InputError(rng.path, line_no + 1, None, f"cannot be decompressed ({_why(e)})",
                                  "the file is truncated or damaged; re-download or re-compress it") from None
             raise
+
+
+def _filled(lines: list[bytes]) -> np.ndarray:
+    """Which lines are not blank (bytes.strip: ASCII whitespace), without a Python step per line."""
+    return np.fromiter(map(bool, map(bytes.strip, lines)), bool, len(lines))
 
 
 @dataclass(frozen=True)
@@ -142,23 +168,30 @@ class Counted:
 
 
 def count(task: tuple[Range, int]) -> Counted:
-    """Map step: count one range's lines and records, cutting it every chunk_records records."""
+    """Map step: count one range's lines and records, cutting it every chunk_records records (a compressed
+    range is one chunk). Whole-read array work: no Python step per line."""
     rng, chunk_records = task
-    lines, chunks = 0, []
-    start, before, records = None, 0, 0
     limit = None if compressed(rng.path) else chunk_records
-    # Per-line loop: finding line ends is the whole job, and readline does it in C.
-    for pos, line in _owned(rng):
-        if line.strip():
-            if records == limit:
-                chunks.append((start, before, records))
-                start, records = None, 0
-            if start is None:
-                start, before = pos, lines
-            records += 1
-        lines += 1
-    if records:
-        chunks.append((start, before, records))
+    lines, records, chunks = 0, 0, []  # records: of the open chunk, chunks[-1]
+    for starts, block in _owned(rng):
+        filled = np.flatnonzero(_filled(block))
+        if not chunks:
+            opens = np.arange(0, len(filled), limit or len(filled) or 1)[:1 if limit is None else None]
+        elif limit is None:
+            opens = np.zeros(0, np.int64)
+        else:  # the open chunk takes what it has room for; new chunks start every limit records after
+            opens = np.arange(limit - records, len(filled), limit)
+        head = int(opens[0]) if len(opens) else len(filled)
+        if chunks:
+            records += head
+        for j, k in zip(opens.tolist(), opens[1:].tolist() + [len(filled)]):
+            if chunks:
+                chunks[-1] = (*chunks[-1][:2], records)
+            chunks.append((int(starts[filled[j]]), lines + int(filled[j]), 0))
+            records = k - j
+        lines += len(block)
+    if chunks:
+        chunks[-1] = (*chunks[-1][:2], records)
     return Counted(lines, tuple(chunks))
 
 
@@ -189,14 +222,44 @@ def chunks(file_index: int, rngs: Sequence[Range], counted: Sequence[Counted], f
     return out
 
 
+def _chunk_range(chunk: Chunk) -> tuple[Range, int]:
+    """The range a chunk's lines are read from, and the 1-based number of its first line."""
+    start, end, line_no = chunk.payload
+    if compressed(chunk.path):  # one chunk, read from the stream's start: its lines are numbered from 1
+        return Range(chunk.path, 0, None), 1
+    return Range(chunk.path, start, end), line_no
+
+
 def lines(chunk: Chunk) -> Iterator[tuple[int, bytes]]:
     """Worker side: (1-based line number, raw bytes) of each non-blank line of the chunk, undecoded."""
-    start, end, line_no = chunk.payload
-    rng = Range(chunk.path, 0, None) if compressed(chunk.path) else Range(chunk.path, start, end)
-    for _, raw in _owned(rng):
-        if raw.strip():
-            yield line_no, raw
-        line_no += 1
+    for numbers, raws in line_blocks(chunk, READ_BYTES):
+        yield from zip(numbers, raws)
+
+
+def line_blocks(chunk: Chunk, size: int) -> Iterator[tuple[list[int], list[bytes]]]:
+    """Worker side: the chunk's non-blank lines, undecoded, in blocks of `size` (the last may be shorter):
+    (their 1-based line numbers, their bytes). No Python step per line where a read has no blank line."""
+    rng, line_no = _chunk_range(chunk)
+    numbers: list[int] = []
+    raws: list[bytes] = []
+    for _, block in _owned(rng):
+        filled = _filled(block)
+        if filled.all():
+            keep, at = block, range(line_no, line_no + len(block))
+        else:
+            kept = np.flatnonzero(filled)
+            keep, at = [block[i] for i in kept.tolist()], (kept + line_no).tolist()
+        line_no += len(block)
+        while len(keep):
+            room = size - len(raws)
+            raws.extend(keep[:room])
+            numbers.extend(at[:room])
+            keep, at = keep[room:], at[room:]
+            if len(raws) == size:
+                yield numbers, raws
+                numbers, raws = [], []
+    if raws:
+        yield numbers, raws
 
 
 def read(chunk: Chunk, columns: Columns) -> Iterator[Record]:

@@ -137,27 +137,70 @@ def scan_file(path: str, file_index: int, first_record: int, chunk_records: int,
             record += rows
 
 
-def read(chunk: Chunk, columns: Columns) -> Iterator[Record]:
-    """Worker side: the chunk's rows as dicts of the needed columns, READ_ROWS at a time."""
-    kind = chunk.payload[0]
-    if kind == "parquet":
-        _, g, row = chunk.payload
+def blocks(chunk: Chunk, columns: Columns, size: int) -> Iterator[tuple[int, pa.Table]]:
+    """Worker side: the chunk's needed columns in blocks of `size` rows (the last may be shorter), each with
+    its first row's index within the chunk. Memory: one block (a row group is read `size` rows at a time)."""
+    if chunk.payload[0] == "parquet":
+        _, g, _ = chunk.payload
         pf = _parquet(chunk.path)
-        batches = pf.iter_batches(batch_size=READ_ROWS, row_groups=[g], columns=columns.select(pf.schema_arrow.names),
+        batches = pf.iter_batches(batch_size=size, row_groups=[g], columns=columns.select(pf.schema_arrow.names),
                                   use_threads=False)
-        where = f"{chunk.path}: row group {g}, row "
     else:
-        _, part, start, count, row = chunk.payload
+        _, part, start, count, _ = chunk.payload
         reader, _ = _ipc_reader(part)
         cols = columns.select(reader.schema.names)
         batches = (b.select(cols) for b in islice(_ipc_batches(part), start, None if count is None else start + count))
-        where = f"{part}: row "
-    in_chunk = 0
-    for batch in batches:
-        for obj in batch.to_pylist():  # per-record: rendering is per record by nature
-            at = in_chunk if kind == "parquet" else row + in_chunk
-            yield Record(f"{where}{at}", None, row + in_chunk, obj)
-            in_chunk += 1
+    held: list[pa.RecordBatch] = []
+    rows = done = 0
+    for batch in batches:  # per-batch loop: cut into blocks of exactly `size` rows, whatever the stored batches
+        held.append(batch)
+        rows += batch.num_rows
+        while rows >= size:
+            table = pa.Table.from_batches(held)
+            yield done, table.slice(0, size)
+            held, rows, done = table.slice(size).to_batches(), rows - size, done + size
+    if rows:
+        yield done, pa.Table.from_batches(held)
+
+
+def places(chunk: Chunk, in_chunk: int, n: int) -> tuple[list[int], Callable[[int], str]]:
+    """Rows in_chunk .. in_chunk + n - 1 of a chunk: their stored positions (the file's 0-based rows), and
+    where(i), the i-th one's place in errors: "FILE: row group G, row R" (Parquet) or "FILE: row R" (Arrow)."""
+    if chunk.payload[0] == "parquet":
+        _, g, row = chunk.payload
+        prefix, local = f"{chunk.path}: row group {g}, row ", in_chunk
+    else:
+        _, part, _, _, row = chunk.payload
+        prefix, local = f"{part}: row ", row + in_chunk
+    return list(range(row + in_chunk, row + in_chunk + n)), lambda i: f"{prefix}{local + i}"
+
+
+def records(chunk: Chunk, block: pa.Table, in_chunk: int) -> Iterator[Record]:
+    """The rows of one block (from `blocks`, starting at row `in_chunk` of the chunk) as records: dicts of
+    the needed columns, each with its place (`places`)."""
+    positions, where = places(chunk, in_chunk, block.num_rows)
+    for i, obj in enumerate(block.to_pylist()):  # per-record: rendering is per record by nature
+        yield Record(where(i), None, positions[i], obj)
+
+
+def read(chunk: Chunk, columns: Columns) -> Iterator[Record]:
+    """Worker side: the chunk's rows as dicts of the needed columns, READ_ROWS at a time."""
+    for in_chunk, block in blocks(chunk, columns, READ_ROWS):
+        yield from records(chunk, block, in_chunk)
+
+
+def strings(block: pa.Table, fields: Sequence[str]) -> list[list[str]] | None:
+    """The block's `fields` as Python strings, column by column (no dict per row), or None where any is not a
+    plain string column without nulls: then the per-record path says what is wrong with which row."""
+    out = []
+    for name in fields:
+        if name not in block.column_names:
+            return None
+        column = block.column(name)
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)) or column.null_count:
+            return None
+        out.append(column.to_pylist())
+    return out
 
 
 def _why(e: BaseException) -> str:

@@ -112,7 +112,13 @@ def _first_true(mask: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     lengths = np.diff(offsets)
     if n == 0:
         return np.zeros(0, np.int64)
-    pos = np.flatnonzero(mask)
+    # An example's first one is at its own start or where a run of ones begins inside it: those positions
+    # only, far fewer than the ones themselves.
+    mask = np.asarray(mask, bool)
+    heads = offsets[:-1][lengths > 0]
+    pos = np.sort(np.concatenate([np.flatnonzero(mask[1:] > mask[:-1]) + 1, heads[mask[heads]]]))
+    if not len(pos):  # no ones at all
+        return lengths.astype(np.int64)
     first = np.searchsorted(pos, offsets[:-1])
     found = first < len(pos)
     cand = np.where(found, pos[np.minimum(first, len(pos) - 1)], offsets[1:])

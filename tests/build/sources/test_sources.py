@@ -4,6 +4,7 @@ folders, Python data; plus the schema and type errors that name file, row group,
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import numpy as np
@@ -204,28 +205,28 @@ line_text = st.one_of(st.just(""), st.just("   "), st.integers(0, 10**6).map(lam
 
 @settings(max_examples=80, deadline=None)
 @given(st.lists(line_text, min_size=0, max_size=40), st.sampled_from([b"\n", b"\r\n"]), st.booleans(),
-       st.integers(1, 200), st.integers(1, 7))
+       st.integers(1, 200), st.integers(1, 7), st.integers(1, 64), st.booleans())
 def test_jsonl_byte_ranges_read_every_record_once_with_its_line(tmp_path_factory, lines, eol, final_eol, range_bytes,
-                                                                chunk_records):
-    """However a file is cut into ranges (lines longer than a range, blank lines, CRLF, no final newline),
-    scan + read give every non-blank line exactly once, in order, with its 1-based line number, in chunks
+                                                                chunk_records, read_bytes, gz):
+    """However a file is cut into ranges (lines longer than a range, blank lines, CRLF, no final newline)
+    and into reads (lines longer than a read, newlines at a read's edge), plain or gzipped, scan + read give every non-blank line exactly once, in order, with its 1-based line number, in chunks
     of at most chunk_records records numbered in order."""
     from packer.build.sources import jsonl, read, scan
 
-    path = tmp_path_factory.mktemp("r") / "d.jsonl"
+    path = tmp_path_factory.mktemp("r") / ("d.jsonl.gz" if gz else "d.jsonl")
     data = eol.join(line.encode() for line in lines) + (eol if final_eol and lines else b"")
-    path.write_bytes(data)
+    path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
     expect = [(i + 1, json.loads(line)) for i, line in enumerate(lines) if line.strip()]
-    old = jsonl.RANGE_BYTES
+    old = jsonl.RANGE_BYTES, jsonl.READ_BYTES
     try:
-        jsonl.RANGE_BYTES = range_bytes
-        chunks = scan([str(path)], chunk_records, [Columns()], sizes=[len(data)])
+        jsonl.RANGE_BYTES, jsonl.READ_BYTES = range_bytes, read_bytes
+        chunks = scan([str(path)], chunk_records, [Columns()], sizes=[path.stat().st_size])
+        got = [(r.line, r.value) for c in chunks for r in read(c, Columns())]
     finally:
-        jsonl.RANGE_BYTES = old
-    got = [(r.line, r.value) for c in chunks for r in read(c, Columns())]
+        jsonl.RANGE_BYTES, jsonl.READ_BYTES = old
     assert got == expect
     assert [c.first_record for c in chunks] == list(np.cumsum([0] + [c.records for c in chunks])[:-1])
-    assert all(1 <= c.records <= chunk_records for c in chunks)
+    assert all(1 <= c.records <= (len(lines) if gz else chunk_records) for c in chunks)  # a stream: one chunk
     assert all(not isinstance(c.payload[0], list) for c in chunks), "no lines travel in a chunk"
 
 
@@ -266,3 +267,47 @@ def test_a_truncated_arrow_stream_names_the_file(tmp_path, byte_tok):
     (tmp_path / "cut.arrow").write_bytes(data[: len(data) * 2 // 3])
     with pytest.raises(InputError, match=r"cut.arrow: is truncated or damaged \(Expected to be able to read"):
         tokenize([str(tmp_path / "cut.arrow")], tmp_path / "t", C.TokenizeConfig(), tokenizer=byte_tok)
+
+
+_cell = st.one_of(st.text(st.characters(codec="utf-8"), min_size=1, max_size=12), st.just(" "), st.none())
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(_cell, _cell), min_size=1, max_size=30), st.integers(1, 9), st.integers(1, 7),
+       st.sampled_from(["parquet", "arrow"]), st.sampled_from(["sft", "text"]))
+def test_tables_rendered_by_column_give_the_per_record_paths_bytes(tmp_path_factory, rows, stored, chunk_records,
+                                                                   fmt, kind):
+    """The column-at-a-time path for sft and text tables writes the same stage files, byte for byte, as the
+    per-record path, whatever the stored row groups or batches and chunk_records, with empty, blank and null
+    fields among good ones (skipped with --skip-bad, each counted and placed as the per-record path does)."""
+    from packer.build import tokenize as T
+
+    tmp = tmp_path_factory.mktemp("t")
+    names = ("query", "response") if kind == "sft" else ("text", "other")
+    table = pa.table({names[0]: [a for a, _ in rows], names[1]: [b for _, b in rows]},
+                     schema=pa.schema([(names[0], pa.string()), (names[1], pa.string())]))
+    path = tmp / f"d.{fmt}"
+    if fmt == "parquet":
+        pq.write_table(table, path, row_group_size=stored)
+    else:
+        with pa.OSFile(str(path), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
+            w.write_table(table, max_chunksize=stored)
+    config = C.TokenizeConfig(kind=kind, chunk_records=chunk_records, skip_bad=True, max_bad="100%")
+    from packer.build.load_tokenizer import load_tokenizer
+
+    def run(out: str) -> tuple[dict | None, dict[str, bytes]]:
+        try:
+            manifest = tokenize([str(path)], tmp / out, config, tokenizer=load_tokenizer("byte"))
+        except InputError as e:  # every row bad: both paths must say the same
+            return {"error": str(e)}, {}
+        files = {p.name: p.read_bytes() for p in sorted((tmp / out).iterdir()) if p.suffix == ".arrow"}
+        return {k: manifest[k] for k in ("counts", "first_skipped") if k in manifest}, files
+
+    fast = run("fast")
+    fields = T._fast_fields
+    try:
+        T._fast_fields = lambda job, source: None  # every record through the per-record path
+        slow = run("slow")
+    finally:
+        T._fast_fields = fields
+    assert fast == slow
