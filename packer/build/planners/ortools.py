@@ -21,6 +21,7 @@ the lower bound, else None (not proven); the plan's gap to the bound says how fa
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -73,26 +74,17 @@ def _subset_sum(room: int, lengths: list[int], counts: list[int], budget: _Budge
     per 64 sums, in C); the int after each item is kept, so the subset is rebuilt from the item that first
     reached each sum (a binary search over those ints), the same subset an array per item would give.
     """
-    weights: list[tuple[int, int]] = []  # (length, copies)
-    for v, c in zip(lengths, counts):
-        c = min(c, room // v)
-        m = 1
-        while c > 0:
-            take = min(m, c)
-            weights.append((v, take))
-            c -= take
-            m *= 2
     budget.charge(CALL_SECONDS)
     full = (1 << (room + 1)) - 1
-    reach, after, used = 1, [], []  # after[k]: the sums reachable once item used[k] is in
-    for i, (v, m) in enumerate(weights):
+    reach, after, used = 1, [], []  # after[k]: the sums reachable once item used[k] (length, copies) is in
+    for v, m in _split(room, lengths, counts):  # split as far as the sums need: most stop after a few items
         w = v * m
         if w > room:
             continue
         budget.charge((room + 1 - w) / CELLS_PER_SECOND + STEP_SECONDS)  # the work an array of sums would do
         reach = (reach | (reach << w)) & full
         after.append(reach)
-        used.append(i)
+        used.append((v, m))
         if reach >> room & 1:
             break
     s = reach.bit_length() - 1
@@ -105,10 +97,23 @@ def _subset_sum(room: int, lengths: list[int], counts: list[int], budget: _Budge
                 hi = mid
             else:
                 lo = mid + 1
-        v, m = weights[used[lo]]
+        v, m = used[lo]
         out.extend([v] * m)
         s -= v * m
     return out
+
+
+def _split(room: int, lengths: list[int], counts: list[int]) -> Iterator[tuple[int, int]]:
+    """Bounded multiplicities by binary splitting: (length, 1, 2, 4, ... copies) as 0/1 items, each length's
+    copies capped at what fits in `room`. A generator: the subset sum takes only as many as it uses."""
+    for v, c in zip(lengths, counts):
+        c = min(c, room // v)
+        m = 1
+        while c > 0:
+            take = min(m, c)
+            yield v, take
+            c -= take
+            m *= 2
 
 
 class _Histogram:
