@@ -417,7 +417,7 @@ def source_table(rows: list[dict]) -> list[str]:
 
 
 def to_html(report: dict) -> str:
-    """A self-contained page: the table, the per-file table and the plots as embedded PNGs."""
+    """A self-contained page: the table, the per-file table and the plots as inline SVG."""
     from packer.build.plots import report_plots
 
     rows = "".join(f"<tr><th>{html.escape(label)}</th><td>{html.escape(_cell(report, key, fmt))}</td></tr>"
@@ -431,12 +431,11 @@ def to_html(report: dict) -> str:
             "<tr>" + "".join(f"<td>{html.escape(f.format(r[k]))}</td>" for k, _, f in SOURCE_COLUMNS) + "</tr>"
             for r in report["per_source"]) + "</table>"
     file_head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in FILE_COLUMNS)
-    imgs = "".join(f'<figure><img alt="{html.escape(t)}" src="data:image/png;base64,{b64}"><figcaption>'
-                   f"{html.escape(t)}</figcaption></figure>" for t, b64 in report_plots(report))
+    imgs = "".join(f"<figure>{svg}<figcaption>{html.escape(t)}</figcaption></figure>" for t, svg in report_plots(report))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Packer report</title>
 <style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}figure{{display:inline-block;margin:.5em}}
-img{{max-width:32em}}</style></head><body><h1>Packing report</h1><table>{rows}</table>
+svg{{max-width:100%;height:auto}}</style></head><body><h1>Packing report</h1><table>{rows}</table>
 <h2>Per input file</h2><table><tr>{file_head}</tr>{files}</table>{mix}<h2>Plots</h2>{imgs}</body></html>
 """
 
