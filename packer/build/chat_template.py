@@ -27,7 +27,6 @@ check out falls back to every prefix (within the work budget).
 from __future__ import annotations
 
 import json
-import os.path
 import re
 import numpy as np
 
@@ -396,13 +395,30 @@ def _without(msgs: list[dict], i: int, key: str) -> list[dict]:
 
 
 def _lcp(a: str, b: str) -> int:
-    """Length of the longest common prefix (os.path.commonprefix is C-speed on two strings)."""
-    return len(os.path.commonprefix([a, b]))
+    """Length of the longest common prefix: a binary search over slice comparisons (each in C), so a few
+    dozen steps, not one Python step per character as os.path.commonprefix takes (5 us against 74 us for a
+    1,500-character common prefix)."""
+    return _common(a, b, lambda s, k: s[:k])
 
 
 def _lcs(a: str, b: str) -> int:
     """Length of the longest common suffix."""
-    return _lcp(a[::-1], b[::-1])
+    return _common(a, b, lambda s, k: s[len(s) - k:])
+
+
+def _common(a: str, b: str, part) -> int:
+    """The largest k with part(a, k) == part(b, k), where equal parts of length k imply equal parts of any
+    shorter length (prefixes, suffixes)."""
+    lo, hi = 0, min(len(a), len(b))
+    if part(a, hi) == part(b, hi):
+        return hi
+    while hi - lo > 1:  # part(a, lo) == part(b, lo), part(a, hi) != part(b, hi)
+        mid = (lo + hi) // 2
+        if part(a, mid) == part(b, mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _dropped_prefix_match(turn: str, full: str, start: int) -> int:

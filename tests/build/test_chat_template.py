@@ -234,3 +234,16 @@ def test_every_shared_template_renders_as_transformers(tmp_path):
                 assert ours.render(msgs, tl, gen) == want, (tpl.name, gen, msgs[0]["content"][:40])
                 compared += 1
     assert compared >= 30
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=12), st.text(max_size=12), st.text(max_size=12))
+def test_common_prefix_and_suffix_lengths(head, x, y):
+    """_lcp and _lcs (the span boundaries come from them) equal a character-by-character count."""
+    from packer.build.chat_template import _lcp, _lcs
+
+    a, b = head + x, head + y
+    for s, t in ((a, b), (b, a), (x + head, y + head), (a, a), ("", b)):
+        assert _lcp(s, t) == next((i for i, (c, d) in enumerate(zip(s, t)) if c != d), min(len(s), len(t)))
+        assert _lcs(s, t) == _lcp(s[::-1], t[::-1])
+        assert _lcs(s, t) == next((i for i, (c, d) in enumerate(zip(s[::-1], t[::-1])) if c != d), min(len(s), len(t)))
