@@ -66,6 +66,10 @@ class VisionProcessor:
         self.family = "qwen" if kind in FAMILY else "llava"
         name = "Qwen2VLImageProcessorPil" if self.family == "qwen" else "CLIPImageProcessorPil"
         try:
+            import PIL  # noqa: F401 - the PIL backends decode and resize with it
+        except ImportError:
+            raise ConfigError(f"{folder}: reading images needs Pillow (pip install 'packer[hf]')") from None
+        try:
             import transformers
 
             cls = getattr(transformers, name)

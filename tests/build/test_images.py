@@ -241,6 +241,17 @@ def test_bad_images_and_processors_say_what_to_do(tmp_path, processor):
         pack([str(data)], tmp_path / "t", tokenizer=str(processor), tokenize_config=C.TokenizeConfig(kind="chat"))
 
 
+def test_a_processor_without_pillow_says_how_to_install_it(processor, monkeypatch):
+    """Pillow comes with the hf extra; where it is missing, --processor is refused before any work."""
+    import sys
+
+    from packer.build.images import VisionProcessor
+
+    monkeypatch.setitem(sys.modules, "PIL", None)  # import PIL raises ImportError
+    with pytest.raises(ConfigError, match=r"reading images needs Pillow \(pip install 'packer\[hf\]'\)"):
+        VisionProcessor(processor)
+
+
 def test_runs_with_images_are_byte_identical_on_rerun(tmp_path, processor):
     import hashlib
 
