@@ -250,11 +250,12 @@ def line_blocks(chunk: Chunk, size: int) -> Iterator[tuple[list[int], list[bytes
             kept = np.flatnonzero(filled)
             keep, at = [block[i] for i in kept.tolist()], (kept + line_no).tolist()
         line_no += len(block)
-        while len(keep):
+        i = 0
+        while i < len(keep):  # an index walks the read: slicing off what is taken would copy the rest each time
             room = size - len(raws)
-            raws.extend(keep[:room])
-            numbers.extend(at[:room])
-            keep, at = keep[room:], at[room:]
+            raws.extend(keep[i:i + room])
+            numbers.extend(at[i:i + room])
+            i += room
             if len(raws) == size:
                 yield numbers, raws
                 numbers, raws = [], []
