@@ -171,23 +171,12 @@ def tokenize_chunk(chunk: Chunk) -> ChunkResult:
     with pa.OSFile(str(Path(job.out) / chunk_name(chunk.index)), "wb") as sink, \
             pa.ipc.new_file(sink, SCHEMA_IMAGES if job.config.processor else SCHEMA) as writer:
         number = chunk.first_record
-        if fast is not None and kind == "table":  # sft and text from tables: whole columns rendered at once
-            for in_chunk, block in sources.table.blocks(chunk, cols, job.config.chunk_records):
-                rendered = _render_table(job, chunk, block, in_chunk, number, fast)
+        if fast is not None:  # sft and text: whole batches rendered at once
+            for rendered, records in _whole_batches(job, chunk, cols, fast, kind, number):
                 if rendered is None:  # something in the batch needs the per-record path: its errors, its skips
-                    batch = list(enumerate(sources.table.records(chunk, block, in_chunk), start=number))
-                    rendered = _render_records(job, render, batch, skipped, errors)
+                    rendered = _render_records(job, render, records(), skipped, errors)
                 _encode_batch(job, chunk, rendered, writer, counts)
-                number += block.num_rows
-        elif fast is not None:  # sft and text from JSON Lines: whole batches decoded and rendered at once
-            for line_numbers, raws in sources.jsonl.line_blocks(chunk, job.config.chunk_records):
-                rendered = _render_block(job, chunk.path, line_numbers, raws, number, fast)
-                if rendered is None:  # something in the batch needs the per-record path: its errors, its skips
-                    batch = [(number + i, Record(chunk.path, n, n, _parsed(chunk.path, n, raw)))
-                             for i, (n, raw) in enumerate(zip(line_numbers, raws))]
-                    rendered = _render_records(job, render, batch, skipped, errors)
-                _encode_batch(job, chunk, rendered, writer, counts)
-                number += len(raws)
+                number += rendered.records
         else:
             batch: list = []
             for record in sources.read(chunk, cols):
@@ -229,6 +218,24 @@ class _Rendered:
     """Per example, whether EOS is appended (None: as appends_eos says for the run)."""
     images: list | None = None
     """Runs with images: per example its images as (uint8 pixels, grid) (packer.build.images.ImageSpans)."""
+
+
+def _whole_batches(job: Job, chunk: Chunk, cols, fields: tuple[str, ...], kind: str, number: int):
+    """sft and text records, chunk_records at a time: (the batch rendered at once, or None when a record needs
+    the per-record path; a function giving the batch's (number, Record) pairs for that path, to be called
+    before the next batch is asked for). JSON Lines are decoded a batch at a time, tables read by column."""
+    size = job.config.chunk_records
+    if kind == "table":
+        for in_chunk, block in sources.table.blocks(chunk, cols, size):
+            yield (_render_table(job, chunk, block, in_chunk, number, fields),
+                   lambda: list(enumerate(sources.table.records(chunk, block, in_chunk), start=number)))
+            number += block.num_rows
+        return
+    for line_numbers, raws in sources.jsonl.line_blocks(chunk, size):
+        yield (_render_block(job, chunk.path, line_numbers, raws, number, fields),
+               lambda: [(number + i, Record(chunk.path, n, n, _parsed(chunk.path, n, raw)))
+                        for i, (n, raw) in enumerate(zip(line_numbers, raws))])
+        number += len(raws)
 
 
 def _parsed(path: str, line: int, raw: bytes) -> dict | InputError:

@@ -175,12 +175,12 @@ def count(task: tuple[Range, int]) -> Counted:
     lines, records, chunks = 0, 0, []  # records: of the open chunk, chunks[-1]
     for starts, block in _owned(rng):
         filled = np.flatnonzero(_filled(block))
-        if not chunks:
-            opens = np.arange(0, len(filled), limit or len(filled) or 1)[:1 if limit is None else None]
-        elif limit is None:
-            opens = np.zeros(0, np.int64)
-        else:  # the open chunk takes what it has room for; new chunks start every limit records after
-            opens = np.arange(limit - records, len(filled), limit)
+        # Where new chunks start among this read's records: the open chunk takes what it has room for, new
+        # chunks start every limit records after (a compressed range: the first record only).
+        if limit is None:
+            opens = np.arange(0 if chunks else min(len(filled), 1))
+        else:
+            opens = np.arange(limit - records if chunks else 0, len(filled), limit)
         head = int(opens[0]) if len(opens) else len(filled)
         if chunks:
             records += head
