@@ -49,7 +49,7 @@ from packer.core.errors import ConfigError, FormatError
 from packer.core.formats.shards import FOLDER_VERSION, HEADS, TOKEN_DTYPES, head_size, token_dtype_code
 from packer.core.manifest import MANIFEST
 from packer.core.runstore import COMMIT, HINT, _listing
-from packer.core.storage import filesystem, unreachable
+from packer.core.storage import S3_RANGE_CONNECTIONS, filesystem, unreachable
 
 DEFAULT_CACHE_LIMIT = 2 << 30
 """Bytes of packs a process keeps by default (per process: each DataLoader worker has its own cache)."""
@@ -118,7 +118,7 @@ class RemoteRun:
         if url.endswith("/shards"):
             url = url[: -len("/shards")]
         self.url, self.cache_limit = url, cache_limit
-        self.fs, self.inner = filesystem(url)
+        self.fs, self.inner = filesystem(url, connections=S3_RANGE_CONNECTIONS)
         self.commit = f"{self.inner}/{COMMIT}"
         self.fs.invalidate_cache(f"{self.inner}/shards")
         try:
@@ -278,6 +278,11 @@ class RangeReader:
         self._inflight: set[int] = set()  # packs a thread is fetching now
         self._inflight_bytes = 0
         self.reads = 0  # reading() contexts completed (batches read, for the read-ahead's window)
+        self.window = 0  # batches the read-ahead fetches ahead of the reader (it widens while the builder waits)
+        self._window_cap = 0
+        self._ahead_from = None  # self.reads when the running read-ahead started (None: no read-ahead)
+        self._ahead_token = None  # the running read-ahead's (a stopped one that ends late clears nothing)
+        self.builder_waits = 0  # batches the builder found not fetched yet while a read-ahead ran
         self._lock = threading.RLock()
         self._room = threading.Condition(self._lock)
         self._can_punch = None if run.cache_limit is None else self._probe_punch()
@@ -444,6 +449,14 @@ class RangeReader:
         with self._lock:
             for p in packs.tolist():
                 self._pins[p] = self._pins.get(p, 0) + 1
+            if self._ahead_from is not None and self.reads - self._ahead_from >= self.window and \
+                    not self.present[packs].all():
+                # The read-ahead had its window's time and still fell short: the store takes longer per round
+                # than `window` steps. Twice as wide, up to the cap: a few waits reach any round trip's width
+                # (one batch wider per wait would cost as many waits as batches missing); the cache bounds
+                # the bytes it holds.
+                self.builder_waits += 1
+                self.window = min(2 * self.window, self._window_cap)
         try:
             self._fetch_claimed(packs)
         except BaseException:
@@ -474,10 +487,17 @@ class RangeReader:
     def is_pinned(self, p: int) -> bool:
         return p in self._pins
 
-    def read_ahead(self, batches: Iterable[np.ndarray], reserve: int, window: int = 4) -> threading.Event:
+    def read_ahead(self, batches: Iterable[np.ndarray], reserve: int, window: int = 4,
+                   widen_to: int | None = None) -> threading.Event:
         """Fetch the packs of `batches` (in the order they will be read) in a background thread, at most `window`
         batches ahead of the batches read so far and keeping `reserve` bytes of the cache free for the batch being
         built; returns the event that stops it.
+
+        The window doubles each time the builder, `window` batches or more after the start, still finds a batch
+        not fetched (a store whose round trip is longer than `window` steps: the rate is the window's per round
+        trip), up to `widen_to` batches (default 8 x window); the cache_limit bounds the bytes it holds whatever
+        the window. It never narrows (a new epoch starts from the widest window so far): a store's
+        slow spells recur.
 
         Each round fetches every batch that is inside the window and fits, in one round of requests: ahead of
         the reader that is the one batch that just entered the window, but a fetch that fell behind (a store
@@ -488,10 +508,22 @@ class RangeReader:
         stop = threading.Event()
         limit = self.run.cache_limit
         with self._lock:
-            base = self.reads
+            base = self._ahead_from = self.reads
+            self._ahead_token = token = object()
+            self._window_cap = max(window, 8 * window if widen_to is None else widen_to)
+            self.window = min(max(window, self.window), self._window_cap)  # what an earlier epoch learned stays
         queue = ((step, np.unique(packs[packs >= 0])) for step, packs in enumerate(batches))
 
         def work() -> None:
+            try:
+                fetch_ahead()
+            finally:
+                with self._lock:
+                    if self._ahead_token is token:
+                        # this read-ahead is over: the builder fetches alone from here
+                        self._ahead_token = self._ahead_from = None
+
+        def fetch_ahead() -> None:
             pending = next(queue, None)
             while pending is not None:
                 group: list[tuple[int, np.ndarray]] = []
@@ -506,7 +538,7 @@ class RangeReader:
                         todo = int(self.pack_bytes[packs[~self.present[packs]]].sum())
                         room = limit is None or self._ahead_bytes() + self._inflight_bytes + wanted + todo <= \
                             limit - reserve
-                        if step - done < window and room:
+                        if step - done < self.window and room:
                             group.append(pending)
                             wanted += todo
                             pending = next(queue, None)
@@ -535,11 +567,13 @@ class RangeReader:
 
     def stats(self) -> dict:
         """bytes_fetched (heads included), requests, bytes_of_packs_read, bytes held now, and of those the bytes
-        of packs fetched ahead for batches not read yet (bytes_ahead); bytes_in_flight: packs being fetched now."""
+        of packs fetched ahead for batches not read yet (bytes_ahead); bytes_in_flight: packs being fetched now;
+        read_ahead_window (batches; it widens while builder_waits, the batches not fetched in time, grow)."""
         with self._lock:
             return {"bytes_fetched": self.run.bytes_fetched, "requests": self.run.requests,
                     "bytes_of_packs_read": self.bytes_of_packs_read, "bytes_held": self.held,
-                    "bytes_ahead": self._ahead_bytes(), "bytes_in_flight": self._inflight_bytes}
+                    "bytes_ahead": self._ahead_bytes(), "bytes_in_flight": self._inflight_bytes,
+                    "read_ahead_window": self.window, "builder_waits": self.builder_waits}
 
     def _ahead_bytes(self) -> int:
         """Bytes of the packs held for the read-ahead's coming batches (each held: _drop forgets it)."""

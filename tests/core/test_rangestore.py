@@ -336,3 +336,57 @@ def test_a_read_ahead_that_fell_behind_fetches_the_window_in_one_round(run, monk
     assert _batches(PackedLoader(url, 2, **kw), 8) == _batches(PackedLoader(local, 2, **kw), 8)
     assert rounds and max(rounds) >= 3 * 2, f"one batch a round ({rounds})"
     assert rounds[0] == 2, "the batch the builder reads first waited for the batches after it"
+
+
+def test_the_read_ahead_widens_while_the_builder_waits_and_stays_within_the_cache(run, monkeypatch, tmp_path):
+    """A store whose round trip outlasts the window's steps: each batch the builder still finds unfetched doubles
+    the window, up to 8 x read_ahead; the bytes held never pass cache_limit, and the batches are the local
+    run's."""
+    import time
+
+    from packer.core.rangestore import RemoteRun
+    from packer.train.loader import PackedLoader
+
+    local, url = run
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "c"))
+    cat = RemoteRun._cat
+
+    def slow(self, *a):
+        time.sleep(0.05)
+        return cat(self, *a)
+
+    monkeypatch.setattr(RemoteRun, "_cat", slow)
+    kw = dict(rank=0, world_size=2, seed=3, read_ahead=1)
+    probe = PackedLoader(url, 2, **kw, cache_limit=None)
+    limit = int(np.sort(probe.dataset.ranges.pack_bytes)[::-1][:2].sum()) * 6
+    remote = PackedLoader(url, 2, **kw, cache_limit=limit)
+    got, held = [], []
+    for b in remote:  # no compute step: the builder is always at the read-ahead's heels
+        got.append((b["pack_index"].tolist(), b["input_ids"].tolist(), b["labels"].tolist()))
+        held.append(remote.dataset.ranges.held)
+    ref = [(b["pack_index"].tolist(), b["input_ids"].tolist(), b["labels"].tolist()) for b in PackedLoader(local, 2, **kw)]
+    assert got == ref
+    st = remote.dataset.ranges.stats()
+    assert st["builder_waits"] > 0
+    assert st["read_ahead_window"] in (2, 4, 8), st
+    assert max(held) <= limit
+
+
+def test_the_range_reader_keeps_more_connections_unless_the_user_configured_them(run, monkeypatch, tmp_path):
+    """A round of range requests goes out together: botocore's 10 connections would cap a store with a long
+    round trip at 10 requests per round trip, so the reader asks for S3_RANGE_CONNECTIONS; a pool size the
+    user set in the fsspec configuration is kept, with the rest of their config_kwargs."""
+    import fsspec
+
+    from packer.core.rangestore import RemoteRun
+    from packer.core.storage import S3_RANGE_CONNECTIONS
+
+    _, url = run
+    monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "c"))
+    assert S3_RANGE_CONNECTIONS > 10
+    assert RemoteRun(url, cache_limit=None).fs.config_kwargs["max_pool_connections"] == S3_RANGE_CONNECTIONS
+    mine = {"retries": {"max_attempts": 2}}
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"config_kwargs": mine})
+    assert RemoteRun(url, cache_limit=None).fs.config_kwargs == {**mine, "max_pool_connections": S3_RANGE_CONNECTIONS}
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"config_kwargs": {**mine, "max_pool_connections": 3}})
+    assert RemoteRun(url, cache_limit=None).fs.config_kwargs["max_pool_connections"] == 3
