@@ -3,7 +3,14 @@
 
 Every library reads the SAME packed data (N packs of SEQ uint16 tokens + a uint8 loss mask, numpy RNG seed 0)
 from the SAME moto server (ThreadedMotoServer on 127.0.0.1, random port). Each rank is its own OS process with
-its own cold cache and its own counting reverse proxy in front of moto, so "bytes fetched" is per rank.
+its own cold cache and its own counting reverse proxy in front of moto, so "bytes fetched" is per rank. moto and
+every proxy run in processes of their own (one interpreter lock for all of them capped the store at one core);
+--latency-ms makes each proxy wait that long before each response, as an object store's time to first byte.
+
+The store's capacity is measured first: WA client processes, each through its own proxy, making range GETs of
+one pack's tokens with s3fs (requests a second, all together). It is printed beside the request rate Packer's
+default order asks at the configured step (WA x BA packs a step, two requests a pack): where the demand is above
+the capacity, no reader can keep the wait at local prefetch's, and the wait measures the store.
 
 Each rank process runs in its own mount namespace (`unshare --mount`, needs root): a private /dev/shm and its
 own cache folder bind-mounted over one common path. That is what separate machines look like: MosaicML
@@ -40,6 +47,7 @@ from __future__ import annotations
 import argparse
 import collections
 import http.client
+import itertools
 import json
 import math
 import os
@@ -149,8 +157,9 @@ _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te
 class CountingProxy:
     """HTTP/1.1 reverse proxy to moto counting response body bytes and requests; GET /__stats__ reads them."""
 
-    def __init__(self, upstream: tuple[str, int]):
+    def __init__(self, upstream: tuple[str, int], latency: float = 0.0):
         self.upstream = upstream
+        self.latency = latency  # seconds added before each response: an object store's time to first byte
         self.lock = threading.Lock()
         self.bytes = 0
         self.meta_bytes = 0  # index / manifest objects and Packer's shard heads (a range from byte 0 of a shard)
@@ -197,6 +206,8 @@ class CountingProxy:
                     self.wfile.write(data)
                     return
                 body = self._read_request_body()
+                if proxy.latency:
+                    time.sleep(proxy.latency)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                 if body is not None:
                     headers["Content-Length"] = str(len(body))
@@ -260,6 +271,90 @@ class CountingProxy:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def serve(kind: str, arg: str, port_file: str) -> None:
+    """A store-side process (--serve): 'moto' (the S3 server) or 'proxy' (a CountingProxy to moto at arg =
+    'HOST:PORT[:LATENCY_S]'); writes its port to port_file, then serves until killed. Each runs in a process of
+    its own, so the store side is not one interpreter lock shared by moto and every rank's proxy (that capped
+    the store at one core while the ranks shared the other, which no object store does)."""
+    if kind == "moto":
+        import logging
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        from moto.server import ThreadedMotoServer
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        port = server.get_host_and_port()[1]
+    else:
+        host, up, *lat = arg.split(":")
+        port = CountingProxy((host, int(up)), float(lat[0]) if lat else 0.0).port
+    with open(port_file + ".tmp", "w") as f:
+        f.write(str(port))
+    os.replace(port_file + ".tmp", port_file)
+    while True:
+        time.sleep(3600)
+
+
+class Served:
+    """A --serve process started by the orchestrator: its port, and stop()."""
+
+    def __init__(self, kind: str, arg: str, workdir: str):
+        port_file = os.path.join(workdir, f"{kind}-{next(_served)}.port")
+        self.proc = subprocess.Popen([sys.executable, HERE, "--serve", kind, arg, port_file], env=dict(os.environ, **AWS_ENV),
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 60
+        while not os.path.exists(port_file):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the {kind} process did not start (exit code {self.proc.poll()})")
+            time.sleep(0.02)
+        self.port = int(open(port_file).read())
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+        self.proc.wait()
+
+
+_served = itertools.count()
+
+
+def probe(endpoint: str, key: str, size: int, nbytes: int, n: int, seed: int, out: str) -> None:
+    """--probe: n range GETs of nbytes at random offsets of key, 48 at a time with s3fs (the client Packer's
+    ranks use); writes {start, end, cpu} (wall clock) to out."""
+    import fsspec
+    fs = fsspec.filesystem("s3", client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
+    starts = np.random.default_rng(seed).integers(0, max(1, size - nbytes), n).tolist()
+    path = f"{BUCKET}/{key}"
+    fs.cat_ranges([path] * 8, starts[:8], [x + nbytes for x in starts[:8]])  # connections opened
+    t0, c = time.time(), time.process_time()
+    for i in range(0, n, 48):
+        part = starts[i:i + 48]
+        fs.cat_ranges([path] * len(part), part, [x + nbytes for x in part])
+    with open(out, "w") as f:
+        json.dump({"start": t0, "end": time.time(), "cpu": time.process_time() - c}, f)
+
+
+def store_capacity(moto_port: int, workdir: str, key: str, size: int, nbytes: int, clients: int,
+                   n: int = 240) -> dict:
+    """The store's request rate: `clients` processes, each through a proxy of its own (no added latency), as
+    the ranks read, each making n range GETs of nbytes. Requests a second from the first client's start to
+    the last client's end; a loader's demand above it is more than any client can get from this store."""
+    proxies = [Served("proxy", f"127.0.0.1:{moto_port}", workdir) for _ in range(clients)]
+    outs = [os.path.join(workdir, f"probe-{i}.json") for i in range(clients)]
+    try:
+        procs = [subprocess.Popen([sys.executable, HERE, "--probe", px.url, key, str(size), str(nbytes), str(n),
+                                   str(i), out], env=dict(os.environ, **AWS_ENV), stdin=subprocess.DEVNULL)
+                 for i, (px, out) in enumerate(zip(proxies, outs))]
+        for pr in procs:
+            pr.wait(timeout=300)
+        got = [json.load(open(o)) for o in outs]
+    finally:
+        for px in proxies:
+            px.stop()
+    wall = max(g["end"] for g in got) - min(g["start"] for g in got)
+    return {"requests_per_s": clients * n / wall, "clients": clients, "range_bytes": nbytes,
+            "client_cpu_ms_per_request": sum(g["cpu"] for g in got) / (clients * n) * 1e3}
 
 
 def proxy_stats(port: int) -> dict:
@@ -415,6 +510,13 @@ def worker_main(cfg_path: str) -> None:
         else:
             import packer.train.loader  # noqa: F401
             import s3fs  # noqa: F401
+            if c.get("no_widen"):
+                from packer.core.rangestore import RangeReader
+                fixed = RangeReader.read_ahead
+
+                def no_widen(self, batches, reserve, window=4):
+                    return fixed(self, batches, reserve, window, widen_to=window)
+                RangeReader.read_ahead = no_widen
         import faulthandler  # a rank still running near the phase timeout dumps its threads' stacks to its log
         faulthandler.dump_traceback_later(max(5.0, c["timeout"] - 15), exit=False)
         open(c["ready"], "w").close()
@@ -445,6 +547,7 @@ def worker_main(cfg_path: str) -> None:
                 out["samples_at_frac"] = len(ids)
                 ranges = getattr(getattr(loader, "dataset", None), "ranges", None)  # Packer, streamed
                 if c["lib"].startswith("packer") and ranges is not None:
+                    out["window_at_frac"] = ranges.stats()["read_ahead_window"]
                     # pack bytes its builder has read (the prefetched batches too), holds or is fetching for the
                     # coming batches
                     st = ranges.stats()
@@ -473,6 +576,9 @@ def worker_main(cfg_path: str) -> None:
                 break
         out["stats_at_frac"] = stats10
         out["stats_final"] = proxy_stats(c["proxy_port"])
+        ranges = getattr(getattr(loader, "dataset", None), "ranges", None)
+        if c["lib"].startswith("packer") and ranges is not None:
+            out["reader_final"] = ranges.stats()
         out.update(ids=ids, batches=nb, waits=waits, elapsed=time.perf_counter() - t0,
                    max_wait_s=max_wait[0], max_wait_batch=max_wait[1])
     except BaseException as e:  # noqa: BLE001 - report anything, cleanly
@@ -511,7 +617,7 @@ def run_phase(a, lib: str, mode: str, world: int, bs: int, moto_addr, state: dic
     proxies, procs, cfgs, logs = [], [], [], []
     try:
         for r in range(world):
-            px = CountingProxy(moto_addr)
+            px = Served("proxy", f"{moto_addr[0]}:{moto_addr[1]}:{a.latency_ms / 1e3}", a.workdir)
             proxies.append(px)
             rdir = os.path.join(phase_dir, f"rank{r}")
             cache_src, tmp = os.path.join(rdir, "cache"), os.path.join(rdir, "tmp")
@@ -523,7 +629,7 @@ def run_phase(a, lib: str, mode: str, world: int, bs: int, moto_addr, state: dic
                      cache_dir=mnt, cache_limit=a.cache_limit, endpoint=px.url, proxy_port=px.port,
                      ready=os.path.join(rdir, "ready"), go=go, result=os.path.join(rdir, "result.json"),
                      state_in=state_in, timeout=a.timeout, local=getattr(a, "local_run", None), blocks=a.blocks,
-                     read_ahead=a.read_ahead)
+                     read_ahead=a.read_ahead, no_widen=a.no_widen)
             cfg = os.path.join(rdir, "cfg.json")
             with open(cfg, "w") as f:
                 json.dump(c, f)
@@ -534,6 +640,8 @@ def run_phase(a, lib: str, mode: str, world: int, bs: int, moto_addr, state: dic
             for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GLOBAL_RANK", "NNODES", "NODE_RANK",
                       "MASTER_ADDR", "MASTER_PORT"):
                 env.pop(k, None)
+            if lib.startswith("packer") and a.s3_connections:
+                env["FSSPEC_S3"] = json.dumps({"config_kwargs": {"max_pool_connections": a.s3_connections}})
             if lib == "streaming":
                 env.update(RANK=str(r), WORLD_SIZE=str(world), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
                            NODE_RANK=str(r), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(master_port),
@@ -572,7 +680,7 @@ def run_phase(a, lib: str, mode: str, world: int, bs: int, moto_addr, state: dic
         for log in logs:
             log.close()
         for px in proxies:
-            px.close()
+            px.stop()
     results = []
     for c in cfgs:
         try:
@@ -628,6 +736,9 @@ def summarize(a, lib: str, A: list[dict], B: list[dict] | None) -> dict:
     row["wait_p90_ms"] = float(np.percentile(waits, 90)) if len(waits) else float("nan")
     row["epoch_batches"] = [r["batches"] for r in A]
     row["A_max_next_s@batch"] = max((round(r["max_wait_s"], 3), r["max_wait_batch"]) for r in A)
+    if any("reader_final" in r for r in A):
+        row["read_ahead_window_max"] = max(r["reader_final"]["read_ahead_window"] for r in A if "reader_final" in r)
+        row["builder_waits"] = sum(r["reader_final"]["builder_waits"] for r in A if "reader_final" in r)
     row["epoch_missing"], row["epoch_dups"] = coverage([i for r in A for i in r["ids"]], n)
     if B is None:
         row["resume"] = "not run"
@@ -678,6 +789,8 @@ def markdown(a, rows: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--probe", nargs=7, help=argparse.SUPPRESS)
     p.add_argument("--only", default="streaming,litdata,packer,packer-blocks,packer-local", help=f"comma list of {','.join(LIBS)}")
     p.add_argument("--n", type=int, default=2016, help="packs (2016 = 24 x 84: whole global batches)")
     p.add_argument("--seq", type=int, default=4096, help="tokens per pack")
@@ -697,6 +810,13 @@ def main() -> None:
     p.add_argument("--cache-limit", type=int, default=16 << 20, help="per-rank cache limit in bytes (0: none)")
     p.add_argument("--blocks", type=int, default=24,
                    help="packer-blocks: PackedLoader(shuffle_blocks=...) (24: a multiple of both batch sizes)")
+    p.add_argument("--latency-ms", type=float, default=0.0,
+                   help="time each proxy adds before each response (an object store's time to first byte; 0: none)")
+    p.add_argument("--s3-connections", type=int, default=0,
+                   help="Packer ranks: botocore max_pool_connections through the fsspec config (0: Packer's own, "
+                        "S3_RANGE_CONNECTIONS; 10 is botocore's default, what Packer used before)")
+    p.add_argument("--no-widen", action="store_true",
+                   help="Packer's read-ahead window stays at --read-ahead (as before it widened while the builder waits)")
     p.add_argument("--read-ahead", type=int, default=4, help="Packer's read_ahead (batches; its default: 4)")
     p.add_argument("--litdata-nodes", choices=("world", "1"), default="world",
                    help="litdata NNODES: one node per rank (as the other libraries run) or all ranks on 1 node")
@@ -706,6 +826,13 @@ def main() -> None:
     a = p.parse_args()
     if a.worker:
         worker_main(a.worker)
+        return
+    if a.serve:
+        serve(*a.serve)
+        return
+    if a.probe:
+        url, key, size, nbytes, n, seed, out = a.probe
+        probe(url, key, int(size), int(nbytes), int(n), int(seed), out)
         return
     libs = [x.strip() for x in a.only.split(",") if x.strip()]
     bad = [x for x in libs if x not in LIBS]
@@ -718,15 +845,11 @@ def main() -> None:
 
     t_start = time.time()
     os.environ.update(AWS_ENV)
-    import logging
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     import boto3
-    from moto.server import ThreadedMotoServer
     shutil.rmtree(a.workdir, ignore_errors=True)
     os.makedirs(a.workdir)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    moto_addr = server.get_host_and_port()
+    server = Served("moto", "", a.workdir)
+    moto_addr = ("127.0.0.1", server.port)
     s3 = boto3.client("s3", endpoint_url=f"http://{moto_addr[0]}:{moto_addr[1]}")
     s3.create_bucket(Bucket=BUCKET)
 
@@ -762,6 +885,15 @@ def main() -> None:
             prep[lib] = f"ERROR {type(e).__name__}: {e}"
             print(f"[prep] {lib}: {prep[lib]}", flush=True)
 
+    s3.put_object(Bucket=BUCKET, Key="probe.bin", Body=np.random.default_rng(2).bytes(8 << 20))
+    cap = store_capacity(server.port, a.workdir, "probe.bin", 8 << 20, a.seq * 2, a.wa)
+    # Packer's default order reads packs in random order: two range requests a pack (its tokens, its mask)
+    demand = a.wa * a.ba * 2 / a.sleep if a.sleep > 0 else float("inf")
+    print(f"[store] {cap['requests_per_s']:.0f} range GETs/s of {a.seq * 2:,} B to {a.wa} clients, each through "
+          f"its own proxy (client CPU "
+          f"{cap['client_cpu_ms_per_request']:.2f} ms a request); Packer's default order at this step asks "
+          f"{demand:.0f}/s ({demand / cap['requests_per_s']:.2f}x that) plus the sleep-free ranks' compute",
+          flush=True)
     rows, raw = [], {}
     for lib in libs:
         if prep[lib].startswith("ERROR"):
@@ -788,7 +920,6 @@ def main() -> None:
         rows.append(summarize(a, lib, A, B))
         rows[-1]["phase_wall_s"] = walls
     server.stop()
-
     table = markdown(a, rows)
     print()
     print(f"N={a.n} packs x {a.seq} uint16 tokens + uint8 mask ({payload_bytes(a.seq)} B/pack, "
@@ -796,18 +927,21 @@ def main() -> None:
           + (f" (Packer's: {a.packer_shard_bytes / 2**20:g} MiB)" if a.packer_shard_bytes else "") + "; "
           f"phase A W={a.wa} batch={a.ba}; resume W={a.wb} batch={a.bb} after k={a.k} batches/rank; "
           f"sleep {a.sleep * 1e3:g} ms/batch; waits: batches {a.warmup + 1}..{a.warmup + a.steady} pooled over "
-          f"ranks; cache limit {a.cache_limit / 2**20:g} MiB/rank; shuffle on, seed 0; num_workers=0")
+          f"ranks; cache limit {a.cache_limit / 2**20:g} MiB/rank; shuffle on, seed 0; num_workers=0; store: moto "
+          f"and each rank's proxy a process of their own, {a.latency_ms:g} ms added a request; the store served "
+          f"{cap['requests_per_s']:.0f} range GETs/s to {a.wa} clients, Packer's default order asks {demand:.0f}/s")
     print()
     print(table)
     print()
     for r in rows:
-        extra = {k: r[k] for k in ("data_ratio10_of_read_or_ahead", "epoch_batches", "A_max_next_s@batch", "resume_batches_B",
+        extra = {k: r[k] for k in ("data_ratio10_of_read_or_ahead", "read_ahead_window_max", "builder_waits",
+                                   "epoch_batches", "A_max_next_s@batch", "resume_batches_B",
                                                  "resume_ttfb_s", "B_max_next_s@batch", "B_elapsed_s", "phase_wall_s") if k in r}
         if extra:
             print(f"- {r['lib']}: {json.dumps(extra)}")
     print(f"\ntotal runtime {time.time() - t_start:.1f}s")
     with open(a.json, "w") as f:
-        json.dump({"rows": rows, "raw": raw, "args": {k: v for k, v in vars(a).items()}}, f, default=str)
+        json.dump({"rows": rows, "raw": raw, "store": cap, "demand_default_order": demand, "args": {k: v for k, v in vars(a).items()}}, f, default=str)
 
 
 if __name__ == "__main__":
