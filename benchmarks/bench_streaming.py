@@ -24,7 +24,7 @@ Measured per library:
       against the bytes of the samples it read (ratio; in brackets with metadata left out, as the goal counts:
       index / manifest objects, and Packer's shard heads, a range from byte 0), and over its whole epoch;
     * steady-state wait per batch: time next() blocks, batches WARMUP+1 .. WARMUP+STEADY, with a fake
-      compute step (sleep SLEEP s) between batches;
+      compute step (sleep SLEEP s) between batches: p50, p90, mean (the time lost per batch) and max;
     * a resume state saved after K batches (and the pack ids each rank had read by then);
     * the rest of the epoch without sleeps: coverage of an uninterrupted epoch (missing / duplicate ids).
   phase B (world size WB, per-rank batch BB, fresh cold caches): load rank 0's phase-A state, read to the end
@@ -734,6 +734,10 @@ def summarize(a, lib: str, A: list[dict], B: list[dict] | None) -> dict:
     row["wait_n"] = len(waits)
     row["wait_p50_ms"] = float(np.median(waits)) if len(waits) else float("nan")
     row["wait_p90_ms"] = float(np.percentile(waits, 90)) if len(waits) else float("nan")
+    # Percentiles alone flatter a reader whose waits come as a few long stalls (a store that cannot serve the
+    # step's requests): the mean is the time lost per batch, the max the longest stall
+    row["wait_mean_ms"] = float(np.mean(waits)) if len(waits) else float("nan")
+    row["wait_max_ms"] = float(np.max(waits)) if len(waits) else float("nan")
     row["epoch_batches"] = [r["batches"] for r in A]
     row["A_max_next_s@batch"] = max((round(r["max_wait_s"], 3), r["max_wait_batch"]) for r in A)
     if any("reader_final" in r for r in A):
@@ -765,7 +769,7 @@ def fmt_mib(b: float) -> str:
 def markdown(a, rows: list[dict]) -> str:
     head = ["library", "TTFB rank0 s (max)", "fetched/rank @10% MiB (max)", "req/rank @10%",
             "samples/rank @10%", "fetched ÷ sample bytes @10% (metadata left out)", "epoch fetched/rank MiB (÷ sample bytes)",
-            "wait p50 ms", "wait p90 ms", f"epoch W={a.wa}: missing/dup",
+            "wait p50 ms", "wait p90 ms", "wait mean ms", "wait max ms", f"epoch W={a.wa}: missing/dup",
             f"resume {a.wa}→{a.wb} @k={a.k}: missing/dup"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -781,7 +785,7 @@ def markdown(a, rows: list[dict]) -> str:
             f"{fmt_mib(r['bytes10_mean'])} ({fmt_mib(r['bytes10_max'])})", f"{r['req10_mean']:.1f}",
             f"{r['samples10_mean']:.0f}", f"{r['ratio10']:.2f}x ({r['data_ratio10']:.2f}x)",
             f"{fmt_mib(r['epoch_bytes_mean'])} ({r['epoch_ratio']:.2f}x)",
-            f"{r['wait_p50_ms']:.2f}", f"{r['wait_p90_ms']:.2f}",
+            f"{r['wait_p50_ms']:.2f}", f"{r['wait_p90_ms']:.2f}", f"{r['wait_mean_ms']:.2f}", f"{r['wait_max_ms']:.0f}",
             f"{r['epoch_missing']} / {r['epoch_dups']}", res]) + " |")
     return "\n".join(lines)
 

@@ -36,8 +36,9 @@ import os
 import shutil
 import socket
 import threading
+import time
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -283,6 +284,9 @@ class RangeReader:
         self._ahead_from = None  # self.reads when the running read-ahead started (None: no read-ahead)
         self._ahead_token = None  # the running read-ahead's (a stopped one that ends late clears nothing)
         self.builder_waits = 0  # batches the builder found not fetched yet while a read-ahead ran
+        # the read-ahead's recent rounds, (packs fetched, seconds): of one batch, and of several
+        self._rounds_one: deque[tuple[int, float]] = deque(maxlen=4)
+        self._rounds_many: deque[tuple[int, float]] = deque(maxlen=4)
         self._lock = threading.RLock()
         self._room = threading.Condition(self._lock)
         self._can_punch = None if run.cache_limit is None else self._probe_punch()
@@ -426,12 +430,13 @@ class RangeReader:
         self._consumed.pop(p, None)
         self._ahead.pop(p, None)
 
-    def _fetch_claimed(self, packs: np.ndarray, ahead: bool = False) -> None:
-        """Claim, fetch and settle `packs` (the caller holds no lock; ahead: for the read-ahead, see _claim)."""
+    def _fetch_claimed(self, packs: np.ndarray, ahead: bool = False) -> int:
+        """Claim, fetch and settle `packs` (the caller holds no lock; ahead: for the read-ahead, see _claim);
+        returns how many were fetched."""
         with self._lock:
             missing = self._claim(packs, ahead)
         if not len(missing):
-            return
+            return 0
         try:
             self._load(missing)
         except BaseException:
@@ -440,6 +445,19 @@ class RangeReader:
             raise
         with self._lock:
             self._settle(missing, True)
+        return len(missing)
+
+    def _round_trip_bound(self) -> bool:
+        """Whether the read-ahead's recent rounds say the store's round trip bounds it rather than its rate:
+        rounds of several batches took less than half the time per pack that rounds of one batch took (a
+        store serving requests together). Until there are rounds of both kinds, yes: widening is the probe
+        (a window of one batch never makes a round of several). The caller holds the lock."""
+        if not self._rounds_one or not self._rounds_many:
+            return True
+
+        def per_pack(rounds: deque) -> float:
+            return float(np.median([t / n for n, t in rounds]))
+        return per_pack(self._rounds_many) < 0.5 * per_pack(self._rounds_one)
 
     @contextmanager
     def reading(self, packs: Iterable[int]) -> Iterator[None]:
@@ -451,12 +469,15 @@ class RangeReader:
                 self._pins[p] = self._pins.get(p, 0) + 1
             if self._ahead_from is not None and self.reads - self._ahead_from >= self.window and \
                     not self.present[packs].all():
-                # The read-ahead had its window's time and still fell short: the store takes longer per round
-                # than `window` steps. Twice as wide, up to the cap: a few waits reach any round trip's width
-                # (one batch wider per wait would cost as many waits as batches missing); the cache bounds
-                # the bytes it holds.
+                # The read-ahead had its window's time and still fell short. Where the store's round trip, not
+                # its rate, is what held it (rounds of several batches take hardly longer than rounds of one),
+                # a round trip outlasts `window` steps: twice as wide, up to the cap, since a few waits then
+                # reach any round trip's width; the cache bounds the bytes it holds. Where bigger rounds take
+                # proportionally longer, the store's rate is the limit: no window raises it, and a wider one
+                # would only gather the same waits into fewer, longer stalls.
                 self.builder_waits += 1
-                self.window = min(2 * self.window, self._window_cap)
+                if self._round_trip_bound():
+                    self.window = min(2 * self.window, self._window_cap)
         try:
             self._fetch_claimed(packs)
         except BaseException:
@@ -494,9 +515,10 @@ class RangeReader:
         built; returns the event that stops it.
 
         The window doubles each time the builder, `window` batches or more after the start, still finds a batch
-        not fetched (a store whose round trip is longer than `window` steps: the rate is the window's per round
+        not fetched while the recent rounds say the store's round trip bounds the read-ahead (rounds of several
+        batches taking under half the time per pack of rounds of one: the rate is then the window's per round
         trip), up to `widen_to` batches (default 8 x window); the cache_limit bounds the bytes it holds whatever
-        the window. It never narrows (a new epoch starts from the widest window so far): a store's
+        the window. Where the store's rate bounds it, no window raises the rate, and the window stays. It never narrows (a new epoch starts from the widest window so far): a store's
         slow spells recur.
 
         Each round fetches every batch that is inside the window and fits, in one round of requests: ahead of
@@ -552,11 +574,15 @@ class RangeReader:
                         return
                 if not group:
                     return
+                t = time.perf_counter()
                 try:
-                    self._fetch_claimed(np.unique(np.concatenate([packs for _, packs in group])), ahead=True)
+                    n = self._fetch_claimed(np.unique(np.concatenate([packs for _, packs in group])), ahead=True)
                 except Exception:
                     return  # the builder fetches these itself and reports the error where it is seen
                 with self._lock:
+                    if n:
+                        (self._rounds_one if len(group) == 1 else self._rounds_many).append(
+                            (n, time.perf_counter() - t))
                     for step, packs in group:
                         for p in packs.tolist():
                             if self.present[p] and p not in self._consumed:
