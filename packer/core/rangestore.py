@@ -281,7 +281,7 @@ class RangeReader:
         self.reads = 0  # reading() contexts completed (batches read, for the read-ahead's window)
         self.window = 0  # batches the read-ahead fetches ahead of the reader (it widens while the builder waits)
         self._window_cap = 0
-        self._ahead_from = None  # self.reads when the running read-ahead started (None: no read-ahead)
+        self._ahead_from = None  # self.reads when the running read-ahead started or last widened (None: none runs)
         self._ahead_token = None  # the running read-ahead's (a stopped one that ends late clears nothing)
         self.builder_waits = 0  # batches the builder found not fetched yet while a read-ahead ran
         # the read-ahead's recent rounds, (packs fetched, seconds): of one batch, and of several
@@ -430,28 +430,31 @@ class RangeReader:
         self._consumed.pop(p, None)
         self._ahead.pop(p, None)
 
-    def _fetch_claimed(self, packs: np.ndarray, ahead: bool = False) -> int:
+    def _fetch_claimed(self, packs: np.ndarray, ahead: bool = False) -> tuple[int, float]:
         """Claim, fetch and settle `packs` (the caller holds no lock; ahead: for the read-ahead, see _claim);
-        returns how many were fetched."""
+        returns how many were fetched and the seconds their fetch took (not the wait for another thread's)."""
         with self._lock:
             missing = self._claim(packs, ahead)
         if not len(missing):
-            return 0
+            return 0, 0.0
+        t = time.perf_counter()
         try:
             self._load(missing)
         except BaseException:
             with self._lock:
                 self._settle(missing, False)
             raise
+        seconds = time.perf_counter() - t
         with self._lock:
             self._settle(missing, True)
-        return len(missing)
+        return len(missing), seconds
 
     def _round_trip_bound(self) -> bool:
         """Whether the read-ahead's recent rounds say the store's round trip bounds it rather than its rate:
         rounds of several batches took less than half the time per pack that rounds of one batch took (a
         store serving requests together). Until there are rounds of both kinds, yes: widening is the probe
-        (a window of one batch never makes a round of several). The caller holds the lock."""
+        (a window of one or two batches makes no round of several: the batch the builder needs goes alone).
+        The caller holds the lock."""
         if not self._rounds_one or not self._rounds_many:
             return True
 
@@ -476,8 +479,10 @@ class RangeReader:
                 # proportionally longer, the store's rate is the limit: no window raises it, and a wider one
                 # would only gather the same waits into fewer, longer stalls.
                 self.builder_waits += 1
-                if self._round_trip_bound():
+                if self._round_trip_bound() and self.window < self._window_cap:
                     self.window = min(2 * self.window, self._window_cap)
+                    self._ahead_from = self.reads  # the wider window gets its own batches' time before the next
+                    self._room.notify_all()  # a read-ahead waiting at the old window's edge goes on now
         try:
             self._fetch_claimed(packs)
         except BaseException:
@@ -514,19 +519,21 @@ class RangeReader:
         batches ahead of the batches read so far and keeping `reserve` bytes of the cache free for the batch being
         built; returns the event that stops it.
 
-        The window doubles each time the builder, `window` batches or more after the start, still finds a batch
-        not fetched while the recent rounds say the store's round trip bounds the read-ahead (rounds of several
-        batches taking under half the time per pack of rounds of one: the rate is then the window's per round
-        trip), up to `widen_to` batches (default 8 x window); the cache_limit bounds the bytes it holds whatever
-        the window. Where the store's rate bounds it, no window raises the rate, and the window stays. It never narrows (a new epoch starts from the widest window so far): a store's
-        slow spells recur.
+        The window doubles each time the builder, `window` batches or more after the start (or after the last
+        doubling), still finds a batch not fetched while the recent rounds say the store's round trip bounds the
+        read-ahead: rounds of several batches took under half the time per pack of rounds of one (the rate is
+        then the window's per round trip), or there are no rounds of both kinds yet (doubling is the probe). It
+        stops at `widen_to` batches (default 8 x window); the cache_limit bounds the bytes it holds whatever the
+        window. Where the store's rate bounds it, no window raises the rate, and the window stays. It never
+        narrows (a new epoch starts from the widest window so far): a store's slow spells recur.
 
         Each round fetches every batch that is inside the window and fits, in one round of requests: ahead of
         the reader that is the one batch that just entered the window, but a fetch that fell behind (a store
         slower per request than a step is long) catches up with as many batches a round as the window holds,
         so the rate is the window's over one round's latency, not one batch per round trip. The batch the
         builder reads next goes in a round of its own, so it never waits for the batches after it; a round holds
-        at most `window` batches' packs in memory."""
+        at most `window` batches' packs in memory (the widened window; cache_limit=None leaves that unbounded
+        only by the window's cap)."""
         stop = threading.Event()
         limit = self.run.cache_limit
         with self._lock:
@@ -574,15 +581,14 @@ class RangeReader:
                         return
                 if not group:
                     return
-                t = time.perf_counter()
                 try:
-                    n = self._fetch_claimed(np.unique(np.concatenate([packs for _, packs in group])), ahead=True)
+                    n, seconds = self._fetch_claimed(np.unique(np.concatenate([packs for _, packs in group])),
+                                                     ahead=True)
                 except Exception:
                     return  # the builder fetches these itself and reports the error where it is seen
                 with self._lock:
                     if n:
-                        (self._rounds_one if len(group) == 1 else self._rounds_many).append(
-                            (n, time.perf_counter() - t))
+                        (self._rounds_one if len(group) == 1 else self._rounds_many).append((n, seconds))
                     for step, packs in group:
                         for p in packs.tolist():
                             if self.present[p] and p not in self._consumed:

@@ -60,7 +60,10 @@ def filesystem(url: str, *, connections: int | None = None) -> tuple[Any, str]:
         hf_parts(url)  # a malformed hf:// URL is named here, not by a network error later
     kwargs = {}
     if connections is not None and protocol in ("s3", "s3a"):
-        configured = dict(fsspec.config.conf.get("s3", {}).get("config_kwargs") or {})
+        configured: dict = {}
+        for key in ("s3", "s3a"):  # what fsspec's apply_config gives s3fs: the last key's config_kwargs
+            if "config_kwargs" in fsspec.config.conf.get(key, {}):
+                configured = dict(fsspec.config.conf[key]["config_kwargs"] or {})
         if "max_pool_connections" not in configured:
             kwargs["config_kwargs"] = {**configured, "max_pool_connections": connections}
     try:

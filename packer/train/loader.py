@@ -440,8 +440,9 @@ class PackedLoader(torch.utils.data.IterableDataset):
     `read_ahead` batches ahead of the batch being read (0: each batch fetched when it is built), and at most
     `cache_limit` bytes of packs are kept in the local cache (per process; None: no limit). A cache_limit below
     one batch's largest packs is refused here. The read-ahead window doubles whenever the builder still finds a
-    batch not fetched and rounds of several batches fetch faster per pack than rounds of one (a store whose
-    round trip, not its rate, outlasts read_ahead steps), up to 8 x read_ahead batches and never past
+    batch not fetched and rounds of several batches take under half the time per pack of rounds of one (a
+    store whose round trip, not its rate, outlasts read_ahead steps; before there are rounds of both kinds,
+    doubling is the probe), up to 8 x read_ahead batches and never past
     cache_limit; `dataset.ranges.stats()` reports the window and those waits.
 
     group_by_cost=N orders each window of N packs of the shuffled epoch by the balance cost (epoch_order), so a
