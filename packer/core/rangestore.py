@@ -284,7 +284,8 @@ class RangeReader:
         self._ahead_from = None  # self.reads when the running read-ahead started or last widened (None: none runs)
         self._ahead_token = None  # the running read-ahead's (a stopped one that ends late clears nothing)
         self.builder_waits = 0  # batches the builder found not fetched yet while a read-ahead ran
-        # the read-ahead's recent rounds, (packs fetched, seconds): of one batch, and of several
+        # recent rounds, (packs fetched, seconds): of one batch (the read-ahead's, or the builder's own fetch
+        # while a read-ahead runs), and of several (the read-ahead's)
         self._rounds_one: deque[tuple[int, float]] = deque(maxlen=4)
         self._rounds_many: deque[tuple[int, float]] = deque(maxlen=4)
         self._lock = threading.RLock()
@@ -484,7 +485,10 @@ class RangeReader:
                     self._ahead_from = self.reads  # the wider window gets its own batches' time before the next
                     self._room.notify_all()  # a read-ahead waiting at the old window's edge goes on now
         try:
-            self._fetch_claimed(packs)
+            n, seconds = self._fetch_claimed(packs)
+            if n and self._ahead_from is not None:  # the builder's own fetch: a round of one batch
+                with self._lock:
+                    self._rounds_one.append((n, seconds))
         except BaseException:
             with self._lock:
                 self._unpin(packs)

@@ -338,25 +338,44 @@ def test_a_read_ahead_that_fell_behind_fetches_the_window_in_one_round(run, monk
     assert rounds[0] == 2, "the batch the builder reads first waited for the batches after it"
 
 
+def _store_that_takes(seconds, local: Path, serial: bool = False):
+    """RemoteRun._cat for the read-ahead tests: each call (one round of range requests) takes seconds(ranges)
+    and returns the ranges' bytes from the local copy of the same run (byte-identical to the published one;
+    the moto server still serves the manifest and heads). The store's time is then the test's, not moto's on
+    a loaded machine, whose cost per request would blur a round trip into a rate. serial: one call at a time."""
+    import threading
+    import time
+
+    lock = threading.Lock() if serial else None
+
+    def cat(self, paths, starts, ends):
+        if lock is not None:
+            with lock:
+                time.sleep(seconds(len(paths)))
+        else:
+            time.sleep(seconds(len(paths)))
+        out = []
+        for path, a, b in zip(paths, starts, ends):
+            with open(local / "shards" / path.rsplit("/", 1)[-1], "rb") as f:
+                f.seek(a)
+                out.append(f.read(b - a))
+        self.requests += len(paths)
+        self.bytes_fetched += sum(len(x) for x in out)
+        return out
+    return cat
+
+
 def test_the_read_ahead_widens_while_the_builder_waits_and_stays_within_the_cache(run, monkeypatch, tmp_path):
     """A store whose round trip outlasts the window's steps (each call takes as long, however many ranges): a
     batch the builder still finds unfetched, a window's batches after the last doubling, doubles the window up to
-    8 x read_ahead; the bytes held never pass cache_limit, and the batches are the local
-    run's."""
-    import time
+    8 x read_ahead; the bytes held never pass cache_limit, and the batches are the local run's."""
 
     from packer.core.rangestore import RemoteRun
     from packer.train.loader import PackedLoader
 
     local, url = run
     monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "c"))
-    cat = RemoteRun._cat
-
-    def slow(self, *a):
-        time.sleep(0.05)
-        return cat(self, *a)
-
-    monkeypatch.setattr(RemoteRun, "_cat", slow)
+    monkeypatch.setattr(RemoteRun, "_cat", _store_that_takes(lambda ranges: 0.05, local))
     kw = dict(rank=0, world_size=2, seed=3, read_ahead=1)
     probe = PackedLoader(url, 2, **kw, cache_limit=None)
     limit = int(np.sort(probe.dataset.ranges.pack_bytes)[::-1][:2].sum()) * 6
@@ -402,22 +421,13 @@ def test_the_read_ahead_window_stays_where_the_stores_rate_is_the_limit(run, mon
     a wider window would not fetch faster, only gather the builder's waits into longer stalls, so once the
     probe has shown rounds of several batches no faster per pack the window stays, though the builder keeps
     waiting; the batches are the local run's."""
-    import threading
-    import time
 
     from packer.core.rangestore import RemoteRun
     from packer.train.loader import PackedLoader
 
     local, url = run
     monkeypatch.setenv("PACKER_CACHE", str(tmp_path / "c"))
-    cat, one_at_a_time = RemoteRun._cat, threading.Lock()
-
-    def serial(self, paths, starts, ends):
-        with one_at_a_time:  # the store's own time per range dominates moto's round trip, however loaded
-            time.sleep(0.02 * len(paths))
-        return cat(self, paths, starts, ends)
-
-    monkeypatch.setattr(RemoteRun, "_cat", serial)
+    monkeypatch.setattr(RemoteRun, "_cat", _store_that_takes(lambda ranges: 0.01 * ranges, local, serial=True))
     kw = dict(rank=0, world_size=2, seed=3, read_ahead=1, cache_limit=None)
     remote = PackedLoader(url, 2, **kw)
     assert _batches(remote) == _batches(PackedLoader(local, 2, **kw))
