@@ -268,9 +268,6 @@ class CountingProxy:
             return {"bytes": self.bytes, "meta_bytes": self.meta_bytes, "requests": self.requests,
                     "by_method": dict(self.by_method)}
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def serve(kind: str, arg: str, port_file: str) -> None:

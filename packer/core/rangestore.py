@@ -473,12 +473,8 @@ class RangeReader:
                 self._pins[p] = self._pins.get(p, 0) + 1
             if self._ahead_from is not None and self.reads - self._ahead_from >= self.window and \
                     not self.present[packs].all():
-                # The read-ahead had its window's time and still fell short. Where the store's round trip, not
-                # its rate, is what held it (rounds of several batches take hardly longer than rounds of one),
-                # a round trip outlasts `window` steps: twice as wide, up to the cap, since a few waits then
-                # reach any round trip's width; the cache bounds the bytes it holds. Where bigger rounds take
-                # proportionally longer, the store's rate is the limit: no window raises it, and a wider one
-                # would only gather the same waits into fewer, longer stalls.
+                # The read-ahead had its window's time and still fell short: twice as wide where the store's
+                # round trip, not its rate, held it (read_ahead's docstring says why).
                 self.builder_waits += 1
                 if self._round_trip_bound() and self.window < self._window_cap:
                     self.window = min(2 * self.window, self._window_cap)

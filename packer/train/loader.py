@@ -442,8 +442,8 @@ class PackedLoader(torch.utils.data.IterableDataset):
     one batch's largest packs is refused here. The read-ahead window doubles whenever the builder still finds a
     batch not fetched and rounds of several batches take under half the time per pack of rounds of one (a
     store whose round trip, not its rate, outlasts read_ahead steps; before there are rounds of both kinds,
-    doubling is the probe), up to 8 x read_ahead batches and never past
-    cache_limit; `dataset.ranges.stats()` reports the window and those waits.
+    doubling is the probe), up to 8 x read_ahead batches and never past cache_limit; `dataset.ranges.stats()`
+    reports the window and those waits.
 
     group_by_cost=N orders each window of N packs of the shuffled epoch by the balance cost (epoch_order), so a
     step's packs cost alike and its ranks' work is even even at one pack a rank (a long-tailed mix dealt by cost
